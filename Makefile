@@ -1,0 +1,31 @@
+# Set-up and checks. `make demo` and `make test` work on a fresh machine.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch==2.13.0 (pinned in constraints.txt) is the CPU wheel; where the machine keeps it on disk, use it.
+FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
+PIP := $(PY) -m pip install -q --disable-pip-version-check $(FIND_LINKS) -c constraints.txt
+
+.PHONY: install demo test lint bench clean
+
+$(VENV)/.installed: setup.py constraints.txt
+	python3 -m venv $(VENV)
+	$(PIP) "torch==2.13.0"
+	$(PIP) -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/lossgrid demo --out lossgrid-demo
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check lossgrid tests benchmarks
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/bench_surface.py --out benchmarks/results.json
+
+clean:
+	rm -rf $(VENV) lossgrid-demo *.egg-info

@@ -1,0 +1,49 @@
+"""The command group and its error handling."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import click
+
+from .. import __version__
+from ..errors import LossgridError
+
+
+class LossgridGroup(click.Group):
+    """Turns :class:`LossgridError` into exit code 1 with its message, no traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except LossgridError as e:
+            raise click.ClickException(str(e)) from None
+        except KeyboardInterrupt:
+            click.echo("Interrupted. Every finished chunk is saved; run the same command again to resume.",
+                       err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=LossgridGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="lossgrid")
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def cli(verbose: int) -> None:
+    """lossgrid: fast, filter-normalized loss landscapes of neural networks.
+
+    Start with `lossgrid demo --out DIR`, then `lossgrid surface --help`.
+    """
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _register() -> None:
+    from .demo import demo
+    from .plot import plot
+    from .surface import surface
+
+    for command in (surface, plot, demo):
+        cli.add_command(command)
+
+
+_register()

@@ -1,0 +1,75 @@
+"""``lossgrid surface``: compute a 1D or 2D loss surface into an HDF5 file."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from ..config import DIR_TYPES, IGNORES, NORMS, DirectionSpec, EvalSpec, GridSpec, SurfaceJob
+from ._common import echo_json, parse_axis, run_with_progress
+
+
+@click.command()
+@click.option("--model", "model", metavar="SPEC", help="Factory: path/to/file.py:fn or package.module:fn.")
+@click.option("--checkpoint", metavar="FILE",
+              help="state_dict (or {'state_dict': ...}), pickled module or TorchScript.")
+@click.option("--model2", metavar="FILE", help="Second checkpoint: 1D interpolation, x=0 model, x=1 model2.")
+@click.option("--data", default="digits", show_default=True,
+              help="digits[:train|:test], npz:FILE, cifar10:DIR[:test], or module:function.")
+@click.option("--samples", type=click.IntRange(min=1), help="Evaluate on a fixed, seeded subset of N samples.")
+@click.option("--samples-seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--loss", default="cross_entropy", show_default=True,
+              help="cross_entropy, mse, or module:function returning per-sample losses.")
+@click.option("--x", "x", default="-1:1:51", show_default=True, callback=parse_axis, metavar="MIN:MAX:NUM")
+@click.option("--y", "y", default=None, callback=parse_axis, metavar="MIN:MAX:NUM", help="Second axis (2D).")
+@click.option("--dir-type", type=click.Choice(DIR_TYPES), default="weights", show_default=True)
+@click.option("--xnorm", type=click.Choice(NORMS), default="filter", show_default=True)
+@click.option("--ynorm", type=click.Choice(NORMS), default=None, help="Default: same as --xnorm.")
+@click.option("--xignore", type=click.Choice(IGNORES), default="biasbn", show_default=True)
+@click.option("--yignore", type=click.Choice(IGNORES), default=None, help="Default: same as --xignore.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Direction seed.")
+@click.option("--dir-file", metavar="FILE", help="Directions file: read if it exists, else written.")
+@click.option("--out", required=True, metavar="FILE.h5", help="Surface file (resumed if it exists).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing surface file computed with other settings.")
+@click.option("--backend", type=click.Choice(["torch"]), default="torch", show_default=True)
+@click.option("--strategy", type=click.Choice(["auto", "loop", "vmap"]), default="auto", show_default=True)
+@click.option("--points-per-call", type=click.IntRange(min=1), help="Grid points per runner call (default 8).")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Samples per forward pass (default: by input size).")
+@click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda:0.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def surface(**kw: Any) -> None:
+    """Compute a filter-normalized loss surface around a model.
+
+    \b
+    Example:
+      lossgrid surface --model lossgrid.zoo:resnet_digits --checkpoint net.pt \\
+          --data digits --x=-1:1:51 --y=-1:1:51 --out surface.h5
+    """
+    job = SurfaceJob(
+        out=kw["out"], grid=GridSpec(kw["x"], kw["y"]), model=kw["model"], checkpoint=kw["checkpoint"],
+        model2=kw["model2"], data=kw["data"], samples=kw["samples"], samples_seed=kw["samples_seed"],
+        loss=kw["loss"],
+        directions=DirectionSpec(kw["dir_type"], kw["xnorm"], kw["xignore"], kw["ynorm"], kw["yignore"], kw["seed"]),
+        dir_file=kw["dir_file"],
+        evaluation=EvalSpec(kw["backend"], kw["strategy"], kw["points_per_call"], kw["batch_size"], kw["device"]),
+        overwrite=kw["overwrite"],
+    )
+    from ..engine.jobs import run_surface_job
+
+    summary = run_with_progress("surface", not kw["quiet"], lambda bar: run_surface_job(job, bar))
+    if kw["as_json"]:
+        echo_json(summary)
+    else:
+        _echo_summary(summary)
+
+
+def _echo_summary(s: dict[str, Any]) -> None:
+    where = ", ".join(f"{c:g}" for c in s["min_at"]) if s.get("min_at") else "-"
+    click.echo(f"wrote {s['file']}: {s['points_done']}/{s['points_total']} points, "
+               f"min loss {s['min_loss']} at ({where}), center loss {s['center_loss']}")
+    rate = s.get("points_x_samples_per_s")
+    click.echo(f"{s['points_computed']} points in {s['eval_seconds']} s"
+               + (f" = {rate:,.0f} points x samples/s" if rate else "")
+               + f" ({s['backend']}/{s['strategy']})")

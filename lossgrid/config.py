@@ -1,0 +1,206 @@
+"""Configuration as data: frozen, validated dataclasses saved with every result.
+
+Example:
+    >>> from lossgrid.config import Axis
+    >>> Axis.parse("-1:1:5").coordinates().tolist()
+    [-1.0, -0.5, 0.0, 0.5, 1.0]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError
+
+NORMS = ("filter", "layer", "weight", "none")
+IGNORES = ("biasbn", "none")
+DIR_TYPES = ("weights", "states")
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One grid axis: ``num`` evenly spaced coordinates from ``min`` to ``max``."""
+
+    min: float
+    max: float
+    num: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.num, int) or isinstance(self.num, bool) or self.num < 1:
+            raise ConfigError(
+                f"Grid axis has {self.num!r} points",
+                "the number of points must be a whole number of at least 1",
+                "write the axis as MIN:MAX:NUM, for example -1:1:51",
+            )
+        for name in ("min", "max"):
+            value = getattr(self, name)
+            if not math.isfinite(value):
+                raise ConfigError(f"Grid axis {name} is {value!r}", "bounds must be finite numbers",
+                                  "write the axis as MIN:MAX:NUM, for example -1:1:51")
+        if self.num > 1 and not self.min < self.max:
+            raise ConfigError(
+                f"Grid axis {self.min}:{self.max}:{self.num} is empty or reversed",
+                "with more than one point MIN must be smaller than MAX",
+                "swap the bounds, or use NUM=1 for a single coordinate",
+            )
+        if self.num == 1 and self.min != self.max:
+            raise ConfigError(
+                f"Grid axis {self.min}:{self.max}:1 has one point but two different bounds",
+                "a single point has one coordinate",
+                "write X:X:1 for one point, or give NUM >= 2",
+            )
+
+    @classmethod
+    def parse(cls, text: str) -> "Axis":
+        """Parse ``MIN:MAX:NUM`` (for example ``-1:1:51``)."""
+        parts = str(text).strip().split(":")
+        if len(parts) != 3:
+            raise ConfigError(
+                f"Cannot read grid axis {text!r}",
+                "an axis has three parts separated by colons",
+                "write MIN:MAX:NUM, for example --x=-1:1:51",
+            )
+        try:
+            lo, hi = float(parts[0]), float(parts[1])
+        except ValueError:
+            raise ConfigError(f"Cannot read grid axis {text!r}", "MIN and MAX must be numbers",
+                              "write MIN:MAX:NUM, for example --x=-1:1:51") from None
+        try:
+            num = int(parts[2])
+        except ValueError:
+            raise ConfigError(f"Cannot read grid axis {text!r}", "NUM must be a whole number",
+                              "write MIN:MAX:NUM, for example --x=-1:1:51") from None
+        return cls(lo, hi, num)
+
+    def coordinates(self) -> np.ndarray:
+        """The coordinates as float64, exactly ``np.linspace(min, max, num)``."""
+        return np.linspace(self.min, self.max, self.num)
+
+    def __str__(self) -> str:
+        return f"{self.min:g}:{self.max:g}:{self.num}"
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """A 1D (``y is None``) or 2D grid of direction coefficients."""
+
+    x: Axis
+    y: Axis | None = None
+
+    @classmethod
+    def parse(cls, x: str, y: str | None = None) -> "GridSpec":
+        """Grid from ``MIN:MAX:NUM`` strings; 1D when ``y`` is ``None``."""
+        return cls(Axis.parse(x), Axis.parse(y) if y is not None else None)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.x.num,) if self.y is None else (self.x.num, self.y.num)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def points(self) -> np.ndarray:
+        """All coefficients, shape ``(npoints, ndim)``, in C order of the surface arrays."""
+        if self.y is None:
+            return self.x.coordinates()[:, None]
+        xs, ys = np.meshgrid(self.x.coordinates(), self.y.coordinates(), indexing="ij")
+        return np.stack([xs.ravel(), ys.ravel()], axis=1)
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"Unknown {name} {value!r}", f"{name} must be one of {', '.join(choices)}",
+                          f"pass one of: {', '.join(choices)}")
+
+
+@dataclass(frozen=True)
+class DirectionSpec:
+    """How the plotting directions are made.
+
+    Defaults are the paper's recommendation: filter normalization, bias and BN
+    directions zeroed, parameters only (``weights``). ``ynorm``/``yignore`` of
+    ``None`` mean "same as x".
+    """
+
+    dir_type: str = "weights"
+    xnorm: str = "filter"
+    xignore: str = "biasbn"
+    ynorm: str | None = None
+    yignore: str | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_choice("direction type", self.dir_type, DIR_TYPES)
+        _check_choice("x normalization", self.xnorm, NORMS)
+        _check_choice("x ignore", self.xignore, IGNORES)
+        if self.ynorm is not None:
+            _check_choice("y normalization", self.ynorm, NORMS)
+        if self.yignore is not None:
+            _check_choice("y ignore", self.yignore, IGNORES)
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"Seed {self.seed!r} is invalid", "the seed must be a non-negative integer",
+                              "pass --seed 0 or another whole number")
+
+    @property
+    def y_norm(self) -> str:
+        return self.xnorm if self.ynorm is None else self.ynorm
+
+    @property
+    def y_ignore(self) -> str:
+        return self.xignore if self.yignore is None else self.yignore
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """How grid points are evaluated; does not change results beyond float rounding."""
+
+    backend: str = "torch"
+    strategy: str = "auto"
+    points_per_call: int | None = None
+    batch_size: int | None = None
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.points_per_call is not None and self.points_per_call < 1:
+            raise ConfigError(f"points_per_call={self.points_per_call} is invalid", "it must be at least 1",
+                              "pass --points-per-call 1 or more, or leave it out for the default")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"batch_size={self.batch_size} is invalid", "it must be at least 1",
+                              "pass --batch-size 1 or more")
+
+
+def to_json(obj: Any) -> str:
+    """Serialise a (nested) config dataclass to canonical JSON."""
+
+    def default(o: Any) -> Any:
+        if dataclasses.is_dataclass(o):
+            return dataclasses.asdict(o)
+        raise TypeError(type(o).__name__)
+
+    return json.dumps(obj, default=default, sort_keys=True)
+
+
+@dataclass(frozen=True)
+class SurfaceJob:
+    """Everything a ``lossgrid surface`` run needs, as data (specs, not objects)."""
+
+    out: str
+    grid: GridSpec
+    model: str | None = None
+    checkpoint: str | None = None
+    model2: str | None = None
+    data: str = "digits"
+    samples: int | None = None
+    samples_seed: int = 0
+    loss: str = "cross_entropy"
+    directions: DirectionSpec = DirectionSpec()
+    dir_file: str | None = None
+    evaluation: EvalSpec = EvalSpec()
+    overwrite: bool = False

@@ -1,0 +1,1 @@
+"""Directions, grid evaluation, runners and the surface file."""

@@ -1,0 +1,206 @@
+"""Plotting directions: random Gaussian with filter-wise normalization, or the
+interpolation between two checkpoints; saved to and loaded from HDF5.
+
+Example:
+    >>> import torch
+    >>> from lossgrid.config import DirectionSpec
+    >>> model = torch.nn.Linear(3, 2)
+    >>> dirs = create_directions(model, DirectionSpec(seed=1), ndim=2)
+    >>> [tuple(t.shape) for t in dirs.x]
+    [(2, 3), (2,)]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import DirectionSpec
+from ..errors import DirectionError
+from ..kernels import normalize_direction
+from .params import ParamLayout, perturbed_tensors
+
+META_KEYS = ("dir_type", "seed", "kind", "xnorm", "xignore", "ynorm", "yignore")
+
+
+@dataclass
+class Directions:
+    """One (``y is None``) or two directions over the tensors of ``layout``."""
+
+    layout: ParamLayout
+    x: list[torch.Tensor]
+    y: list[torch.Tensor] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ndim(self) -> int:
+        return 1 if self.y is None else 2
+
+    def flat(self) -> torch.Tensor:
+        """Directions packed as ``[D, P]`` for :func:`lossgrid.kernels.perturb`."""
+        rows = [self.layout.flatten(self.x)]
+        if self.y is not None:
+            rows.append(self.layout.flatten(self.y))
+        return torch.stack(rows)
+
+    def fingerprint(self) -> str:
+        """A hash of the direction values, to tell whether two surfaces share axes."""
+        import hashlib
+
+        h = hashlib.sha256()
+        h.update(json.dumps([self.layout.names, self.layout.shapes]).encode())
+        h.update(self.flat().detach().cpu().double().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+
+def random_direction(weights: dict[str, torch.Tensor], norm: str, ignore: str,
+                     generator: torch.Generator) -> list[torch.Tensor]:
+    """One seeded Gaussian direction, normalized tensor by tensor.
+
+    Tensors of at most one dimension (biases, BN affine and running stats) get a
+    zero direction when ``ignore == "biasbn"``; otherwise they are normalized as
+    scalar filters. A value is drawn for every tensor either way, so the random
+    stream (and hence the direction) does not depend on ``norm`` or ``ignore``.
+    """
+    out = []
+    for w in weights.values():
+        d = torch.randn(w.shape, generator=generator, dtype=w.dtype, device=w.device)
+        if w.dim() <= 1 and ignore == "biasbn":
+            d.zero_()
+        else:
+            d = normalize_direction(d, w, norm)
+        out.append(d)
+    return out
+
+
+def create_directions(model: nn.Module, spec: DirectionSpec = DirectionSpec(), ndim: int = 2,
+                      model2: nn.Module | None = None) -> Directions:
+    """Make the plotting directions for ``model``.
+
+    Args:
+        model: the trained model (the grid's origin), on its device.
+        spec: direction settings (type, norms, ignore, seed).
+        ndim: 1 for a curve, 2 for a surface.
+        model2: if given, the x direction is ``theta2 - theta1`` unnormalized, so
+            that x=0 is ``model`` and x=1 is ``model2``.
+    """
+    layout = ParamLayout.from_model(model, spec.dir_type)
+    weights = perturbed_tensors(model, spec.dir_type)
+    device = next(iter(weights.values())).device if weights else torch.device("cpu")
+    gen = torch.Generator(device=device)
+    gen.manual_seed(spec.seed)
+    meta: dict[str, Any] = {"dir_type": spec.dir_type, "seed": spec.seed}
+    if model2 is not None:
+        other = perturbed_tensors(model2, spec.dir_type)
+        mismatch = [n for n in weights if n not in other or other[n].shape != weights[n].shape]
+        if mismatch or len(other) != len(weights):
+            extra = [n for n in other if n not in weights]
+            raise DirectionError(
+                "The second model does not match the first",
+                f"mismatched tensors: {', '.join((mismatch + extra)[:5])}",
+                "interpolate between two checkpoints of the same architecture",
+            )
+        x = [other[n].to(w.device, w.dtype) - w for n, w in weights.items()]
+        meta.update(kind="interpolation", xnorm="none", xignore="none")
+    else:
+        x = random_direction(weights, spec.xnorm, spec.xignore, gen)
+        meta.update(kind="random", xnorm=spec.xnorm, xignore=spec.xignore)
+    y = None
+    if ndim == 2:
+        y = random_direction(weights, spec.y_norm, spec.y_ignore, gen)
+        meta.update(ynorm=spec.y_norm, yignore=spec.y_ignore)
+    return Directions(layout, x, y, meta)
+
+
+def save_directions(path: str | os.PathLike, dirs: Directions) -> None:
+    """Write directions to HDF5: groups ``xdirection``/``ydirection``, datasets
+    ``"0"``, ``"1"``, ... in layout order (as the reference implementation), with
+    the tensor names in the group attribute ``names``. Written to a temporary
+    file and renamed, so an existing file is never left half-written."""
+    import h5py
+
+    tmp = f"{os.fspath(path)}.tmp{os.getpid()}"
+    try:
+        with h5py.File(tmp, "w") as f:
+            write_direction_groups(f, dirs)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise DirectionError(f"Cannot write direction file {path}", str(e),
+                             "choose a writable --dir-file path") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_direction_groups(f: Any, dirs: Directions) -> None:
+    """Write ``dirs`` into an open HDF5 file or group (direction or surface file)."""
+    for key, value in dirs.meta.items():
+        f.attrs[key] = value
+    for gname, tensors in (("xdirection", dirs.x), ("ydirection", dirs.y)):
+        if tensors is None:
+            continue
+        g = f.create_group(gname)
+        g.attrs["names"] = list(dirs.layout.names)
+        for i, t in enumerate(tensors):
+            g.create_dataset(str(i), data=t.detach().cpu().numpy())
+
+
+def load_directions(path: str | os.PathLike, model: nn.Module, dir_type: str | None = None,
+                    ndim: int | None = None) -> Directions:
+    """Read a direction file and check it against ``model`` (names and shapes).
+
+    ``dir_type`` defaults to the one stored in the file; ``ndim`` (1 or 2) picks
+    how many directions to use (a 2D file can drive a 1D curve).
+    """
+    import h5py
+
+    try:
+        f = h5py.File(path, "r")
+    except (OSError, ValueError) as e:
+        raise DirectionError(f"Cannot read direction file {path}", str(e),
+                             "pass a file written by lossgrid (or the reference code), or delete it") from None
+    with f:
+        meta = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items() if k in META_KEYS}
+        stored_type = str(meta.get("dir_type", dir_type or "weights"))
+        if dir_type is not None and dir_type != stored_type:
+            raise DirectionError(f"Direction file {path} holds '{stored_type}' directions, not '{dir_type}'",
+                                 hint=f"pass --dir-type {stored_type} or another --dir-file")
+        layout = ParamLayout.from_model(model, stored_type)
+        weights = perturbed_tensors(model, stored_type)
+        if "xdirection" not in f:
+            raise DirectionError(f"Direction file {path} has no 'xdirection' group",
+                                 hint="pass a file written by lossgrid, or delete it to make new directions")
+        have_y = "ydirection" in f
+        if ndim == 2 and not have_y:
+            raise DirectionError(f"Direction file {path} holds one direction but a 2D grid needs two",
+                                 hint="drop --y, or use another --dir-file")
+        groups = ["xdirection"] + (["ydirection"] if (ndim == 2 or (ndim is None and have_y)) else [])
+        loaded = [_read_group(f[g], layout, weights, path) for g in groups]
+    return Directions(layout, loaded[0], loaded[1] if len(loaded) > 1 else None, meta)
+
+
+def _read_group(group: Any, layout: ParamLayout, weights: dict[str, torch.Tensor],
+                path: Any) -> list[torch.Tensor]:
+    names = [str(n) for n in group.attrs.get("names", [])] or list(layout.names)
+    if len(group) != len(layout.names) or names != list(layout.names):
+        diff = [f"{a} != {b}" for a, b in zip(names, layout.names) if a != b][:3]
+        raise DirectionError(
+            f"Direction file {path} does not match the model",
+            f"it has {len(group)} tensors, the model {len(layout.names)}"
+            + (f"; first differences: {', '.join(diff)}" if diff else ""),
+            "use the model the directions were made for, or another --dir-file",
+        )
+    out = []
+    for i, (name, w) in enumerate(weights.items()):
+        arr = np.asarray(group[str(i)])
+        if tuple(arr.shape) != tuple(w.shape):
+            raise DirectionError(f"Direction file {path}: tensor {name} has shape {arr.shape}, "
+                                 f"the model {tuple(w.shape)}", hint="use the matching model")
+        out.append(torch.from_numpy(arr).to(device=w.device, dtype=w.dtype))
+    return out

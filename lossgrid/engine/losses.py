@@ -1,0 +1,63 @@
+"""Per-sample losses and correct counts used by every runner.
+
+A loss is a callable ``loss(outputs, targets)`` returning one value per sample
+(shape ``[B]``); a callable that returns a scalar is taken as the batch mean.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-sample cross-entropy on logits ``[B, C]`` and class indices ``[B]``."""
+    return F.cross_entropy(outputs, targets, reduction="none")
+
+
+def mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-sample mean squared error."""
+    diff = outputs - targets.reshape(outputs.shape).to(outputs.dtype)
+    return diff.pow(2).reshape(diff.shape[0], -1).mean(dim=1)
+
+
+BUILTIN_LOSSES: dict[str, LossFn] = {"cross_entropy": cross_entropy, "mse": mse}
+
+
+def resolve_loss(loss: str | LossFn) -> tuple[LossFn, str]:
+    """A loss callable and its description from a name, ``module:function`` or callable."""
+    if callable(loss):
+        return loss, getattr(loss, "__qualname__", repr(loss))
+    if loss in BUILTIN_LOSSES:
+        return BUILTIN_LOSSES[loss], loss
+    if ":" in loss:
+        from .._spec import load_object
+
+        fn = load_object(loss, what="loss function")
+        if not callable(fn):
+            raise ConfigError(f"Loss {loss!r} is not callable", hint="point to a function (outputs, targets) -> losses")
+        return fn, loss
+    raise ConfigError(f"Unknown loss {loss!r}", f"built-in losses are {', '.join(BUILTIN_LOSSES)}",
+                      "pass a built-in name or module:function returning per-sample losses")
+
+
+def batch_loss_sum(loss_fn: LossFn, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Sum of per-sample losses of one batch (a scalar loss counts as the batch mean)."""
+    values = loss_fn(outputs, targets)
+    if values.dim() == 0:
+        return values * outputs.shape[0]
+    return values.sum()
+
+
+def correct_count(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
+    """Number of samples whose top logit is the target class, or ``None`` when the
+    task has no class labels (float targets or one output)."""
+    if torch.is_floating_point(targets) or outputs.dim() < 2 or outputs.shape[-1] < 2:
+        return None
+    return (outputs.argmax(dim=-1) == targets).sum()

@@ -1,0 +1,71 @@
+"""Flat layout of the tensors a direction perturbs.
+
+A :class:`ParamLayout` lists, in state_dict order, the tensors that move along the
+directions: the parameters (``weights`` type) or every floating-point entry of
+the state_dict (``states`` type; integer buffers such as ``num_batches_tracked``
+stay untouched). All of them are packed into one flat vector of length ``P`` so
+that many grid points are one matrix product (:func:`lossgrid.kernels.perturb`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ParamLayout:
+    """Names, shapes and offsets of the perturbed tensors."""
+
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    dir_type: str
+
+    @classmethod
+    def from_model(cls, model: nn.Module, dir_type: str = "weights") -> "ParamLayout":
+        """Layout of ``model`` for direction type ``weights`` or ``states``."""
+        entries = perturbed_tensors(model, dir_type)
+        return cls(tuple(entries), tuple(tuple(t.shape) for t in entries.values()), dir_type)
+
+    @property
+    def numels(self) -> list[int]:
+        return [int(torch.Size(s).numel()) for s in self.shapes]
+
+    @property
+    def size(self) -> int:
+        return sum(self.numels)
+
+    def flatten(self, tensors: dict[str, torch.Tensor] | list[torch.Tensor]) -> torch.Tensor:
+        """Concatenate tensors (a name->tensor dict or a list in layout order) into ``[P]``."""
+        seq = [tensors[n] for n in self.names] if isinstance(tensors, dict) else list(tensors)
+        if len(seq) != len(self.names):
+            raise ConfigError(f"Expected {len(self.names)} tensors, got {len(seq)}")
+        return torch.cat([t.detach().reshape(-1) for t in seq])
+
+    def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Views of ``flat[..., P]`` as ``{name: tensor[..., *shape]}`` (no copy)."""
+        lead = flat.shape[:-1]
+        out: dict[str, torch.Tensor] = {}
+        for name, shape, piece in zip(self.names, self.shapes, torch.split(flat, self.numels, dim=-1)):
+            out[name] = piece.view(*lead, *shape)
+        return out
+
+
+def perturbed_tensors(model: nn.Module, dir_type: str) -> dict[str, torch.Tensor]:
+    """The tensors of ``model`` a direction of type ``dir_type`` moves, in state_dict order."""
+    if dir_type == "weights":
+        return {n: p.detach() for n, p in model.named_parameters()}
+    if dir_type == "states":
+        seen: set[int] = set()
+        out: dict[str, torch.Tensor] = {}
+        for name, t in model.state_dict(keep_vars=True).items():
+            if not torch.is_floating_point(t) or id(t) in seen:
+                continue
+            seen.add(id(t))
+            out[name] = t.detach()
+        return out
+    raise ConfigError(f"Unknown direction type {dir_type!r}", hint="use weights or states")

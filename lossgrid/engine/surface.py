@@ -1,0 +1,171 @@
+"""Compute a loss surface: directions, grid, runner, streamed into a surface file.
+
+Example:
+    >>> import torch
+    >>> from lossgrid import compute_surface, GridSpec, Axis
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    >>> x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
+    >>> surf = compute_surface(model, (x, y), GridSpec(Axis(-1, 1, 5)))
+    >>> surf.loss.shape
+    (5,)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import __version__
+from ..config import DirectionSpec, EvalSpec, GridSpec
+from ..data import EvalData
+from ..errors import ConfigError, SurfaceFileError
+from ..kernels import perturb
+from .directions import Directions, create_directions, load_directions, save_directions
+from .losses import LossFn, resolve_loss
+from .runners import make_runner
+from .surface_file import Surface, SurfaceWriter
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+
+
+def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch.Tensor], grid: GridSpec,
+                    out: str | os.PathLike | None = None, *, directions: Directions | None = None,
+                    direction_spec: DirectionSpec = DirectionSpec(), model2: nn.Module | None = None,
+                    dir_file: str | os.PathLike | None = None, loss: str | LossFn = "cross_entropy",
+                    eval_spec: EvalSpec = EvalSpec(), overwrite: bool = False,
+                    progress: Progress | None = None, model_description: str | None = None) -> Surface:
+    """Evaluate loss and accuracy of ``model`` on a 1D or 2D grid around it.
+
+    Args:
+        model: the trained model; its weights are the grid's origin.
+        data: the evaluation set (an :class:`EvalData` or ``(x, y)`` tensors).
+        grid: the grid of direction coefficients.
+        out: the HDF5 surface file; re-running with the same settings resumes it.
+            ``None`` keeps the surface in memory only.
+        directions: ready-made directions; otherwise read from ``dir_file`` if it
+            exists, else created from ``direction_spec`` (and written to ``dir_file``).
+        model2: second checkpoint for a 1D interpolation (x=0 model, x=1 model2).
+        loss: ``cross_entropy``, ``mse``, ``module:function`` or a callable.
+        eval_spec: backend, strategy, batch size, points per call, device.
+        overwrite: replace an existing ``out`` computed with other settings.
+        progress: called as ``progress(points_done, points_total)`` after each chunk.
+        model_description: how the model was specified, stored in the file.
+    """
+    if not isinstance(data, EvalData):
+        data = EvalData(torch.as_tensor(data[0]), torch.as_tensor(data[1]), "in-memory tensors")
+    out_path = os.fspath(out) if out is not None else None
+    if out_path is not None:
+        check_writable(out_path, overwrite)
+    device = torch.device(eval_spec.device)
+    model = model.to(device)
+    if model2 is not None:
+        model2 = model2.to(device)
+    if directions is None:
+        directions = _directions(model, direction_spec, grid.ndim, model2, dir_file)
+    if directions.ndim != grid.ndim:
+        raise ConfigError(f"The grid is {grid.ndim}D but {directions.ndim} direction(s) were given",
+                          hint="give --y for two directions, or drop it for one")
+    loss_fn, loss_desc = resolve_loss(loss)
+    runner = make_runner(eval_spec, model, directions.layout, data, loss_fn)
+
+    from .params import perturbed_tensors
+
+    base = directions.layout.flatten(perturbed_tensors(model, directions.layout.dir_type)).to(device)
+    dirs = directions.flat().to(device)
+    identity = {
+        "model": model_description or type(model).__name__,
+        "model_fingerprint": _fingerprint(t for t in model.state_dict().values()),
+        "data": data.description,
+        "data_fingerprint": _fingerprint([data.x, data.y]),
+        "samples": len(data),
+        "loss": loss_desc,
+        "directions": directions.fingerprint(),
+        "x": str(grid.x),
+        "y": str(grid.y) if grid.y is not None else None,
+        **{k: directions.meta.get(k) for k in ("dir_type", "kind", "xnorm", "xignore", "ynorm", "yignore")},
+    }
+    attrs = {k: v for k, v in identity.items() if v is not None}
+    attrs.update(lossgrid_version=__version__, seed=int(directions.meta.get("seed", direction_spec.seed)),
+                 dir_file=os.fspath(dir_file) if dir_file else "")
+    xs = grid.x.coordinates()
+    ys = grid.y.coordinates() if grid.y is not None else None
+    writer = SurfaceWriter(out_path, xs, ys, identity, attrs, directions, overwrite) if out_path else None
+    surface = Surface(xs, ys, np.full(grid.shape, np.nan), np.full(grid.shape, np.nan),
+                      np.zeros(grid.shape, dtype=bool), attrs, out_path)
+    if writer is not None:
+        surface.loss, surface.acc, surface.done = writer.loss, writer.acc, writer.done
+        if writer.resumed:
+            log.info("resuming %s: %d of %d points done", out_path, int(writer.done.sum()), writer.done.size)
+
+    points = torch.as_tensor(grid.points(), dtype=dirs.dtype)
+    todo = np.flatnonzero(~surface.done.ravel())
+    total = surface.done.size
+    done_count = total - len(todo)
+    if progress:
+        progress(done_count, total)
+    step = runner.points_per_call
+    t0 = time.perf_counter()
+    try:
+        for start in range(0, len(todo), step):
+            chunk = todo[start:start + step]
+            weights = perturb(base, dirs, points[chunk].to(device))
+            loss_k, acc_k = runner.evaluate(weights)
+            if writer is not None:
+                writer.write(chunk, loss_k, acc_k)
+            else:
+                idx = np.unravel_index(chunk, grid.shape)
+                surface.loss[idx], surface.acc[idx], surface.done[idx] = loss_k, acc_k, True
+            done_count += len(chunk)
+            if progress:
+                progress(done_count, total)
+    finally:
+        seconds = time.perf_counter() - t0
+        run = {**runner.describe(), "seconds": round(seconds, 4), "points": int(done_count - (total - len(todo))),
+               "samples": len(data)}
+        run["points_x_samples_per_s"] = round(run["points"] * len(data) / seconds, 1) if seconds > 0 else None
+        surface.attrs["last_run"] = run
+        if writer is not None:
+            writer.finish(run)
+    return surface
+
+
+def check_writable(path: str, overwrite: bool) -> None:
+    """Fail early (before any work) if ``path`` cannot be written."""
+    parent = os.path.dirname(os.path.abspath(path)) or "."
+    if os.path.isdir(path):
+        raise SurfaceFileError(f"Output {path} is a directory", hint="pass a file name such as surface.h5")
+    if not os.path.isdir(parent):
+        raise SurfaceFileError(f"Cannot write {path}", f"directory {parent} does not exist",
+                               "create the directory or choose another --out")
+    if not os.access(parent, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise SurfaceFileError(f"Cannot write {path}", "permission denied", "choose a writable --out path")
+
+
+def _directions(model: nn.Module, spec: DirectionSpec, ndim: int, model2: nn.Module | None,
+                dir_file: str | os.PathLike | None) -> Directions:
+    if dir_file is not None and os.path.exists(dir_file):
+        log.info("reading directions from %s", dir_file)
+        return load_directions(dir_file, model, spec.dir_type, ndim)
+    dirs = create_directions(model, spec, ndim, model2)
+    if dir_file is not None:
+        save_directions(dir_file, dirs)
+    return dirs
+
+
+def _fingerprint(tensors: Any) -> str:
+    h = hashlib.blake2b(digest_size=8)
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(str((t.dtype, tuple(t.shape))).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

@@ -1,0 +1,1 @@
+"""Model -> ONNX exporters with weights as graph inputs (see the exporters issue)."""

@@ -1,0 +1,33 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="lossgrid",
+    version="0.1.0",
+    description="Fast, filter-normalized loss landscapes of neural networks (batch evaluation engine)",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["lossgrid", "lossgrid.*"]),
+    install_requires=[
+        "torch>=2.4,<3",
+        "numpy>=1.24",
+        "h5py>=3.8",
+        "click>=8.1",
+        "onnx>=1.16",
+        "onnxruntime>=1.18",
+        "matplotlib>=3.7",
+        "scikit-learn>=1.3",
+    ],
+    extras_require={
+        "gpu": ["cupy-cuda12x>=13", "onnxruntime-gpu>=1.18"],
+        "tensorrt": ["tensorrt>=10"],
+        "export": ["onnxscript>=0.1"],
+        "html": ["plotly>=5.18"],
+        "dev": ["pytest>=8", "ruff>=0.5", "onnxscript>=0.1", "plotly>=5.18"],
+    },
+    entry_points={"console_scripts": ["lossgrid=lossgrid.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)

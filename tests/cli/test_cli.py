@@ -1,0 +1,149 @@
+"""The CLI: end to end, JSON output, exit codes, and no tracebacks on bad input."""
+
+import json
+import os
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from lossgrid.cli import _should_reexec
+from lossgrid.cli.main import cli
+from lossgrid.engine.surface_file import load_surface
+
+CONFTEST = os.path.join(os.path.dirname(__file__), "..", "conftest.py")
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    from tests.conftest import trained_small_cnn
+
+    path = tmp_path_factory.mktemp("ck") / "net.pt"
+    torch.save({"state_dict": trained_small_cnn(30).state_dict(), "epoch": 1}, path)
+    return str(path)
+
+
+def run(*args):
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    return result
+
+
+def base_args(ckpt, out):
+    return ["surface", "--model", f"{CONFTEST}:small_cnn", "--checkpoint", ckpt, "--data", "digits:test",
+            "--samples", "100", "--out", out, "-q"]
+
+
+def test_surface_2d_json(tmp_path, ckpt):
+    out = tmp_path / "s.h5"
+    r = run(*base_args(ckpt, out), "--x=-1:1:5", "--y=-1:1:3", "--json")
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.output)
+    for key in ("file", "min_loss", "min_at", "center_loss", "seconds", "points_x_samples_per_s"):
+        assert key in s, key
+    assert s["points_done"] == 15 and s["samples"] == 100 and s["file"] == str(out)
+    surf = load_surface(str(out))
+    assert s["center_loss"] == pytest.approx(surf.loss[2, 1])
+    assert s["min_loss"] == pytest.approx(np.nanmin(surf.loss))
+
+
+def test_surface_1d_interpolation_and_plot(tmp_path, ckpt):
+    other = tmp_path / "other.pt"
+    from tests.conftest import small_cnn
+
+    torch.save(small_cnn().state_dict(), other)
+    out = tmp_path / "i.h5"
+    r = run(*base_args(ckpt, out), "--model2", other, "--x=0:1:5")
+    assert r.exit_code == 0, r.output
+    assert "min loss" in r.output and "points x samples/s" in r.output
+    with h5py.File(out) as f:
+        assert f.attrs["kind"] == "interpolation" and f["train_loss"].shape == (5,)
+    png = tmp_path / "i.png"
+    r = run("plot", out, "--out", png)
+    assert r.exit_code == 0 and png.stat().st_size > 1000
+
+
+def test_dir_file_written_then_reused(tmp_path, ckpt):
+    dirs = tmp_path / "dirs.h5"
+    a, b = tmp_path / "a.h5", tmp_path / "b.h5"
+    assert run(*base_args(ckpt, a), "--x=-1:1:3", "--y=-1:1:3", "--dir-file", dirs, "--seed", "4").exit_code == 0
+    assert dirs.exists()
+    # a different --seed is ignored when the direction file exists: same axes
+    assert run(*base_args(ckpt, b), "--x=-1:1:3", "--y=-1:1:3", "--dir-file", dirs, "--seed", "9").exit_code == 0
+    sa, sb = load_surface(str(a)), load_surface(str(b))
+    assert sa.attrs["directions"] == sb.attrs["directions"]
+    np.testing.assert_array_equal(sa.loss, sb.loss)
+
+
+@pytest.mark.parametrize("args,code,needle", [
+    (["--x=1:2"], 2, "MIN:MAX:NUM"),
+    (["--y=a:b:c"], 2, "MIN:MAX:NUM"),
+    (["--xnorm", "l3"], 2, "l3"),
+    (["--data", "mnist"], 1, "Unknown data spec"),
+    (["--data", "npz:/nonexistent.npz"], 1, "Cannot read data file"),
+])
+def test_bad_options(tmp_path, ckpt, args, code, needle):
+    r = run(*base_args(ckpt, tmp_path / "s.h5"), *args)
+    assert r.exit_code == code, r.output
+    assert needle in r.output
+    assert "Traceback" not in r.output
+    assert not (tmp_path / "s.h5").exists()
+
+
+def test_bad_checkpoint_and_model(tmp_path, ckpt):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"junk")
+    r = run("surface", "--model", f"{CONFTEST}:small_cnn", "--checkpoint", bad, "--out", tmp_path / "s.h5")
+    assert r.exit_code == 1 and "corrupt" in r.output and "Traceback" not in r.output
+    r = run("surface", "--model", "lossgrid.zoo:mlp_digits", "--checkpoint", ckpt, "--out", tmp_path / "s.h5")
+    assert r.exit_code == 1 and "does not match" in r.output and ": 1.weight" in r.output
+    assert "not in the model: conv1.weight" in r.output
+    r = run("surface", "--model", "lossgrid.zoo:resnet20", "--data", "digits", "--samples", "10",
+            "--x=-1:1:2", "--out", tmp_path / "s.h5", "-q")
+    assert r.exit_code == 1 and "model failed on the evaluation data" in r.output
+    r = run("surface", "--model", "lossgrid.zoo:mlp_digits", "--out", tmp_path / "nodir" / "s.h5")
+    assert r.exit_code == 1 and "does not exist" in r.output
+
+
+def test_existing_surface_is_never_destroyed(tmp_path, ckpt):
+    out = tmp_path / "s.h5"
+    assert run(*base_args(ckpt, out), "--x=-1:1:3").exit_code == 0
+    before = out.read_bytes()
+    for extra in (["--x=-1:1:5"], ["--x=-1:1:5", "--data", "mnist", "--overwrite"],
+                  ["--x=-1:1:5", "--checkpoint", tmp_path / "missing.pt", "--overwrite"]):
+        r = run(*base_args(ckpt, out), *extra)
+        assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+        assert out.read_bytes() == before
+    r = run(*base_args(ckpt, out), "--x=-1:1:3")  # same settings: resume (nothing to do)
+    assert r.exit_code == 0 and "0 points in" in r.output
+    r = run(*base_args(ckpt, out), "--x=-1:1:5", "--overwrite")
+    assert r.exit_code == 0 and load_surface(str(out)).loss.shape == (5,)
+
+
+def test_corrupt_surface_file(tmp_path, ckpt):
+    out = tmp_path / "s.h5"
+    out.write_bytes(b"corrupt")
+    r = run(*base_args(ckpt, out))
+    assert r.exit_code == 1 and "corrupt or not HDF5" in r.output and out.read_bytes() == b"corrupt"
+    r = run("plot", out, "--out", tmp_path / "p.png")
+    assert r.exit_code == 1 and "Cannot read surface file" in r.output
+
+
+def test_demo_small(tmp_path):
+    r = run("demo", "--out", tmp_path / "d", "--grid=-1:1:5", "--epochs", "2", "--json", "-q")
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.output)
+    assert os.path.exists(result["paths"]["surface"]) and os.path.exists(result["paths"]["contour"])
+    assert result["summary"]["points_done"] == 25
+    r = run("demo", "--out", tmp_path / "d2", "--grid=1:0:5")
+    assert r.exit_code == 2
+
+
+def test_reexec_decision():
+    env = {}
+    assert _should_reexec(["lossgrid", "surface", "--out", "x"], env) in (True, False)
+    assert not _should_reexec(["lossgrid", "plot", "f.h5"], env)
+    assert not _should_reexec(["lossgrid", "surface", "--help"], env)
+    assert not _should_reexec(["lossgrid", "surface"], {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=1"})
+    assert not _should_reexec(["lossgrid", "demo"], {"LOSSGRID_NO_MALLOC_TUNING": "1"})

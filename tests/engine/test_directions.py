@@ -1,0 +1,104 @@
+import h5py
+import pytest
+import torch
+
+from lossgrid.config import DirectionSpec
+from lossgrid.engine.directions import create_directions, load_directions, save_directions
+from lossgrid.engine.params import ParamLayout
+from lossgrid.errors import DirectionError
+from tests.conftest import small_cnn
+
+
+def test_same_seed_bit_identical_and_other_seed_differs(trained_cnn):
+    a = create_directions(trained_cnn, DirectionSpec(seed=5), ndim=2)
+    b = create_directions(trained_cnn, DirectionSpec(seed=5), ndim=2)
+    c = create_directions(trained_cnn, DirectionSpec(seed=6), ndim=2)
+    assert torch.equal(a.flat(), b.flat())
+    assert not torch.equal(a.flat(), c.flat())
+    # x of a 2D surface is the direction of the 1D curve with the same seed
+    one = create_directions(trained_cnn, DirectionSpec(seed=5), ndim=1)
+    assert one.y is None and torch.equal(one.flat()[0], a.flat()[0])
+
+
+def test_directions_on_model_device_and_dtype(trained_cnn):
+    dirs = create_directions(trained_cnn, DirectionSpec(), ndim=2)
+    for d, p in zip(dirs.x + dirs.y, list(trained_cnn.parameters()) * 2):
+        assert d.device == p.device and d.dtype == p.dtype and d.shape == p.shape
+
+
+def test_filter_normalization_and_biasbn_ignored(trained_cnn):
+    dirs = create_directions(trained_cnn, DirectionSpec(), ndim=2)
+    for name, d, w in zip(dirs.layout.names, dirs.x, trained_cnn.parameters()):
+        if w.dim() <= 1:
+            assert torch.all(d == 0), name
+        else:
+            torch.testing.assert_close(d.flatten(1).norm(dim=1), w.detach().flatten(1).norm(dim=1),
+                                       rtol=1e-5, atol=1e-6)
+
+
+def test_ignore_none_keeps_1d_directions(trained_cnn):
+    dirs = create_directions(trained_cnn, DirectionSpec(xignore="none"), ndim=1)
+    bias = dict(zip(dirs.layout.names, dirs.x))["fc.bias"]
+    assert torch.all(bias != 0)
+    # scalar filters: each entry has the magnitude of the matching weight
+    torch.testing.assert_close(bias.abs(), trained_cnn.fc.bias.detach().abs())
+
+
+def test_y_settings_default_to_x_and_can_differ(trained_cnn):
+    same = create_directions(trained_cnn, DirectionSpec(xnorm="layer", xignore="none"), ndim=2)
+    assert same.meta["ynorm"] == "layer" and same.meta["yignore"] == "none"
+    diff = create_directions(trained_cnn, DirectionSpec(xnorm="layer", ynorm="none"), ndim=2)
+    w = trained_cnn.conv1.weight.detach()
+    ydir = dict(zip(diff.layout.names, diff.y))["conv1.weight"]
+    xdir = dict(zip(diff.layout.names, diff.x))["conv1.weight"]
+    assert torch.isclose(xdir.norm(), w.norm()) and not torch.isclose(ydir.norm(), w.norm())
+
+
+def test_states_type_covers_running_stats_not_integer_buffers(trained_cnn):
+    dirs = create_directions(trained_cnn, DirectionSpec(dir_type="states", xignore="none"), ndim=1)
+    names = dirs.layout.names
+    assert "bn1.running_mean" in names and "bn1.running_var" in names
+    assert not any(n.endswith("num_batches_tracked") for n in names)
+    assert list(names) == [n for n, t in trained_cnn.state_dict().items() if torch.is_floating_point(t)]
+    weights_only = ParamLayout.from_model(trained_cnn, "weights")
+    assert "bn1.running_mean" not in weights_only.names
+
+
+def test_interpolation_direction(trained_cnn):
+    other = small_cnn()
+    dirs = create_directions(trained_cnn, DirectionSpec(), ndim=1, model2=other)
+    for d, a, b in zip(dirs.x, trained_cnn.parameters(), other.parameters()):
+        torch.testing.assert_close(d, b.detach() - a.detach())
+    assert dirs.meta["kind"] == "interpolation"
+    with pytest.raises(DirectionError, match="does not match"):
+        create_directions(trained_cnn, DirectionSpec(), ndim=1, model2=torch.nn.Linear(2, 2))
+
+
+def test_save_load_roundtrip_reference_layout(tmp_path, trained_cnn):
+    dirs = create_directions(trained_cnn, DirectionSpec(seed=3), ndim=2)
+    path = tmp_path / "dirs.h5"
+    save_directions(path, dirs)
+    with h5py.File(path) as f:
+        assert set(f) == {"xdirection", "ydirection"}
+        assert list(f["xdirection"].attrs["names"]) == list(dirs.layout.names)
+        assert sorted(f["xdirection"], key=int) == [str(i) for i in range(len(dirs.x))]
+    loaded = load_directions(path, trained_cnn)
+    assert torch.equal(loaded.flat(), dirs.flat())
+    one = load_directions(path, trained_cnn, ndim=1)
+    assert one.y is None and torch.equal(one.flat()[0], dirs.flat()[0])
+
+
+def test_load_errors(tmp_path, trained_cnn):
+    dirs = create_directions(trained_cnn, DirectionSpec(), ndim=1)
+    path = tmp_path / "one.h5"
+    save_directions(path, dirs)
+    with pytest.raises(DirectionError, match="two"):
+        load_directions(path, trained_cnn, ndim=2)
+    with pytest.raises(DirectionError, match="does not match"):
+        load_directions(path, torch.nn.Linear(3, 3))
+    with pytest.raises(DirectionError, match="states"):
+        load_directions(path, trained_cnn, dir_type="states")
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(b"not hdf5")
+    with pytest.raises(DirectionError, match="Cannot read"):
+        load_directions(bad, trained_cnn)

@@ -1,0 +1,92 @@
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from lossgrid.data import CIFAR_MEAN, CIFAR_STD, load_data
+from lossgrid.errors import DataLoadError
+
+
+def test_digits_splits():
+    full, train, test = load_data("digits"), load_data("digits:train"), load_data("digits:test")
+    assert full.x.shape == (1797, 1, 8, 8) and full.x.dtype == torch.float32 and full.y.dtype == torch.int64
+    assert len(train) + len(test) == 1797 and len(train) == 1437
+    assert 0.0 <= float(full.x.min()) and float(full.x.max()) <= 1.0
+
+
+def test_samples_subset_is_seeded():
+    a, b = load_data("digits", samples=50, sample_seed=1), load_data("digits", samples=50, sample_seed=1)
+    c = load_data("digits", samples=50, sample_seed=2)
+    assert torch.equal(a.x, b.x) and not torch.equal(a.x, c.x)
+    assert "50 of 1797" in a.description
+    with pytest.raises(DataLoadError, match="between 1 and 1797"):
+        load_data("digits", samples=5000)
+
+
+def test_npz(tmp_path):
+    path = tmp_path / "d.npz"
+    np.savez(path, x=np.random.rand(10, 3).astype(np.float64), y=np.arange(10) % 3)
+    data = load_data(f"npz:{path}")
+    assert data.x.dtype == torch.float32 and data.y.dtype == torch.int64 and len(data) == 10
+    np.savez(tmp_path / "bad.npz", inputs=np.zeros(3))
+    with pytest.raises(DataLoadError, match="no array 'x'"):
+        load_data(f"npz:{tmp_path / 'bad.npz'}")
+    (tmp_path / "junk.npz").write_bytes(b"junk")
+    with pytest.raises(DataLoadError, match="Cannot read"):
+        load_data(f"npz:{tmp_path / 'junk.npz'}")
+    with pytest.raises(DataLoadError):
+        load_data(f"npz:{tmp_path / 'missing.npz'}")
+    np.savez(tmp_path / "mism.npz", x=np.zeros((3, 2)), y=np.zeros(4))
+    with pytest.raises(DataLoadError, match="same"):
+        load_data(f"npz:{tmp_path / 'mism.npz'}")
+
+
+def _write_cifar_batch(path, n, seed):
+    rng = np.random.RandomState(seed)
+    batch = {b"data": rng.randint(0, 256, (n, 3072), dtype=np.uint8), b"labels": list(rng.randint(0, 10, n))}
+    with open(path, "wb") as f:
+        pickle.dump(batch, f)
+    return batch
+
+
+def test_cifar10_python_batches(tmp_path):
+    batches = [_write_cifar_batch(tmp_path / f"data_batch_{i}", 4, i) for i in range(1, 6)]
+    test = _write_cifar_batch(tmp_path / "test_batch", 3, 9)
+    data = load_data(f"cifar10:{tmp_path}")
+    assert data.x.shape == (20, 3, 32, 32) and data.y.tolist() == sum((list(b[b"labels"]) for b in batches), [])
+    first = batches[0][b"data"][0].reshape(3, 32, 32) / 255.0
+    want = (first - np.array(CIFAR_MEAN)[:, None, None]) / np.array(CIFAR_STD)[:, None, None]
+    np.testing.assert_allclose(data.x[0].numpy(), want, rtol=1e-5, atol=1e-5)
+    assert len(load_data(f"cifar10:{tmp_path}:test")) == 3 and test
+    with pytest.raises(DataLoadError, match="Cannot read CIFAR-10"):
+        load_data(f"cifar10:{tmp_path / 'nope'}")
+
+
+def test_module_function_tuple_and_dataset(tmp_path):
+    src = tmp_path / "mydata.py"
+    src.write_text(
+        "import torch\n"
+        "def pairs():\n    return torch.randn(6, 2), torch.tensor([0, 1, 0, 1, 0, 1])\n"
+        "class DS(torch.utils.data.Dataset):\n"
+        "    def __len__(self): return 5\n"
+        "    def __getitem__(self, i): return torch.full((3,), float(i)), i % 2\n"
+        "def dataset():\n    return DS()\n"
+        "def broken():\n    raise RuntimeError('boom')\n"
+        "def wrong():\n    return 42\n"
+    )
+    assert len(load_data(f"{src}:pairs")) == 6
+    ds = load_data(f"{src}:dataset")
+    assert ds.x.shape == (5, 3) and ds.y.tolist() == [0, 1, 0, 1, 0]
+    with pytest.raises(DataLoadError, match="boom"):
+        load_data(f"{src}:broken")
+    with pytest.raises(DataLoadError, match="returned int"):
+        load_data(f"{src}:wrong")
+    with pytest.raises(DataLoadError, match="no attribute"):
+        load_data(f"{src}:missing")
+
+
+@pytest.mark.parametrize("spec", ["mnist", "imagenet", "no_such_module_xyz:fn"])
+def test_unknown_specs(spec):
+    with pytest.raises(DataLoadError):
+        load_data(spec)

@@ -1,0 +1,44 @@
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from lossgrid.cli.main import cli
+from lossgrid.errors import MissingBackendError
+
+
+def test_import_is_light():
+    code = ("import sys, lossgrid; heavy = [m for m in ('torch', 'h5py', 'matplotlib', 'click', 'cupy', "
+            "'tensorrt', 'onnxruntime') if m in sys.modules]; print(heavy); assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_lazy_exports_resolve():
+    import lossgrid
+
+    for name in lossgrid.__all__:
+        assert getattr(lossgrid, name) is not None
+    with pytest.raises(AttributeError):
+        lossgrid.no_such_name  # noqa: B018
+
+
+@pytest.mark.parametrize("args", [[], ["surface"], ["plot"], ["demo"]])
+def test_help_works(args):
+    result = CliRunner().invoke(cli, [*args, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output
+
+
+def test_console_script_help():
+    out = subprocess.run([sys.executable, "-m", "lossgrid.cli", "--help"], capture_output=True, text=True, check=True)
+    assert "surface" in out.stdout and "demo" in out.stdout
+
+
+def test_missing_backend_error_names_extra():
+    from lossgrid._optional import require
+
+    with pytest.raises(MissingBackendError) as e:
+        require("lossgrid_no_such_backend", "gpu", "The CuPy kernels")
+    msg = str(e.value)
+    assert 'pip install "lossgrid[gpu]"' in msg and "lossgrid_no_such_backend" in msg
