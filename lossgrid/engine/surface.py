@@ -66,7 +66,7 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
     out_path = os.fspath(out) if out is not None else None
     if out_path is not None:
         check_writable(out_path, overwrite)
-    device = torch.device(eval_spec.device)
+    device = resolve_device(eval_spec.device)
     model = model.to(device)
     if model2 is not None:
         model2 = model2.to(device)
@@ -137,6 +137,22 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
         if writer is not None:
             writer.finish(run)
     return surface
+
+
+def resolve_device(name: str) -> torch.device:
+    """A torch device that exists on this machine, or a :class:`ConfigError`."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as e:
+        raise ConfigError(f"Unknown device {name!r}", str(e), "pass --device cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"Device {name} was requested but no CUDA GPU is usable here",
+                          "torch.cuda.is_available() is False (no GPU, or a CPU-only torch build)",
+                          "pass --device cpu, or run on a machine with a GPU and a CUDA build of torch")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"Device {name} does not exist", f"{torch.cuda.device_count()} GPU(s) visible",
+                          "pick an index below the GPU count")
+    return device
 
 
 def check_writable(path: str, overwrite: bool) -> None:
