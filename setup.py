@@ -23,7 +23,8 @@ setup(
         "tensorrt": ["tensorrt>=10"],
         "export": ["onnxscript>=0.1"],
         "html": ["plotly>=5.18"],
-        "dev": ["pytest>=8", "ruff>=0.5", "onnxscript>=0.1", "plotly>=5.18"],
+        "vtk": ["vtk>=9.2", "scipy>=1.9"],
+        "dev": ["pytest>=8", "ruff>=0.5", "onnxscript>=0.1", "plotly>=5.18", "vtk>=9.2", "scipy>=1.9"],
     },
     entry_points={"console_scripts": ["lossgrid=lossgrid.cli:main"]},
     classifiers=[

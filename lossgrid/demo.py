@@ -18,6 +18,7 @@ from torch import nn
 
 from .config import DirectionSpec, EvalSpec, GridSpec
 from .data import EvalData, load_data
+from .errors import MissingBackendError
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,8 @@ def train_demo_model(data: EvalData, epochs: int = 12, seed: int = 0, batch_size
 
 def run_demo(out_dir: str | os.PathLike, grid: str = "-1:1:31", epochs: int = 12, seed: int = 0,
              progress: Any = None, overwrite: bool = True, eval_spec: EvalSpec = EvalSpec()) -> dict[str, Any]:
-    """Train, compute the surface into ``out_dir/surface.h5``, render ``contour.png``.
+    """Train, compute the surface into ``out_dir/surface.h5``, render ``contour.png``,
+    ``surface3d.png`` (log scale) and ``surface.html`` (if plotly is installed).
 
     Returns a dict with the written paths, timings and the surface summary.
     """
@@ -66,7 +68,15 @@ def run_demo(out_dir: str | os.PathLike, grid: str = "-1:1:31", epochs: int = 12
                               overwrite=overwrite, progress=progress,
                               model_description=f"{DEMO_MODEL} trained {epochs} epochs (seed {seed})")
     t_surface = time.perf_counter() - t0 - t_train
-    paths = {"surface": surface_path, "contour": plot_surface(surface, os.path.join(out_dir, "contour.png"))}
-    return {"paths": paths, "train_seconds": round(t_train, 2), "surface_seconds": round(t_surface, 2),
+    paths = {"surface": surface_path,
+             "contour": plot_surface(surface, os.path.join(out_dir, "contour.png")),
+             "surface3d": plot_surface(surface, os.path.join(out_dir, "surface3d.png"), kind="surface3d", log=True)}
+    skipped = {}
+    try:
+        paths["html"] = plot_surface(surface, os.path.join(out_dir, "surface.html"), kind="html")
+    except MissingBackendError as e:  # plotly is an optional extra
+        skipped["html"] = str(e)
+    return {"paths": paths, "skipped": skipped, "train_seconds": round(t_train, 2),
+            "surface_seconds": round(t_surface, 2),
             "total_seconds": round(time.perf_counter() - t0, 2), "summary": surface.summary(),
             "run": surface.attrs.get("last_run")}

@@ -33,4 +33,6 @@ def demo(out: str, grid: str, epochs: int, seed: int, as_json: bool, quiet: bool
     click.echo(f"trained in {result['train_seconds']} s; surface {s['shape']} in {result['surface_seconds']} s "
                f"({result['run']['points_x_samples_per_s']:,.0f} points x samples/s); "
                f"center loss {s['center_loss']:.4g}, accuracy {s['center_acc']:.1f}%")
-    click.echo(f"wrote {result['paths']['surface']} and {result['paths']['contour']}")
+    click.echo("wrote " + ", ".join(result["paths"].values()))
+    for what, why in result["skipped"].items():
+        click.echo(f"skipped {what}: {why}", err=True)

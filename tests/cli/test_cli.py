@@ -64,6 +64,25 @@ def test_surface_1d_interpolation_and_plot(tmp_path, ckpt):
     assert r.exit_code == 0 and png.stat().st_size > 1000
 
 
+def test_plot_kinds_from_cli(tmp_path, ckpt):
+    dirs = tmp_path / "dirs.h5"
+    a, b = tmp_path / "a.h5", tmp_path / "b.h5"
+    for out in (a, b):
+        assert run(*base_args(ckpt, out), "--x=-1:1:4", "--y=-1:1:4", "--dir-file", dirs).exit_code == 0
+    for out, extra in (("c.png", []), ("s3.png", ["--kind", "surface3d", "--log"]), ("s.html", []),
+                       ("h.pdf", ["--kind", "heatmap", "--metric", "err"]), ("cmp.png", ["--kind", "compare"])):
+        files = [a, b] if out == "cmp.png" else [a]
+        r = run("plot", *files, "--out", tmp_path / out, *extra)
+        assert r.exit_code == 0, r.output
+        assert (tmp_path / out).stat().st_size > 1000
+    r = run("plot", a, b, "--out", tmp_path / "x.png", "--kind", "heatmap")
+    assert r.exit_code == 1 and "--kind compare" in r.output
+    r = run("plot", a, "--out", tmp_path / "x.png", "--levels", "abc")
+    assert r.exit_code == 1 and "Cannot read levels" in r.output
+    r = run("plot", tmp_path / "missing.h5", "--out", tmp_path / "x.png")
+    assert r.exit_code == 1 and "Cannot read surface file" in r.output
+
+
 def test_dir_file_written_then_reused(tmp_path, ckpt):
     dirs = tmp_path / "dirs.h5"
     a, b = tmp_path / "a.h5", tmp_path / "b.h5"
@@ -150,7 +169,8 @@ def test_demo_small(tmp_path):
     r = run("demo", "--out", tmp_path / "d", "--grid=-1:1:5", "--epochs", "2", "--json", "-q")
     assert r.exit_code == 0, r.output
     result = json.loads(r.output)
-    assert os.path.exists(result["paths"]["surface"]) and os.path.exists(result["paths"]["contour"])
+    for key in ("surface", "contour", "surface3d", "html"):
+        assert os.path.getsize(result["paths"][key]) > 1000, key
     assert result["summary"]["points_done"] == 25
     r = run("demo", "--out", tmp_path / "d2", "--grid=1:0:5")
     assert r.exit_code == 2

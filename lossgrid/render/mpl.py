@@ -1,0 +1,149 @@
+"""matplotlib renderers: 1D curves, contour/filled contour/heatmap, 3D surface,
+side-by-side comparison. matplotlib is imported inside the functions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..engine.surface_file import Surface
+from ..errors import LossgridError
+from ._common import axis_label, metric_values, minimum_index, name_of, resolve_levels, title_of
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, out: str, dpi: int) -> None:
+    plt = _pyplot()
+    try:
+        fig.savefig(out, dpi=dpi)
+    except (OSError, ValueError) as e:
+        raise LossgridError(f"Cannot write plot {out}", str(e).splitlines()[0],
+                            "choose a writable --out path ending in .png, .pdf or .svg") from None
+    finally:
+        plt.close(fig)
+
+
+def curve(surfaces: list[Surface], out: str, log: bool = False, vmax: float | None = None,
+          title: str | None = None, dpi: int = 150) -> None:
+    """Loss (solid, left axis) and accuracy (dashed, right axis) of one or more 1D surfaces."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    ax2 = None
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, s in enumerate(surfaces):
+        color = colors[i % len(colors)]
+        loss, _ = metric_values(s, "loss", vmax=vmax)
+        label = name_of(s) if len(surfaces) > 1 else "loss"
+        ax.plot(s.xcoordinates, loss, "-", color=color, lw=1.5, label=f"{label} loss" if len(surfaces) > 1 else label)
+        acc, _ = metric_values(s, "acc")
+        if np.isfinite(acc).any():
+            ax2 = ax2 or ax.twinx()
+            ax2.plot(s.xcoordinates, acc, "--", color=color, lw=1.2,
+                     label=f"{label} accuracy" if len(surfaces) > 1 else "accuracy")
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel(axis_label(surfaces[0].attrs, "x"))
+    ax.set_ylabel("loss (solid)")
+    handles, labels = ax.get_legend_handles_labels()
+    if ax2 is not None:
+        ax2.set_ylabel("accuracy % (dashed)")
+        ax2.set_ylim(0, 100)
+        h2, l2 = ax2.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
+    ax.legend(handles, labels, loc="best", fontsize=8)
+    ax.set_title(title_of(surfaces[0], title, "loss and accuracy"))
+    fig.tight_layout()
+    _save(fig, out, dpi)
+
+
+def plane(surface: Surface, out: str, kind: str = "contour", metric: str = "loss", log: bool = False,
+          levels: int | list[float] | None = None, vmax: float | None = None, title: str | None = None,
+          dpi: int = 150) -> None:
+    """2D ``contour`` (labelled lines), ``contourf`` (filled) or ``heatmap``, minimum marked."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 5.2))
+    z, label = metric_values(surface, metric, log=log, vmax=vmax)
+    artist = _draw_plane(ax, surface, z, kind, resolve_levels(z, levels, None), None, None)
+    if kind != "contour":
+        fig.colorbar(artist, ax=ax, label=label)
+    ax.set_title(title_of(surface, title, label))
+    fig.tight_layout()
+    _save(fig, out, dpi)
+
+
+def _draw_plane(ax: Any, surface: Surface, z: np.ndarray, kind: str, levels: np.ndarray,
+                vmin: float | None, vmax: float | None) -> Any:
+    assert surface.ycoordinates is not None  # callers pass 2D surfaces only
+    xs, ys = surface.xcoordinates, surface.ycoordinates
+    X, Y = np.meshgrid(xs, ys, indexing="ij")
+    if kind == "heatmap":
+        dx = (xs[-1] - xs[0]) / max(len(xs) - 1, 1) / 2 or 0.5
+        dy = (ys[-1] - ys[0]) / max(len(ys) - 1, 1) / 2 or 0.5
+        artist = ax.imshow(z.T, origin="lower", extent=(xs[0] - dx, xs[-1] + dx, ys[0] - dy, ys[-1] + dy),
+                           aspect="auto", cmap="viridis", vmin=vmin, vmax=vmax, interpolation="nearest")
+    elif kind == "contourf":
+        artist = ax.contourf(X, Y, z, levels=levels, cmap="viridis", extend="both", vmin=vmin, vmax=vmax)
+    else:
+        artist = ax.contour(X, Y, z, levels=levels, cmap="viridis", linewidths=1.0)
+        ax.clabel(artist, artist.levels[::3], inline=True, fontsize=7, fmt="%.3g")
+    idx = minimum_index(z)
+    if idx is not None:
+        ax.plot(xs[idx[0]], ys[idx[1]], "r*", ms=11, label="minimum")
+    ax.set_xlabel(axis_label(surface.attrs, "x"))
+    ax.set_ylabel(axis_label(surface.attrs, "y"))
+    return artist
+
+
+def surface3d(surface: Surface, out: str, metric: str = "loss", log: bool = False, vmax: float | None = None,
+              title: str | None = None, dpi: int = 150) -> None:
+    """A shaded 3D surface (``projection="3d"`` subplot, as current matplotlib requires)."""
+    plt = _pyplot()
+    fig = plt.figure(figsize=(7.2, 5.6))
+    ax = fig.add_subplot(projection="3d")
+    z, label = metric_values(surface, metric, log=log, vmax=vmax)
+    X, Y = np.meshgrid(surface.xcoordinates, surface.ycoordinates, indexing="ij")
+    finite = z[np.isfinite(z)]
+    zmasked = np.ma.masked_invalid(z)
+    surf = ax.plot_surface(X, Y, zmasked, cmap="viridis", linewidth=0, antialiased=True,
+                           rstride=max(1, len(X) // 60), cstride=max(1, X.shape[1] // 60),
+                           vmin=finite.min() if finite.size else None, vmax=finite.max() if finite.size else None)
+    fig.colorbar(surf, ax=ax, shrink=0.6, pad=0.1, label=label)
+    ax.set_xlabel(axis_label(surface.attrs, "x"), fontsize=8)
+    ax.set_ylabel(axis_label(surface.attrs, "y"), fontsize=8)
+    ax.set_zlabel(label, fontsize=8)
+    ax.view_init(elev=35, azim=-60)
+    ax.set_title(title_of(surface, title, label))
+    _save(fig, out, dpi)
+
+
+def compare(surfaces: list[Surface], out: str, kind: str = "contourf", metric: str = "loss", log: bool = False,
+            levels: int | list[float] | None = None, vmax: float | None = None, title: str | None = None,
+            dpi: int = 150) -> None:
+    """2D surfaces side by side on one shared color scale (1D ones are overlaid)."""
+    if surfaces[0].ndim == 1:
+        curve(surfaces, out, log=log, vmax=vmax, title=title, dpi=dpi)
+        return
+    plt = _pyplot()
+    values = [metric_values(s, metric, log=log, vmax=vmax) for s in surfaces]
+    label = values[0][1]
+    joint = np.concatenate([z[np.isfinite(z)] for z, _ in values]) if values else np.array([])
+    lv = resolve_levels(joint.reshape(1, -1) if joint.size else np.array([[0.0]]), levels, None)
+    vmin_all, vmax_all = float(lv[0]), float(lv[-1])
+    n = len(surfaces)
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n + 1.2, 4.2), squeeze=False, sharex=True, sharey=True)
+    artist = None
+    for ax, s, (z, _) in zip(axes[0], surfaces, values):
+        artist = _draw_plane(ax, s, z, "heatmap" if kind == "heatmap" else "contourf", lv, vmin_all, vmax_all)
+        ax.set_title(name_of(s), fontsize=9)
+    fig.colorbar(artist, ax=list(axes[0]), label=label, shrink=0.9)
+    fig.suptitle(title_of(surfaces[0], title, f"{label}, shared scale"), fontsize=10)
+    _save(fig, out, dpi)
