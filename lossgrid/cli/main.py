@@ -39,10 +39,11 @@ def cli(verbose: int) -> None:
 
 def _register() -> None:
     from .demo import demo
+    from .export import export, inspect
     from .plot import plot
     from .surface import surface
 
-    for command in (surface, plot, demo):
+    for command in (surface, plot, demo, export, inspect):
         cli.add_command(command)
 
 

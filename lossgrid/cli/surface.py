@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from ..config import DIR_TYPES, IGNORES, NORMS, DirectionSpec, EvalSpec, GridSpec, SurfaceJob
+from ..engine.runners import BACKENDS
 from ._common import echo_json, parse_axis, run_with_progress
 
 
@@ -32,8 +33,11 @@ from ._common import echo_json, parse_axis, run_with_progress
 @click.option("--dir-file", metavar="FILE", help="Directions file: read if it exists, else written.")
 @click.option("--out", required=True, metavar="FILE.h5", help="Surface file (resumed if it exists).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing surface file computed with other settings.")
-@click.option("--backend", type=click.Choice(["torch"]), default="torch", show_default=True)
-@click.option("--strategy", type=click.Choice(["auto", "loop", "vmap"]), default="auto", show_default=True)
+@click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True,
+              help="auto: time every backend/strategy on this model and data, keep the fastest.")
+@click.option("--strategy", type=click.Choice(["auto", "loop", "vmap", "wide", "baked"]), default="auto",
+              show_default=True, help="torch: loop|vmap; onnxruntime: wide (K-wide graph) | baked (per-point "
+              "sessions); auto: timed.")
 @click.option("--points-per-call", type=click.IntRange(min=1), help="Grid points per runner call (default 8).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Samples per forward pass (default: by input size).")
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda:0.")
@@ -73,3 +77,5 @@ def _echo_summary(s: dict[str, Any]) -> None:
     click.echo(f"{s['points_computed']} points in {s['eval_seconds']} s"
                + (f" = {rate:,.0f} points x samples/s" if rate else "")
                + f" ({s['backend']}/{s['strategy']})")
+    if s.get("backend_choice"):
+        click.echo(s["backend_choice"])

@@ -37,4 +37,4 @@ def run_surface_job(job: SurfaceJob, progress: Progress | None = None) -> dict[s
             "eval_seconds": run.get("seconds"), "points_computed": run.get("points"),
             "points_x_samples_per_s": run.get("points_x_samples_per_s"), "samples": len(data),
             "backend": run.get("backend"), "strategy": run.get("strategy"),
-            "strategy_reason": run.get("strategy_reason")}
+            "strategy_reason": run.get("strategy_reason"), "backend_choice": run.get("backend_choice")}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -61,3 +62,23 @@ def correct_count(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor 
     if torch.is_floating_point(targets) or outputs.dim() < 2 or outputs.shape[-1] < 2:
         return None
     return (outputs.argmax(dim=-1) == targets).sum()
+
+
+def wide_batch_stats(loss_fn: LossFn, outputs: torch.Tensor, targets: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Loss sums ``[K]`` (float64) and correct counts ``[K]`` (or ``None`` without
+    class labels) of one batch evaluated at ``K`` grid points (``outputs[K, B, ...]``)."""
+    from torch.func import vmap
+
+    sums = vmap(lambda o: batch_loss_sum(loss_fn, o, targets))(outputs).double()
+    if torch.is_floating_point(targets) or outputs.dim() < 3 or outputs.shape[-1] < 2:
+        return sums, None
+    return sums, (outputs.argmax(dim=-1) == targets).sum(dim=-1)
+
+
+def finish_stats(loss_sum: torch.Tensor, correct: torch.Tensor | None, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean loss and accuracy in percent (NaN without labels) as float64 arrays."""
+    loss = (loss_sum.double() / n).cpu().numpy()
+    if correct is None:
+        return loss, np.full(loss.shape, np.nan)
+    return loss, (100.0 * correct.double() / n).cpu().numpy()

@@ -76,7 +76,7 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
         raise ConfigError(f"The grid is {grid.ndim}D but {directions.ndim} direction(s) were given",
                           hint="give --y for two directions, or drop it for one")
     loss_fn, loss_desc = resolve_loss(loss)
-    runner = make_runner(eval_spec, model, directions.layout, data, loss_fn)
+    runner = make_runner(eval_spec, model, directions.layout, data, loss_fn, model_description or "")
 
     from .params import perturbed_tensors
 

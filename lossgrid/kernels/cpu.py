@@ -36,6 +36,24 @@ def normalize_direction(d: torch.Tensor, w: torch.Tensor, norm: str) -> torch.Te
     raise ConfigError(f"Unknown normalization {norm!r}", hint="use filter, layer, weight or none")
 
 
+def fold_conv_bn(weight: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor, beta: torch.Tensor,
+                 mean: torch.Tensor, var: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold an eval-mode BatchNorm into the convolution (or Linear) before it, for
+    ``K`` grid points at once.
+
+    ``weight`` is ``[K, Cout, ...]``; ``bias``, ``gamma``, ``beta``, ``mean``, ``var``
+    are ``[K, Cout]`` (``bias`` may be ``None``). Returns ``(weight', bias')`` with
+    ``weight' = weight * s`` and ``bias' = beta + (bias - mean) * s`` where
+    ``s = gamma / sqrt(var + eps)``. A negative perturbed variance gives NaN, as
+    the unfolded BatchNorm does.
+    """
+    scale = gamma / torch.sqrt(var + eps)
+    shape = scale.shape + (1,) * (weight.dim() - scale.dim())
+    folded_w = weight * scale.reshape(shape)
+    b = bias if bias is not None else torch.zeros_like(mean)
+    return folded_w, beta + (b - mean) * scale
+
+
 def perturb(base: torch.Tensor, dirs: torch.Tensor, coeffs: torch.Tensor,
             out: torch.Tensor | None = None) -> torch.Tensor:
     """Weights of ``K`` grid points: ``base[None] + coeffs @ dirs``.

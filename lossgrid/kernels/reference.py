@@ -27,6 +27,22 @@ def normalize_direction(d: np.ndarray, w: np.ndarray, norm: str) -> np.ndarray:
     raise ValueError(norm)
 
 
+def fold_conv_bn(weight, bias, gamma, beta, mean, var, eps):  # type: ignore[no-untyped-def]
+    """Reference of :func:`lossgrid.kernels.cpu.fold_conv_bn`, one point and one
+    output channel at a time."""
+    weight = np.asarray(weight, dtype=np.float64)
+    k, cout = weight.shape[:2]
+    w_out = np.empty_like(weight)
+    b_out = np.empty((k, cout))
+    for i in range(k):
+        for c in range(cout):
+            s = gamma[i][c] / np.sqrt(var[i][c] + eps)
+            w_out[i, c] = weight[i, c] * s
+            b = 0.0 if bias is None else bias[i][c]
+            b_out[i, c] = beta[i][c] + (b - mean[i][c]) * s
+    return w_out, b_out
+
+
 def perturb(base: np.ndarray, dirs: np.ndarray, coeffs: np.ndarray) -> np.ndarray:
     """Reference of :func:`lossgrid.kernels.cpu.perturb`, one point at a time."""
     base = np.asarray(base, dtype=np.float64)

@@ -176,6 +176,38 @@ def test_demo_small(tmp_path):
     assert r.exit_code == 2
 
 
+def test_export_and_inspect(tmp_path, ckpt):
+    out = tmp_path / "m.onnx"
+    r = run("export", "--model", f"{CONFTEST}:small_cnn", "--checkpoint", ckpt, "--out", out,
+            "--points-per-call", "4", "--json")
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.output)
+    assert summary["points_per_call"] == 4 and summary["max_abs_diff"] < 1e-4 and summary["folded_batchnorms"] == 2
+    r = run("inspect", out)
+    assert r.exit_code == 0 and json.loads(r.output)["k"] == 4
+    import onnx
+
+    proto = onnx.load(str(out))
+    del proto.metadata_props[:]
+    onnx.save(proto, str(tmp_path / "bare.onnx"))
+    r = run("inspect", tmp_path / "bare.onnx")
+    assert r.exit_code == 1 and "no lossgrid manifest" in r.output and "lossgrid export" in r.output
+    r = run("export", "--model", "lossgrid.zoo:mlp_digits", "--checkpoint", ckpt, "--out", out)
+    assert r.exit_code == 1 and "does not match" in r.output
+
+
+def test_surface_onnxruntime_and_auto_backends(tmp_path, ckpt):
+    ref, ort_path, auto = tmp_path / "t.h5", tmp_path / "o.h5", tmp_path / "a.h5"
+    assert run(*base_args(ckpt, ref), "--x=-1:1:4", "--strategy", "loop").exit_code == 0
+    r = run(*base_args(ckpt, ort_path), "--x=-1:1:4", "--backend", "onnxruntime", "--strategy", "baked")
+    assert r.exit_code == 0, r.output
+    np.testing.assert_allclose(load_surface(str(ort_path)).loss, load_surface(str(ref)).loss, rtol=1e-4)
+    r = run(*base_args(ckpt, auto), "--x=-1:1:4", "--backend", "auto")
+    assert r.exit_code == 0 and "fastest when timed" in r.output
+    r = run(*base_args(ckpt, auto), "--x=-1:1:4", "--backend", "onnxruntime", "--strategy", "loop", "--overwrite")
+    assert r.exit_code == 1 and "does not belong" in r.output
+
+
 def test_reexec_decision():
     env = {}
     assert _should_reexec(["lossgrid", "surface", "--out", "x"], env) in (True, False)

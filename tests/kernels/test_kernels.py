@@ -64,3 +64,36 @@ def test_normalize_rejects_shape_mismatch():
 
     with pytest.raises(ConfigError):
         cpu.normalize_direction(torch.ones(2, 3), torch.ones(3, 2), "filter")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("wshape", [(3, 6, 4, 3, 3), (3, 6, 4, 5), (3, 6, 8)])
+def test_fold_conv_bn_matches_reference(backend, with_bias, wshape):
+    gen = torch.Generator().manual_seed(4)
+    k, c = wshape[:2]
+    w = torch.randn(wshape, generator=gen, dtype=torch.float64)
+    b = torch.randn(k, c, generator=gen, dtype=torch.float64) if with_bias else None
+    gamma, beta, mean = (torch.randn(k, c, generator=gen, dtype=torch.float64) for _ in range(3))
+    var = torch.rand(k, c, generator=gen, dtype=torch.float64) + 0.1
+    got_w, got_b = backend.fold_conv_bn(w, b, gamma, beta, mean, var, 1e-5)
+    want_w, want_b = reference.fold_conv_bn(w.numpy(), None if b is None else b.numpy(), gamma.numpy(),
+                                            beta.numpy(), mean.numpy(), var.numpy(), 1e-5)
+    np.testing.assert_allclose(got_w.numpy(), want_w, rtol=1e-12)
+    np.testing.assert_allclose(got_b.numpy(), want_b, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fold_conv_bn_equals_conv_then_bn(backend):
+    torch.manual_seed(0)
+    conv, bn = torch.nn.Conv2d(3, 5, 3, padding=1), torch.nn.BatchNorm2d(5)
+    bn.running_mean.normal_()
+    bn.running_var.uniform_(0.5, 2)
+    bn.weight.data.normal_()
+    bn.eval()
+    x = torch.randn(2, 3, 6, 6)
+    w, b = backend.fold_conv_bn(conv.weight[None], conv.bias[None], bn.weight[None], bn.bias[None],
+                                bn.running_mean[None], bn.running_var[None], bn.eps)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.nn.functional.conv2d(x, w[0], b[0], padding=1), bn(conv(x)),
+                                   rtol=1e-5, atol=1e-5)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ...errors import ConfigError, EvaluationError
-from ..losses import LossFn, batch_loss_sum, correct_count
+from ..losses import LossFn, batch_loss_sum, correct_count, finish_stats, wide_batch_stats
 from ..params import ParamLayout, perturbed_tensors
 
 log = logging.getLogger(__name__)
@@ -123,14 +123,13 @@ class TorchRunner:
         labelled = True
         for xb, yb in self.batches:
             out = vmap(lambda p, xb=xb: functional_call(model, p, (xb,)))(params)
-            loss_sum += vmap(lambda o, yb=yb: batch_loss_sum(loss_fn, o, yb))(out).double()
-            if torch.is_floating_point(yb) or out.dim() < 3 or out.shape[-1] < 2:
+            sums, right = wide_batch_stats(loss_fn, out, yb)
+            loss_sum += sums
+            if right is None:
                 labelled = False
             else:
-                correct += (out.argmax(dim=-1) == yb).sum(dim=-1)
-        loss = (loss_sum / self.n).cpu().numpy()
-        acc = (100.0 * correct.double() / self.n).cpu().numpy() if labelled else np.full(k, np.nan)
-        return loss, acc
+                correct += right
+        return finish_stats(loss_sum, correct if labelled else None, self.n)
 
     def _calibrate(self, weights: torch.Tensor) -> None:
         """Time both strategies on the first batch and keep the faster one."""

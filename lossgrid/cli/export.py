@@ -1,0 +1,54 @@
+"""``lossgrid export`` and ``lossgrid inspect``: ONNX graphs with weights as inputs."""
+
+from __future__ import annotations
+
+import click
+
+from ._common import echo_json
+
+
+@click.command()
+@click.option("--model", "model", metavar="SPEC", help="Factory: path/to/file.py:fn or package.module:fn.")
+@click.option("--checkpoint", metavar="FILE", help="state_dict, {'state_dict': ...}, or a pickled module.")
+@click.option("--out", required=True, metavar="FILE.onnx")
+@click.option("--points-per-call", "k", type=click.IntRange(min=1), default=1, show_default=True,
+              help="K: grid points per call (leading dimension of every weight input).")
+@click.option("--opset", type=click.IntRange(min=13), default=17, show_default=True)
+@click.option("--data", default="digits", show_default=True, help="Data spec giving an example input batch.")
+@click.option("--no-fold-bn", is_flag=True, help="Keep BatchNorm nodes instead of folding them per point.")
+@click.option("--tolerance", type=float, default=1e-4, show_default=True,
+              help="Fail if ONNX Runtime and PyTorch differ by more (relative to the logits' scale).")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
+def export(model: str | None, checkpoint: str | None, out: str, k: int, opset: int, data: str, no_fold_bn: bool,
+           tolerance: float, as_json: bool) -> None:
+    """Export a model to ONNX with its weights as graph inputs, K grid points per call,
+    checked against PyTorch on random perturbed weights."""
+    from ..data import load_data
+    from ..exporters.onnx import export_onnx
+    from ..models import load_model
+
+    net, desc = load_model(model, checkpoint)
+    example = load_data(data).x[:4]
+    result = export_onnx(net, example, k=k, path=out, opset=opset, fold_bn=not no_fold_bn, tolerance=tolerance,
+                         description=desc)
+    summary = {"file": result.path, "points_per_call": k, "weight_inputs": len(result.manifest.inputs),
+               "folded_batchnorms": len(result.manifest.folds), "max_abs_diff": result.max_abs_diff,
+               "opset": opset, "bytes": len(result.model_bytes)}
+    if as_json:
+        echo_json(summary)
+    else:
+        click.echo(f"wrote {out}: K={k}, {summary['weight_inputs']} weight inputs, "
+                   f"{summary['folded_batchnorms']} BatchNorms folded, max abs diff vs PyTorch "
+                   f"{result.max_abs_diff:.2g}")
+
+
+@click.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+def inspect(file: str) -> None:
+    """Print the lossgrid manifest of an exported ONNX FILE as JSON."""
+    import dataclasses
+
+    from ..exporters.onnx import load_onnx
+
+    _, manifest = load_onnx(file)
+    echo_json(dataclasses.asdict(manifest))

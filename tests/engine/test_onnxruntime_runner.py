@@ -1,0 +1,119 @@
+"""The onnxruntime backend against the torch runner and the per-point reference.
+
+Tolerances: loss within 1e-4 relative; accuracy identical except where a
+sample's top-2 logits tie within 1e-5 at that point.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from lossgrid.config import DirectionSpec, EvalSpec, GridSpec
+from lossgrid.engine.directions import create_directions
+from lossgrid.engine.params import perturbed_tensors
+from lossgrid.engine.surface import compute_surface
+from lossgrid.errors import ConfigError, MissingBackendError
+from lossgrid.kernels import perturb
+
+
+def top2_ties(model, dirs, grid, data, mask):
+    """Grid points (of ``mask``) where some sample's top-2 logits tie within 1e-5."""
+    from torch.func import functional_call
+
+    base = dirs.layout.flatten(perturbed_tensors(model, dirs.layout.dir_type))
+    weights = perturb(base, dirs.flat(), torch.as_tensor(grid.points()))
+    ties = np.zeros(mask.size, bool)
+    for i in np.flatnonzero(mask.ravel()):
+        with torch.no_grad():
+            out = functional_call(model, dirs.layout.unflatten(weights[i]), (data.x,))
+        top = out.topk(2, dim=1).values
+        ties[i] = bool(((top[:, 0] - top[:, 1]).abs() < 1e-5).any())
+    return ties.reshape(mask.shape)
+
+
+@pytest.mark.parametrize("strategy", ["wide", "baked"])
+@pytest.mark.parametrize("dir_type", ["weights", "states"])
+def test_onnxruntime_surface_equals_torch(trained_cnn, digits_small, strategy, dir_type):
+    grid = GridSpec.parse("-1:1:5", "-1:1:3")
+    dirs = create_directions(trained_cnn, DirectionSpec(dir_type=dir_type, seed=2), ndim=2)
+    ref = compute_surface(trained_cnn, digits_small, grid, directions=dirs,
+                          eval_spec=EvalSpec(strategy="loop", batch_size=64))
+    got = compute_surface(trained_cnn, digits_small, grid, directions=dirs,
+                          eval_spec=EvalSpec(backend="onnxruntime", strategy=strategy, points_per_call=4,
+                                             batch_size=64))
+    run = got.attrs["last_run"]
+    assert run["backend"] == "onnxruntime" and run["strategy"] == strategy
+    assert run["onnx_parity_max_abs_diff"] < 1e-4
+    np.testing.assert_allclose(got.loss, ref.loss, rtol=1e-4)
+    differ = got.acc != ref.acc
+    if differ.any():
+        assert top2_ties(trained_cnn, dirs, grid, digits_small, differ)[differ].all()
+
+
+def test_onnxruntime_1d_mlp_with_padding_of_the_last_chunk(digits_small):
+    from lossgrid.zoo import mlp_digits
+
+    torch.manual_seed(0)
+    model = mlp_digits().eval()
+    grid = GridSpec.parse("-2:2:7")  # 7 points, K=4: the last call is padded
+    dirs = create_directions(model, DirectionSpec(), ndim=1)
+    ref = compute_surface(model, digits_small, grid, directions=dirs, eval_spec=EvalSpec(strategy="loop"))
+    got = compute_surface(model, digits_small, grid, directions=dirs,
+                          eval_spec=EvalSpec(backend="onnxruntime", strategy="wide", points_per_call=4))
+    np.testing.assert_allclose(got.loss, ref.loss, rtol=1e-4)
+    np.testing.assert_array_equal(got.acc, ref.acc)
+
+
+def test_auto_backend_reports_its_choice(trained_cnn, digits_small):
+    dirs = create_directions(trained_cnn, DirectionSpec(), ndim=1)
+    grid = GridSpec.parse("-1:1:4")
+    surf = compute_surface(trained_cnn, digits_small, grid, directions=dirs,
+                           eval_spec=EvalSpec(backend="auto", points_per_call=2, batch_size=50))
+    choice = surf.attrs["last_run"]["backend_choice"]
+    for label in ("torch/loop", "torch/vmap", "onnxruntime/wide", "onnxruntime/baked"):
+        assert label in choice
+    ref = compute_surface(trained_cnn, digits_small, grid, directions=dirs, eval_spec=EvalSpec(strategy="loop"))
+    np.testing.assert_allclose(surf.loss, ref.loss, rtol=1e-4)
+
+
+def test_auto_skips_backends_that_cannot_run(trained_cnn, digits_small):
+    scripted = torch.jit.script(trained_cnn)
+    dirs = create_directions(trained_cnn, DirectionSpec(), ndim=1)
+    surf = compute_surface(scripted, digits_small, GridSpec.parse("-1:1:2"), directions=dirs,
+                           eval_spec=EvalSpec(backend="auto", points_per_call=2))
+    run = surf.attrs["last_run"]
+    assert run["backend"] == "torch" and "onnxruntime/wide unavailable" in run["backend_choice"]
+
+
+def test_strategy_must_belong_to_backend(trained_cnn, digits_small):
+    with pytest.raises(ConfigError, match="does not belong"):
+        compute_surface(trained_cnn, digits_small, GridSpec.parse("-1:1:2"),
+                        eval_spec=EvalSpec(backend="onnxruntime", strategy="vmap"))
+    with pytest.raises(ConfigError, match="Unknown backend"):
+        compute_surface(trained_cnn, digits_small, GridSpec.parse("-1:1:2"), eval_spec=EvalSpec(backend="tvm"))
+
+
+def test_cuda_provider_missing_is_a_typed_error():
+    import onnxruntime as ort
+
+    from lossgrid.engine.runners.onnxruntime_runner import make_session
+    from lossgrid.exporters.onnx import export_onnx
+    from lossgrid.zoo import mlp_digits
+
+    if "CUDAExecutionProvider" in ort.get_available_providers() and torch.cuda.is_available():
+        pytest.skip("a CUDA provider and GPU exist here; covered by the gpu-marked test")
+    result = export_onnx(mlp_digits(), torch.randn(2, 1, 8, 8), k=1, check=False)
+    with pytest.raises(MissingBackendError) as e:
+        make_session(result.model_bytes, "cuda")
+    assert 'lossgrid[gpu]' in str(e.value) or "fell back" in str(e.value)
+
+
+@pytest.mark.gpu
+def test_cuda_provider_runs_on_gpu():
+    from lossgrid.engine.runners.onnxruntime_runner import make_session
+    from lossgrid.exporters.onnx import export_onnx
+    from lossgrid.zoo import mlp_digits
+
+    result = export_onnx(mlp_digits(), torch.randn(2, 1, 8, 8), k=1, check=False)
+    session = make_session(result.model_bytes, "cuda")
+    assert session.get_providers()[0] == "CUDAExecutionProvider"
