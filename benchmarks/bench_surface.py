@@ -1,12 +1,16 @@
-"""Surface throughput: the torch runner against the plain per-point loop, in one run.
+"""Surface throughput of every backend/strategy against the plain per-point loop, in one run.
 
 For each model the same grid points are evaluated by
   * ``reference``: the plain per-point PyTorch loop (load_state_dict, forward in
-    batches, average) -- what the reference implementation does per point, minus
-    its disk and DataLoader overheads;
-  * the torch runner with ``loop``, ``vmap`` and ``auto`` strategies;
-then results are checked to agree (loss 1e-5 relative) and throughput is reported
-as grid points x samples per second and as a ratio to the reference.
+    batches of 128, average) -- what the reference implementation does per point,
+    minus its disk and DataLoader overheads;
+  * the torch runner (``loop``, ``vmap``), the onnxruntime runner (``wide``:
+    K-wide graph with weights as inputs, ``baked``: per-point sessions with the
+    weights as initializers) and ``auto`` (times all of them, keeps the fastest);
+then results are checked to agree with the reference (loss 1e-4 relative) and
+throughput is reported as grid points x samples per second, as a ratio to the
+reference, and as a percentage of this machine's fp32 matmul peak (the best of
+torch and ONNX Runtime on a 2048x784x512 GEMM, measured in the same run).
 
 Run with ``--malloc both`` to measure the effect of the glibc malloc tuning
 (each setting in its own process, since it must be set before start-up).
@@ -26,6 +30,9 @@ import time
 import numpy as np
 import torch
 
+RUNNERS = [("torch", "loop"), ("torch", "vmap"), ("onnxruntime", "wide"), ("onnxruntime", "baked"),
+           ("auto", "auto")]
+
 
 def cases(quick: bool):
     from lossgrid.data import load_data
@@ -36,18 +43,57 @@ def cases(quick: bool):
     n_r20 = 256 if quick else 512
     yield "resnet_digits (demo CNN, 8x8 digits)", resnet_digits(), digits.x, digits.y, 8 if quick else 16
     yield ("resnet20 (32x32 RGB)", resnet20(), torch.randn(n_r20, 3, 32, 32, generator=gen),
-           torch.randint(0, 10, (n_r20,), generator=gen), 2 if quick else 4)
+           torch.randint(0, 10, (n_r20,), generator=gen), 4 if quick else 8)
     yield ("mlp 784-512-512-10", mlp_mnist(), torch.randn(2048, 784, generator=gen),
            torch.randint(0, 10, (2048,), generator=gen), 8 if quick else 16)
 
 
-def bench_one(name, model, x, y, points, repeats):
-    from lossgrid.config import DirectionSpec
+def matmul_peak() -> dict[str, float]:
+    """fp32 GEMM GFLOP/s of torch and ONNX Runtime (best of 20 runs of 2048x1024 @ 1024x1024)."""
+    from onnx import TensorProto, helper
+
+    from lossgrid.engine.runners.onnxruntime_runner import make_session
+
+    m, kk, nn_ = 2048, 1024, 1024
+    a, b = torch.randn(m, kk), torch.randn(kk, nn_)
+    flops = 2 * m * kk * nn_
+
+    def best(fn):
+        fn()
+        times = []
+        for _ in range(20):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return flops / min(times) / 1e9
+
+    g = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "mm",
+                          [helper.make_tensor_value_info("a", TensorProto.FLOAT, [m, kk]),
+                           helper.make_tensor_value_info("b", TensorProto.FLOAT, [kk, nn_])],
+                          [helper.make_tensor_value_info("c", TensorProto.FLOAT, [m, nn_])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    sess = make_session(model.SerializeToString())
+    feeds = {"a": a.numpy(), "b": b.numpy()}
+    return {"torch": best(lambda: a @ b), "onnxruntime": best(lambda: sess.run(None, feeds))}
+
+
+def flops_per_sample(model, x) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x[:8])
+    return counter.get_total_flops() / 8
+
+
+def bench_one(name, model, x, y, points, repeats, peak):
+    from lossgrid.config import DirectionSpec, EvalSpec
+    from lossgrid.data import EvalData
     from lossgrid.engine.directions import create_directions
     from lossgrid.engine.losses import cross_entropy
     from lossgrid.engine.params import perturbed_tensors
     from lossgrid.engine.reference import evaluate_points_reference
-    from lossgrid.engine.runners import TorchRunner
+    from lossgrid.engine.runners import make_runner
     from lossgrid.kernels import perturb
 
     model.eval()
@@ -56,44 +102,60 @@ def bench_one(name, model, x, y, points, repeats):
     coeffs = torch.linspace(-0.5, 0.5, points)[:, None].repeat(1, 2)
     weights = perturb(base, dirs.flat(), coeffs)
     n = len(x)
+    fps = flops_per_sample(model, x)
     rows = {}
 
     def timed(fn):
-        fn_out = fn()  # warm-up (and calibration for auto)
+        out = fn()  # warm-up (and calibration for auto)
         best = float("inf")
         for _ in range(repeats):
             t0 = time.perf_counter()
-            fn_out = fn()
+            out = fn()
             best = min(best, time.perf_counter() - t0)
-        return best, fn_out
+        return best, out
+
+    def row(seconds):
+        rate = points * n / seconds
+        return {"seconds": round(seconds, 4), "rate": round(rate, 1),
+                "pct_of_peak": round(100 * rate * fps / (peak * 1e9), 1)}
 
     t_ref, (ref_loss, ref_acc) = timed(lambda: evaluate_points_reference(model, dirs.layout, weights, x, y,
                                                                          batch_size=128))
-    rows["reference"] = {"seconds": t_ref, "rate": points * n / t_ref}
-    for strategy in ("loop", "vmap", "auto"):
-        runner = TorchRunner(model, dirs.layout, x, y, cross_entropy, strategy=strategy)
+    rows["reference"] = {**row(t_ref), "ratio": 1.0}
+    data = EvalData(x, y, name)
+    for backend, strategy in RUNNERS:
+        label = f"{backend}/{strategy}" if backend != "auto" else "auto"
+        t0 = time.perf_counter()
+        runner = make_runner(EvalSpec(backend=backend, strategy=strategy), model, dirs.layout, data, cross_entropy)
+        setup = time.perf_counter() - t0
         t, (loss, acc) = timed(lambda r=runner: r.evaluate(weights))
-        np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
-        agree = float(np.mean(acc == ref_acc))
-        rows[f"torch/{strategy}"] = {"seconds": t, "rate": points * n / t, "ratio": t_ref / t,
-                                     "chosen": runner.strategy, "batch_size": runner.batch_size,
-                                     "acc_agreement": agree}
-    return {"model": name, "points": points, "samples": n, "params": int(base.numel()), "results": rows}
+        np.testing.assert_allclose(loss, ref_loss, rtol=1e-4)
+        info = runner.describe()
+        rows[label] = {**row(t), "ratio": round(t_ref / t, 3), "setup_seconds": round(setup, 2),
+                       "chosen": f"{info['backend']}/{info['strategy']}", "batch_size": info.get("batch_size"),
+                       "acc_agreement": float(np.mean(acc == ref_acc))}
+        if backend == "auto":
+            rows[label]["why"] = info.get("backend_choice")
+    return {"model": name, "points": points, "samples": n, "params": int(base.numel()),
+            "gflop_per_sample": round(fps / 1e9, 5), "results": rows}
 
 
 def run(quick: bool, repeats: int) -> dict:
     torch.manual_seed(0)
-    out = {"torch": torch.__version__, "threads": torch.get_num_threads(),
+    peaks = matmul_peak()
+    peak = max(peaks.values())
+    out = {"torch": torch.__version__, "threads": torch.get_num_threads(), "matmul_peak_gflops": peaks,
            "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), "cases": []}
+    print(f"fp32 matmul peak: torch {peaks['torch']:.0f}, onnxruntime {peaks['onnxruntime']:.0f} GFLOP/s")
     for name, model, x, y, points in cases(quick):
-        res = bench_one(name, model, x, y, points, repeats)
+        res = bench_one(name, model, x, y, points, repeats, peak)
         out["cases"].append(res)
         print(f"\n{name}: {res['points']} points x {res['samples']} samples "
               f"(malloc tuning {'on' if out['glibc_tunables'] else 'off'})")
-        for key, row in res["results"].items():
-            ratio = f"{row.get('ratio', 1.0):5.2f}x"
-            extra = f" (chose {row['chosen']}, batch {row['batch_size']})" if "chosen" in row else ""
-            print(f"  {key:14s} {row['rate']:12,.0f} points x samples/s  {ratio}{extra}")
+        for key, r in res["results"].items():
+            extra = f" (ran {r['chosen']}, batch {r['batch_size']})" if "chosen" in r else ""
+            print(f"  {key:18s} {r['rate']:12,.0f} points x samples/s  {r['ratio']:5.2f}x  "
+                  f"{r['pct_of_peak']:5.1f}% of peak{extra}")
     return out
 
 
@@ -101,7 +163,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/results.json")
     parser.add_argument("--quick", action="store_true", help="fewer points and samples")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--malloc", choices=["on", "off", "both", "inherit"], default="both")
     args = parser.parse_args()
     if args.malloc == "inherit":

@@ -18,9 +18,11 @@ from ._common import echo_json
 @click.option("--no-fold-bn", is_flag=True, help="Keep BatchNorm nodes instead of folding them per point.")
 @click.option("--tolerance", type=float, default=1e-4, show_default=True,
               help="Fail if ONNX Runtime and PyTorch differ by more (relative to the logits' scale).")
+@click.option("--with-loss", is_flag=True,
+              help="Also take class labels; output per-sample cross-entropy and correctness.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
 def export(model: str | None, checkpoint: str | None, out: str, k: int, opset: int, data: str, no_fold_bn: bool,
-           tolerance: float, as_json: bool) -> None:
+           tolerance: float, with_loss: bool, as_json: bool) -> None:
     """Export a model to ONNX with its weights as graph inputs, K grid points per call,
     checked against PyTorch on random perturbed weights."""
     from ..data import load_data
@@ -30,10 +32,10 @@ def export(model: str | None, checkpoint: str | None, out: str, k: int, opset: i
     net, desc = load_model(model, checkpoint)
     example = load_data(data).x[:4]
     result = export_onnx(net, example, k=k, path=out, opset=opset, fold_bn=not no_fold_bn, tolerance=tolerance,
-                         description=desc)
+                         description=desc, with_loss=with_loss)
     summary = {"file": result.path, "points_per_call": k, "weight_inputs": len(result.manifest.inputs),
                "folded_batchnorms": len(result.manifest.folds), "max_abs_diff": result.max_abs_diff,
-               "opset": opset, "bytes": len(result.model_bytes)}
+               "opset": opset, "bytes": len(result.model_bytes), "loss_outputs": result.manifest.loss_outputs}
     if as_json:
         echo_json(summary)
     else:

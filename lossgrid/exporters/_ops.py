@@ -170,14 +170,18 @@ def conv(ctx: Ctx, mod: nn.Module, name: str, x: WV, weight: str | None = None, 
     return WV(fn(to_packed(x, k), wk, bk, mod.stride, mod.padding, mod.dilation, mod.groups * k), PACKED)
 
 
+def linear_weight_t(ctx: Ctx, name: str) -> torch.Tensor:
+    """The Linear weight of module ``name`` as ``[K, in, out]``."""
+    wt = ctx.param(f"{name}.weight|T")
+    return wt if wt is not None else ctx.params[f"{name}.weight"].transpose(1, 2)
+
+
 def linear(ctx: Ctx, mod: nn.Module, name: str, x: WV) -> WV:
-    w = ctx.params[f"{name}.weight"]  # [K, out, in]
+    wt = linear_weight_t(ctx, name)  # [K, in, out]
     b = ctx.param(f"{name}.bias")
-    if x.layout == SHARED:
-        y = torch.matmul(x.t, w.transpose(1, 2).reshape(w.shape[0], *([1] * (x.t.dim() - 2)), *w.shape[2:0:-1]))
-    else:
-        t = to_lead(x, ctx.k)
-        y = torch.matmul(t, w.transpose(1, 2).reshape(w.shape[0], *([1] * (t.dim() - 3)), *w.shape[2:0:-1]))
+    t = x.t if x.layout == SHARED else to_lead(x, ctx.k)
+    lead_dims = t.dim() - (2 if x.layout == SHARED else 3)  # per-point dims between batch and features
+    y = torch.matmul(t, wt.reshape(wt.shape[0], *([1] * lead_dims), *wt.shape[1:]))
     if b is not None:
         y = y + b.reshape(b.shape[0], *([1] * (y.dim() - 2)), b.shape[1])
     return WV(y, LEAD)
@@ -249,12 +253,12 @@ def multihead_attention(ctx: Ctx, mod: nn.Module, name: str, query: WV, key: WV,
     if not mod.batch_first:  # [K, L, B, D] -> [K, B, L, D]
         q, kk, v = (t.transpose(1, 2) for t in (q, kk, v))
     d, h = mod.embed_dim, mod.num_heads
-    w_in = ctx.params[f"{name}.in_proj_weight"]  # [K, 3D, D]
+    w_in = ctx.params[f"{name}.in_proj_weight"].transpose(1, 2)  # [K, D, 3D]
     b_in = ctx.param(f"{name}.in_proj_bias")
-    w_q, w_k, w_v = w_in[:, :d], w_in[:, d:2 * d], w_in[:, 2 * d:]
+    w_q, w_k, w_v = w_in[:, :, :d], w_in[:, :, d:2 * d], w_in[:, :, 2 * d:]
 
-    def proj(t: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-        y = torch.matmul(t, w.transpose(1, 2).unsqueeze(1))
+    def proj(t: torch.Tensor, wt: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        y = torch.matmul(t, wt.unsqueeze(1))
         return y + b[:, None, None, :] if b is not None else y
 
     bq, bk, bv = (b_in[:, :d], b_in[:, d:2 * d], b_in[:, 2 * d:]) if b_in is not None else (None, None, None)
@@ -280,8 +284,7 @@ def multihead_attention(ctx: Ctx, mod: nn.Module, name: str, query: WV, key: WV,
         scores = scores.masked_fill(pad.bool(), float("-inf")) if pad.dtype == torch.bool else scores + pad
     out = torch.matmul(torch.softmax(scores, dim=-1), v)  # [K, B, H, Lq, D/H]
     out = out.transpose(2, 3).reshape(out.shape[0], out.shape[1], lq, d)
-    w_o, b_o = ctx.params[f"{name}.out_proj.weight"], ctx.param(f"{name}.out_proj.bias")
-    out = proj(out, w_o, b_o)
+    out = proj(out, linear_weight_t(ctx, f"{name}.out_proj"), ctx.param(f"{name}.out_proj.bias"))
     if not mod.batch_first:
         out = out.transpose(1, 2)
     return WV(out, LEAD), None

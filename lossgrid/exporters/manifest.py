@@ -19,8 +19,11 @@ class Manifest:
 
     ``inputs`` are the weight inputs in graph order with their per-point shapes
     (each graph input is ``[k, *shape]``); names with ``|folded:`` are
-    Conv+BatchNorm pairs folded per grid point; ``state_names`` are the model's
-    floating-point state_dict entries the inputs are computed from.
+    Conv+BatchNorm pairs folded per grid point, names ending ``|T`` Linear
+    weights transposed to ``[in, out]``; ``state_names`` are the model's
+    floating-point state_dict entries the inputs are computed from. With loss
+    outputs, the graph also takes ``label_input`` (class indices ``[batch]``) and
+    returns per-sample cross-entropy ``loss`` and ``correct`` (0/1), each ``[k, batch]``.
     """
 
     k: int
@@ -31,6 +34,8 @@ class Manifest:
     inputs: list[dict[str, Any]]
     state_names: list[str]
     folds: list[dict[str, Any]] = field(default_factory=list)
+    label_input: str | None = None
+    loss_outputs: list[str] = field(default_factory=list)
     model: str = ""
     opset: int = 17
     exporter: str = "torchscript"

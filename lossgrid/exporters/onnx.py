@@ -29,7 +29,24 @@ from .wide import WideModel
 
 log = logging.getLogger(__name__)
 DEFAULT_OPSET = 17
-DATA_INPUT, OUTPUT = "input", "logits"
+DATA_INPUT, OUTPUT, LABELS = "input", "logits", "labels"
+LOSS_OUTPUTS = ["loss", "correct"]
+
+
+class _WithLoss(nn.Module):
+    """The wide model plus per-sample cross-entropy and correctness outputs."""
+
+    def __init__(self, wide: WideModel) -> None:
+        super().__init__()
+        self.wide = wide
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        logits = self.wide(x, *inputs)  # [K, B, C]
+        logp = torch.log_softmax(logits, dim=-1)
+        index = labels.reshape(1, -1, 1).expand(logits.shape[0], -1, 1)
+        loss = -torch.gather(logp, 2, index).squeeze(2)
+        correct = (torch.argmax(logits, dim=-1) == labels.reshape(1, -1)).to(logits.dtype)
+        return logits, loss, correct
 
 
 @dataclass
@@ -53,7 +70,7 @@ def full_state(model: nn.Module, k: int, overrides: dict[str, torch.Tensor] | No
 
 def export_onnx(model: nn.Module, example: torch.Tensor, k: int = 1, path: str | os.PathLike | None = None,
                 opset: int = DEFAULT_OPSET, fold_bn: bool = True, check: bool = True, tolerance: float = 1e-4,
-                description: str = "", seed: int = 0) -> ExportResult:
+                description: str = "", seed: int = 0, with_loss: bool = False) -> ExportResult:
     """Export ``model`` as a K-wide ONNX graph with weights as inputs.
 
     Args:
@@ -68,20 +85,28 @@ def export_onnx(model: nn.Module, example: torch.Tensor, k: int = 1, path: str |
             compare with the plain model, point by point; raise above ``tolerance``
             (max abs difference relative to the logits' scale).
         description: how the model was specified, stored in the manifest.
+        with_loss: also take class labels and output per-sample cross-entropy
+            and correctness (``[K, batch]`` each).
     """
     onnx = require("onnx", "export", "ONNX export")
     wide = WideModel(model, k=k, fold_bn=fold_bn)
     state = full_state(model, k)
     inputs = wide.prepare(state)
-    args = (example, *[inputs[n].contiguous() for n in wide.input_names])
+    weights = [inputs[n].contiguous() for n in wide.input_names]
+    module: nn.Module = wide
+    args: tuple = (example, *weights)
+    names, outputs = [DATA_INPUT, *wide.input_names], [OUTPUT]
+    axes: dict[str, dict[int, str]] = {DATA_INPUT: {0: "batch"}, OUTPUT: {1: "batch"}}
+    if with_loss:
+        module, args = _WithLoss(wide), (example, torch.zeros(len(example), dtype=torch.int64), *weights)
+        names, outputs = [DATA_INPUT, LABELS, *wide.input_names], [OUTPUT, *LOSS_OUTPUTS]
+        axes.update({LABELS: {0: "batch"}, **{o: {1: "batch"} for o in LOSS_OUTPUTS}})
     buf = io.BytesIO()
     try:
         with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
             warnings.simplefilter("ignore")
-            torch.onnx.export(wide, args, buf, dynamo=False, opset_version=opset,
-                              input_names=[DATA_INPUT, *wide.input_names], output_names=[OUTPUT],
-                              dynamic_axes={DATA_INPUT: {0: "batch"}, OUTPUT: {1: "batch"}},
-                              do_constant_folding=False)
+            torch.onnx.export(module, args, buf, dynamo=False, opset_version=opset, input_names=names,
+                              output_names=outputs, dynamic_axes=axes, do_constant_folding=False)
     except ExportError:
         raise
     except Exception as e:
@@ -97,7 +122,8 @@ def export_onnx(model: nn.Module, example: torch.Tensor, k: int = 1, path: str |
         state_names=list(wide.state_names),
         folds=[{"conv": f.conv, "bn": f.bn, "eps": f.eps, "conv_has_bias": f.conv_has_bias, "bn_affine": f.bn_affine}
                for f in wide.folds.values()],
-        model=description or type(model).__name__, opset=opset)
+        model=description or type(model).__name__, opset=opset,
+        label_input=LABELS if with_loss else None, loss_outputs=list(LOSS_OUTPUTS) if with_loss else [])
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, manifest.to_json()
     result = ExportResult(proto.SerializeToString(), manifest)
@@ -142,10 +168,21 @@ def check_parity(model_bytes: bytes, model: nn.Module, example: torch.Tensor, se
     prepared = wide.prepare(states)
     feeds.update({n: prepared[n].contiguous().numpy() for n in manifest.input_names})
     session = make_session(model_bytes, "cpu")
-    got = session.run([manifest.output], feeds)[0]
     with torch.no_grad():
-        want = np.stack([functional_call(model.eval(), {n: v[i] for n, v in states.items()}, (example,)).numpy()
-                         for i in range(k)])
+        want_t = torch.stack([functional_call(model.eval(), {n: v[i] for n, v in states.items()}, (example,))
+                              for i in range(k)])
+    want = want_t.numpy()
+    if manifest.label_input:
+        labels = torch.arange(len(example)) % want.shape[-1]
+        feeds[manifest.label_input] = labels.numpy()
+        got, loss, correct = session.run([manifest.output, *manifest.loss_outputs], feeds)
+        want_loss = torch.nn.functional.cross_entropy(want_t.flatten(0, 1), labels.repeat(k), reduction="none")
+        if not np.allclose(loss.ravel(), want_loss.numpy(), rtol=1e-4, atol=1e-5) or not np.array_equal(
+                correct.ravel(), (want_t.argmax(-1) == labels).float().numpy().ravel()):
+            raise ExportError("The exported loss outputs disagree with PyTorch's cross-entropy",
+                              hint="export without --with-loss and compute losses on the host")
+    else:
+        got = session.run([manifest.output], feeds)[0]
     diff = float(np.max(np.abs(got - want))) / max(1.0, float(np.max(np.abs(want))))
     log.info("ONNX parity: max abs diff %.3g (relative to logit scale) over %d points", diff, k)
     if not np.isfinite(diff) or diff > tolerance:

@@ -36,6 +36,7 @@ from . import _ops as ops
 from ._layout import LEAD, SHARED, WV, to_lead
 
 FOLDED = "|folded:"
+TRANSPOSED = "|T"  # Linear weights fed as [K, in, out]: no transpose inside the graph
 
 
 @dataclass(frozen=True)
@@ -64,9 +65,11 @@ class WideModel(nn.Module):
         model: the model (traced with ``torch.fx``; put in eval mode).
         k: grid points per call.
         fold_bn: fuse Conv -> BatchNorm pairs per grid point.
+        transpose_linear: take Linear weights pre-transposed (``name.weight|T``,
+            ``[K, in, out]``), so the graph multiplies without transposing.
     """
 
-    def __init__(self, model: nn.Module, k: int = 1, fold_bn: bool = True) -> None:
+    def __init__(self, model: nn.Module, k: int = 1, fold_bn: bool = True, transpose_linear: bool = True) -> None:
         super().__init__()
         model = model.eval()
         try:
@@ -86,16 +89,23 @@ class WideModel(nn.Module):
         consumed = {f"{f.bn}.{p}" for f in self.folds.values()
                     for p in ("weight", "bias", "running_mean", "running_var")}
         consumed |= {f"{f.conv}.{p}" for f in self.folds.values() for p in ("weight", "bias")}
+        attrs = {str(n.target) for n in self.gm.graph.nodes if n.op == "get_attr"}
+        self.transposed = [f"{m}.weight" for m, mod in self.modules_by_name.items()
+                           if isinstance(mod, nn.Linear) and f"{m}.weight" in self.state_shapes
+                           and f"{m}.weight" not in attrs] if transpose_linear else []
         self.input_names: list[str] = []
         for name in self.state_names:
             if name not in consumed:
-                self.input_names.append(name)
+                self.input_names.append(name + TRANSPOSED if name in self.transposed else name)
         for f in self.folds.values():
             self.input_names += [f.weight_input, f.bias_input]
         self.input_shapes = {n: self._input_shape(n) for n in self.input_names}
 
     # ------------------------------------------------------------------ inputs
     def _input_shape(self, name: str) -> tuple[int, ...]:
+        if name.endswith(TRANSPOSED):
+            out, inp = self.state_shapes[name[: -len(TRANSPOSED)]]
+            return (inp, out)
         if FOLDED not in name:
             return self.state_shapes[name]
         conv = name.split(FOLDED)[0].rsplit(".", 1)[0]
@@ -105,7 +115,9 @@ class WideModel(nn.Module):
     def prepare(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Graph inputs from the full state of ``K`` points (``{name: [K, ...]}``):
         every floating-point state_dict entry, BatchNorms folded into their convs."""
-        out = {n: state[n] for n in self.input_names if FOLDED not in n}
+        out = {n: state[n] for n in self.input_names if FOLDED not in n and not n.endswith(TRANSPOSED)}
+        for n in self.transposed:
+            out[n + TRANSPOSED] = state[n].transpose(1, 2)
         for f in self.folds.values():
             w = state[f"{f.conv}.weight"]
             k, c = w.shape[0], w.shape[1]

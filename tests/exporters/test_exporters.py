@@ -177,3 +177,25 @@ def test_load_onnx_requires_manifest(tmp_path):
     (tmp_path / "junk.onnx").write_bytes(b"junk")
     with pytest.raises(ExportError, match="Cannot read"):
         load_onnx(str(tmp_path / "junk.onnx"))
+
+
+@pytest.mark.parametrize("name", ["resnet", "transformer"])
+def test_export_with_loss_outputs(name):
+    from lossgrid.engine.runners.onnxruntime_runner import make_session
+
+    factory, data = MODELS[name]
+    model = with_random_bn_stats(factory())
+    x = data()
+    result = export_onnx(model, x, k=3, with_loss=True)  # the parity check covers loss and correct too
+    m = result.manifest
+    assert m.label_input == "labels" and m.loss_outputs == ["loss", "correct"]
+    states = random_point_states(model, 3, seed=5)
+    prepared = WideModel(model, 3).prepare(states)
+    feeds = {n: prepared[n].contiguous().numpy() for n in m.input_names}
+    labels = torch.randint(0, 4, (len(x),))
+    logits, loss, correct = make_session(result.model_bytes).run(None, {"input": x.numpy(), "labels": labels.numpy(),
+                                                                        **feeds})
+    want = plain(model, states, x)
+    ce = torch.nn.functional.cross_entropy(want.flatten(0, 1), labels.repeat(3), reduction="none").reshape(3, -1)
+    torch.testing.assert_close(torch.from_numpy(loss), ce, rtol=1e-4, atol=1e-5)
+    assert loss.shape == correct.shape == (3, len(x))
