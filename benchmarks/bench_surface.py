@@ -30,7 +30,7 @@ import time
 import numpy as np
 import torch
 
-RUNNERS = [("torch", "loop"), ("torch", "vmap"), ("onnxruntime", "wide"), ("onnxruntime", "baked"),
+RUNNERS = [("torch", "loop"), ("torch", "vmap"), ("torch", "wide"), ("onnxruntime", "wide"), ("onnxruntime", "baked"),
            ("auto", "auto")]
 
 

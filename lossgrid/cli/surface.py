@@ -36,8 +36,8 @@ from ._common import echo_json, parse_axis, run_with_progress
 @click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True,
               help="auto: time every backend/strategy on this model and data, keep the fastest.")
 @click.option("--strategy", type=click.Choice(["auto", "loop", "vmap", "wide", "baked"]), default="auto",
-              show_default=True, help="torch: loop|vmap; onnxruntime: wide (K-wide graph) | baked (per-point "
-              "sessions); auto: timed.")
+              show_default=True, help="torch: loop | vmap | wide (K-wide model); onnxruntime: wide (K-wide graph) "
+              "| baked (per-point sessions); auto: timed.")
 @click.option("--points-per-call", type=click.IntRange(min=1), help="Grid points per runner call (default 8).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Samples per forward pass (default: by input size).")
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda:0.")

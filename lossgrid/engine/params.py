@@ -69,3 +69,12 @@ def perturbed_tensors(model: nn.Module, dir_type: str) -> dict[str, torch.Tensor
             out[name] = t.detach()
         return out
     raise ConfigError(f"Unknown direction type {dir_type!r}", hint="use weights or states")
+
+
+def full_states(layout: ParamLayout, weights: torch.Tensor, fixed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every floating-point state entry of ``K`` grid points as ``{name: [K, ...]}``:
+    the tensors of ``layout`` from ``weights[K, P]``, the rest (``fixed``, e.g. BN
+    running statistics for ``weights`` directions) broadcast without copying."""
+    k = weights.shape[0]
+    moved = layout.unflatten(weights)
+    return {n: moved[n] if n in moved else t.unsqueeze(0).expand(k, *t.shape) for n, t in fixed.items()}

@@ -29,7 +29,7 @@ def reference_surface(model, data, dirs, grid):
 
 
 @pytest.mark.parametrize("dir_type", ["weights", "states"])
-@pytest.mark.parametrize("strategy", ["loop", "vmap"])
+@pytest.mark.parametrize("strategy", ["loop", "vmap", "wide"])
 @pytest.mark.parametrize("grid", [GridSpec.parse("-1:1:5"), GridSpec.parse("-1:1:4", "-0.5:0.5:3")], ids=["1d", "2d"])
 def test_surface_matches_per_point_reference(trained_cnn, digits_small, dir_type, strategy, grid):
     dirs = create_directions(trained_cnn, DirectionSpec(dir_type=dir_type, seed=1), ndim=grid.ndim)
@@ -41,6 +41,20 @@ def test_surface_matches_per_point_reference(trained_cnn, digits_small, dir_type
     np.testing.assert_array_equal(surf.acc, ref_acc)
     # the surface is not flat: the check is not vacuous
     assert np.ptp(ref_loss) > 0.1
+
+
+@pytest.mark.parametrize("chunk", [3, 8, 11])
+def test_wide_strategy_pads_partial_chunks(trained_cnn, digits_small, chunk):
+    layout = ParamLayout.from_model(trained_cnn)
+    base = layout.flatten(dict(trained_cnn.named_parameters()))
+    weights = base[None] + 0.01 * torch.randn(chunk, layout.size, generator=torch.Generator().manual_seed(chunk))
+    runner = TorchRunner(trained_cnn, layout, digits_small.x, digits_small.y, cross_entropy, batch_size=64,
+                         strategy="wide", points_per_call=4)
+    loss, acc = runner.evaluate(weights)
+    ref, ref_acc = evaluate_points_reference(trained_cnn, layout, weights, digits_small.x, digits_small.y)
+    assert loss.shape == (chunk,)
+    np.testing.assert_allclose(loss, ref, rtol=RTOL)
+    np.testing.assert_array_equal(acc, ref_acc)
 
 
 def test_auto_strategy_reports_choice(trained_cnn, digits_small):

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "onnxruntime", "auto")
-STRATEGIES = {"torch": ("auto", "loop", "vmap"), "onnxruntime": ("auto", "wide", "baked"), "auto": ("auto",)}
+STRATEGIES = {"torch": ("auto", "loop", "vmap", "wide"), "onnxruntime": ("auto", "wide", "baked"), "auto": ("auto",)}
 
 __all__ = ["BACKENDS", "STRATEGIES", "AutoRunner", "TorchRunner", "make_runner"]
 
@@ -108,5 +108,6 @@ def make_runner(eval_spec: EvalSpec, model: nn.Module, layout: ParamLayout, data
     if backend == "onnxruntime":
         return ort_runner(strategy)
     candidates = [("torch/loop", lambda: torch_runner("loop")), ("torch/vmap", lambda: torch_runner("vmap")),
+                  ("torch/wide", lambda: torch_runner("wide")),
                   ("onnxruntime/wide", lambda: ort_runner("wide")), ("onnxruntime/baked", lambda: ort_runner("baked"))]
     return AutoRunner(candidates, eval_spec.points_per_call or 8)

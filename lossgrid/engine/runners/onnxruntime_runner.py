@@ -27,7 +27,7 @@ from torch import nn
 from ..._optional import require
 from ...errors import ConfigError, EvaluationError, MissingBackendError
 from ..losses import LossFn, finish_stats, wide_batch_stats
-from ..params import ParamLayout
+from ..params import ParamLayout, full_states
 
 log = logging.getLogger(__name__)
 STRATEGIES = ("auto", "wide", "baked")
@@ -135,10 +135,7 @@ class OnnxRuntimeRunner:
             torch.set_num_threads(threads)
 
     def _inputs(self, weights: torch.Tensor) -> dict[str, np.ndarray]:
-        k = weights.shape[0]
-        moved = self.layout.unflatten(weights)
-        state = {n: moved[n] if n in moved else t.unsqueeze(0).expand(k, *t.shape) for n, t in self.fixed.items()}
-        prepared = self.wide.prepare(state)
+        prepared = self.wide.prepare(full_states(self.layout, weights, self.fixed))
         return {n: prepared[n].contiguous().numpy() for n in self.manifest.input_names}
 
     def _stats(self, run: Any, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -7,6 +7,7 @@ import logging
 import time
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,11 +15,11 @@ from torch import nn
 
 from ...errors import ConfigError, EvaluationError
 from ..losses import LossFn, batch_loss_sum, correct_count, finish_stats, wide_batch_stats
-from ..params import ParamLayout, perturbed_tensors
+from ..params import ParamLayout, full_states, perturbed_tensors
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("auto", "loop", "vmap")
+STRATEGIES = ("auto", "loop", "vmap", "wide")
 
 
 class TorchRunner:
@@ -32,8 +33,10 @@ class TorchRunner:
         batch_size: samples per forward pass; ``None`` picks one from the input
             size (:func:`auto_batch_size`).
         strategy: ``loop`` (copy weights into the model, one point at a time),
-            ``vmap`` (``torch.func.vmap`` over stacked weights), or ``auto``
-            (times both on the first call and keeps the faster).
+            ``vmap`` (``torch.func.vmap`` over stacked weights), ``wide`` (the
+            explicit K-wide model of :mod:`lossgrid.exporters.wide`: grouped
+            convolutions, BatchNorm folded per point), or ``auto`` (times loop
+            and vmap on the first call and keeps the faster).
         points_per_call: grid points per ``evaluate`` call the engine should use.
         device: torch device.
     """
@@ -59,12 +62,21 @@ class TorchRunner:
         self.batches = list(zip(x.split(self.batch_size), y.split(self.batch_size)))
         self._targets = list(perturbed_tensors(self.model, layout.dir_type).values())
         scripted = isinstance(self.model, torch.jit.ScriptModule)
-        if scripted and strategy == "vmap":
-            raise ConfigError("The vmap strategy cannot run a TorchScript model",
+        if scripted and strategy in ("vmap", "wide"):
+            raise ConfigError(f"The {strategy} strategy cannot run a TorchScript model",
                               hint="use --strategy loop, or load the model from its Python factory")
         self.strategy = "loop" if scripted else strategy
         self.reason = "TorchScript models run point by point" if scripted else f"{strategy} requested"
         self.points_per_call = points_per_call or 8
+        self.wide: Any = None
+        if self.strategy == "wide":
+            self._make_wide()
+
+    def _make_wide(self) -> None:
+        from ...exporters.wide import WideModel
+
+        self.wide = WideModel(self.model, k=self.points_per_call)
+        self.fixed = {n: t for n, t in self.model.state_dict().items() if torch.is_floating_point(t)}
 
     # -- public -----------------------------------------------------------------
     def evaluate(self, weights: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -78,6 +90,8 @@ class TorchRunner:
             try:
                 if self.strategy == "vmap":
                     return self._vmap(weights)
+                if self.strategy == "wide":
+                    return self._wide(weights)
                 return self._loop(weights)
             except (RuntimeError, ValueError, TypeError, IndexError) as e:
                 raise EvaluationError("The model failed on the evaluation data", f"{type(e).__name__}: {e}",
@@ -131,16 +145,36 @@ class TorchRunner:
                 correct += right
         return finish_stats(loss_sum, correct if labelled else None, self.n)
 
+    def _wide(self, weights: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        assert self.wide is not None
+        k, kk = weights.shape[0], self.wide.k
+        if k % kk:  # pad to a multiple of K with copies of the last point
+            weights = torch.cat([weights, weights[-1:].expand(kk - k % kk, -1)])
+        loss, acc = np.empty(0), np.empty(0)
+        for start in range(0, weights.shape[0], kk):
+            params = self.wide.prepare(full_states(self.layout, weights[start:start + kk], self.fixed))
+            loss_sum = torch.zeros(kk, dtype=torch.float64, device=self.device)
+            correct: torch.Tensor | None = torch.zeros(kk, dtype=torch.int64, device=self.device)
+            for xb, yb in self.batches:
+                sums, right = wide_batch_stats(self.loss_fn, self.wide.run(xb, params), yb)
+                loss_sum += sums
+                correct = None if right is None or correct is None else correct + right
+            part_loss, part_acc = finish_stats(loss_sum, correct, self.n)
+            loss, acc = np.concatenate([loss, part_loss]), np.concatenate([acc, part_acc])
+        return loss[:k], acc[:k]
+
     def _calibrate(self, weights: torch.Tensor) -> None:
-        """Time both strategies on the first batch and keep the faster one."""
-        k = min(4, weights.shape[0])
+        """Time loop, vmap and wide on the first batch and keep the fastest."""
+        k = weights.shape[0]
         saved, self.batches = self.batches, self.batches[:1]
         try:
             times = {}
-            for name, fn in (("loop", self._loop), ("vmap", self._vmap)):
+            for name, fn in (("loop", self._loop), ("vmap", self._vmap), ("wide", self._wide)):
                 try:
-                    times[name] = _best_time(lambda fn=fn: fn(weights[:k]), repeats=2) / k
-                except Exception as e:  # vmap is not possible for every model
+                    if name == "wide" and self.wide is None:
+                        self._make_wide()
+                    times[name] = _best_time(lambda fn=fn: fn(weights), repeats=2) / k
+                except Exception as e:  # vmap and wide are not possible for every model
                     log.info("torch strategy %s unavailable: %s", name, e)
         finally:
             self.batches = saved
