@@ -7,6 +7,7 @@ A loss is a callable ``loss(outputs, targets)`` returning one value per sample
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -82,3 +83,17 @@ def finish_stats(loss_sum: torch.Tensor, correct: torch.Tensor | None, n: int) -
     if correct is None:
         return loss, np.full(loss.shape, np.nan)
     return loss, (100.0 * correct.double() / n).cpu().numpy()
+
+
+def evaluate_batches(batches: list[tuple[Any, torch.Tensor]], forward: Callable[[Any], torch.Tensor],
+                     loss_fn: LossFn, k: int, n: int, device: torch.device | str = "cpu"
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Mean loss and accuracy of ``k`` grid points over all ``batches``, where
+    ``forward(xb)`` returns the outputs of the ``k`` points as ``[k, B, ...]``."""
+    loss_sum = torch.zeros(k, dtype=torch.float64, device=device)
+    correct: torch.Tensor | None = torch.zeros(k, dtype=torch.int64, device=device)
+    for xb, yb in batches:
+        sums, right = wide_batch_stats(loss_fn, forward(xb), yb)
+        loss_sum += sums
+        correct = None if right is None or correct is None else correct + right
+    return finish_stats(loss_sum, correct, n)

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..._optional import require
 from ...errors import ConfigError, EvaluationError, MissingBackendError
-from ..losses import LossFn, finish_stats, wide_batch_stats
+from ..losses import LossFn, evaluate_batches
 from ..params import ParamLayout, full_states
 
 log = logging.getLogger(__name__)
@@ -139,17 +139,7 @@ class OnnxRuntimeRunner:
         return {n: prepared[n].contiguous().numpy() for n in self.manifest.input_names}
 
     def _stats(self, run: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
-        loss_sum = torch.zeros(k, dtype=torch.float64)
-        correct = torch.zeros(k, dtype=torch.int64)
-        labelled = True
-        for xb, yb in self.batches:
-            sums, right = wide_batch_stats(self.loss_fn, torch.from_numpy(run(xb))[:k], yb)
-            loss_sum += sums
-            if right is None:
-                labelled = False
-            else:
-                correct += right
-        return finish_stats(loss_sum, correct if labelled else None, self.n)
+        return evaluate_batches(self.batches, lambda xb: torch.from_numpy(run(xb))[:k], self.loss_fn, k, self.n)
 
     def _wide(self, inputs: dict[str, np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
         kk = self.manifest.k

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ...errors import ConfigError, EvaluationError
-from ..losses import LossFn, batch_loss_sum, correct_count, finish_stats, wide_batch_stats
+from ..losses import LossFn, batch_loss_sum, correct_count, evaluate_batches
 from ..params import ParamLayout, full_states, perturbed_tensors
 
 log = logging.getLogger(__name__)
@@ -129,39 +129,25 @@ class TorchRunner:
     def _vmap(self, weights: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         from torch.func import functional_call, vmap
 
-        k = weights.shape[0]
         params = self.layout.unflatten(weights)
-        model, loss_fn = self.model, self.loss_fn
-        loss_sum = torch.zeros(k, dtype=torch.float64, device=self.device)
-        correct = torch.zeros(k, dtype=torch.int64, device=self.device)
-        labelled = True
-        for xb, yb in self.batches:
-            out = vmap(lambda p, xb=xb: functional_call(model, p, (xb,)))(params)
-            sums, right = wide_batch_stats(loss_fn, out, yb)
-            loss_sum += sums
-            if right is None:
-                labelled = False
-            else:
-                correct += right
-        return finish_stats(loss_sum, correct if labelled else None, self.n)
+        model = self.model
+
+        def forward(xb: torch.Tensor) -> torch.Tensor:
+            return vmap(lambda p: functional_call(model, p, (xb,)))(params)
+
+        return evaluate_batches(self.batches, forward, self.loss_fn, weights.shape[0], self.n, self.device)
 
     def _wide(self, weights: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         assert self.wide is not None
         k, kk = weights.shape[0], self.wide.k
         if k % kk:  # pad to a multiple of K with copies of the last point
             weights = torch.cat([weights, weights[-1:].expand(kk - k % kk, -1)])
-        loss, acc = np.empty(0), np.empty(0)
+        parts = []
         for start in range(0, weights.shape[0], kk):
             params = self.wide.prepare(full_states(self.layout, weights[start:start + kk], self.fixed))
-            loss_sum = torch.zeros(kk, dtype=torch.float64, device=self.device)
-            correct: torch.Tensor | None = torch.zeros(kk, dtype=torch.int64, device=self.device)
-            for xb, yb in self.batches:
-                sums, right = wide_batch_stats(self.loss_fn, self.wide.run(xb, params), yb)
-                loss_sum += sums
-                correct = None if right is None or correct is None else correct + right
-            part_loss, part_acc = finish_stats(loss_sum, correct, self.n)
-            loss, acc = np.concatenate([loss, part_loss]), np.concatenate([acc, part_acc])
-        return loss[:k], acc[:k]
+            parts.append(evaluate_batches(self.batches, lambda xb, p=params: self.wide.run(xb, p), self.loss_fn,
+                                          kk, self.n, self.device))
+        return np.concatenate([p[0] for p in parts])[:k], np.concatenate([p[1] for p in parts])[:k]
 
     def _calibrate(self, weights: torch.Tensor) -> None:
         """Time loop, vmap and wide on the first batch and keep the fastest."""
