@@ -50,21 +50,21 @@ class AutoRunner:
 
     def evaluate(self, weights: torch.Tensor) -> Any:
         if self.chosen is None:
-            self._choose(weights[: min(2, weights.shape[0])])
+            self._choose(weights[: min(4, weights.shape[0])])
         return self.chosen.evaluate(weights)
 
     def _choose(self, sample: torch.Tensor) -> None:
-        timings: dict[str, float] = {}
         runners: dict[str, Any] = {}
         skipped = []
         for label, factory in self.candidates:
             try:
                 runner = factory()
-                timings[label] = seconds_per_point(runner, sample)
+                seconds_per_point({label: runner}, sample, rounds=0)  # fails here if it cannot run
                 runners[label] = runner
             except LossgridError as e:
                 skipped.append(f"{label} unavailable ({e.what})")
                 log.info("backend %s skipped: %s", label, e)
+        timings = seconds_per_point(runners, sample) if runners else {}
         if not runners:
             raise ConfigError("No backend could run this model", "; ".join(skipped),
                               "use --backend torch --strategy loop")

@@ -1,4 +1,4 @@
-"""Estimating a runner's seconds per grid point, for choosing the fastest one."""
+"""Estimating runners' seconds per grid point, for choosing the fastest one."""
 
 from __future__ import annotations
 
@@ -8,25 +8,41 @@ from typing import Any
 import torch
 
 
-def seconds_per_point(runner: Any, weights: torch.Tensor) -> float:
-    """Time ``runner.evaluate`` on the first one and two batches (after a warm-up)
-    and extrapolate to the whole evaluation set: fixed cost per point (weight
-    copies, session builds) plus cost per batch times the number of batches."""
+def _timed_evaluate(runner: Any, weights: torch.Tensor, batches: list) -> float:
     saved = runner.batches
-    times = []
+    runner.batches = batches
     try:
-        for nb in (1, 2) if len(saved) > 1 else (1,):
-            runner.batches = saved[:nb]
-            runner.evaluate(weights)
-            best = float("inf")
-            for _ in range(2):
-                t0 = time.perf_counter()
-                runner.evaluate(weights)
-                best = min(best, time.perf_counter() - t0)
-            times.append(best / weights.shape[0])
+        t0 = time.perf_counter()
+        runner.evaluate(weights)
+        return (time.perf_counter() - t0) / weights.shape[0]
     finally:
         runner.batches = saved
-    if len(times) == 1:
-        return times[0]
-    per_batch = max(times[1] - times[0], times[0] / 2)
-    return max(times[0] - per_batch, 0.0) + per_batch * len(saved)
+
+
+def seconds_per_point(runners: dict[str, Any], weights: torch.Tensor, rounds: int = 3) -> dict[str, float]:
+    """Estimated seconds per grid point on the whole evaluation set, per runner.
+
+    Each runner is timed on its first one and two batches (after a warm-up), in
+    ``rounds`` round-robin passes so that a slow moment of the machine does not
+    fall on one candidate only; the best of the rounds is extrapolated as a fixed
+    cost per point (weight copies, session builds) plus a cost per batch times the
+    number of batches.
+    """
+    best: dict[str, list[float]] = {}
+    for name, runner in runners.items():
+        _timed_evaluate(runner, weights, runner.batches[:1])  # warm-up
+        best[name] = [float("inf"), float("inf")]
+    for _ in range(rounds):
+        for name, runner in runners.items():
+            for i, nb in enumerate((1, 2) if len(runner.batches) > 1 else (1,)):
+                best[name][i] = min(best[name][i], _timed_evaluate(runner, weights, runner.batches[:nb]))
+    out = {}
+    for name, runner in runners.items():
+        one, two = best[name]
+        nb = len(runner.batches)
+        if nb == 1:
+            out[name] = one
+            continue
+        per_batch = max(two - one, one / 2)
+        out[name] = max(one - per_batch, 0.0) + per_batch * nb
+    return out
