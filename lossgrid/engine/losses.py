@@ -57,14 +57,6 @@ def batch_loss_sum(loss_fn: LossFn, outputs: torch.Tensor, targets: torch.Tensor
     return values.sum()
 
 
-def correct_count(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
-    """Number of samples whose top logit is the target class, or ``None`` when the
-    task has no class labels (float targets or one output)."""
-    if torch.is_floating_point(targets) or outputs.dim() < 2 or outputs.shape[-1] < 2:
-        return None
-    return (outputs.argmax(dim=-1) == targets).sum()
-
-
 def wide_batch_stats(loss_fn: LossFn, outputs: torch.Tensor, targets: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Loss sums ``[K]`` (float64) and correct counts ``[K]`` (or ``None`` without

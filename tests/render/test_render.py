@@ -162,3 +162,19 @@ def test_labels_levels_values():
             parse_levels(bad)
     z, label = metric_values(fake_surface(1), "err")
     assert label == "error (%)" and np.all(z >= 0)
+
+
+def test_reference_implementation_file_renders(tmp_path):
+    """Files of the reference implementation have no done mask, accuracy or attributes."""
+    import h5py
+
+    path = tmp_path / "ref_surf.h5"
+    x = np.linspace(-1, 1, 11)
+    with h5py.File(path, "w") as f:
+        f["xcoordinates"] = x
+        f["ycoordinates"] = x
+        f["train_loss"] = np.add.outer(x**2, x**2) + 0.1
+    plot_surface(path, tmp_path / "c.png")
+    assert_non_blank(tmp_path / "c.png")
+    plot_surface(path, tmp_path / "s.html")
+    assert "train_loss" not in (tmp_path / "s.html").read_text()[:100]

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ...errors import ConfigError, EvaluationError
-from ..losses import LossFn, batch_loss_sum, correct_count, evaluate_batches
+from ..losses import LossFn, evaluate_batches
 from ..params import ParamLayout, full_states, perturbed_tensors
 
 log = logging.getLogger(__name__)
@@ -106,24 +106,11 @@ class TorchRunner:
     # -- strategies -------------------------------------------------------------
     def _loop(self, weights: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         k = weights.shape[0]
-        loss = np.empty(k)
-        acc = np.empty(k)
+        loss, acc = np.empty(k), np.empty(k)
         for i in range(k):
-            views = list(self.layout.unflatten(weights[i]).values())
-            torch._foreach_copy_(self._targets, views)
-            loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-            correct = torch.zeros((), dtype=torch.int64, device=self.device)
-            labelled = True
-            for xb, yb in self.batches:
-                out = self.model(xb)
-                loss_sum += batch_loss_sum(self.loss_fn, out, yb).double()
-                c = correct_count(out, yb)
-                if c is None:
-                    labelled = False
-                else:
-                    correct += c
-            loss[i] = loss_sum.item() / self.n
-            acc[i] = 100.0 * correct.item() / self.n if labelled else np.nan
+            torch._foreach_copy_(self._targets, list(self.layout.unflatten(weights[i]).values()))
+            loss[i:i + 1], acc[i:i + 1] = evaluate_batches(self.batches, lambda xb: self.model(xb).unsqueeze(0),
+                                                           self.loss_fn, 1, self.n, self.device)
         return loss, acc
 
     def _vmap(self, weights: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
