@@ -105,36 +105,41 @@ def bench_one(name, model, x, y, points, repeats, peak):
     fps = flops_per_sample(model, x)
     rows = {}
 
-    def timed(fn):
-        out = fn()  # warm-up (and calibration for auto)
-        best = float("inf")
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            out = fn()
-            best = min(best, time.perf_counter() - t0)
-        return best, out
-
     def row(seconds):
         rate = points * n / seconds
         return {"seconds": round(seconds, 4), "rate": round(rate, 1),
                 "pct_of_peak": round(100 * rate * fps / (peak * 1e9), 1)}
 
-    t_ref, (ref_loss, ref_acc) = timed(lambda: evaluate_points_reference(model, dirs.layout, weights, x, y,
-                                                                         batch_size=128))
-    rows["reference"] = {**row(t_ref), "ratio": 1.0}
     data = EvalData(x, y, name)
+    fns = {"reference": lambda: evaluate_points_reference(model, dirs.layout, weights, x, y, batch_size=128)}
+    runners, setup = {}, {}
     for backend, strategy in RUNNERS:
         label = f"{backend}/{strategy}" if backend != "auto" else "auto"
         t0 = time.perf_counter()
-        runner = make_runner(EvalSpec(backend=backend, strategy=strategy), model, dirs.layout, data, cross_entropy)
-        setup = time.perf_counter() - t0
-        t, (loss, acc) = timed(lambda r=runner: r.evaluate(weights))
+        runners[label] = make_runner(EvalSpec(backend=backend, strategy=strategy), model, dirs.layout, data,
+                                     cross_entropy)
+        setup[label] = time.perf_counter() - t0
+        fns[label] = lambda r=runners[label]: r.evaluate(weights)
+    # warm-up (and the auto backend's calibration), then round-robin rounds so that
+    # the machine's slow and fast moments spread over all contenders; best of rounds
+    outputs = {label: fn() for label, fn in fns.items()}
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(repeats):
+        for label, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[label] = min(best[label], time.perf_counter() - t0)
+    t_ref = best["reference"]
+    ref_loss, ref_acc = outputs["reference"]
+    rows["reference"] = {**row(t_ref), "ratio": 1.0}
+    for label, runner in runners.items():
+        t, (loss, acc) = best[label], outputs[label]
         np.testing.assert_allclose(loss, ref_loss, rtol=1e-4)
         info = runner.describe()
-        rows[label] = {**row(t), "ratio": round(t_ref / t, 3), "setup_seconds": round(setup, 2),
+        rows[label] = {**row(t), "ratio": round(t_ref / t, 3), "setup_seconds": round(setup[label], 2),
                        "chosen": f"{info['backend']}/{info['strategy']}", "batch_size": info.get("batch_size"),
                        "acc_agreement": float(np.mean(acc == ref_acc))}
-        if backend == "auto":
+        if label == "auto":
             rows[label]["why"] = info.get("backend_choice")
     return {"model": name, "points": points, "samples": n, "params": int(base.numel()),
             "gflop_per_sample": round(fps / 1e9, 5), "results": rows}
@@ -163,7 +168,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/results.json")
     parser.add_argument("--quick", action="store_true", help="fewer points and samples")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, help="round-robin timing rounds")
     parser.add_argument("--malloc", choices=["on", "off", "both", "inherit"], default="both")
     args = parser.parse_args()
     if args.malloc == "inherit":
