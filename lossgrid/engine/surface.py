@@ -30,6 +30,7 @@ from ..errors import ConfigError, SurfaceFileError
 from ..kernels import perturb
 from .directions import Directions, create_directions, load_directions, save_directions
 from .losses import LossFn, resolve_loss
+from .params import perturbed_tensors
 from .runners import make_runner
 from .surface_file import Surface, SurfaceWriter
 
@@ -77,8 +78,6 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
                           hint="give --y for two directions, or drop it for one")
     loss_fn, loss_desc = resolve_loss(loss)
     runner = make_runner(eval_spec, model, directions.layout, data, loss_fn, model_description or "")
-
-    from .params import perturbed_tensors
 
     base = directions.layout.flatten(perturbed_tensors(model, directions.layout.dir_type)).to(device)
     dirs = directions.flat().to(device)

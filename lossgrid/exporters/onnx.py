@@ -51,10 +51,13 @@ class _WithLoss(nn.Module):
 
 @dataclass
 class ExportResult:
-    """An exported graph (serialized ``onnx.ModelProto``), its manifest and the parity check."""
+    """An exported graph (serialized ``onnx.ModelProto``), its manifest, the parity
+    check, and the wide model it was exported from (its ``prepare`` computes the
+    graph's weight inputs from full states)."""
 
     model_bytes: bytes
     manifest: Manifest
+    wide: WideModel
     max_abs_diff: float | None = None
     path: str | None = None
 
@@ -126,7 +129,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, k: int = 1, path: str |
         label_input=LABELS if with_loss else None, loss_outputs=list(LOSS_OUTPUTS) if with_loss else [])
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, manifest.to_json()
-    result = ExportResult(proto.SerializeToString(), manifest)
+    result = ExportResult(proto.SerializeToString(), manifest, wide)
     if check:
         result.max_abs_diff = check_parity(result.model_bytes, model, example, seed=seed, tolerance=tolerance)
     if path is not None:

@@ -74,7 +74,6 @@ class OnnxRuntimeRunner:
                  loss_fn: LossFn, batch_size: int | None = None, strategy: str = "auto",
                  points_per_call: int | None = None, device: str = "cpu", model_description: str = "") -> None:
         from ...exporters.onnx import export_onnx
-        from ...exporters.wide import WideModel
         from .torch_runner import auto_batch_size
 
         if strategy not in STRATEGIES:
@@ -100,7 +99,7 @@ class OnnxRuntimeRunner:
         k = self.points_per_call if self.strategy == "wide" else 1
         example = x[:2].cpu()
         self.export = export_onnx(self.model, example, k=k, description=model_description)
-        self.wide = WideModel(self.model, k=k, fold_bn=True)
+        self.wide = self.export.wide
         self.manifest = self.export.manifest
         if self.strategy == "wide":
             self.session = make_session(self.export.model_bytes, device)
