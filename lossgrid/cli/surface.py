@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from ..config import DIR_TYPES, IGNORES, NORMS, DirectionSpec, EvalSpec, GridSpec, SurfaceJob
-from ..engine.runners import BACKENDS
+from ..engine.runners import ALL_STRATEGIES, BACKENDS
 from ._common import echo_json, parse_axis, run_with_progress
 
 
@@ -35,7 +35,7 @@ from ._common import echo_json, parse_axis, run_with_progress
 @click.option("--overwrite", is_flag=True, help="Replace an existing surface file computed with other settings.")
 @click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True,
               help="auto: time every backend/strategy on this model and data, keep the fastest.")
-@click.option("--strategy", type=click.Choice(["auto", "loop", "vmap", "wide", "baked"]), default="auto",
+@click.option("--strategy", type=click.Choice(ALL_STRATEGIES), default="auto",
               show_default=True, help="torch: loop | vmap | wide (K-wide model); onnxruntime: wide (K-wide graph) "
               "| baked (per-point sessions); auto: timed.")
 @click.option("--points-per-call", type=click.IntRange(min=1), help="Grid points per runner call (default 8).")

@@ -62,13 +62,15 @@ class ExportResult:
     path: str | None = None
 
 
+def float_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The floating-point state_dict entries (what a wide model takes as weights)."""
+    return {n: t for n, t in model.state_dict().items() if torch.is_floating_point(t)}
+
+
 def full_state(model: nn.Module, k: int, overrides: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Every floating-point state entry as ``[k, ...]`` (``overrides`` replace some)."""
-    out = {}
-    for name, t in model.state_dict().items():
-        if torch.is_floating_point(t):
-            out[name] = overrides[name] if overrides and name in overrides else t.unsqueeze(0).expand(k, *t.shape)
-    return out
+    return {n: overrides[n] if overrides and n in overrides else t.unsqueeze(0).expand(k, *t.shape)
+            for n, t in float_state(model).items()}
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, k: int = 1, path: str | os.PathLike | None = None,
@@ -131,7 +133,8 @@ def export_onnx(model: nn.Module, example: torch.Tensor, k: int = 1, path: str |
     entry.key, entry.value = METADATA_KEY, manifest.to_json()
     result = ExportResult(proto.SerializeToString(), manifest, wide)
     if check:
-        result.max_abs_diff = check_parity(result.model_bytes, model, example, seed=seed, tolerance=tolerance)
+        result.max_abs_diff = check_parity(result.model_bytes, model, example, seed=seed, tolerance=tolerance,
+                                           wide=wide)
     if path is not None:
         try:
             with open(path, "wb") as f:
@@ -155,9 +158,10 @@ def random_point_states(model: nn.Module, k: int, seed: int = 0, scale: float = 
 
 
 def check_parity(model_bytes: bytes, model: nn.Module, example: torch.Tensor, seed: int = 0,
-                 tolerance: float = 1e-4) -> float:
+                 tolerance: float = 1e-4, wide: WideModel | None = None) -> float:
     """Max abs difference between ONNX Runtime and the plain model on random
-    perturbed weights, relative to the logits' scale; raises above ``tolerance``."""
+    perturbed weights, relative to the logits' scale; raises above ``tolerance``.
+    ``wide`` is the wide model the graph was exported from (traced again if omitted)."""
     from torch.func import functional_call
 
     from ..engine.runners.onnxruntime_runner import make_session
@@ -166,7 +170,8 @@ def check_parity(model_bytes: bytes, model: nn.Module, example: torch.Tensor, se
     manifest = read_manifest(onnx.load_from_string(model_bytes))
     k = manifest.k
     states = random_point_states(model, k, seed)
-    wide = WideModel(model, k=k, fold_bn=bool(manifest.folds))
+    if wide is None:
+        wide = WideModel(model, k=k, fold_bn=bool(manifest.folds))
     feeds = {manifest.data_input: example.numpy()}
     prepared = wide.prepare(states)
     feeds.update({n: prepared[n].contiguous().numpy() for n in manifest.input_names})

@@ -14,15 +14,10 @@ from ._common import axis_label, metric_values, title_of
 HOVER_2D = "x=%{x:.4g}<br>y=%{y:.4g}<br>{label}=%{z:.5g}<br>acc=%{customdata:.2f}%<extra></extra>"
 
 
-def _lists(a: np.ndarray) -> list:
-    """Plain lists with None for NaN, so the data is readable text in the file."""
-    return np.where(np.isfinite(a), a, np.nan).astype(object).tolist() if a.size else []
-
-
-def _clean(values: list) -> list:
-    if values and isinstance(values[0], list):
-        return [_clean(v) for v in values]
-    return [None if (isinstance(v, float) and not np.isfinite(v)) else v for v in values]
+def _as_text(a: np.ndarray) -> list:
+    """Nested lists of floats, ``None`` where not finite: the data stays readable
+    text in the file and missing points are gaps."""
+    return np.where(np.isfinite(a), a, None).tolist()
 
 
 def write_html(surface: Surface, out: str, metric: str = "loss", log: bool = False, vmax: float | None = None,
@@ -36,9 +31,9 @@ def write_html(surface: Surface, out: str, metric: str = "loss", log: bool = Fal
     x = surface.xcoordinates.tolist()
     if surface.ndim == 1:
         fig = make_subplots(specs=[[{"secondary_y": True}]])
-        fig.add_trace(go.Scatter(x=x, y=_clean(_lists(z)), name=label, mode="lines+markers",
+        fig.add_trace(go.Scatter(x=x, y=_as_text(z), name=label, mode="lines+markers",
                                  hovertemplate="x=%{x:.4g}<br>" + label + "=%{y:.5g}<extra></extra>"))
-        fig.add_trace(go.Scatter(x=x, y=_clean(_lists(acc)), name="accuracy (%)", mode="lines",
+        fig.add_trace(go.Scatter(x=x, y=_as_text(acc), name="accuracy (%)", mode="lines",
                                  line={"dash": "dash"}, hovertemplate="x=%{x:.4g}<br>acc=%{y:.2f}%<extra></extra>"),
                       secondary_y=True)
         fig.update_xaxes(title_text=axis_label(surface.attrs, "x"))
@@ -47,7 +42,7 @@ def write_html(surface: Surface, out: str, metric: str = "loss", log: bool = Fal
     else:
         assert surface.ycoordinates is not None
         y = surface.ycoordinates.tolist()
-        zt, acct = _clean(_lists(z.T)), _clean(_lists(acc.T))  # plotly: rows are y, columns x
+        zt, acct = _as_text(z.T), _as_text(acc.T)  # plotly: rows are y, columns x
         hover = HOVER_2D.replace("{label}", label)
         fig = make_subplots(rows=1, cols=2, specs=[[{"type": "surface"}, {"type": "xy"}]],
                             subplot_titles=("3D surface", "contour"), column_widths=[0.55, 0.45])

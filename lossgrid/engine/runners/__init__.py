@@ -5,7 +5,7 @@ Every runner has ``evaluate(weights) -> (loss, acc)`` where ``weights`` is
 are float64 arrays of length ``K`` (accuracy in percent, NaN when the task has
 no class labels), plus ``points_per_call`` and ``describe()``.
 
-Backends: ``torch`` (strategies ``loop``, ``vmap``, ``auto``), ``onnxruntime``
+Backends: ``torch`` (strategies ``loop``, ``vmap``, ``wide``, ``auto``), ``onnxruntime``
 (``wide``, ``baked``, ``auto``) and ``auto``, which times every available
 backend/strategy on the actual model and data and keeps the fastest.
 """
@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ...errors import ConfigError, LossgridError
-from ._timing import seconds_per_point
+from ._timing import seconds_per_point, warm_up
 from .torch_runner import TorchRunner
 
 if TYPE_CHECKING:
@@ -34,7 +34,9 @@ log = logging.getLogger(__name__)
 BACKENDS = ("torch", "onnxruntime", "auto")
 STRATEGIES = {"torch": ("auto", "loop", "vmap", "wide"), "onnxruntime": ("auto", "wide", "baked"), "auto": ("auto",)}
 
-__all__ = ["BACKENDS", "STRATEGIES", "AutoRunner", "TorchRunner", "make_runner"]
+ALL_STRATEGIES = tuple(dict.fromkeys(s for names in STRATEGIES.values() for s in names))
+
+__all__ = ["ALL_STRATEGIES", "BACKENDS", "STRATEGIES", "AutoRunner", "TorchRunner", "make_runner"]
 
 
 class AutoRunner:
@@ -59,7 +61,7 @@ class AutoRunner:
         for label, factory in self.candidates:
             try:
                 runner = factory()
-                seconds_per_point({label: runner}, sample, rounds=0)  # fails here if it cannot run
+                warm_up(runner, sample)
                 runners[label] = runner
             except LossgridError as e:
                 skipped.append(f"{label} unavailable ({e.what})")
@@ -89,9 +91,8 @@ def make_runner(eval_spec: EvalSpec, model: nn.Module, layout: ParamLayout, data
     if backend not in BACKENDS:
         raise ConfigError(f"Unknown backend {backend!r}", hint=f"use one of {', '.join(BACKENDS)}")
     if strategy not in STRATEGIES[backend]:
-        allowed = ", ".join(s for s in STRATEGIES[backend])
         raise ConfigError(f"Strategy {strategy!r} does not belong to backend {backend!r}",
-                          hint=f"with --backend {backend} use --strategy {allowed}")
+                          hint=f"with --backend {backend} use --strategy {', '.join(STRATEGIES[backend])}")
     common = dict(batch_size=eval_spec.batch_size, points_per_call=eval_spec.points_per_call)
 
     def torch_runner(strat: str) -> TorchRunner:

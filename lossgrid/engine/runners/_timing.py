@@ -19,19 +19,22 @@ def _timed_evaluate(runner: Any, weights: torch.Tensor, batches: list) -> float:
         runner.batches = saved
 
 
+def warm_up(runner: Any, weights: torch.Tensor) -> None:
+    """One call on the first batch: builds lazy state and fails early if the runner cannot run."""
+    _timed_evaluate(runner, weights, runner.batches[:1])
+
+
 def seconds_per_point(runners: dict[str, Any], weights: torch.Tensor, rounds: int = 3) -> dict[str, float]:
     """Estimated seconds per grid point on the whole evaluation set, per runner.
 
-    Each runner is timed on its first one and two batches (after a warm-up), in
+    Each runner (already warmed up with :func:`warm_up`) is timed on its first
+    one and two batches, in
     ``rounds`` round-robin passes so that a slow moment of the machine does not
     fall on one candidate only; the best of the rounds is extrapolated as a fixed
     cost per point (weight copies, session builds) plus a cost per batch times the
     number of batches.
     """
-    best: dict[str, list[float]] = {}
-    for name, runner in runners.items():
-        _timed_evaluate(runner, weights, runner.batches[:1])  # warm-up
-        best[name] = [float("inf"), float("inf")]
+    best = {name: [float("inf"), float("inf")] for name in runners}
     for _ in range(rounds):
         for name, runner in runners.items():
             for i, nb in enumerate((1, 2) if len(runner.batches) > 1 else (1,)):

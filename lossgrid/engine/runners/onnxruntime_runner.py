@@ -73,7 +73,7 @@ class OnnxRuntimeRunner:
     def __init__(self, model: nn.Module, layout: ParamLayout, x: torch.Tensor, y: torch.Tensor,
                  loss_fn: LossFn, batch_size: int | None = None, strategy: str = "auto",
                  points_per_call: int | None = None, device: str = "cpu", model_description: str = "") -> None:
-        from ...exporters.onnx import export_onnx
+        from ...exporters.onnx import export_onnx, float_state
         from .torch_runner import auto_batch_size
 
         if strategy not in STRATEGIES:
@@ -89,7 +89,7 @@ class OnnxRuntimeRunner:
         self.batch_size = batch_size or auto_batch_size(x)
         self.batches = [(xb.contiguous().numpy(), yb) for xb, yb in zip(x.cpu().split(self.batch_size),
                                                                          y.cpu().split(self.batch_size))]
-        self.fixed = {n: t for n, t in self.model.state_dict().items() if torch.is_floating_point(t)}
+        self.fixed = float_state(self.model)
         self.points_per_call = points_per_call or DEFAULT_POINTS
         self.strategy = "baked" if strategy == "auto" and self._is_conv_model() else strategy
         if self.strategy == "auto":

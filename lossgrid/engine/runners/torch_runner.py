@@ -35,8 +35,8 @@ class TorchRunner:
         strategy: ``loop`` (copy weights into the model, one point at a time),
             ``vmap`` (``torch.func.vmap`` over stacked weights), ``wide`` (the
             explicit K-wide model of :mod:`lossgrid.exporters.wide`: grouped
-            convolutions, BatchNorm folded per point), or ``auto`` (times loop
-            and vmap on the first call and keeps the faster).
+            convolutions, BatchNorm folded per point), or ``auto`` (times loop,
+            vmap and wide on the first call and keeps the fastest).
         points_per_call: grid points per ``evaluate`` call the engine should use.
         device: torch device.
     """
@@ -73,10 +73,11 @@ class TorchRunner:
             self._make_wide()
 
     def _make_wide(self) -> None:
+        from ...exporters.onnx import float_state
         from ...exporters.wide import WideModel
 
         self.wide = WideModel(self.model, k=self.points_per_call)
-        self.fixed = {n: t for n, t in self.model.state_dict().items() if torch.is_floating_point(t)}
+        self.fixed = float_state(self.model)
 
     # -- public -----------------------------------------------------------------
     def evaluate(self, weights: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
