@@ -17,6 +17,7 @@ setup(
         "onnxruntime>=1.18",
         "matplotlib>=3.7",
         "scikit-learn>=1.3",
+        "safetensors>=0.4",
     ],
     extras_require={
         "gpu": ["cupy-cuda12x>=13", "onnxruntime-gpu>=1.18"],
@@ -24,7 +25,7 @@ setup(
         "export": ["onnxscript>=0.1"],
         "html": ["plotly>=5.18"],
         "vtk": ["vtk>=9.2", "scipy>=1.9"],
-        "dev": ["pytest>=8", "ruff>=0.5", "onnxscript>=0.1", "plotly>=5.18", "vtk>=9.2", "scipy>=1.9"],
+        "dev": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.5", "onnxscript>=0.1", "plotly>=5.18", "vtk>=9.2", "scipy>=1.9"],
     },
     entry_points={"console_scripts": ["lossgrid=lossgrid.cli:main"]},
     classifiers=[

@@ -33,6 +33,7 @@ _EXPORTS = {
     "EvaluationError": "lossgrid.errors",
     "MissingBackendError": "lossgrid.errors",
     "ExportError": "lossgrid.errors",
+    "ResourceError": "lossgrid.errors",
     "EvalData": "lossgrid.data",
     "load_data": "lossgrid.data",
     "load_model": "lossgrid.models",

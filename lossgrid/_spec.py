@@ -21,9 +21,11 @@ def load_object(spec: str, what: str = "object") -> Any:
         raise ConfigError(f"Cannot read {what} spec {spec!r}", "module or name is empty",
                           "write path/to/file.py:name or package.module:name")
     if target.endswith(".py") or os.sep in target:
-        if not os.path.isfile(target):
-            raise ConfigError(f"{what.capitalize()} file {target} does not exist",
-                              hint="check the path before the ':'")
+        from ._files import input_file_problem
+
+        problem = input_file_problem(target)
+        if problem:
+            raise ConfigError(f"Cannot import {what} file {target}", problem, "check the path before the ':'")
         name = "lossgrid_user_" + os.path.splitext(os.path.basename(target))[0]
         module_spec = importlib.util.spec_from_file_location(name, target)
         if module_spec is None or module_spec.loader is None:

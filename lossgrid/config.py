@@ -18,6 +18,9 @@ import numpy as np
 
 from .errors import ConfigError
 
+#: the largest grid lossgrid accepts (2048 x 2048): its arrays take ~100 MB in memory
+MAX_GRID_POINTS = 2048 * 2048
+
 NORMS = ("filter", "layer", "weight", "none")
 IGNORES = ("biasbn", "none")
 DIR_TYPES = ("weights", "states")
@@ -38,11 +41,18 @@ class Axis:
                 "the number of points must be a whole number of at least 1",
                 "write the axis as MIN:MAX:NUM, for example -1:1:51",
             )
+        if self.num > MAX_GRID_POINTS:
+            raise ConfigError(f"Grid axis has {self.num:,} points",
+                              f"lossgrid evaluates at most {MAX_GRID_POINTS:,} grid points",
+                              "use fewer points, for example -1:1:51")
         for name in ("min", "max"):
             value = getattr(self, name)
-            if not math.isfinite(value):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ConfigError(f"Grid axis {name} is {value!r}", "bounds must be finite numbers",
                                   "write the axis as MIN:MAX:NUM, for example -1:1:51")
+        if not math.isfinite(float(self.max) - float(self.min)):
+            raise ConfigError(f"Grid axis {self.min}:{self.max} is too wide", "its length overflows a float",
+                              "use bounds of a sensible size, for example -1:1:51")
         if self.num > 1 and not self.min < self.max:
             raise ConfigError(
                 f"Grid axis {self.min}:{self.max}:{self.num} is empty or reversed",
@@ -92,6 +102,13 @@ class GridSpec:
 
     x: Axis
     y: Axis | None = None
+
+    def __post_init__(self) -> None:
+        total = self.x.num * (self.y.num if self.y is not None else 1)
+        if total > MAX_GRID_POINTS:
+            raise ConfigError(f"The grid has {total:,} points", f"lossgrid evaluates at most {MAX_GRID_POINTS:,} "
+                              "grid points in one surface (2048 x 2048)",
+                              "use fewer points per axis (the paper's surfaces are 51 x 51)")
 
     @classmethod
     def parse(cls, x: str, y: str | None = None) -> "GridSpec":
@@ -204,3 +221,5 @@ class SurfaceJob:
     dir_file: str | None = None
     evaluation: EvalSpec = EvalSpec()
     overwrite: bool = False
+    #: allow checkpoints that are whole pickled modules (their loading runs code)
+    trust_checkpoint: bool = False

@@ -8,7 +8,9 @@ Data specs:
 * ``npz:FILE`` -- a NumPy archive with arrays ``x`` and ``y``.
 * ``cifar10:DIR`` or ``cifar10:DIR:test`` -- the CIFAR-10 "python version"
   batches (``data_batch_1`` ... ``data_batch_5``, ``test_batch``), normalized
-  with the usual per-channel mean and std.
+  with the usual per-channel mean and std. The batches are pickles: they are
+  read with a restricted unpickler that resolves only what such files hold
+  (numpy arrays), so a tampered batch cannot run code.
 * ``package.module:function`` or ``file.py:function`` -- returns ``(x, y)``
   tensors or arrays, or a ``torch.utils.data.Dataset`` of ``(x, y)`` pairs.
 
@@ -28,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._files import input_file_problem
 from .errors import DataLoadError
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -91,6 +94,9 @@ def _digits(split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _npz(path: str) -> tuple[np.ndarray, np.ndarray]:
+    problem = input_file_problem(path)
+    if problem:
+        raise DataLoadError(f"Cannot read data file {path}", problem, "pass npz:FILE with an existing .npz archive")
     try:
         with np.load(path, allow_pickle=False) as f:
             missing = [k for k in ("x", "y") if k not in f.files]
@@ -112,22 +118,55 @@ def _cifar10(arg: str) -> tuple[np.ndarray, np.ndarray]:
     names = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}.get(split)
     if names is None:
         raise DataLoadError(f"Unknown CIFAR-10 split {split!r}", hint="use cifar10:DIR or cifar10:DIR:test")
+    if not os.path.isdir(directory):
+        why = "it is a file, not a directory" if os.path.exists(directory) else "it does not exist"
+        raise DataLoadError(f"Cannot read CIFAR-10 directory {directory!r}", why,
+                            "point to the extracted cifar-10-batches-py directory")
     xs, ys = [], []
     for name in names:
-        path = os.path.join(directory, name)
-        try:
-            with open(path, "rb") as fh:
-                batch = pickle.load(fh, encoding="bytes")
-            data, labels = batch[b"data"], batch[b"labels"]
-        except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError) as e:
-            raise DataLoadError(f"Cannot read CIFAR-10 batch {path}", f"{type(e).__name__}: {e}",
-                                "point to the extracted cifar-10-batches-py directory") from None
-        xs.append(np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32))
-        ys.append(np.asarray(labels, dtype=np.int64))
+        data, labels = read_cifar_batch(os.path.join(directory, name))
+        xs.append(data.reshape(-1, 3, 32, 32))
+        ys.append(labels)
     x = np.concatenate(xs).astype(np.float32) / 255.0
     mean = np.array(CIFAR_MEAN, dtype=np.float32)[None, :, None, None]
     std = np.array(CIFAR_STD, dtype=np.float32)[None, :, None, None]
     return (x - mean) / std, np.concatenate(ys)
+
+
+def read_cifar_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images ``[N, 3072]`` (uint8) and labels ``[N]`` of one CIFAR python batch,
+    unpickled without running code (only numpy arrays are resolved)."""
+    from ._pickle import NUMPY_DATA_GLOBALS, restricted_load
+
+    def fail(why: str) -> DataLoadError:
+        return DataLoadError(f"Cannot read CIFAR-10 batch {path}", why,
+                             "point to the extracted cifar-10-batches-py directory, as downloaded")
+
+    problem = input_file_problem(path)
+    if problem:
+        raise fail(problem)
+    try:
+        with open(path, "rb") as fh:
+            batch = restricted_load(fh, NUMPY_DATA_GLOBALS, encoding="bytes")
+    except pickle.UnpicklingError as e:
+        raise fail(str(e)) from None
+    except (OSError, EOFError, ValueError, TypeError, AttributeError, IndexError, MemoryError) as e:
+        raise fail(f"{type(e).__name__}: {e}") from None
+    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
+        raise fail("it is not a dict with b'data' and b'labels' entries")
+    data, labels = batch[b"data"], batch[b"labels"]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise fail(f"b'data' is {type(data).__name__} {getattr(data, 'dtype', '')} {getattr(data, 'shape', '')}, "
+                   "expected a uint8 array of shape (N, 3072)")
+    try:
+        labels = np.asarray(labels, dtype=np.int64)
+    except (TypeError, ValueError):
+        raise fail("b'labels' is not a list of integers") from None
+    if labels.shape != (data.shape[0],):
+        raise fail(f"b'labels' holds {labels.shape} labels for {data.shape[0]} images")
+    if labels.size and (labels.min() < 0 or labels.max() > 9):
+        raise fail(f"b'labels' holds values from {labels.min()} to {labels.max()}, expected 0..9")
+    return data, labels
 
 
 def _from_object(spec: str) -> tuple[Any, Any]:

@@ -16,9 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._files import os_reason
 from .config import DirectionSpec, EvalSpec, GridSpec
 from .data import EvalData, load_data
-from .errors import MissingBackendError
+from .errors import ConfigError, MissingBackendError
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,14 @@ def run_demo(out_dir: str | os.PathLike, grid: str = "-1:1:31", epochs: int = 12
     from .engine.surface import compute_surface
     from .render import plot_surface
 
-    os.makedirs(out_dir, exist_ok=True)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ConfigError(f"Demo output {out_dir} is a file", "the demo writes several files into a directory",
+                          "pass --out with a new or existing directory")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"Cannot create the demo directory {out_dir}", os_reason(e),
+                          "choose a writable --out directory") from None
     t0 = time.perf_counter()
     train = load_data("digits:train")
     model = train_demo_model(train, epochs=epochs, seed=seed)

@@ -59,3 +59,16 @@ class MissingBackendError(LossgridError, ImportError):
 
 class ExportError(LossgridError):
     """A model cannot be exported to ONNX."""
+
+
+class ResourceError(LossgridError):
+    """The machine ran out of something (memory) that a smaller setting would need less of."""
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` is an out-of-memory failure of torch, numpy or ONNX Runtime (CPU or GPU)."""
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
+        return True
+    text = str(e)
+    return any(m in text for m in ("out of memory", "can't allocate memory", "Failed to allocate memory",
+                                   "std::bad_alloc"))

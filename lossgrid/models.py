@@ -6,6 +6,12 @@ checkpoint holding a state_dict -- or a dict with a ``state_dict`` key, as the
 reference implementation saves -- or, without a factory, a checkpoint that is a
 whole pickled module or a TorchScript file.
 
+What is safe to load: state_dicts (read with ``torch.load(weights_only=True)``,
+numpy scalars and arrays allowed), safetensors files and TorchScript archives
+never run Python code from the file. A whole pickled module does: it is
+loaded only with ``trust_checkpoint=True`` (``--trust-checkpoint``); otherwise
+the refusal names the Python objects the file refers to.
+
 Example:
     >>> model, desc = load_model("lossgrid.zoo:mlp_digits")
     >>> desc
@@ -14,7 +20,8 @@ Example:
 
 from __future__ import annotations
 
-import os
+import pickle
+import struct
 import zipfile
 from collections.abc import Mapping
 from typing import Any
@@ -22,22 +29,29 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._files import input_file_problem
 from .errors import ConfigError, ModelLoadError
 
 STATE_KEYS = ("state_dict", "model_state_dict", "model")
+TRUST_HINT = "--trust-checkpoint"
 
 
-def load_model(spec: str | None, checkpoint: str | None = None) -> tuple[nn.Module, str]:
-    """Build the model and load its checkpoint; returns ``(model, description)``."""
+def load_model(spec: str | None, checkpoint: str | None = None,
+               trust_checkpoint: bool = False) -> tuple[nn.Module, str]:
+    """Build the model and load its checkpoint; returns ``(model, description)``.
+
+    ``trust_checkpoint`` allows checkpoints that are whole pickled modules, whose
+    loading runs code named in the file: only for files you made or trust.
+    """
     if spec is None and checkpoint is None:
         raise ModelLoadError("No model given", hint="pass --model file.py:factory and/or --checkpoint FILE")
     if spec is not None:
         model = _from_factory(spec)
         if checkpoint is not None:
-            load_state(model, _read_state(checkpoint), checkpoint)
+            load_state(model, _read_state(checkpoint, trust_checkpoint), checkpoint)
         return model, spec if checkpoint is None else f"{spec} @ {checkpoint}"
     assert checkpoint is not None
-    obj = _read_checkpoint(checkpoint)
+    obj = read_checkpoint(checkpoint, trust_checkpoint)
     if not isinstance(obj, nn.Module):
         raise ModelLoadError(f"Checkpoint {checkpoint} holds a state_dict, not a whole model",
                              "a state_dict needs the architecture to load into",
@@ -68,27 +82,96 @@ def _from_factory(spec: str) -> nn.Module:
     return model
 
 
-def _read_checkpoint(path: str) -> Any:
-    if not os.path.isfile(path):
-        raise ModelLoadError(f"Checkpoint {path} does not exist", hint="check the --checkpoint path")
+def read_checkpoint(path: str, trust: bool = False) -> Any:
+    """The object stored in a checkpoint file, loaded without running code from it
+    (unless ``trust``): a state_dict or dict, a TorchScript module, or -- trusted
+    only -- a whole pickled module."""
+    problem = input_file_problem(path)
+    if problem:
+        raise ModelLoadError(f"Cannot read checkpoint {path}", problem, "check the --checkpoint/--model2 path")
+    if _is_safetensors(path):
+        return _read_safetensors(path)
     if _is_torchscript(path):
         try:
             return torch.jit.load(path, map_location="cpu")
         except Exception as e:
-            raise ModelLoadError(f"Cannot load TorchScript file {path}", str(e).splitlines()[0],
+            raise ModelLoadError(f"Cannot load TorchScript file {path}", _first_line(e),
                                  "re-save it with torch.jit.save") from None
+    from ._pickle import numpy_safe_globals
+
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as first:
-        if isinstance(first, (EOFError, RuntimeError, zipfile.BadZipFile)) and "weights_only" not in str(first):
-            raise ModelLoadError(f"Checkpoint {path} is corrupt or not a torch file", str(first).splitlines()[0],
+        with torch.serialization.safe_globals(numpy_safe_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only" not in str(e).lower():
+            raise ModelLoadError(f"Checkpoint {path} is corrupt or not a torch file", _first_line(e),
                                  "pass a file written by torch.save") from None
-    # Not loadable as plain tensors: a whole pickled module (runs the file's pickled code).
+        refusal = e
+    except Exception as e:  # torch raises RuntimeError, EOFError, BadZipFile, ValueError... on bad files
+        raise ModelLoadError(f"Checkpoint {path} is corrupt or not a torch file", _first_line(e),
+                             "pass a file written by torch.save, torch.jit.save or safetensors") from None
+    if not trust:
+        raise ModelLoadError(
+            f"Checkpoint {path} holds Python objects, not only tensors: {_unsafe_globals(path, refusal)}",
+            "loading such a file (a whole pickled model, say) runs code that the file names, "
+            "which could do anything to this machine",
+            f"if you made this file or trust its source, pass {TRUST_HINT}; better, re-save the weights alone "
+            "with torch.save(model.state_dict(), path) and pass the architecture with --model")
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
-        raise ModelLoadError(f"Checkpoint {path} is corrupt or not a torch file", f"{type(e).__name__}: {e}",
-                             "pass a file written by torch.save or torch.jit.save") from None
+        raise ModelLoadError(f"Checkpoint {path} is corrupt or cannot be unpickled here", f"{type(e).__name__}: {e}",
+                             "pass a file written by torch.save or torch.jit.save (with the classes it names "
+                             "importable)") from None
+
+
+def _unsafe_globals(path: str, error: Exception) -> str:
+    """The non-tensor objects a checkpoint refers to, read without unpickling it."""
+    names: list[str] = []
+    try:
+        names = list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # older torch, or the legacy (non-zip) format: the error names the first one
+        text = str(error)
+        marker = "GLOBAL "
+        if marker in text:
+            names = [text.split(marker, 1)[1].split()[0]]
+    if not names:
+        return "objects that are not tensors"
+    shown = ", ".join(sorted(names)[:6]) + (f" (+{len(names) - 6} more)" if len(names) > 6 else "")
+    return shown
+
+
+def _is_safetensors(path: str) -> bool:
+    """The safetensors layout: an 8-byte little-endian header length, then a JSON object."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(9)
+    except OSError:
+        return False
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    (n,) = struct.unpack("<Q", head[:8])
+    return 2 <= n <= 100_000_000
+
+
+def _read_safetensors(path: str) -> dict[str, torch.Tensor]:
+    try:
+        from safetensors.torch import load_file
+    except ImportError as e:
+        from .errors import MissingBackendError
+
+        raise MissingBackendError("Reading safetensors checkpoints needs the package 'safetensors'", str(e),
+                                  "install it with: pip install safetensors") from None
+    try:
+        return load_file(path, device="cpu")
+    except Exception as e:  # SafetensorError, OSError, json errors on a broken header
+        raise ModelLoadError(f"Checkpoint {path} is not a valid safetensors file", _first_line(e),
+                             "pass a file written by safetensors.torch.save_file") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
 def _is_torchscript(path: str) -> bool:
@@ -98,8 +181,8 @@ def _is_torchscript(path: str) -> bool:
         return any(n.split("/", 1)[-1].startswith("code/") for n in z.namelist())
 
 
-def _read_state(path: str) -> Mapping[str, torch.Tensor]:
-    obj = _read_checkpoint(path)
+def _read_state(path: str, trust: bool = False) -> Mapping[str, torch.Tensor]:
+    obj = read_checkpoint(path, trust)
     if isinstance(obj, nn.Module):
         return obj.state_dict()
     if isinstance(obj, Mapping):

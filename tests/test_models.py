@@ -33,7 +33,9 @@ def test_checkpoint_forms(tmp_path, trained_cnn, wrap):
 def test_whole_module_and_torchscript(tmp_path, trained_cnn):
     whole = tmp_path / "whole.pt"
     torch.save(trained_cnn, whole)
-    model, _ = load_model(None, str(whole))
+    with pytest.raises(ModelLoadError, match="tests.conftest.SmallCNN.*--trust-checkpoint"):
+        load_model(None, str(whole))
+    model, _ = load_model(None, str(whole), trust_checkpoint=True)
     assert _same(model, trained_cnn)
     ts = tmp_path / "ts.pt"
     torch.jit.save(torch.jit.script(trained_cnn), ts)

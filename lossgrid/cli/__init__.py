@@ -5,7 +5,17 @@ from __future__ import annotations
 
 import os
 import platform
+import signal
 import sys
+
+from ._signals import (
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    Terminated,
+    install_signal_handlers,
+    interrupted_message,
+    terminated_message,
+)
 
 # glibc malloc returns big activation buffers to the OS after every op, which
 # makes torch CPU code slow and noisy; these thresholds keep them (FACTS.md:
@@ -23,15 +33,51 @@ def _should_reexec(argv: list[str], environ: dict[str, str]) -> bool:
 
 
 def main() -> None:
-    """Console entry point: re-executes itself once with the malloc tuning, then runs."""
-    if _should_reexec(sys.argv, dict(os.environ)):
-        env = dict(os.environ)
-        old = env.get("GLIBC_TUNABLES")
-        env["GLIBC_TUNABLES"] = f"{old}:{MALLOC_TUNABLES}" if old else MALLOC_TUNABLES
-        try:
-            os.execve(sys.executable, [sys.executable, "-m", "lossgrid.cli", *sys.argv[1:]], env)
-        except OSError:
-            pass  # run untuned rather than not at all
+    """Console entry point: re-executes itself once with the malloc tuning, then runs.
+
+    Ctrl-C (exit 130) and SIGTERM/SIGHUP (exit 1) end every command with a
+    message and no traceback, from start-up (imports) to the last write.
+    """
+    install_signal_handlers()
+    try:
+        if _should_reexec(sys.argv, dict(os.environ)):
+            env = dict(os.environ)
+            old = env.get("GLIBC_TUNABLES")
+            env["GLIBC_TUNABLES"] = f"{old}:{MALLOC_TUNABLES}" if old else MALLOC_TUNABLES
+            try:
+                os.execve(sys.executable, [sys.executable, "-m", "lossgrid.cli", *sys.argv[1:]], env)
+            except OSError:
+                pass  # run untuned rather than not at all
+        code = _run(sys.argv[1:])
+    except KeyboardInterrupt:
+        code = _stop(interrupted_message(), EXIT_INTERRUPTED)
+    except Terminated as e:
+        code = _stop(terminated_message(e), EXIT_TERMINATED)
+    sys.exit(code)
+
+
+def _run(args: list[str]) -> int:
+    import click
+
     from .main import cli
 
-    cli(prog_name="lossgrid")
+    try:
+        rv = cli.main(args=args, prog_name="lossgrid", standalone_mode=False)
+    except click.exceptions.Abort:  # Click's name for Ctrl-C while parsing or prompting
+        raise KeyboardInterrupt from None
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    return rv if isinstance(rv, int) else 0
+
+
+def _stop(message: str, code: int) -> int:
+    """Print why we stop; further signals are ignored while the interpreter closes files."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    try:
+        sys.stderr.write(f"\n{message}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    return code

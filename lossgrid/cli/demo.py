@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from ._common import echo_json, run_with_progress
@@ -24,6 +26,9 @@ def demo(out: str, grid: str, epochs: int, seed: int, as_json: bool, quiet: bool
         Axis.parse(grid)
     except ConfigError as e:
         raise click.BadParameter(str(e), param_hint="--grid") from None
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise click.BadParameter(f"{out} is a file; the demo writes several files into a directory",
+                                 param_hint="--out")
     result = run_with_progress("surface", not quiet,
                                lambda bar: run_demo(out, grid=grid, epochs=epochs, seed=seed, progress=bar))
     if as_json:

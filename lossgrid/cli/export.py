@@ -10,6 +10,8 @@ from ._common import echo_json
 @click.command()
 @click.option("--model", "model", metavar="SPEC", help="Factory: path/to/file.py:fn or package.module:fn.")
 @click.option("--checkpoint", metavar="FILE", help="state_dict, {'state_dict': ...}, or a pickled module.")
+@click.option("--trust-checkpoint", is_flag=True,
+              help="Allow a checkpoint that is a whole pickled model (loading it runs code named in the file).")
 @click.option("--out", required=True, metavar="FILE.onnx")
 @click.option("--points-per-call", "k", type=click.IntRange(min=1), default=1, show_default=True,
               help="K: grid points per call (leading dimension of every weight input).")
@@ -21,15 +23,19 @@ from ._common import echo_json
 @click.option("--with-loss", is_flag=True,
               help="Also take class labels; output per-sample cross-entropy and correctness.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
-def export(model: str | None, checkpoint: str | None, out: str, k: int, opset: int, data: str, no_fold_bn: bool,
-           tolerance: float, with_loss: bool, as_json: bool) -> None:
+def export(model: str | None, checkpoint: str | None, trust_checkpoint: bool, out: str, k: int, opset: int, data: str,
+           no_fold_bn: bool, tolerance: float, with_loss: bool, as_json: bool) -> None:
     """Export a model to ONNX with its weights as graph inputs, K grid points per call,
     checked against PyTorch on random perturbed weights."""
+    from .._files import check_output_path, refuse_input_as_output
     from ..data import load_data
+    from ..engine.jobs import spec_file
     from ..exporters.onnx import export_onnx
     from ..models import load_model
 
-    net, desc = load_model(model, checkpoint)
+    check_output_path(out, "ONNX file")
+    refuse_input_as_output(out, {"--checkpoint": checkpoint, "--model": spec_file(model), "--data": spec_file(data)})
+    net, desc = load_model(model, checkpoint, trust_checkpoint)
     example = load_data(data).x[:4]
     result = export_onnx(net, example, k=k, path=out, opset=opset, fold_bn=not no_fold_bn, tolerance=tolerance,
                          description=desc, with_loss=with_loss)

@@ -9,20 +9,28 @@ import click
 
 from .. import __version__
 from ..errors import LossgridError
+from ._signals import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, interrupted_message, terminated_message
 
 
 class LossgridGroup(click.Group):
-    """Turns :class:`LossgridError` into exit code 1 with its message, no traceback."""
+    """Turns :class:`LossgridError` into exit code 1 with its message, no traceback;
+    Ctrl-C into 130 and SIGTERM/SIGHUP into 1, each with a message."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except LossgridError as e:
             raise click.ClickException(str(e)) from None
+        except MemoryError:
+            raise click.ClickException(
+                "Out of memory. Why: this machine has too little free memory for the requested work. "
+                "Hint: lower --points-per-call, --batch-size or --samples, or use a smaller grid.") from None
         except KeyboardInterrupt:
-            click.echo("Interrupted. Every finished chunk is saved; run the same command again to resume.",
-                       err=True)
-            ctx.exit(130)
+            click.echo("\n" + interrupted_message(), err=True)
+            ctx.exit(EXIT_INTERRUPTED)
+        except Terminated as t:
+            click.echo("\n" + terminated_message(t), err=True)
+            ctx.exit(EXIT_TERMINATED)
 
 
 @click.group(cls=LossgridGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -16,6 +16,9 @@ from ._common import echo_json, parse_axis, run_with_progress
 @click.option("--checkpoint", metavar="FILE",
               help="state_dict (or {'state_dict': ...}), pickled module or TorchScript.")
 @click.option("--model2", metavar="FILE", help="Second checkpoint: 1D interpolation, x=0 model, x=1 model2.")
+@click.option("--trust-checkpoint", is_flag=True,
+              help="Allow checkpoints that are whole pickled models: loading them runs code named in the file. "
+              "Only for files you made or trust. State dicts, safetensors and TorchScript need no trust.")
 @click.option("--data", default="digits", show_default=True,
               help="digits[:train|:test], npz:FILE, cifar10:DIR[:test], or module:function.")
 @click.option("--samples", type=click.IntRange(min=1), help="Evaluate on a fixed, seeded subset of N samples.")
@@ -32,7 +35,9 @@ from ._common import echo_json, parse_axis, run_with_progress
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Direction seed.")
 @click.option("--dir-file", metavar="FILE", help="Directions file: read if it exists, else written.")
 @click.option("--out", required=True, metavar="FILE.h5", help="Surface file (resumed if it exists).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing surface file computed with other settings.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing surface file computed with other settings (it stays until the new one holds "
+              "results). A file with the same settings is resumed either way.")
 @click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True,
               help="auto: time every backend/strategy on this model and data, keep the fastest.")
 @click.option("--strategy", type=click.Choice(ALL_STRATEGIES), default="auto",
@@ -58,7 +63,7 @@ def surface(**kw: Any) -> None:
         directions=DirectionSpec(kw["dir_type"], kw["xnorm"], kw["xignore"], kw["ynorm"], kw["yignore"], kw["seed"]),
         dir_file=kw["dir_file"],
         evaluation=EvalSpec(kw["backend"], kw["strategy"], kw["points_per_call"], kw["batch_size"], kw["device"]),
-        overwrite=kw["overwrite"],
+        overwrite=kw["overwrite"], trust_checkpoint=kw["trust_checkpoint"],
     )
     from ..engine.jobs import run_surface_job
 
@@ -70,6 +75,9 @@ def surface(**kw: Any) -> None:
 
 
 def _echo_summary(s: dict[str, Any]) -> None:
+    bad = s.get("nonfinite_points")
+    if bad:
+        click.echo(f"warning: {bad} point(s) have a NaN or infinite loss (the model diverges there)", err=True)
     where = ", ".join(f"{c:g}" for c in s["min_at"]) if s.get("min_at") else "-"
     click.echo(f"wrote {s['file']}: {s['points_done']}/{s['points_total']} points, "
                f"min loss {s['min_loss']} at ({where}), center loss {s['center_loss']}")

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import DirectionSpec
+from ..config import DIR_TYPES, DirectionSpec
 from ..errors import DirectionError
 from ..kernels import normalize_direction
 from .params import ParamLayout, perturbed_tensors
@@ -118,24 +118,38 @@ def create_directions(model: nn.Module, spec: DirectionSpec = DirectionSpec(), n
     return Directions(layout, x, y, meta)
 
 
-def save_directions(path: str | os.PathLike, dirs: Directions) -> None:
+def save_directions(path: str | os.PathLike, dirs: Directions, exclusive: bool = False) -> bool:
     """Write directions to HDF5: groups ``xdirection``/``ydirection``, datasets
     ``"0"``, ``"1"``, ... in layout order (as the reference implementation), with
     the tensor names in the group attribute ``names``. Written to a temporary
-    file and renamed, so an existing file is never left half-written."""
-    import h5py
+    file and moved into place, so an existing file is never left half-written.
 
-    tmp = f"{os.fspath(path)}.tmp{os.getpid()}"
+    With ``exclusive``, an existing file is kept (another run may have just
+    written it) and ``False`` is returned; otherwise ``True``.
+    """
+    from .._files import hdf5_image, os_reason, remove_quietly, replace, temp_sibling, write_new_file
+
+    path = os.fspath(path)
+    tmp = temp_sibling(path)
     try:
-        with h5py.File(tmp, "w") as f:
-            write_direction_groups(f, dirs)
-        os.replace(tmp, path)
+        write_new_file(tmp, hdf5_image(lambda f: write_direction_groups(f, dirs)))
+        if not exclusive:
+            replace(tmp, path)
+            return True
+        try:
+            os.link(tmp, path)  # atomic and never over an existing file
+        except FileExistsError:
+            return False
+        except OSError:  # file systems without hard links
+            if os.path.exists(path):
+                return False
+            replace(tmp, path)
+        return True
     except OSError as e:
-        raise DirectionError(f"Cannot write direction file {path}", str(e),
-                             "choose a writable --dir-file path") from None
+        raise DirectionError(f"Cannot write direction file {path}", os_reason(e),
+                             "free some space or choose a writable --dir-file path") from None
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        remove_quietly(tmp)
 
 
 def write_direction_groups(f: Any, dirs: Directions) -> None:
@@ -160,34 +174,43 @@ def load_directions(path: str | os.PathLike, model: nn.Module, dir_type: str | N
     """
     import h5py
 
+    from .._files import input_file_problem
+
+    problem = input_file_problem(path)
+    if problem:
+        raise DirectionError(f"Cannot read direction file {path}", problem, "check the --dir-file path")
     try:
         f = h5py.File(path, "r")
     except (OSError, ValueError) as e:
-        raise DirectionError(f"Cannot read direction file {path}", str(e),
+        raise DirectionError(f"Cannot read direction file {path}", str(e).splitlines()[0] if str(e) else None,
                              "pass a file written by lossgrid (or the reference code), or delete it") from None
     with f:
         meta = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items() if k in META_KEYS}
-        stored_type = str(meta.get("dir_type", dir_type or "weights"))
+        stored_type = meta.get("dir_type", dir_type or "weights")
+        if stored_type not in DIR_TYPES:
+            raise DirectionError(f"Direction file {path} has dir_type {stored_type!r}",
+                                 f"expected one of {', '.join(DIR_TYPES)}", "pass a file written by lossgrid")
         if dir_type is not None and dir_type != stored_type:
             raise DirectionError(f"Direction file {path} holds '{stored_type}' directions, not '{dir_type}'",
                                  hint=f"pass --dir-type {stored_type} or another --dir-file")
         layout = ParamLayout.from_model(model, stored_type)
         weights = perturbed_tensors(model, stored_type)
-        if "xdirection" not in f:
+        if not isinstance(f.get("xdirection"), h5py.Group):
             raise DirectionError(f"Direction file {path} has no 'xdirection' group",
                                  hint="pass a file written by lossgrid, or delete it to make new directions")
-        have_y = "ydirection" in f
+        have_y = isinstance(f.get("ydirection"), h5py.Group)
         if ndim == 2 and not have_y:
             raise DirectionError(f"Direction file {path} holds one direction but a 2D grid needs two",
                                  hint="drop --y, or use another --dir-file")
         groups = ["xdirection"] + (["ydirection"] if (ndim == 2 or (ndim is None and have_y)) else [])
-        loaded = [_read_group(f[g], layout, weights, path) for g in groups]
+        loaded = [_read_group(f[g], g, layout, weights, path) for g in groups]
     return Directions(layout, loaded[0], loaded[1] if len(loaded) > 1 else None, meta)
 
 
-def _read_group(group: Any, layout: ParamLayout, weights: dict[str, torch.Tensor],
+def _read_group(group: Any, gname: str, layout: ParamLayout, weights: dict[str, torch.Tensor],
                 path: Any) -> list[torch.Tensor]:
-    names = [str(n) for n in group.attrs.get("names", [])] or list(layout.names)
+    names = [n.decode() if isinstance(n, bytes) else str(n) for n in np.atleast_1d(group.attrs.get("names", []))]
+    names = names or list(layout.names)
     if len(group) != len(layout.names) or names != list(layout.names):
         diff = [f"{a} != {b}" for a, b in zip(names, layout.names) if a != b][:3]
         raise DirectionError(
@@ -198,9 +221,24 @@ def _read_group(group: Any, layout: ParamLayout, weights: dict[str, torch.Tensor
         )
     out = []
     for i, (name, w) in enumerate(weights.items()):
-        arr = np.asarray(group[str(i)])
+        where = f"Direction file {path}: dataset {gname}/{i} ({name})"
+        if str(i) not in group:
+            found = ", ".join(sorted(group)[:6])
+            raise DirectionError(f"{where} is missing", f"the group holds {found}",
+                                 "pass a file written by lossgrid, or delete it to make new directions")
+        dset = group[str(i)]
+        if not hasattr(dset, "dtype") or dset.dtype.kind not in "fiu":
+            raise DirectionError(f"{where} holds {getattr(dset, 'dtype', type(dset).__name__)}",
+                                 "directions are arrays of floating-point numbers",
+                                 "pass a file written by lossgrid, or delete it to make new directions")
+        arr = np.asarray(dset[()], dtype=np.float64 if dset.dtype.kind != "f" else dset.dtype)
         if tuple(arr.shape) != tuple(w.shape):
-            raise DirectionError(f"Direction file {path}: tensor {name} has shape {arr.shape}, "
-                                 f"the model {tuple(w.shape)}", hint="use the matching model")
-        out.append(torch.from_numpy(arr).to(device=w.device, dtype=w.dtype))
+            raise DirectionError(f"{where} has shape {arr.shape}, the model {tuple(w.shape)}",
+                                 hint="use the matching model")
+        bad = int(arr.size - np.isfinite(arr).sum())
+        if bad:
+            raise DirectionError(f"{where} holds {bad} NaN or infinite value(s)",
+                                 "a surface along it would be NaN everywhere",
+                                 "delete the file to make new directions, or pass another --dir-file")
+        out.append(torch.from_numpy(np.ascontiguousarray(arr)).to(device=w.device, dtype=w.dtype))
     return out

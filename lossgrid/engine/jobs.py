@@ -3,9 +3,11 @@ then :func:`~lossgrid.engine.surface.compute_surface`."""
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
+from .._files import refuse_input_as_output
 from ..config import SurfaceJob
 from ..data import load_data
 from ..models import load_model
@@ -20,13 +22,11 @@ def run_surface_job(job: SurfaceJob, progress: Progress | None = None) -> dict[s
     """
     t0 = time.perf_counter()
     check_writable(job.out, job.overwrite)
-    model, model_desc = load_model(job.model, job.checkpoint)
+    refuse_input_as_output(job.out, input_files(job))
+    model, model_desc = load_model(job.model, job.checkpoint, job.trust_checkpoint)
     model2 = None
     if job.model2 is not None:
-        if job.model is not None:
-            model2, _ = load_model(job.model, job.model2)
-        else:
-            model2, _ = load_model(None, job.model2)
+        model2, _ = load_model(job.model, job.model2, job.trust_checkpoint)
         model_desc += f" -> {job.model2}"
     data = load_data(job.data, job.samples, job.samples_seed)
     surface = compute_surface(model, data, job.grid, job.out, direction_spec=job.directions, model2=model2,
@@ -38,3 +38,20 @@ def run_surface_job(job: SurfaceJob, progress: Progress | None = None) -> dict[s
             "points_x_samples_per_s": run.get("points_x_samples_per_s"), "samples": len(data),
             "backend": run.get("backend"), "strategy": run.get("strategy"),
             "strategy_reason": run.get("strategy_reason"), "backend_choice": run.get("backend_choice")}
+
+
+def input_files(job: SurfaceJob) -> dict[str, str | None]:
+    """The files a job reads, by option: none of them may be its ``--out``."""
+    return {"--checkpoint": job.checkpoint, "--model2": job.model2, "--model": spec_file(job.model),
+            "--data": spec_file(job.data), "--loss": spec_file(job.loss),
+            "--dir-file": job.dir_file if job.dir_file and os.path.exists(job.dir_file) else None}
+
+
+def spec_file(spec: str | None) -> str | None:
+    """The file named by a spec: ``npz:FILE``, ``path/file.py:name``; ``None`` for the others."""
+    if not spec:
+        return None
+    if spec.startswith("npz:"):
+        return spec[4:]
+    target = spec.rpartition(":")[0]
+    return target if target.endswith(".py") or os.sep in target else None

@@ -24,10 +24,12 @@ import torch
 from torch import nn
 
 from .. import __version__
+from .._files import check_output_path, same_file
 from ..config import DirectionSpec, EvalSpec, GridSpec
 from ..data import EvalData
-from ..errors import ConfigError, SurfaceFileError
+from ..errors import ConfigError, ResourceError, SurfaceFileError, is_out_of_memory
 from ..kernels import perturb
+from . import preflight
 from .directions import Directions, create_directions, load_directions, save_directions
 from .losses import LossFn, resolve_loss
 from .params import perturbed_tensors
@@ -37,6 +39,7 @@ from .surface_file import Surface, SurfaceWriter
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
+DEVICE_TYPES = ("cpu", "cuda")
 
 
 def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch.Tensor], grid: GridSpec,
@@ -58,7 +61,9 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
         model2: second checkpoint for a 1D interpolation (x=0 model, x=1 model2).
         loss: ``cross_entropy``, ``mse``, ``module:function`` or a callable.
         eval_spec: backend, strategy, batch size, points per call, device.
-        overwrite: replace an existing ``out`` computed with other settings.
+        overwrite: replace an existing ``out`` computed with other settings (or
+            corrupt); the old file stays until the new one holds results. A file
+            with the same settings is resumed either way.
         progress: called as ``progress(points_done, points_total)`` after each chunk.
         model_description: how the model was specified, stored in the file.
     """
@@ -67,16 +72,26 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
     out_path = os.fspath(out) if out is not None else None
     if out_path is not None:
         check_writable(out_path, overwrite)
+        if dir_file is not None and same_file(out_path, dir_file):
+            raise ConfigError(f"--out {out_path} is the same file as --dir-file {os.fspath(dir_file)}",
+                              "the surface file would replace the directions it is computed on",
+                              "choose another --out (a surface file stores its directions anyway)")
     device = resolve_device(eval_spec.device)
+    loss_fn, loss_desc = resolve_loss(loss)
+    preflight.check_finite_model(model)
+    if model2 is not None:
+        preflight.check_finite_model(model2, "the second model (--model2)")
+    preflight.check_data(data, loss_fn)
     model = model.to(device)
     if model2 is not None:
         model2 = model2.to(device)
+    preflight.probe(model, data, loss_fn, device)
     if directions is None:
         directions = _directions(model, direction_spec, grid.ndim, model2, dir_file)
     if directions.ndim != grid.ndim:
         raise ConfigError(f"The grid is {grid.ndim}D but {directions.ndim} direction(s) were given",
                           hint="give --y for two directions, or drop it for one")
-    loss_fn, loss_desc = resolve_loss(loss)
+    preflight.check_finite_directions(directions)
     runner = make_runner(eval_spec, model, directions.layout, data, loss_fn, model_description or "")
 
     base = directions.layout.flatten(perturbed_tensors(model, directions.layout.dir_type)).to(device)
@@ -98,6 +113,7 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
                  dir_file=os.fspath(dir_file) if dir_file else "")
     xs = grid.x.coordinates()
     ys = grid.y.coordinates() if grid.y is not None else None
+    points = torch.as_tensor(grid.points(), dtype=dirs.dtype)
     writer = SurfaceWriter(out_path, xs, ys, identity, attrs, directions, overwrite) if out_path else None
     surface = Surface(xs, ys, np.full(grid.shape, np.nan), np.full(grid.shape, np.nan),
                       np.zeros(grid.shape, dtype=bool), attrs, out_path)
@@ -106,19 +122,32 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
         if writer.resumed:
             log.info("resuming %s: %d of %d points done", out_path, int(writer.done.sum()), writer.done.size)
 
-    points = torch.as_tensor(grid.points(), dtype=dirs.dtype)
     todo = np.flatnonzero(~surface.done.ravel())
     total = surface.done.size
     done_count = total - len(todo)
-    if progress:
-        progress(done_count, total)
     step = runner.points_per_call
     t0 = time.perf_counter()
+
+    def run_info() -> dict[str, Any]:
+        seconds = time.perf_counter() - t0
+        run = {**runner.describe(), "seconds": round(seconds, 4), "points": int(done_count - (total - len(todo))),
+               "samples": len(data)}
+        run["points_x_samples_per_s"] = round(run["points"] * len(data) / seconds, 1) if seconds > 0 else None
+        surface.attrs["last_run"] = run
+        return run
+
     try:
+        if progress:
+            progress(done_count, total)
         for start in range(0, len(todo), step):
             chunk = todo[start:start + step]
-            weights = perturb(base, dirs, points[chunk].to(device))
-            loss_k, acc_k = runner.evaluate(weights)
+            try:
+                weights = perturb(base, dirs, points[chunk].to(device))
+                loss_k, acc_k = runner.evaluate(weights)
+            except Exception as e:
+                if is_out_of_memory(e):
+                    raise _out_of_memory(e, runner.describe()) from None
+                raise
             if writer is not None:
                 writer.write(chunk, loss_k, acc_k)
             else:
@@ -127,15 +156,25 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
             done_count += len(chunk)
             if progress:
                 progress(done_count, total)
-    finally:
-        seconds = time.perf_counter() - t0
-        run = {**runner.describe(), "seconds": round(seconds, 4), "points": int(done_count - (total - len(todo))),
-               "samples": len(data)}
-        run["points_x_samples_per_s"] = round(run["points"] * len(data) / seconds, 1) if seconds > 0 else None
-        surface.attrs["last_run"] = run
+    except BaseException:
         if writer is not None:
-            writer.finish(run)
+            writer.abort(run_info())  # logs the partial run where it can; every flushed chunk stays
+        raise
+    info = run_info()
+    if writer is not None:
+        writer.finish(info)
     return surface
+
+
+def _out_of_memory(e: BaseException, described: dict[str, Any]) -> ResourceError:
+    k, batch = described.get("points_per_call"), described.get("batch_size")
+    return ResourceError(
+        f"Out of memory while evaluating {k} grid point(s) per call" + (f" in batches of {batch} samples" if batch
+                                                                         else ""),
+        f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else 'no memory left'}",
+        "lower --points-per-call" + (f" (now {k})" if k else "") + " or --batch-size" + (f" (now {batch})" if batch
+                                                                                         else "")
+        + "; the points done so far are saved, so the same command with the lower setting resumes")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -144,6 +183,10 @@ def resolve_device(name: str) -> torch.device:
         device = torch.device(name)
     except (RuntimeError, ValueError) as e:
         raise ConfigError(f"Unknown device {name!r}", str(e), "pass --device cpu, cuda or cuda:N") from None
+    if device.type not in DEVICE_TYPES:
+        raise ConfigError(f"Device {name!r} cannot evaluate a surface",
+                          f"lossgrid runs on {', '.join(DEVICE_TYPES)} devices; {device.type} holds no data",
+                          "pass --device cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"Device {name} was requested but no CUDA GPU is usable here",
                           "torch.cuda.is_available() is False (no GPU, or a CPU-only torch build)",
@@ -154,16 +197,9 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def check_writable(path: str, overwrite: bool) -> None:
+def check_writable(path: str, overwrite: bool = False) -> None:
     """Fail early (before any work) if ``path`` cannot be written."""
-    parent = os.path.dirname(os.path.abspath(path)) or "."
-    if os.path.isdir(path):
-        raise SurfaceFileError(f"Output {path} is a directory", hint="pass a file name such as surface.h5")
-    if not os.path.isdir(parent):
-        raise SurfaceFileError(f"Cannot write {path}", f"directory {parent} does not exist",
-                               "create the directory or choose another --out")
-    if not os.access(parent, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
-        raise SurfaceFileError(f"Cannot write {path}", "permission denied", "choose a writable --out path")
+    check_output_path(path, "surface file", SurfaceFileError)
 
 
 def _directions(model: nn.Module, spec: DirectionSpec, ndim: int, model2: nn.Module | None,
@@ -172,8 +208,9 @@ def _directions(model: nn.Module, spec: DirectionSpec, ndim: int, model2: nn.Mod
         log.info("reading directions from %s", dir_file)
         return load_directions(dir_file, model, spec.dir_type, ndim)
     dirs = create_directions(model, spec, ndim, model2)
-    if dir_file is not None:
-        save_directions(dir_file, dirs)
+    if dir_file is not None and not save_directions(dir_file, dirs, exclusive=True):
+        log.info("%s was written by another run meanwhile; using it", dir_file)
+        return load_directions(dir_file, model, spec.dir_type, ndim)
     return dirs
 
 

@@ -16,11 +16,22 @@ its users' scripts read our files):
 
 Values are written chunk by chunk, the ``done`` mask after the values, each
 chunk flushed: a killed run leaves a file whose ``done`` points are complete.
+
+Safety (see :class:`SurfaceWriter`): one writer per file (a lock file beside
+it); a new file is built under a temporary name and moved into place only
+when its layout is complete; ``overwrite`` keeps the old file until the new
+one holds results; after creation a run changes only raw values and, in place,
+the fixed-size ``runs``/``seconds`` attributes, so neither a kill at any moment
+nor a full disk leaves a file that cannot be opened. Readers open a file that
+is being written as a snapshot (``done`` read first, so every point marked done
+has its values).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -28,10 +39,27 @@ from typing import Any
 
 import numpy as np
 
+from .._files import (
+    hdf5_image,
+    input_file_problem,
+    is_hdf5,
+    os_reason,
+    remove_quietly,
+    replace,
+    temp_sibling,
+    write_new_file,
+)
 from ..errors import SurfaceFileError
+from .lock import WriterLock, lock_holder
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 LOSS, ACC, DONE = "train_loss", "train_acc", "done"
+#: bytes reserved for the ``runs`` log, a fixed-length string rewritten in place
+RUNS_CAPACITY = 16384
+#: identity entries that say how an input was spelled; fingerprints decide equality
+DESCRIPTIONS = ("model", "data")
 
 
 @dataclass
@@ -45,6 +73,8 @@ class Surface:
     done: np.ndarray
     attrs: dict[str, Any] = field(default_factory=dict)
     path: str | None = None
+    #: the live writer (``pid``, ``host``, ``since``) when read while being written
+    writer: dict[str, Any] | None = None
 
     @property
     def ndim(self) -> int:
@@ -101,48 +131,113 @@ def _num(v: Any) -> float | None:
 
 
 class SurfaceWriter:
-    """Streams grid-point results into a surface file (create, resume or refuse)."""
+    """Streams grid-point results into a surface file: creates, resumes or replaces it.
 
-    def __init__(self, path: str, xcoords: np.ndarray, ycoords: np.ndarray | None,
+    Holds the file's writer lock (:class:`~lossgrid.engine.lock.WriterLock`)
+    from construction to :meth:`finish`/:meth:`close`. An existing file with the
+    same identity is resumed (also with ``overwrite``); one with other settings,
+    or a corrupt one, is refused unless ``overwrite``, and then replaced only
+    after the first chunk of the new file is flushed. Files that are not
+    surface files are never replaced.
+    """
+
+    def __init__(self, path: str | os.PathLike, xcoords: np.ndarray, ycoords: np.ndarray | None,
                  identity: dict[str, Any], attrs: dict[str, Any], directions: Any,
                  overwrite: bool = False) -> None:
+        self.path = os.fspath(path)
+        self.shape = (len(xcoords),) if ycoords is None else (len(xcoords), len(ycoords))
+        self.f: Any = None
+        self.partial: str | None = None  # a new file waiting to replace self.path
+        self.resumed = False
+        self.lock = WriterLock(self.path).acquire()
+        try:
+            self._open(xcoords, ycoords, identity, attrs, directions, overwrite)
+        except BaseException:
+            self.close()
+            raise
+        self._run = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), **attrs.get("run", {})}
 
-        self.path = path
-        shape = (len(xcoords),) if ycoords is None else (len(xcoords), len(ycoords))
-        ident = json.dumps(identity, sort_keys=True)
-        if os.path.exists(path) and not overwrite:
-            self.f = _open_existing(path)
-            try:
-                stored = json.loads(str(self.f.attrs.get("identity", "{}")))
-                if self.f.attrs.get("schema_version") != SCHEMA_VERSION or stored != identity:
-                    diff = sorted(k for k in set(stored) | set(identity) if stored.get(k) != identity.get(k))
-                    raise SurfaceFileError(
-                        f"Surface file {path} was computed with different settings",
-                        "differing: " + (", ".join(diff) if diff else "schema version"),
-                        "pass --overwrite to replace it, or choose another --out",
-                    )
-                self.loss = self.f[LOSS][...]
-                self.acc = self.f[ACC][...]
-                self.done = self.f[DONE][...].astype(bool)
-                if self.loss.shape != shape or self.done.shape != shape:
-                    raise SurfaceFileError(f"Surface file {path} has arrays of the wrong shape",
-                                           hint="pass --overwrite to replace it")
-            except SurfaceFileError:
-                self.f.close()
-                raise
-            except (KeyError, OSError, ValueError) as e:
-                self.f.close()
-                raise SurfaceFileError(f"Surface file {path} is corrupt", str(e),
-                                       "pass --overwrite to replace it, or choose another --out") from None
-            self.resumed = True
-        else:
-            self.f = _create(path, overwrite)
-            f = self.f
+    # -- opening ------------------------------------------------------------------
+    def _open(self, xcoords: np.ndarray, ycoords: np.ndarray | None, identity: dict[str, Any],
+              attrs: dict[str, Any], directions: Any, overwrite: bool) -> None:
+        stale = temp_sibling(self.path, "partial", unique=False)
+        remove_quietly(stale)  # left by a run killed while creating; we hold the lock
+        if not os.path.exists(self.path):
+            self._create(stale, xcoords, ycoords, identity, attrs, directions, publish=True)
+            return
+        refusal = self._resume(xcoords, ycoords, identity)
+        if refusal is None:
+            return
+        what, why, replaceable = refusal
+        if not replaceable:
+            raise SurfaceFileError(what, why, "choose another --out; lossgrid replaces only surface files")
+        if not overwrite:
+            raise SurfaceFileError(what, why, "pass --overwrite to replace it (the old file stays until the new "
+                                   "one holds results), or choose another --out")
+        log.info("replacing %s (%s) once the first chunk is saved", self.path, why)
+        self._create(stale, xcoords, ycoords, identity, attrs, directions, publish=False)
+
+    def _resume(self, xcoords: np.ndarray, ycoords: np.ndarray | None,
+                identity: dict[str, Any]) -> tuple[str, str, bool] | None:
+        """Open the existing file for resuming; or why not and whether it may be replaced."""
+        import h5py
+
+        path = self.path
+        if not is_hdf5(path):
+            return f"Output {path} exists and is not an HDF5 file", "it is not a surface file", False
+        try:
+            f = h5py.File(path, "r+", locking="best-effort")
+        except (OSError, ValueError) as e:
+            if _is_lock_error(e):
+                return (f"Surface file {path} is open in another program", "HDF5 reports it locked for writing",
+                        False)
+            return f"Surface file {path} is corrupt", _h5_reason(e), True
+        resumed = False
+        try:
+            if LOSS not in f and "xcoordinates" not in f and "identity" not in f.attrs:
+                return (f"Output {path} is an HDF5 file but not a surface file",
+                        "it has no train_loss, xcoordinates or identity", False)
+            stored = _json_attr(f.attrs.get("identity"), {})
+            if f.attrs.get("schema_version") != SCHEMA_VERSION or _comparable(stored) != _comparable(identity):
+                keys = sorted(set(_comparable(stored)) | set(_comparable(identity)))
+                diff = [k for k in keys if stored.get(k) != identity.get(k)]
+                return (f"Surface file {path} was computed with different settings",
+                        "differing: " + (", ".join(diff) if diff else "schema version"), True)
+            problem = check_layout(f, self.shape, xcoords, ycoords)
+            if problem:
+                return f"Surface file {path} is corrupt", problem, True
+            self.loss = np.array(f[LOSS][...], dtype=np.float64)
+            self.acc = np.array(f[ACC][...], dtype=np.float64)
+            self.done = f[DONE][...].astype(bool)
+            if _runs_attr_needs_upgrade(f):  # files of earlier versions: once, before any chunk
+                write_runs(f, read_runs(f.attrs), create=True)
+                f.flush()
+            resumed = True
+        except (OSError, KeyError, ValueError, TypeError) as e:
+            return f"Surface file {path} is corrupt", _h5_reason(e), True
+        finally:
+            if not resumed:
+                f.close()
+        self.f = f
+        self.resumed = True
+        return None
+
+    def _create(self, tmp: str, xcoords: np.ndarray, ycoords: np.ndarray | None, identity: dict[str, Any],
+                attrs: dict[str, Any], directions: Any, publish: bool) -> None:
+        """Build the whole layout in ``tmp``; move it onto the path now (``publish``) or after the first chunk."""
+        import h5py
+
+        self.loss = np.full(self.shape, np.nan)
+        self.acc = np.full(self.shape, np.nan)
+        self.done = np.zeros(self.shape, dtype=bool)
+
+        def fill(f: Any) -> None:
             f.attrs["schema_version"] = SCHEMA_VERSION
-            f.attrs["identity"] = ident
+            f.attrs["identity"] = json.dumps(identity, sort_keys=True)
             for key, value in attrs.items():
                 f.attrs[key] = value if isinstance(value, (int, float, str)) else json.dumps(value)
-            f.attrs["runs"] = "[]"
+            write_runs(f, [], create=True)
+            f.attrs["seconds"] = 0.0
             f.create_dataset("xcoordinates", data=xcoords)
             if ycoords is not None:
                 f.create_dataset("ycoordinates", data=ycoords)
@@ -150,82 +245,269 @@ class SurfaceWriter:
                 from .directions import write_direction_groups
 
                 write_direction_groups(f, directions)
-            self.loss = np.full(shape, np.nan)
-            self.acc = np.full(shape, np.nan)
-            self.done = np.zeros(shape, dtype=bool)
             f.create_dataset(LOSS, data=self.loss)
             f.create_dataset(ACC, data=self.acc)
             f.create_dataset(DONE, data=self.done.astype(np.uint8))
-            f.flush()
-            self.resumed = False
-        self._run = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), **attrs.get("run", {})}
 
+        try:
+            write_new_file(tmp, hdf5_image(fill))
+            if publish:
+                replace(tmp, self.path)
+            else:
+                self.partial = tmp
+            self.f = h5py.File(self.path if publish else tmp, "r+", locking="best-effort")
+        except (OSError, RuntimeError, ValueError) as e:
+            remove_quietly(tmp)
+            self.partial = None
+            raise SurfaceFileError(f"Cannot create surface file {self.path}", _h5_reason(e),
+                                   "free some space or choose another --out") from None
+        except BaseException:
+            remove_quietly(tmp)
+            self.partial = None
+            raise
+
+    # -- writing ------------------------------------------------------------------
     def write(self, flat_indices: np.ndarray, loss: np.ndarray, acc: np.ndarray) -> None:
-        """Store results of the points ``flat_indices`` (C order) and flush."""
-        idx = np.unravel_index(flat_indices, self.loss.shape)
+        """Store results of the points ``flat_indices`` (C order) and flush; the
+        values reach the disk before the ``done`` mask that marks them."""
+        idx = np.unravel_index(flat_indices, self.shape)
         self.loss[idx] = loss
         self.acc[idx] = acc
-        self.done[idx] = True
         rows = slice(int(idx[0].min()), int(idx[0].max()) + 1)
-        self.f[LOSS][rows] = self.loss[rows]
-        self.f[ACC][rows] = self.acc[rows]
-        self.f.flush()  # values before the mask
-        self.f[DONE][rows] = self.done[rows].astype(np.uint8)
-        self.f.flush()
+        try:
+            self.f[LOSS][rows] = self.loss[rows]
+            self.f[ACC][rows] = self.acc[rows]
+            self.f.flush()
+            done = self.done.copy()
+            done[idx] = True
+            self.f[DONE][rows] = done[rows].astype(np.uint8)
+            self.f.flush()
+            self.done[idx] = True
+            if self.partial is not None:  # the replacement now holds results: swap it in
+                replace(self.partial, self.path)
+                self.partial = None
+        except (OSError, RuntimeError) as e:
+            raise SurfaceFileError(f"Cannot write to surface file {self.path}", _h5_reason(e),
+                                   "free some space (or fix the disk), then run the same command again: "
+                                   "the points saved so far are kept") from None
 
     def finish(self, run_info: dict[str, Any]) -> None:
         """Append this run's backend and timings to the ``runs`` log and close."""
-        runs = json.loads(str(self.f.attrs.get("runs", "[]")))
-        runs.append({**self._run, **run_info})
-        self.f.attrs["runs"] = json.dumps(runs)
-        self.f.attrs["seconds"] = float(sum(r.get("seconds", 0.0) for r in runs))
-        self.close()
+        try:
+            runs = read_runs(self.f.attrs) + [{**self._run, **run_info}]
+            write_runs(self.f, runs)
+            self.f.attrs.modify("seconds", float(sum(float(r.get("seconds") or 0.0) for r in runs)))
+            self.f.flush()
+        except (OSError, RuntimeError, ValueError, TypeError) as e:
+            raise SurfaceFileError(f"Cannot record the run in surface file {self.path}", _h5_reason(e),
+                                   "the computed points are saved; free some space and run the same command "
+                                   "again to log it") from None
+        finally:
+            self.close()
+
+    def abort(self, run_info: dict[str, Any]) -> None:
+        """Log the interrupted run if the file can take it, then close; never raises."""
+        try:
+            if self.f is not None and self.f.id.valid and self.partial is None:
+                self.finish(run_info)
+        except Exception as e:  # an error is already on its way up
+            log.info("could not log the interrupted run: %s", e)
+        finally:
+            self.close()
 
     def close(self) -> None:
-        if self.f.id.valid:
-            self.f.close()
+        """Close the file, drop an unpublished replacement and release the lock."""
+        if self.f is not None:
+            with contextlib.suppress(Exception):
+                if self.f.id.valid:
+                    self.f.close()
+            self.f = None
+        if self.partial is not None:
+            remove_quietly(self.partial)
+            self.partial = None
+        self.lock.release()
 
 
-def _open_existing(path: str) -> Any:
+def _comparable(identity: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in identity.items() if k not in DESCRIPTIONS}
+
+
+def _is_lock_error(e: BaseException) -> bool:
+    text = str(e)
+    return "unable to lock file" in text or getattr(e, "errno", None) == 11
+
+
+def _h5_reason(e: BaseException) -> str:
+    text = str(e)
+    if "errno = 28" in text or getattr(e, "errno", None) == 28:
+        return "No space left on device"
+    if isinstance(e, OSError) and e.strerror:
+        return os_reason(e)
+    line = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+    return line
+
+
+def _json_attr(value: Any, default: Any) -> Any:
+    if value is None:
+        return default
+    if isinstance(value, (bytes, np.bytes_)):
+        value = bytes(value).decode("utf-8", "replace")
+    try:
+        return json.loads(str(value))
+    except ValueError:
+        return default
+
+
+# -- the runs log ----------------------------------------------------------------
+def read_runs(attrs: Any) -> list[dict[str, Any]]:
+    """The ``runs`` log of a file's attributes (an empty list if absent or unreadable)."""
+    runs = _json_attr(attrs.get("runs"), [])
+    return [r for r in runs if isinstance(r, dict)] if isinstance(runs, list) else []
+
+
+def write_runs(f: Any, runs: list[dict[str, Any]], create: bool = False) -> None:
+    """Store the log as a fixed-length string of :data:`RUNS_CAPACITY` bytes, in place.
+
+    A rewrite of the same size changes no file structure (nothing to allocate,
+    so it cannot fail for space or leave a broken header when killed). Past the
+    capacity, the oldest runs but the first are dropped and counted.
+    """
+    text = _fit_runs(runs)
+    value = np.array(text.encode("utf-8").ljust(RUNS_CAPACITY, b"\0"), dtype=f"S{RUNS_CAPACITY}")
+    if create:
+        if "runs" in f.attrs:
+            del f.attrs["runs"]
+        f.attrs.create("runs", value, dtype=f"S{RUNS_CAPACITY}")
+    else:
+        f.attrs.modify("runs", value)
+
+
+def _fit_runs(runs: list[dict[str, Any]]) -> str:
+    text = json.dumps(runs)
+    kept = list(runs)
+    dropped = 0
+    while len(text.encode("utf-8")) > RUNS_CAPACITY and len(kept) > 2:
+        kept.pop(1)
+        dropped += 1
+        text = json.dumps([kept[0], {"omitted_runs": dropped}, *kept[1:]])
+    if len(text.encode("utf-8")) > RUNS_CAPACITY:
+        text = json.dumps([{"omitted_runs": len(runs)}])
+    return text
+
+
+def _runs_attr_needs_upgrade(f: Any) -> bool:
+    if "runs" not in f.attrs:
+        return True
+    dtype = f.attrs.get_id("runs").dtype
+    return not (dtype.kind == "S" and dtype.itemsize == RUNS_CAPACITY)
+
+
+# -- validation and reading -------------------------------------------------------------
+def check_layout(f: Any, shape: tuple[int, ...] | None = None, xcoords: np.ndarray | None = None,
+                 ycoords: np.ndarray | None = None) -> str | None:
+    """What is wrong with an open surface file's datasets, or ``None``.
+
+    With ``shape``/``xcoords``/``ycoords`` (a resume), the file must hold exactly
+    that grid and all of ``train_loss``, ``train_acc`` and ``done``.
+    """
+    def numeric(name: str) -> str | None:
+        if name not in f:
+            return f"dataset {name} is missing"
+        d = f[name]
+        if not hasattr(d, "dtype") or d.dtype.kind not in "fiub":
+            return f"dataset {name} is not numeric (found {getattr(d, 'dtype', type(d).__name__)})"
+        return None
+
+    for name in ("xcoordinates", LOSS):
+        problem = numeric(name)
+        if problem:
+            return problem
+    x = f["xcoordinates"]
+    if x.ndim != 1 or x.shape[0] < 1:
+        return f"dataset xcoordinates has shape {x.shape}, expected (nx,)"
+    want = (x.shape[0],)
+    if "ycoordinates" in f:
+        problem = numeric("ycoordinates")
+        if problem:
+            return problem
+        y = f["ycoordinates"]
+        if y.ndim != 1 or y.shape[0] < 1:
+            return f"dataset ycoordinates has shape {y.shape}, expected (ny,)"
+        want = (x.shape[0], y.shape[0])
+    for name in (LOSS, ACC, DONE):
+        if name != LOSS and name not in f:
+            if shape is not None:
+                return f"dataset {name} is missing"
+            continue
+        problem = numeric(name)
+        if problem:
+            return problem
+        if f[name].shape != want:
+            return f"dataset {name} has shape {f[name].shape}, expected {want} (from the coordinates)"
+    if shape is not None:
+        if want != tuple(shape):
+            return f"it holds a grid of shape {want}, this run one of shape {tuple(shape)}"
+        if not np.array_equal(f["xcoordinates"][...], xcoords):
+            return "dataset xcoordinates does not hold this run's x coordinates"
+        if ycoords is not None and not np.array_equal(f["ycoordinates"][...], ycoords):
+            return "dataset ycoordinates does not hold this run's y coordinates"
+    return None
+
+
+def load_surface(path: str | os.PathLike) -> Surface:
+    """Read a surface file (ours, or the reference implementation's).
+
+    A file that a lossgrid run is writing right now is read as a snapshot of
+    the points done so far; ``Surface.writer`` then names the writer.
+    """
     import h5py
 
-    try:
-        return h5py.File(path, "r+")
-    except (OSError, ValueError) as e:
-        raise SurfaceFileError(f"Cannot open existing surface file {path}", str(e).splitlines()[0],
-                               "it is corrupt or not HDF5; pass --overwrite to replace it, "
-                               "or choose another --out") from None
+    path = os.fspath(path)
+    problem = input_file_problem(path)
+    if problem:
+        raise SurfaceFileError(f"Cannot read surface file {path}", problem, "pass a file written by lossgrid surface")
+    holder = lock_holder(path)
+    for attempt in range(3):
+        try:
+            f = h5py.File(path, "r", locking=False if holder else True)
+        except (OSError, ValueError) as e:
+            if _is_lock_error(e):
+                raise SurfaceFileError(f"Cannot read surface file {path}", "another program has it open for writing",
+                                       "wait until it is done, then try again") from None
+            raise SurfaceFileError(f"Cannot read surface file {path}", _h5_reason(e),
+                                   "pass an HDF5 file written by lossgrid surface") from None
+        try:
+            with f:
+                return _read(f, path, holder)
+        except SurfaceFileError:
+            raise
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError) as e:
+            if holder is None or attempt == 2:  # a snapshot may race with the writer: try again
+                raise SurfaceFileError(f"Cannot read surface file {path}", _h5_reason(e),
+                                       "pass a file written by lossgrid surface") from None
+            time.sleep(0.05)
+    raise AssertionError("unreachable")
 
 
-def _create(path: str, overwrite: bool) -> Any:
-    import h5py
+def _read(f: Any, path: str, holder: dict[str, Any] | None) -> Surface:
+    problem = check_layout(f)
+    if problem:
+        raise SurfaceFileError(f"{path} is not a readable surface file", problem,
+                               "pass a file written by lossgrid surface (or the reference implementation)")
+    # the mask first: a point marked done already had its values written
+    shape = f[LOSS].shape
+    done = f[DONE][...].astype(bool) if DONE in f else np.ones(shape, dtype=bool)
+    loss = np.asarray(f[LOSS][...], dtype=np.float64)
+    acc = np.asarray(f[ACC][...], dtype=np.float64) if ACC in f else np.full(shape, np.nan)
+    x = np.asarray(f["xcoordinates"][...], dtype=np.float64)
+    y = np.asarray(f["ycoordinates"][...], dtype=np.float64) if "ycoordinates" in f else None
+    attrs = {k: _attr_value(v) for k, v in f.attrs.items()}
+    if "runs" in attrs:
+        attrs["runs"] = json.dumps(read_runs(f.attrs))
+    return Surface(x, y, loss, acc, done, attrs, path, holder)
 
-    try:
-        if overwrite and os.path.exists(path):
-            os.remove(path)
-        return h5py.File(path, "w")
-    except OSError as e:
-        raise SurfaceFileError(f"Cannot create surface file {path}", str(e).splitlines()[0],
-                               "choose a writable --out path") from None
 
-
-def load_surface(path: str) -> Surface:
-    """Read a surface file (ours, or the reference implementation's)."""
-    import h5py
-
-    try:
-        f = h5py.File(path, "r")
-    except (OSError, ValueError) as e:
-        raise SurfaceFileError(f"Cannot read surface file {path}", str(e).splitlines()[0],
-                               "pass an HDF5 file written by lossgrid surface") from None
-    with f:
-        if "xcoordinates" not in f or LOSS not in f:
-            raise SurfaceFileError(f"{path} is not a surface file", "it has no xcoordinates/train_loss datasets",
-                                   "pass a file written by lossgrid surface")
-        x = f["xcoordinates"][...]
-        y = f["ycoordinates"][...] if "ycoordinates" in f else None
-        loss = f[LOSS][...]
-        acc = f[ACC][...] if ACC in f else np.full(loss.shape, np.nan)
-        done = f[DONE][...].astype(bool) if DONE in f else np.ones(loss.shape, dtype=bool)
-        attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
-    return Surface(x, y, loss, acc, done, attrs, path)
+def _attr_value(v: Any) -> Any:
+    if isinstance(v, (bytes, np.bytes_)):
+        return bytes(v).rstrip(b"\0").decode("utf-8", "replace")
+    return v.item() if isinstance(v, np.generic) else v

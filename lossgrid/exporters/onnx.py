@@ -136,11 +136,10 @@ def export_onnx(model: nn.Module, example: torch.Tensor, k: int = 1, path: str |
         result.max_abs_diff = check_parity(result.model_bytes, model, example, seed=seed, tolerance=tolerance,
                                            wide=wide)
     if path is not None:
-        try:
-            with open(path, "wb") as f:
-                f.write(result.model_bytes)
-        except OSError as e:
-            raise ExportError(f"Cannot write {path}", str(e), "choose a writable --out path") from None
+        from .._files import atomic_output
+
+        with atomic_output(path, "ONNX file") as tmp, open(tmp, "wb") as f:
+            f.write(result.model_bytes)
         result.path = os.fspath(path)
     return result
 
@@ -202,7 +201,12 @@ def check_parity(model_bytes: bytes, model: nn.Module, example: torch.Tensor, se
 
 def load_onnx(path: str) -> tuple[Any, Manifest]:
     """Load an ONNX file written by :func:`export_onnx` and its manifest."""
+    from .._files import input_file_problem
+
     onnx = require("onnx", "export", "ONNX loading")
+    problem = input_file_problem(path)
+    if problem:
+        raise ExportError(f"Cannot read ONNX file {path}", problem, "pass a file written by lossgrid export")
     try:
         proto = onnx.load(path)
     except Exception as e:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 
+from .._files import atomic_output, check_output_path, refuse_input_as_output
 from ..engine.surface_file import Surface
 from ..errors import ConfigError
 from ._common import METRICS, as_surface, axis_label, check_same_axes, default_levels, metric_values, parse_levels
@@ -49,8 +50,11 @@ def plot_surfaces(surfaces: list[Surface | str | os.PathLike], out: str | os.Pat
     """
     if not surfaces:
         raise ConfigError("No surface file given", hint="pass at least one FILE.h5")
-    loaded = [as_surface(s) for s in surfaces]
     out = os.fspath(out)
+    refuse_input_as_output(out, {f"input file {i + 1}": s.path if isinstance(s, Surface) else s
+                                 for i, s in enumerate(surfaces)})
+    check_output_path(out, "plot")
+    loaded = [as_surface(s) for s in surfaces]
     if kind not in KINDS:
         raise ConfigError(f"Unknown plot kind {kind!r}", hint=f"use one of {', '.join(KINDS)}")
     if metric not in METRICS:
@@ -71,21 +75,28 @@ def plot_surfaces(surfaces: list[Surface | str | os.PathLike], out: str | os.Pat
                           hint="use curve for 1D surfaces; contour, contourf, heatmap or surface3d for 2D ones")
     from . import mpl
 
-    if kind == "curve":
-        mpl.curve(loaded, out, log=log, vmax=vmax, title=title, dpi=dpi)
-    elif kind == "surface3d":
-        mpl.surface3d(first, out, metric=metric, log=log, vmax=vmax, title=title, dpi=dpi)
-    elif kind == "compare":
-        mpl.compare(loaded, out, metric=metric, log=log, levels=lv, vmax=vmax, title=title, dpi=dpi)
-    elif kind == "html":
-        from .html import write_html
+    if kind not in ("html", "vtk"):
+        ext = os.path.splitext(out)[1].lower().lstrip(".")
+        formats = mpl.image_formats()
+        if ext not in formats:
+            raise ConfigError(f"Cannot write a {kind} plot to {out}", f"unknown image type {ext or '(none)'!r}",
+                              f"end --out in one of .{', .'.join(sorted(formats))} (or .html, .vts)")
+    with atomic_output(out, "plot") as tmp:  # never a half-written image in place of a good one
+        if kind == "curve":
+            mpl.curve(loaded, tmp, log=log, vmax=vmax, title=title, dpi=dpi)
+        elif kind == "surface3d":
+            mpl.surface3d(first, tmp, metric=metric, log=log, vmax=vmax, title=title, dpi=dpi)
+        elif kind == "compare":
+            mpl.compare(loaded, tmp, metric=metric, log=log, levels=lv, vmax=vmax, title=title, dpi=dpi)
+        elif kind == "html":
+            from .html import write_html
 
-        write_html(first, out, metric=metric, log=log, vmax=vmax, title=title)
-    elif kind == "vtk":
-        from .vtk import write_vtk
+            write_html(first, tmp, metric=metric, log=log, vmax=vmax, title=title)
+        elif kind == "vtk":
+            from .vtk import write_vtk
 
-        write_vtk(first, out, metric=metric, log=log, zmax=vmax, upsample=upsample)
-    else:
-        mpl.plane(first, out, kind=kind, metric=metric, log=log, levels=lv, vmax=vmax, title=title, dpi=dpi)
+            write_vtk(first, tmp, metric=metric, log=log, zmax=vmax, upsample=upsample)
+        else:
+            mpl.plane(first, tmp, kind=kind, metric=metric, log=log, levels=lv, vmax=vmax, title=title, dpi=dpi)
     return out
 

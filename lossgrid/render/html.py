@@ -8,7 +8,6 @@ import numpy as np
 
 from .._optional import require
 from ..engine.surface_file import Surface
-from ..errors import LossgridError
 from ._common import axis_label, metric_values, title_of
 
 HOVER_2D = "x=%{x:.4g}<br>y=%{y:.4g}<br>{label}=%{z:.5g}<br>acc=%{customdata:.2f}%<extra></extra>"
@@ -56,8 +55,5 @@ def write_html(surface: Surface, out: str, metric: str = "loss", log: bool = Fal
         fig.update_xaxes(title_text=axis_label(surface.attrs, "x"), row=1, col=2)
         fig.update_yaxes(title_text=axis_label(surface.attrs, "y"), row=1, col=2)
     fig.update_layout(title={"text": title_of(surface, title, label)}, width=1200, height=600)
-    try:
-        fig.write_html(out, include_plotlyjs=True, full_html=True, include_mathjax=False,
-                       config={"displaylogo": False, "showSendToCloud": False})
-    except OSError as e:
-        raise LossgridError(f"Cannot write {out}", str(e), "choose a writable --out path") from None
+    fig.write_html(out, include_plotlyjs=True, full_html=True, include_mathjax=False,
+                   config={"displaylogo": False, "showSendToCloud": False})

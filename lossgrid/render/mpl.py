@@ -8,7 +8,6 @@ from typing import Any
 import numpy as np
 
 from ..engine.surface_file import Surface
-from ..errors import LossgridError
 from ._common import axis_label, metric_values, minimum_index, name_of, resolve_levels, title_of
 
 
@@ -21,13 +20,21 @@ def _pyplot() -> Any:
     return plt
 
 
+def image_formats() -> dict[str, str]:
+    """File extensions matplotlib can write (``{"png": "Portable Network Graphics", ...}``)."""
+    plt = _pyplot()
+    fig = plt.figure()
+    try:
+        return dict(fig.canvas.get_supported_filetypes())
+    finally:
+        plt.close(fig)
+
+
 def _save(fig: Any, out: str, dpi: int) -> None:
+    """Save and close ``fig``; ``OSError`` propagates to the caller that owns the path."""
     plt = _pyplot()
     try:
         fig.savefig(out, dpi=dpi)
-    except (OSError, ValueError) as e:
-        raise LossgridError(f"Cannot write plot {out}", str(e).splitlines()[0],
-                            "choose a writable --out path ending in .png, .pdf or .svg") from None
     finally:
         plt.close(fig)
 

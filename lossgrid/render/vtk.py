@@ -15,7 +15,7 @@ import numpy as np
 
 from .._optional import require
 from ..engine.surface_file import Surface
-from ..errors import ConfigError, LossgridError
+from ..errors import ConfigError
 from ._common import metric_values
 
 VTK_EXTENSIONS = (".vts", ".vtp", ".vtk")
@@ -90,7 +90,7 @@ def write_vtk(surface: Surface, out: str, metric: str = "loss", log: bool = Fals
     writer.SetFileName(out)
     writer.SetInputData(data)
     if not writer.Write():
-        raise LossgridError(f"Cannot write {out}", "the VTK writer failed", "choose a writable --out path")
+        raise OSError("the VTK writer failed")
 
 
 def _writer(ext: str):  # type: ignore[no-untyped-def]

@@ -123,7 +123,7 @@ def test_bad_checkpoint_and_model(tmp_path, ckpt):
     assert "not in the model: conv1.weight" in r.output
     r = run("surface", "--model", "lossgrid.zoo:resnet20", "--data", "digits", "--samples", "10",
             "--x=-1:1:2", "--out", tmp_path / "s.h5", "-q")
-    assert r.exit_code == 1 and "model failed on the evaluation data" in r.output
+    assert r.exit_code == 1 and "fail on the first samples of the data" in r.output and "[N, 1, 8, 8]" in r.output
     r = run("surface", "--model", "lossgrid.zoo:mlp_digits", "--out", tmp_path / "nodir" / "s.h5")
     assert r.exit_code == 1 and "does not exist" in r.output
 
@@ -160,7 +160,7 @@ def test_corrupt_surface_file(tmp_path, ckpt):
     out = tmp_path / "s.h5"
     out.write_bytes(b"corrupt")
     r = run(*base_args(ckpt, out))
-    assert r.exit_code == 1 and "corrupt or not HDF5" in r.output and out.read_bytes() == b"corrupt"
+    assert r.exit_code == 1 and "is not an HDF5 file" in r.output and out.read_bytes() == b"corrupt"
     r = run("plot", out, "--out", tmp_path / "p.png")
     assert r.exit_code == 1 and "Cannot read surface file" in r.output
 

@@ -96,7 +96,8 @@ def test_different_settings_refused_unless_overwrite(tmp_path, trained_cnn, digi
     path = tmp_path / "s.h5"
     make(trained_cnn, digits_small, path)
     before = path.read_bytes()
-    for kw in ({"grid": "-2:2:4"}, {"direction_spec": DirectionSpec(seed=9)}, {"loss": "mse"}):
+    other_loss = lambda o, t: torch.nn.functional.cross_entropy(o, t, reduction="none")  # noqa: E731
+    for kw in ({"grid": "-2:2:4"}, {"direction_spec": DirectionSpec(seed=9)}, {"loss": other_loss}):
         with pytest.raises(SurfaceFileError, match="different settings") as e:
             make(trained_cnn, digits_small, path, **kw)
         assert "--overwrite" in str(e.value)
@@ -108,7 +109,7 @@ def test_different_settings_refused_unless_overwrite(tmp_path, trained_cnn, digi
 def test_corrupt_file_is_reported_and_kept(tmp_path, trained_cnn, digits_small):
     path = tmp_path / "s.h5"
     path.write_bytes(b"garbage" * 100)
-    with pytest.raises(SurfaceFileError, match="corrupt or not HDF5"):
+    with pytest.raises(SurfaceFileError, match="is not an HDF5 file"):
         make(trained_cnn, digits_small, path)
     assert path.read_bytes() == b"garbage" * 100
     with pytest.raises(SurfaceFileError):

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..._optional import require
-from ...errors import ConfigError, EvaluationError, MissingBackendError
+from ...errors import ConfigError, EvaluationError, MissingBackendError, is_out_of_memory
 from ..losses import LossFn, evaluate_batches
 from ..params import ParamLayout, full_states
 
@@ -128,6 +128,8 @@ class OnnxRuntimeRunner:
                 return self._wide(inputs, weights.shape[0])
             return self._baked(inputs, weights.shape[0])
         except (RuntimeError, ValueError) as e:
+            if is_out_of_memory(e):  # the surface loop names the settings to lower
+                raise
             raise EvaluationError("ONNX Runtime failed on the evaluation data", f"{type(e).__name__}: {e}",
                                   "check that the data matches the model's input shape") from e
         finally:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...errors import ConfigError, EvaluationError
+from ...errors import ConfigError, EvaluationError, is_out_of_memory
 from ..losses import LossFn, evaluate_batches
 from ..params import ParamLayout, full_states, perturbed_tensors
 
@@ -95,6 +95,8 @@ class TorchRunner:
                     return self._wide(weights)
                 return self._loop(weights)
             except (RuntimeError, ValueError, TypeError, IndexError) as e:
+                if is_out_of_memory(e):  # the surface loop names the settings to lower
+                    raise
                 raise EvaluationError("The model failed on the evaluation data", f"{type(e).__name__}: {e}",
                                       "check that the data matches the model's input shape and the loss "
                                       "matches its outputs") from e

@@ -1,0 +1,186 @@
+"""Users' files: atomic outputs, input/output collisions, clear reasons for
+unusable paths.
+
+Every file lossgrid writes goes through :func:`atomic_output`: it is written
+beside its target under a temporary name, synced, and moved into place with
+``os.replace``, so an interruption leaves either the old file or the new one,
+never half of one. :func:`refuse_input_as_output` keeps a command from writing
+over one of its own inputs, however the two paths are spelled.
+
+Example:
+    >>> import os, tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> with atomic_output(os.path.join(d, "a.txt")) as tmp:
+    ...     _ = open(tmp, "w").write("hello")
+    >>> open(os.path.join(d, "a.txt")).read()
+    'hello'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from .errors import ConfigError, LossgridError
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def temp_sibling(path: str, tag: str = "tmp", unique: bool = True) -> str:
+    """A hidden name beside ``path`` that keeps its extension (writers pick formats by it).
+
+    ``unique=False`` gives a fixed name, for writers that hold a lock on ``path``
+    and remove what an earlier, killed run left there.
+    """
+    head, tail = os.path.split(os.path.abspath(path))
+    stem, ext = os.path.splitext(tail)
+    suffix = f"-{os.getpid()}-{uuid.uuid4().hex[:8]}" if unique else ""
+    return os.path.join(head, f".{stem}.{tag}{suffix}{ext}")
+
+
+def fsync_path(path: str) -> None:
+    """Flush a file's data to disk (best effort on file systems that refuse)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str) -> None:
+    """Make a rename in the directory of ``path`` durable (best effort)."""
+    fsync_path(os.path.dirname(os.path.abspath(path)) or ".")
+
+
+def replace(src: str, dst: str) -> None:
+    """Sync ``src`` and move it onto ``dst`` atomically."""
+    fsync_path(src)
+    os.replace(src, dst)
+    fsync_dir(dst)
+
+
+def remove_quietly(path: str | None) -> None:
+    if path:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, what: str = "output") -> Iterator[str]:
+    """Yield a temporary path beside ``path``; on success move it onto ``path``.
+
+    On any exception (Ctrl-C included) the temporary file is removed and an
+    existing ``path`` is left untouched. ``OSError`` becomes a
+    :class:`LossgridError` naming the file.
+    """
+    target = os.fspath(path)
+    check_output_path(target, what)
+    tmp = temp_sibling(target)
+    try:
+        yield tmp
+        if not os.path.exists(tmp):
+            raise LossgridError(f"Writing {what} {target} produced no file", hint="report this as a bug")
+        replace(tmp, target)
+    except OSError as e:
+        raise LossgridError(f"Cannot write {what} {target}", os_reason(e),
+                            "free some space or choose another path") from None
+    finally:
+        remove_quietly(tmp)
+
+
+def write_new_file(path: str, data: bytes) -> None:
+    """Write ``data`` to a path that is ours alone (a temporary sibling) and sync it;
+    on failure nothing is left behind and ``OSError`` propagates."""
+    try:
+        with open(path, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        remove_quietly(path)
+        raise
+
+
+def hdf5_image(fill: Callable[[Any], None]) -> bytes:
+    """The bytes of an HDF5 file built in memory by ``fill(h5py_file)``.
+
+    HDF5 handles a failing disk badly (a full disk during its own writes ends in
+    a segfault at exit); building in memory and writing the bytes with plain
+    file I/O turns any disk error into a clean ``OSError``.
+    """
+    import h5py
+
+    with h5py.File(f"lossgrid-image-{uuid.uuid4().hex}", "w", driver="core", backing_store=False) as f:
+        fill(f)
+        f.flush()
+        return bytes(f.id.get_file_image())
+
+
+def check_output_path(path: str, what: str = "output", error: type[LossgridError] = ConfigError) -> None:
+    """Fail before any work if ``path`` cannot be written (a directory, no parent, no permission)."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise error(f"The {what} path {path} is a directory", "a file name is needed",
+                    "pass a file name inside it, for example " + os.path.join(path, "out"))
+    if not os.path.isdir(parent):
+        why = f"{parent} is a file, not a directory" if os.path.exists(parent) else f"directory {parent} does not exist"
+        raise error(f"Cannot write {what} {path}", why, "create the directory or choose another path")
+    if not os.access(parent, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise error(f"Cannot write {what} {path}", "permission denied", "choose a writable path")
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name the same file (links and spellings resolved)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def refuse_input_as_output(out: str | os.PathLike, inputs: Mapping[str, str | os.PathLike | None],
+                           option: str = "--out") -> None:
+    """Raise if ``out`` is one of ``inputs`` (``{"--checkpoint": path, ...}``)."""
+    for name, path in inputs.items():
+        if path and same_file(out, path):
+            raise ConfigError(f"{option} {os.fspath(out)} is the same file as {name} {os.fspath(path)}",
+                              "lossgrid never writes over one of its own input files",
+                              f"choose another {option} path")
+
+
+def input_file_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be read as an input file, or ``None`` if it can."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return "it is a directory, not a file"
+    if not os.path.exists(path):
+        return "it does not exist"
+    if not os.access(path, os.R_OK):
+        return "permission denied"
+    if os.path.getsize(path) == 0:
+        return "it is empty (0 bytes)"
+    return None
+
+
+def is_hdf5(path: str | os.PathLike) -> bool:
+    """Whether the file starts with the HDF5 signature (corrupt HDF5 files included)."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(8) == HDF5_SIGNATURE
+    except OSError:
+        return False
+
+
+def os_reason(e: OSError) -> str:
+    """A one-line reason from an ``OSError`` (``No space left on device``, ...)."""
+    if e.errno is not None and e.strerror:
+        return e.strerror if not e.filename else f"{e.strerror}: {e.filename}"
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

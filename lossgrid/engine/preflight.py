@@ -1,0 +1,109 @@
+"""Checks that run before any file is touched.
+
+A surface of a model with NaN weights, along NaN directions or over NaN inputs
+is NaN everywhere: hours of compute for nothing. Such inputs are refused with
+a message naming the tensor or sample (lossgrid's policy: refuse, never warn
+and go on). Labels that do not fit the loss and data that do not fit the model
+are found by one forward pass over a few samples at the grid's origin, so the
+error names the real cause instead of surfacing mid-run.
+
+Example:
+    >>> import torch
+    >>> check_finite_model(torch.nn.Linear(2, 2))
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..data import EvalData
+from ..errors import DataLoadError, DirectionError, EvaluationError, ModelLoadError
+from .directions import Directions
+from .losses import LossFn, cross_entropy
+
+PROBE_SAMPLES = 4
+
+
+def _nonfinite(t: torch.Tensor) -> int:
+    return int(t.numel() - torch.isfinite(t).sum().item()) if torch.is_floating_point(t) else 0
+
+
+def _dims(t: torch.Tensor) -> str:
+    return "[" + ", ".join(["N", *map(str, t.shape[1:])]) + "]"
+
+
+def check_finite_model(model: nn.Module, what: str = "the model") -> None:
+    """Refuse NaN or infinite values in any floating-point state entry of ``model``."""
+    for name, t in model.state_dict().items():
+        bad = _nonfinite(t)
+        if bad:
+            raise ModelLoadError(f"The weights of {what} hold {bad} NaN or infinite value(s) in {name}",
+                                 "every point of the surface would be NaN",
+                                 "pass a checkpoint saved before training diverged")
+
+
+def check_finite_directions(directions: Directions) -> None:
+    """Refuse NaN or infinite direction values (a corrupt direction file, an overflowing norm)."""
+    for axis, tensors in (("x", directions.x), ("y", directions.y)):
+        for name, t in zip(directions.layout.names, tensors or []):
+            bad = _nonfinite(t)
+            if bad:
+                raise DirectionError(f"The {axis} direction holds {bad} NaN or infinite value(s) in {name}",
+                                     "the surface along it would be NaN everywhere",
+                                     "make new directions (delete the --dir-file), or check the checkpoints "
+                                     "of an interpolation")
+
+
+def check_data(data: EvalData, loss_fn: LossFn) -> None:
+    """Refuse non-finite inputs or targets and class labels of the wrong shape."""
+    for name, t in (("inputs", data.x), ("targets", data.y)):
+        if torch.is_floating_point(t):
+            finite = torch.isfinite(t.reshape(len(t), -1)).all(dim=1)
+            if not bool(finite.all()):
+                first = int((~finite).nonzero()[0].item())
+                raise DataLoadError(f"The {name} of {data.description} hold NaN or infinite values "
+                                    f"({int((~finite).sum())} of {len(t)} samples, the first at index {first})",
+                                    "every point of the surface would be NaN",
+                                    "clean the data set or pass --samples to a clean subset")
+    if loss_fn is cross_entropy and not torch.is_floating_point(data.y) and data.y.dim() != 1:
+        raise DataLoadError(f"The targets of {data.description} have shape {tuple(data.y.shape)}",
+                            "cross_entropy needs one class index per sample, shape (N,)",
+                            "save the labels as a 1-D array (y.ravel()), or pass --loss mse for "
+                            "vector targets")
+
+
+def probe(model: nn.Module, data: EvalData, loss_fn: LossFn, device: torch.device) -> None:
+    """Run the model and loss on a few samples at the origin; errors name the likely cause."""
+    x, y = data.x[:PROBE_SAMPLES].to(device), data.y[:PROBE_SAMPLES].to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            out = model(x)
+            if not isinstance(out, torch.Tensor):
+                raise EvaluationError(f"The model returned {type(out).__name__}, not a tensor",
+                                      hint="return the logits (a tensor) from forward()")
+            values = loss_fn(out, y)
+    except EvaluationError:
+        raise
+    except Exception as e:  # user models and losses raise anything
+        raise EvaluationError(
+            "The model and loss fail on the first samples of the data",
+            f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}",
+            f"check that --data fits the model (inputs {_dims(data.x)}, targets {_dims(data.y)}) "
+            "and --loss fits its outputs") from None
+    finally:
+        model.train(was_training)
+    if not isinstance(values, torch.Tensor) or values.dim() > 1:
+        raise EvaluationError(f"The loss returned {type(values).__name__} "
+                              f"of shape {tuple(getattr(values, 'shape', ()))}",
+                              "a loss returns one value per sample (shape [B]) or the batch mean",
+                              "fix the loss function")
+    if loss_fn is cross_entropy and not torch.is_floating_point(data.y) and out.dim() == 2:
+        classes = out.shape[-1]
+        lo, hi = int(data.y.min()), int(data.y.max())
+        if lo < 0 or hi >= classes:
+            raise DataLoadError(f"The labels of {data.description} run from {lo} to {hi}",
+                                f"the model has {classes} outputs, so labels must lie in 0..{classes - 1}",
+                                "pass the data set the model was trained on")
