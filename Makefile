@@ -22,7 +22,7 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check lossgrid tests benchmarks
+	$(VENV)/bin/ruff check lossgrid tests benchmarks scripts
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_surface.py --out benchmarks/results.json

@@ -1,7 +1,9 @@
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from lossgrid.config import Axis, DirectionSpec, EvalSpec, GridSpec
+from lossgrid.config import MAX_GRID_POINTS, Axis, DirectionSpec, EvalSpec, GridSpec
 from lossgrid.errors import ConfigError
 
 
@@ -53,3 +55,48 @@ def test_eval_spec_rejects():
         EvalSpec(points_per_call=0)
     with pytest.raises(ConfigError):
         EvalSpec(batch_size=0)
+
+
+# -- property-based: grid parsing never crashes, and round-trips ----------------------------
+_finite = st.floats(allow_nan=False, allow_infinity=False, min_value=-1e12, max_value=1e12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=40) | st.builds(lambda a, b, c: f"{a}:{b}:{c}", st.text(max_size=8), st.text(max_size=8),
+                                        st.text(max_size=8)))
+def test_axis_parse_raises_only_config_errors(text):
+    try:
+        axis = Axis.parse(text)
+    except ConfigError:
+        return
+    coords = axis.coordinates()
+    assert len(coords) == axis.num and np.isfinite(coords).all()
+
+
+@settings(max_examples=300, deadline=None)
+@given(_finite, _finite, st.integers(min_value=-5, max_value=MAX_GRID_POINTS * 2))
+def test_axis_round_trip(lo, hi, num):
+    text = f"{lo!r}:{hi!r}:{num}"
+    valid = 1 <= num <= MAX_GRID_POINTS and (lo < hi if num > 1 else lo == hi)
+    if not valid:
+        with pytest.raises(ConfigError):
+            Axis.parse(text)
+        return
+    axis = Axis.parse(text)
+    assert axis == Axis(lo, hi, num)
+    if num <= 10_000:
+        coords = axis.coordinates()
+        assert len(coords) == num and coords[0] == lo and coords[-1] == hi and np.all(np.diff(coords) >= 0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 5000), st.integers(1, 5000) | st.none())
+def test_grid_size_limit(nx, ny):
+    x = Axis(-1.0, 1.0, nx) if nx > 1 else Axis(0.0, 0.0, 1)
+    y = None if ny is None else Axis(-1.0, 1.0, ny) if ny > 1 else Axis(0.0, 0.0, 1)
+    if nx * (ny or 1) > MAX_GRID_POINTS:
+        with pytest.raises(ConfigError, match="at most"):
+            GridSpec(x, y)
+    else:
+        grid = GridSpec(x, y)
+        assert grid.shape == ((nx,) if ny is None else (nx, ny))

@@ -4,7 +4,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from lossgrid.cli.main import cli
+from lossgrid.cli.group import cli
 from lossgrid.errors import MissingBackendError
 
 

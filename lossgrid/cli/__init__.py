@@ -32,15 +32,17 @@ def _should_reexec(argv: list[str], environ: dict[str, str]) -> bool:
     return sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 
 
-def main() -> None:
-    """Console entry point: re-executes itself once with the malloc tuning, then runs.
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: re-executes itself once with the malloc tuning, then runs
+    ``lossgrid ARGV`` (``sys.argv[1:]`` by default) and exits with its code.
 
     Ctrl-C (exit 130) and SIGTERM/SIGHUP (exit 1) end every command with a
     message and no traceback, from start-up (imports) to the last write.
     """
     install_signal_handlers()
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
-        if _should_reexec(sys.argv, dict(os.environ)):
+        if argv is None and _should_reexec(sys.argv, dict(os.environ)):
             env = dict(os.environ)
             old = env.get("GLIBC_TUNABLES")
             env["GLIBC_TUNABLES"] = f"{old}:{MALLOC_TUNABLES}" if old else MALLOC_TUNABLES
@@ -48,7 +50,7 @@ def main() -> None:
                 os.execve(sys.executable, [sys.executable, "-m", "lossgrid.cli", *sys.argv[1:]], env)
             except OSError:
                 pass  # run untuned rather than not at all
-        code = _run(sys.argv[1:])
+        code = _run(args)
     except KeyboardInterrupt:
         code = _stop(interrupted_message(), EXIT_INTERRUPTED)
     except Terminated as e:
@@ -59,7 +61,7 @@ def main() -> None:
 def _run(args: list[str]) -> int:
     import click
 
-    from .main import cli
+    from .group import cli
 
     try:
         rv = cli.main(args=args, prog_name="lossgrid", standalone_mode=False)

@@ -292,7 +292,13 @@ class SurfaceWriter:
                                    "the points saved so far are kept") from None
 
     def finish(self, run_info: dict[str, Any]) -> None:
-        """Append this run's backend and timings to the ``runs`` log and close."""
+        """Append this run's backend and timings to the ``runs`` log and close.
+
+        A run that computed no point (a complete file run again) leaves the file as it was.
+        """
+        if not run_info.get("points"):
+            self.close()
+            return
         try:
             runs = read_runs(self.f.attrs) + [{**self._run, **run_info}]
             write_runs(self.f, runs)
@@ -467,9 +473,12 @@ def load_surface(path: str | os.PathLike) -> Surface:
     if problem:
         raise SurfaceFileError(f"Cannot read surface file {path}", problem, "pass a file written by lossgrid surface")
     holder = lock_holder(path)
+    # a lossgrid writer changes only raw values after creation: HDF5's own lock can be skipped
+    # (in this very process HDF5 wants the writer's setting)
+    locking: bool | str = True if holder is None else "best-effort" if holder.get("pid") == os.getpid() else False
     for attempt in range(3):
         try:
-            f = h5py.File(path, "r", locking=False if holder else True)
+            f = h5py.File(path, "r", locking=locking)
         except (OSError, ValueError) as e:
             if _is_lock_error(e):
                 raise SurfaceFileError(f"Cannot read surface file {path}", "another program has it open for writing",

@@ -9,12 +9,15 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import os
 
 from .._files import atomic_output, check_output_path, refuse_input_as_output
 from ..engine.surface_file import Surface
 from ..errors import ConfigError
 from ._common import METRICS, as_surface, axis_label, check_same_axes, default_levels, metric_values, parse_levels
+
+logger = logging.getLogger(__name__)
 
 KINDS_1D = ("curve",)
 KINDS_2D = ("contour", "contourf", "heatmap", "surface3d")
@@ -55,6 +58,10 @@ def plot_surfaces(surfaces: list[Surface | str | os.PathLike], out: str | os.Pat
                                  for i, s in enumerate(surfaces)})
     check_output_path(out, "plot")
     loaded = [as_surface(s) for s in surfaces]
+    for s in loaded:
+        if s.writer is not None:
+            logger.warning("%s is being written by process %s on %s: plotting the %d of %d points done so far",
+                        s.path, s.writer.get("pid", "?"), s.writer.get("host", "?"), int(s.done.sum()), s.done.size)
     if kind not in KINDS:
         raise ConfigError(f"Unknown plot kind {kind!r}", hint=f"use one of {', '.join(KINDS)}")
     if metric not in METRICS:

@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 from lossgrid.cli import _should_reexec
-from lossgrid.cli.main import cli
+from lossgrid.cli.group import cli
 from lossgrid.engine.surface_file import load_surface
 
 CONFTEST = os.path.join(os.path.dirname(__file__), "..", "conftest.py")

@@ -11,10 +11,12 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lossgrid.config import DirectionSpec, EvalSpec, GridSpec
 from lossgrid.engine.surface import compute_surface
-from lossgrid.engine.surface_file import SCHEMA_VERSION, load_surface
+from lossgrid.engine.surface_file import SCHEMA_VERSION, SurfaceWriter, load_surface
 from lossgrid.errors import SurfaceFileError
 
 LOOP = EvalSpec(strategy="loop", points_per_call=2, batch_size=64)
@@ -158,3 +160,48 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     assert a.complete and b.complete
     np.testing.assert_array_equal(a.loss, b.loss)
     np.testing.assert_array_equal(a.acc, b.acc)
+
+
+# -- property-based: any sequence of chunks, interrupted and resumed, ends in the same file ----------
+@st.composite
+def _plans(draw):
+    shape = draw(st.sampled_from([(5,), (1,), (3, 4), (4, 1), (2, 7)]))
+    n = int(np.prod(shape))
+    order = draw(st.permutations(range(n)))
+    cuts = sorted(draw(st.sets(st.integers(1, max(1, n - 1)), max_size=n)))
+    chunks = [list(order[a:b]) for a, b in zip([0, *cuts], [*cuts, n]) if b > a]
+    stops = draw(st.sets(st.integers(0, len(chunks)), max_size=3))  # close the file (a crash) before these chunks
+    finish = draw(st.booleans())
+    return shape, chunks, stops, finish
+
+
+@settings(max_examples=60, deadline=None)
+@given(_plans())
+def test_write_resume_cycle(plan):
+    import tempfile
+
+    shape, chunks, stops, finish = plan
+    xs = np.linspace(-1, 1, shape[0])
+    ys = np.linspace(-1, 1, shape[1]) if len(shape) == 2 else None
+    values = np.random.RandomState(len(chunks)).randn(*shape)
+    identity = {"k": "v", "shape": list(shape)}
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "s.h5")
+        writer = SurfaceWriter(path, xs, ys, identity, {}, None)
+        for i, chunk in enumerate(chunks):
+            if i in stops:  # interrupted: closed without finishing, then resumed
+                writer.close()
+                writer = SurfaceWriter(path, xs, ys, identity, {}, None)
+                assert writer.resumed
+            flat = np.array(chunk)
+            idx = np.unravel_index(flat, shape)
+            writer.write(flat, values[idx], values[idx] * 2)
+        if finish:
+            writer.finish({"points": len(chunks), "seconds": 0.1})
+        else:
+            writer.close()
+        s = load_surface(path)
+        assert s.complete and s.writer is None
+        np.testing.assert_array_equal(s.loss, values)
+        np.testing.assert_array_equal(s.acc, values * 2)
+        assert sorted(os.listdir(d)) == ["s.h5"]
