@@ -109,6 +109,31 @@ def write_new_file(path: str, data: bytes) -> None:
         raise
 
 
+def publish_bytes(path: str, data: bytes, exclusive: bool = False) -> bool:
+    """Write ``data`` beside ``path`` and move it into place atomically.
+
+    With ``exclusive`` an existing ``path`` is kept (the move is a hard link,
+    which never replaces a file) and ``False`` is returned. ``OSError`` propagates.
+    """
+    tmp = temp_sibling(path)
+    try:
+        write_new_file(tmp, data)
+        if exclusive:
+            try:
+                os.link(tmp, path)
+                fsync_dir(path)
+                return True
+            except FileExistsError:
+                return False
+            except OSError:  # file systems without hard links
+                if os.path.exists(path):
+                    return False
+        replace(tmp, path)
+        return True
+    finally:
+        remove_quietly(tmp)
+
+
 def hdf5_image(fill: Callable[[Any], None]) -> bytes:
     """The bytes of an HDF5 file built in memory by ``fill(h5py_file)``.
 

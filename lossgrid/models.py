@@ -137,8 +137,7 @@ def _unsafe_globals(path: str, error: Exception) -> str:
             names = [text.split(marker, 1)[1].split()[0]]
     if not names:
         return "objects that are not tensors"
-    shown = ", ".join(sorted(names)[:6]) + (f" (+{len(names) - 6} more)" if len(names) > 6 else "")
-    return shown
+    return ", ".join(sorted(names)[:6]) + (f" (+{len(names) - 6} more)" if len(names) > 6 else "")
 
 
 def _is_safetensors(path: str) -> bool:

@@ -43,6 +43,19 @@ def test_whole_module_and_torchscript(tmp_path, trained_cnn):
     assert isinstance(model, torch.jit.ScriptModule) and _same(model, trained_cnn)
 
 
+def test_safetensors_checkpoint(tmp_path, trained_cnn):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "net.safetensors"
+    save_file({k: v.contiguous() for k, v in trained_cnn.state_dict().items()}, str(path))
+    model, _ = load_model(f"{CONFTEST}:small_cnn", str(path))
+    assert _same(model, trained_cnn)
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(ModelLoadError, match="not a valid safetensors file"):
+        load_model(f"{CONFTEST}:small_cnn", str(broken))
+
+
 def test_mismatched_state_dict_names_keys(tmp_path):
     path = tmp_path / "ck.pt"
     torch.save(torch.nn.Linear(3, 2).state_dict(), path)

@@ -127,29 +127,14 @@ def save_directions(path: str | os.PathLike, dirs: Directions, exclusive: bool =
     With ``exclusive``, an existing file is kept (another run may have just
     written it) and ``False`` is returned; otherwise ``True``.
     """
-    from .._files import hdf5_image, os_reason, remove_quietly, replace, temp_sibling, write_new_file
+    from .._files import hdf5_image, os_reason, publish_bytes
 
     path = os.fspath(path)
-    tmp = temp_sibling(path)
     try:
-        write_new_file(tmp, hdf5_image(lambda f: write_direction_groups(f, dirs)))
-        if not exclusive:
-            replace(tmp, path)
-            return True
-        try:
-            os.link(tmp, path)  # atomic and never over an existing file
-        except FileExistsError:
-            return False
-        except OSError:  # file systems without hard links
-            if os.path.exists(path):
-                return False
-            replace(tmp, path)
-        return True
+        return publish_bytes(path, hdf5_image(lambda f: write_direction_groups(f, dirs)), exclusive)
     except OSError as e:
         raise DirectionError(f"Cannot write direction file {path}", os_reason(e),
                              "free some space or choose a writable --dir-file path") from None
-    finally:
-        remove_quietly(tmp)
 
 
 def write_direction_groups(f: Any, dirs: Directions) -> None:

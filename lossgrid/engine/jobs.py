@@ -21,7 +21,7 @@ def run_surface_job(job: SurfaceJob, progress: Progress | None = None) -> dict[s
     surface file is touched, so bad input never damages an existing file.
     """
     t0 = time.perf_counter()
-    check_writable(job.out, job.overwrite)
+    check_writable(job.out)
     refuse_input_as_output(job.out, input_files(job))
     model, model_desc = load_model(job.model, job.checkpoint, job.trust_checkpoint)
     model2 = None

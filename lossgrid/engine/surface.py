@@ -71,7 +71,7 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
         data = EvalData(torch.as_tensor(data[0]), torch.as_tensor(data[1]), "in-memory tensors")
     out_path = os.fspath(out) if out is not None else None
     if out_path is not None:
-        check_writable(out_path, overwrite)
+        check_writable(out_path)
         if dir_file is not None and same_file(out_path, dir_file):
             raise ConfigError(f"--out {out_path} is the same file as --dir-file {os.fspath(dir_file)}",
                               "the surface file would replace the directions it is computed on",
@@ -168,13 +168,14 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
 
 def _out_of_memory(e: BaseException, described: dict[str, Any]) -> ResourceError:
     k, batch = described.get("points_per_call"), described.get("batch_size")
-    return ResourceError(
-        f"Out of memory while evaluating {k} grid point(s) per call" + (f" in batches of {batch} samples" if batch
-                                                                         else ""),
-        f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else 'no memory left'}",
-        "lower --points-per-call" + (f" (now {k})" if k else "") + " or --batch-size" + (f" (now {batch})" if batch
-                                                                                         else "")
-        + "; the points done so far are saved, so the same command with the lower setting resumes")
+    what = f"Out of memory while evaluating {k} grid point(s) per call"
+    lower = f"lower --points-per-call (now {k})"
+    if batch:
+        what += f" in batches of {batch} samples"
+        lower += f" or --batch-size (now {batch})"
+    reason = str(e).strip().splitlines()[0] if str(e).strip() else "no memory left"
+    return ResourceError(what, f"{type(e).__name__}: {reason}",
+                         f"{lower}; the points done so far are saved: the same command with a lower setting resumes")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -197,7 +198,7 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def check_writable(path: str, overwrite: bool = False) -> None:
+def check_writable(path: str) -> None:
     """Fail early (before any work) if ``path`` cannot be written."""
     check_output_path(path, "surface file", SurfaceFileError)
 
