@@ -19,14 +19,18 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
+import logging
 import os
 import socket
 import time
 from typing import Any
 
 from ..errors import SurfaceFileError
+
+log = logging.getLogger(__name__)
 
 
 def lock_path(path: str) -> str:
@@ -48,7 +52,7 @@ class WriterLock:
             except OSError as e:
                 raise SurfaceFileError(f"Cannot create the lock file {self.lock_file}", e.strerror or str(e),
                                        "choose an --out in a writable directory") from None
-            if not _flock_soon(fd):
+            if not _flock_soon(fd, self.lock_file):
                 os.close(fd)
                 raise SurfaceFileError(f"Surface file {self.path} is being written by another run",
                                        describe_holder(read_holder(self.lock_file)),
@@ -84,16 +88,24 @@ class WriterLock:
         self.release()
 
 
-def _flock_soon(fd: int, tries: int = 5) -> bool:
-    """Take the exclusive lock, allowing for readers that probe it for a moment."""
+def _flock_soon(fd: int, name: str, tries: int = 5) -> bool:
+    """Take the exclusive lock, allowing for readers that probe it for a moment.
+
+    On a file system without locks the run goes on unguarded, with a warning.
+    """
     for attempt in range(tries):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return True
-        except OSError:
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+                log.warning("cannot lock %s (%s): this file system offers no locks, so lossgrid cannot refuse "
+                            "a second run writing the same --out", name, e.strerror or e)
+                return True
             if attempt + 1 < tries:
                 time.sleep(0.02)
     return False
+
 
 
 def _same_inode(fd: int, path: str) -> bool:

@@ -278,9 +278,9 @@ class SurfaceWriter:
             self.f[LOSS][rows] = self.loss[rows]
             self.f[ACC][rows] = self.acc[rows]
             self.f.flush()
-            done = self.done.copy()
-            done[idx] = True
-            self.f[DONE][rows] = done[rows].astype(np.uint8)
+            done = self.done[rows].astype(np.uint8)  # the rows being written, with this chunk marked
+            done[(idx[0] - rows.start, *idx[1:])] = 1
+            self.f[DONE][rows] = done
             self.f.flush()
             self.done[idx] = True
             if self.partial is not None:  # the replacement now holds results: swap it in

@@ -66,6 +66,18 @@ def test_lock_of_a_dead_process_does_not_block(tmp_path, trained_cnn, digits_sma
     assert make(trained_cnn, digits_small, path).complete
 
 
+def test_file_system_without_locks_runs_with_a_warning(tmp_path, trained_cnn, digits_small, monkeypatch, caplog):
+    import errno
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    assert make(trained_cnn, digits_small, tmp_path / "s.h5").complete
+    assert "cannot refuse a second run" in caplog.text
+
+
 def test_overwrite_keeps_the_old_file_until_the_new_one_has_results(tmp_path, trained_cnn, digits_small):
     path = tmp_path / "s.h5"
     make(trained_cnn, digits_small, path)
