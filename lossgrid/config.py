@@ -183,11 +183,16 @@ class EvalSpec:
     points_per_call: int | None = None
     batch_size: int | None = None
     device: str = "cpu"
+    #: share of the job's time that choosing a strategy (``auto``) may spend timing candidates
+    auto_budget: float = 0.05
 
     def __post_init__(self) -> None:
         if self.points_per_call is not None and self.points_per_call < 1:
             raise ConfigError(f"points_per_call={self.points_per_call} is invalid", "it must be at least 1",
                               "pass --points-per-call 1 or more, or leave it out for the default")
+        if not (isinstance(self.auto_budget, (int, float)) and self.auto_budget >= 0):
+            raise ConfigError(f"auto_budget={self.auto_budget!r} is invalid", "it is a share of the job, 0 or more",
+                              "pass --auto-budget 0.05 (5%), 0 to never time, or a large value to always time")
         if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"batch_size={self.batch_size} is invalid", "it must be at least 1",
                               "pass --batch-size 1 or more")

@@ -6,11 +6,18 @@ Data specs:
   handwritten digits (1,797 images, shape ``[N, 1, 8, 8]`` scaled to [0, 1];
   a fixed 80/20 split).
 * ``npz:FILE`` -- a NumPy archive with arrays ``x`` and ``y``.
-* ``cifar10:DIR`` or ``cifar10:DIR:test`` -- the CIFAR-10 "python version"
-  batches (``data_batch_1`` ... ``data_batch_5``, ``test_batch``), normalized
-  with the usual per-channel mean and std. The batches are pickles: they are
-  read with a restricted unpickler that resolves only what such files hold
-  (numpy arrays), so a tampered batch cannot run code.
+* ``cifar10:DIR[:test][:norm=NORM]`` -- the CIFAR-10 "python version" batches
+  (``data_batch_1`` ... ``data_batch_5``, ``test_batch``), channels R, G, B,
+  scaled to [0, 1] in float32 and normalized per channel exactly as the
+  reference implementation does (``x / 255``, then ``(x - mean) / std`` in
+  float32 with mean (125.3, 123.0, 113.9)/255 and std (63.0, 62.1, 66.7)/255),
+  so that its published checkpoints see the inputs they were trained on.
+  ``norm=`` names other constants: ``reference`` (the default), ``dataset``
+  (the training set's own statistics, 0.4914/0.4822/0.4465 and
+  0.2470/0.2435/0.2616), ``none`` (only ``/ 255``) or ``M1,M2,M3/S1,S2,S3``.
+  The batches are pickles: they are read with a restricted unpickler that
+  resolves only what such files hold (numpy arrays), so a tampered batch
+  cannot run code.
 * ``package.module:function`` or ``file.py:function`` -- returns ``(x, y)``
   tensors or arrays, or a ``torch.utils.data.Dataset`` of ``(x, y)`` pairs.
 
@@ -33,8 +40,13 @@ import torch
 from ._files import input_file_problem
 from .errors import DataLoadError
 
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
+#: per-channel (R, G, B) mean and std by name; ``reference`` is the loss-landscape reference code's
+CIFAR_NORMS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "reference": ((125.3 / 255, 123.0 / 255, 113.9 / 255), (63.0 / 255, 62.1 / 255, 66.7 / 255)),
+    "dataset": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+}
+CIFAR_MEAN, CIFAR_STD = CIFAR_NORMS["reference"]
 
 
 @dataclass(frozen=True)
@@ -113,11 +125,8 @@ def _npz(path: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _cifar10(arg: str) -> tuple[np.ndarray, np.ndarray]:
-    directory, _, split = arg.partition(":")
-    split = split or "train"
-    names = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}.get(split)
-    if names is None:
-        raise DataLoadError(f"Unknown CIFAR-10 split {split!r}", hint="use cifar10:DIR or cifar10:DIR:test")
+    directory, split, (mean, std) = parse_cifar_spec(arg)
+    names = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}[split]
     if not os.path.isdir(directory):
         why = "it is a file, not a directory" if os.path.exists(directory) else "it does not exist"
         raise DataLoadError(f"Cannot read CIFAR-10 directory {directory!r}", why,
@@ -127,10 +136,51 @@ def _cifar10(arg: str) -> tuple[np.ndarray, np.ndarray]:
         data, labels = read_cifar_batch(os.path.join(directory, name))
         xs.append(data.reshape(-1, 3, 32, 32))
         ys.append(labels)
-    x = np.concatenate(xs).astype(np.float32) / 255.0
-    mean = np.array(CIFAR_MEAN, dtype=np.float32)[None, :, None, None]
-    std = np.array(CIFAR_STD, dtype=np.float32)[None, :, None, None]
-    return (x - mean) / std, np.concatenate(ys)
+    return normalize_images(np.concatenate(xs), mean, std), np.concatenate(ys)
+
+
+def normalize_images(images: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """uint8 images ``[N, C, H, W]`` to float32 ``(x / 255 - mean) / std``, each step in float32
+    (as torchvision's ToTensor and Normalize compute it)."""
+    m = np.asarray(mean, dtype=np.float32)[None, :, None, None]
+    s = np.asarray(std, dtype=np.float32)[None, :, None, None]
+    x = images.astype(np.float32) / np.float32(255)
+    x -= m
+    x /= s
+    return x
+
+
+def parse_cifar_spec(arg: str) -> tuple[str, str, tuple[tuple[float, ...], tuple[float, ...]]]:
+    """``DIR[:train|:test][:norm=NORM]`` -> directory, split, (mean, std)."""
+    directory, *options = arg.split(":")
+    split, norm = "train", CIFAR_NORMS["reference"]
+    for option in options:
+        if option in ("train", "test"):
+            split = option
+        elif option.startswith("norm="):
+            norm = _parse_norm(option[len("norm="):])
+        else:
+            raise DataLoadError(f"Unknown CIFAR-10 option {option!r}",
+                                "after the directory come :train or :test and :norm=NORM",
+                                "use cifar10:DIR, cifar10:DIR:test or cifar10:DIR:test:norm=dataset")
+    return directory, split, norm
+
+
+def _parse_norm(text: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    if text in CIFAR_NORMS:
+        return CIFAR_NORMS[text]
+    hint = f"use norm={', norm='.join(CIFAR_NORMS)} or norm=M1,M2,M3/S1,S2,S3 (values for inputs in [0, 1])"
+    mean_text, slash, std_text = text.partition("/")
+    try:
+        mean = tuple(float(v) for v in mean_text.split(","))
+        std = tuple(float(v) for v in std_text.split(","))
+    except ValueError:
+        raise DataLoadError(f"Cannot read normalization {text!r}", "it is neither a name nor numbers",
+                            hint) from None
+    if not slash or len(mean) != 3 or len(std) != 3 or not all(np.isfinite(mean + std)) or min(std) <= 0:
+        raise DataLoadError(f"Cannot read normalization {text!r}",
+                            "it needs three means and three positive standard deviations", hint)
+    return mean, std
 
 
 def read_cifar_batch(path: str) -> tuple[np.ndarray, np.ndarray]:

@@ -42,6 +42,33 @@ def test_npz(tmp_path):
         load_data(f"npz:{tmp_path / 'mism.npz'}")
 
 
+def test_cifar10_matches_the_reference_normalization_bit_for_bit(tmp_path):
+    """What the reference code feeds its models: torchvision's ToTensor (uint8 HWC -> float32 CHW / 255)
+    then Normalize with mean (125.3, 123.0, 113.9)/255 and std (63.0, 62.1, 66.7)/255, in float32."""
+    batch = _write_cifar_batch(tmp_path / "test_batch", 6, 3)
+    images = batch[b"data"].reshape(-1, 3, 32, 32)
+    mean = torch.tensor([125.3 / 255, 123.0 / 255, 113.9 / 255], dtype=torch.float32)[:, None, None]
+    std = torch.tensor([63.0 / 255, 62.1 / 255, 66.7 / 255], dtype=torch.float32)[:, None, None]
+    want = []
+    for img in images:
+        hwc = torch.from_numpy(np.ascontiguousarray(img.transpose(1, 2, 0)))  # what PIL hands ToTensor
+        t = hwc.permute(2, 0, 1).contiguous().to(torch.float32).div(255)  # ToTensor
+        want.append(t.sub(mean).div(std))  # Normalize
+    got = load_data(f"cifar10:{tmp_path}:test")
+    assert got.x.dtype == torch.float32
+    assert torch.equal(got.x, torch.stack(want))
+    assert got.y.tolist() == list(batch[b"labels"])
+    # other constants, by name or by value
+    plain = load_data(f"cifar10:{tmp_path}:test:norm=none").x
+    assert torch.equal(plain, torch.from_numpy(images).float() / 255)
+    named = load_data(f"cifar10:{tmp_path}:test:norm=dataset").x
+    explicit = load_data(f"cifar10:{tmp_path}:test:norm=0.4914,0.4822,0.4465/0.2470,0.2435,0.2616").x
+    assert torch.equal(named, explicit) and not torch.equal(named, got.x)
+    for bad in ("norm=imagenet", "norm=1,2/3,4", "norm=0,0,0/1,0,1", "valid"):
+        with pytest.raises(DataLoadError, match="normalization|Unknown CIFAR-10 option"):
+            load_data(f"cifar10:{tmp_path}:test:{bad}")
+
+
 def _write_cifar_batch(path, n, seed):
     rng = np.random.RandomState(seed)
     batch = {b"data": rng.randint(0, 256, (n, 3072), dtype=np.uint8), b"labels": list(rng.randint(0, 10, n))}

@@ -20,7 +20,8 @@ from ._common import echo_json, parse_axis, run_with_progress
               help="Allow checkpoints that are whole pickled models: loading them runs code named in the file. "
               "Only for files you made or trust. State dicts, safetensors and TorchScript need no trust.")
 @click.option("--data", default="digits", show_default=True,
-              help="digits[:train|:test], npz:FILE, cifar10:DIR[:test], or module:function.")
+              help="digits[:train|:test], npz:FILE, cifar10:DIR[:test][:norm=reference|dataset|none|M,M,M/S,S,S], "
+              "or module:function.")
 @click.option("--samples", type=click.IntRange(min=1), help="Evaluate on a fixed, seeded subset of N samples.")
 @click.option("--samples-seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--loss", default="cross_entropy", show_default=True,
@@ -43,6 +44,9 @@ from ._common import echo_json, parse_axis, run_with_progress
 @click.option("--strategy", type=click.Choice(ALL_STRATEGIES), default="auto",
               show_default=True, help="torch: loop | vmap | wide (K-wide model); onnxruntime: wide (K-wide graph) "
               "| baked (per-point sessions); auto: timed.")
+@click.option("--auto-budget", type=click.FloatRange(min=0), default=0.05, show_default=True, metavar="SHARE",
+              help="auto: the share of the job's time that timing candidates may cost; a smaller job keeps the "
+              "default without timing (0: never time, 1000: always).")
 @click.option("--points-per-call", type=click.IntRange(min=1), help="Grid points per runner call (default 8).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Samples per forward pass (default: by input size).")
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda:0.")
@@ -62,7 +66,8 @@ def surface(**kw: Any) -> None:
         loss=kw["loss"],
         directions=DirectionSpec(kw["dir_type"], kw["xnorm"], kw["xignore"], kw["ynorm"], kw["yignore"], kw["seed"]),
         dir_file=kw["dir_file"],
-        evaluation=EvalSpec(kw["backend"], kw["strategy"], kw["points_per_call"], kw["batch_size"], kw["device"]),
+        evaluation=EvalSpec(kw["backend"], kw["strategy"], kw["points_per_call"], kw["batch_size"], kw["device"],
+                            kw["auto_budget"]),
         overwrite=kw["overwrite"], trust_checkpoint=kw["trust_checkpoint"],
     )
     from ..engine.jobs import run_surface_job

@@ -202,7 +202,10 @@ def test_surface_onnxruntime_and_auto_backends(tmp_path, ckpt):
     r = run(*base_args(ckpt, ort_path), "--x=-1:1:4", "--backend", "onnxruntime", "--strategy", "baked")
     assert r.exit_code == 0, r.output
     np.testing.assert_allclose(load_surface(str(ort_path)).loss, load_surface(str(ref)).loss, rtol=1e-4)
-    r = run(*base_args(ckpt, auto), "--x=-1:1:4", "--backend", "auto")
+    r = run(*base_args(ckpt, auto), "--x=-1:1:4", "--backend", "auto", "--points-per-call", "1")
+    assert r.exit_code == 0 and "too small to repay timing" in r.output
+    r = run(*base_args(ckpt, tmp_path / "a2.h5"), "--x=-1:1:4", "--backend", "auto", "--auto-budget", "1000",
+            "--points-per-call", "2")
     assert r.exit_code == 0 and "fastest when timed" in r.output
     r = run(*base_args(ckpt, auto), "--x=-1:1:4", "--backend", "onnxruntime", "--strategy", "loop", "--overwrite")
     assert r.exit_code == 1 and "does not belong" in r.output

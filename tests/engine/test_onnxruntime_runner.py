@@ -68,10 +68,11 @@ def test_auto_backend_reports_its_choice(trained_cnn, digits_small):
     dirs = create_directions(trained_cnn, DirectionSpec(), ndim=1)
     grid = GridSpec.parse("-1:1:4")
     surf = compute_surface(trained_cnn, digits_small, grid, directions=dirs,
-                           eval_spec=EvalSpec(backend="auto", points_per_call=2, batch_size=50))
+                           eval_spec=EvalSpec(backend="auto", points_per_call=2, batch_size=50, auto_budget=1e6))
     choice = surf.attrs["last_run"]["backend_choice"]
+    assert "fastest when timed" in choice and "timing cost" in choice
     for label in ("torch/loop", "torch/vmap", "onnxruntime/wide", "onnxruntime/baked"):
-        assert label in choice
+        assert f"{label} " in choice and "ms/point" in choice.split(label)[1][:15]
     ref = compute_surface(trained_cnn, digits_small, grid, directions=dirs, eval_spec=EvalSpec(strategy="loop"))
     np.testing.assert_allclose(surf.loss, ref.loss, rtol=1e-4)
 
@@ -79,10 +80,45 @@ def test_auto_backend_reports_its_choice(trained_cnn, digits_small):
 def test_auto_skips_backends_that_cannot_run(trained_cnn, digits_small):
     scripted = torch.jit.script(trained_cnn)
     dirs = create_directions(trained_cnn, DirectionSpec(), ndim=1)
-    surf = compute_surface(scripted, digits_small, GridSpec.parse("-1:1:2"), directions=dirs,
-                           eval_spec=EvalSpec(backend="auto", points_per_call=2))
+    surf = compute_surface(scripted, digits_small, GridSpec.parse("-1:1:4"), directions=dirs,
+                           eval_spec=EvalSpec(backend="auto", points_per_call=2, auto_budget=1e6))
     run = surf.attrs["last_run"]
     assert run["backend"] == "torch" and "onnxruntime/wide unavailable" in run["backend_choice"]
+
+
+def test_auto_keeps_the_default_on_a_job_too_small_to_time(trained_cnn, digits_small):
+    surf = compute_surface(trained_cnn, digits_small, GridSpec.parse("-1:1:4"),
+                           eval_spec=EvalSpec(backend="auto", points_per_call=2))
+    run = surf.attrs["last_run"]
+    assert run["backend"] == "torch" and run["strategy"] == "loop" and run["calibration_seconds"] == 0
+    assert "too small to repay timing" in run["backend_choice"]
+
+
+def test_auto_releases_the_candidates_it_did_not_choose(trained_cnn, digits_small):
+    import gc
+
+    from lossgrid.engine.losses import cross_entropy
+    from lossgrid.engine.params import ParamLayout
+    from lossgrid.engine.runners import make_runner
+
+    built = []
+    layout = ParamLayout.from_model(trained_cnn)
+    runner = make_runner(EvalSpec(backend="auto", points_per_call=2, auto_budget=1e6), trained_cnn, layout,
+                         digits_small, cross_entropy)
+    runner.candidates = [(label, lambda f=factory: _track(f(), built)) for label, factory in runner.candidates]
+    base = layout.flatten(dict(trained_cnn.named_parameters()))
+    runner.evaluate(base[None].repeat(2, 1))
+    gc.collect()
+    alive = [r() for r in built if r() is not None]
+    assert len(built) == 5 and alive == [runner.chosen]
+    assert "onnxruntime" not in runner.chosen.name or runner.chosen.describe()["strategy"] in runner.reason
+
+
+def _track(obj, refs):
+    import weakref
+
+    refs.append(weakref.ref(obj))
+    return obj
 
 
 def test_strategy_must_belong_to_backend(trained_cnn, digits_small):

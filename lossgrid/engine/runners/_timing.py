@@ -7,6 +7,14 @@ from typing import Any
 
 import torch
 
+#: strategies that evaluate one grid point per pass over the data (timed on one point)
+ONE_POINT_STRATEGIES = ("loop", "baked")
+
+
+def pass_width(strategy: str, points_per_call: int) -> int:
+    """How many grid points one pass of ``strategy`` over the data evaluates."""
+    return 1 if strategy in ONE_POINT_STRATEGIES else points_per_call
+
 
 def _timed_evaluate(runner: Any, weights: torch.Tensor, batches: list) -> float:
     saved = runner.batches
@@ -19,16 +27,21 @@ def _timed_evaluate(runner: Any, weights: torch.Tensor, batches: list) -> float:
         runner.batches = saved
 
 
+def _sample(runner: Any, weights: torch.Tensor) -> torch.Tensor:
+    return weights[:pass_width(str(getattr(runner, "strategy", "")), weights.shape[0])]
+
+
 def warm_up(runner: Any, weights: torch.Tensor) -> None:
     """One call on the first batch: builds lazy state and fails early if the runner cannot run."""
-    _timed_evaluate(runner, weights, runner.batches[:1])
+    _timed_evaluate(runner, _sample(runner, weights), runner.batches[:1])
 
 
 def seconds_per_point(runners: dict[str, Any], weights: torch.Tensor, rounds: int = 3) -> dict[str, float]:
     """Estimated seconds per grid point on the whole evaluation set, per runner.
 
     Each runner (already warmed up with :func:`warm_up`) is timed on its first
-    one and two batches, in
+    one and two batches, on one point (one-point strategies) or all of
+    ``weights`` (K-wide strategies, which pay for K points per pass), in
     ``rounds`` round-robin passes so that a slow moment of the machine does not
     fall on one candidate only; the best of the rounds is extrapolated as a fixed
     cost per point (weight copies, session builds) plus a cost per batch times the
@@ -38,7 +51,8 @@ def seconds_per_point(runners: dict[str, Any], weights: torch.Tensor, rounds: in
     for _ in range(rounds):
         for name, runner in runners.items():
             for i, nb in enumerate((1, 2) if len(runner.batches) > 1 else (1,)):
-                best[name][i] = min(best[name][i], _timed_evaluate(runner, weights, runner.batches[:nb]))
+                best[name][i] = min(best[name][i], _timed_evaluate(runner, _sample(runner, weights),
+                                                                   runner.batches[:nb]))
     out = {}
     for name, runner in runners.items():
         one, two = best[name]

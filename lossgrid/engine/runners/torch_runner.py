@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import copy
-import logging
-import time
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -17,9 +14,7 @@ from ...errors import ConfigError, EvaluationError, is_out_of_memory
 from ..losses import LossFn, evaluate_batches
 from ..params import ParamLayout, full_states, perturbed_tensors
 
-log = logging.getLogger(__name__)
-
-STRATEGIES = ("auto", "loop", "vmap", "wide")
+STRATEGIES = ("loop", "vmap", "wide")
 
 
 class TorchRunner:
@@ -35,8 +30,8 @@ class TorchRunner:
         strategy: ``loop`` (copy weights into the model, one point at a time),
             ``vmap`` (``torch.func.vmap`` over stacked weights), ``wide`` (the
             explicit K-wide model of :mod:`lossgrid.exporters.wide`: grouped
-            convolutions, BatchNorm folded per point), or ``auto`` (times loop,
-            vmap and wide on the first call and keeps the fastest).
+            convolutions, BatchNorm folded per point). ``make_runner`` with
+            strategy ``auto`` times the three (:mod:`lossgrid.engine.runners.auto`).
         points_per_call: grid points per ``evaluate`` call the engine should use.
         device: torch device.
     """
@@ -44,7 +39,7 @@ class TorchRunner:
     name = "torch"
 
     def __init__(self, model: nn.Module, layout: ParamLayout, x: torch.Tensor, y: torch.Tensor,
-                 loss_fn: LossFn, batch_size: int | None = None, strategy: str = "auto",
+                 loss_fn: LossFn, batch_size: int | None = None, strategy: str = "loop",
                  points_per_call: int | None = None, device: str | torch.device = "cpu") -> None:
         if strategy not in STRATEGIES:
             raise ConfigError(f"Unknown torch strategy {strategy!r}", hint=f"use one of {', '.join(STRATEGIES)}")
@@ -86,8 +81,6 @@ class TorchRunner:
         with torch.inference_mode(), warnings.catch_warnings():
             # functorch warns about ops without a batching rule; the timing decides anyway
             warnings.filterwarnings("ignore", message="There is a performance drop")
-            if self.strategy == "auto":
-                self._calibrate(weights)
             try:
                 if self.strategy == "vmap":
                     return self._vmap(weights)
@@ -139,28 +132,6 @@ class TorchRunner:
                                           kk, self.n, self.device))
         return np.concatenate([p[0] for p in parts])[:k], np.concatenate([p[1] for p in parts])[:k]
 
-    def _calibrate(self, weights: torch.Tensor) -> None:
-        """Time loop, vmap and wide on the first batch and keep the fastest."""
-        k = weights.shape[0]
-        saved, self.batches = self.batches, self.batches[:1]
-        try:
-            times = {}
-            for name, fn in (("loop", self._loop), ("vmap", self._vmap), ("wide", self._wide)):
-                try:
-                    if name == "wide" and self.wide is None:
-                        self._make_wide()
-                    times[name] = _best_time(lambda fn=fn: fn(weights), repeats=2) / k
-                except Exception as e:  # vmap and wide are not possible for every model
-                    log.info("torch strategy %s unavailable: %s", name, e)
-        finally:
-            self.batches = saved
-        if not times:
-            self.strategy, self.reason = "loop", "calibration failed; point-by-point loop"
-            return
-        self.strategy = min(times, key=times.__getitem__)
-        self.reason = "timed on one batch: " + ", ".join(f"{n} {t * 1e3:.2f} ms/point" for n, t in times.items())
-        log.info("torch runner picked %s (%s)", self.strategy, self.reason)
-
 
 def auto_batch_size(x: torch.Tensor, budget: int = 1 << 19) -> int:
     """A batch of about ``budget`` input values (a power of two in [64, 4096]).
@@ -173,13 +144,3 @@ def auto_batch_size(x: torch.Tensor, budget: int = 1 << 19) -> int:
     while size * 2 * per_sample <= budget and size < 4096:
         size *= 2
     return size
-
-
-def _best_time(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
