@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 PIP := $(PY) -m pip install -q --disable-pip-version-check $(FIND_LINKS) -c constraints.txt
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench bench-reference faults clean
 
 $(VENV)/.installed: setup.py constraints.txt
 	python3 -m venv $(VENV)
@@ -26,6 +26,12 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_surface.py --out benchmarks/results.json
+
+bench-reference: $(VENV)/.installed
+	$(PY) benchmarks/reference_method.py bench --images 2000 10000 --out benchmarks/results-reference.json
+
+faults: $(VENV)/.installed
+	$(PY) scripts/fault_injection.py --trials 200
 
 clean:
 	rm -rf $(VENV) lossgrid-demo *.egg-info

@@ -18,6 +18,8 @@ import numpy as np
 
 from .errors import ConfigError
 
+#: default share of a job's time that ``auto`` may spend timing candidate strategies
+AUTO_BUDGET = 0.03
 #: the largest grid lossgrid accepts (2048 x 2048): its arrays take ~100 MB in memory
 MAX_GRID_POINTS = 2048 * 2048
 
@@ -184,7 +186,7 @@ class EvalSpec:
     batch_size: int | None = None
     device: str = "cpu"
     #: share of the job's time that choosing a strategy (``auto``) may spend timing candidates
-    auto_budget: float = 0.05
+    auto_budget: float = AUTO_BUDGET
 
     def __post_init__(self) -> None:
         if self.points_per_call is not None and self.points_per_call < 1:
@@ -192,7 +194,7 @@ class EvalSpec:
                               "pass --points-per-call 1 or more, or leave it out for the default")
         if not (isinstance(self.auto_budget, (int, float)) and self.auto_budget >= 0):
             raise ConfigError(f"auto_budget={self.auto_budget!r} is invalid", "it is a share of the job, 0 or more",
-                              "pass --auto-budget 0.05 (5%), 0 to never time, or a large value to always time")
+                              "pass --auto-budget 0.03 (3%), 0 to never time, or a large value to always time")
         if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"batch_size={self.batch_size} is invalid", "it must be at least 1",
                               "pass --batch-size 1 or more")

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from ..config import DIR_TYPES, IGNORES, NORMS, DirectionSpec, EvalSpec, GridSpec, SurfaceJob
+from ..config import AUTO_BUDGET, DIR_TYPES, IGNORES, NORMS, DirectionSpec, EvalSpec, GridSpec, SurfaceJob
 from ..engine.runners import ALL_STRATEGIES, BACKENDS
 from ._common import echo_json, parse_axis, run_with_progress
 
@@ -44,7 +44,7 @@ from ._common import echo_json, parse_axis, run_with_progress
 @click.option("--strategy", type=click.Choice(ALL_STRATEGIES), default="auto",
               show_default=True, help="torch: loop | vmap | wide (K-wide model); onnxruntime: wide (K-wide graph) "
               "| baked (per-point sessions); auto: timed.")
-@click.option("--auto-budget", type=click.FloatRange(min=0), default=0.05, show_default=True, metavar="SHARE",
+@click.option("--auto-budget", type=click.FloatRange(min=0), default=AUTO_BUDGET, show_default=True, metavar="SHARE",
               help="auto: the share of the job's time that timing candidates may cost; a smaller job keeps the "
               "default without timing (0: never time, 1000: always).")
 @click.option("--points-per-call", type=click.IntRange(min=1), help="Grid points per runner call (default 8).")

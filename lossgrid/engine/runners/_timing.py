@@ -36,7 +36,8 @@ def warm_up(runner: Any, weights: torch.Tensor) -> None:
     _timed_evaluate(runner, _sample(runner, weights), runner.batches[:1])
 
 
-def seconds_per_point(runners: dict[str, Any], weights: torch.Tensor, rounds: int = 3) -> dict[str, float]:
+def seconds_per_point(runners: dict[str, Any], weights: torch.Tensor, rounds: int = 3,
+                      keep_within: float | None = None) -> dict[str, float]:
     """Estimated seconds per grid point on the whole evaluation set, per runner.
 
     Each runner (already warmed up with :func:`warm_up`) is timed on its first
@@ -45,21 +46,27 @@ def seconds_per_point(runners: dict[str, Any], weights: torch.Tensor, rounds: in
     ``rounds`` round-robin passes so that a slow moment of the machine does not
     fall on one candidate only; the best of the rounds is extrapolated as a fixed
     cost per point (weight copies, session builds) plus a cost per batch times the
-    number of batches.
+    number of batches. With ``keep_within``, runners estimated more than that
+    factor slower than the fastest after the first round are not timed again.
     """
     best = {name: [float("inf"), float("inf")] for name in runners}
-    for _ in range(rounds):
-        for name, runner in runners.items():
+    timed = dict(runners)
+    out: dict[str, float] = {}
+    for round_ in range(rounds):
+        for name, runner in timed.items():
             for i, nb in enumerate((1, 2) if len(runner.batches) > 1 else (1,)):
                 best[name][i] = min(best[name][i], _timed_evaluate(runner, _sample(runner, weights),
                                                                    runner.batches[:nb]))
-    out = {}
-    for name, runner in runners.items():
-        one, two = best[name]
-        nb = len(runner.batches)
-        if nb == 1:
-            out[name] = one
-            continue
-        per_batch = max(two - one, one / 2)
-        out[name] = max(one - per_batch, 0.0) + per_batch * nb
+        out.update({name: _extrapolate(*best[name], len(runner.batches)) for name, runner in timed.items()})
+        if keep_within is not None and round_ == 0:
+            fastest = min(out.values())
+            timed = {name: r for name, r in timed.items() if out[name] <= keep_within * fastest}
     return out
+
+
+def _extrapolate(one: float, two: float, batches: int) -> float:
+    """Seconds per point on ``batches`` batches from the times on one and on two."""
+    if batches == 1:
+        return one
+    per_batch = max(two - one, one / 2)
+    return max(one - per_batch, 0.0) + per_batch * batches

@@ -4,7 +4,7 @@
 ``--backend torch --strategy auto`` (the torch strategies). Its first call
 evaluates the first chunk for real with the default candidate, which measures
 what a grid point costs; the other candidates are then timed only if the timing
-is expected to cost at most ``budget`` (5%) of the job -- a job too small to
+is expected to cost at most ``budget`` (3%) of the job -- a job too small to
 repay it keeps the default and says so. Timed candidates run round-robin on one
 and two batches, one-point strategies on one point and K-wide ones on K
 (:func:`~lossgrid.engine.runners._timing.seconds_per_point`);
@@ -28,19 +28,20 @@ from typing import Any
 import numpy as np
 import torch
 
+from ...config import AUTO_BUDGET
 from ...errors import ConfigError, LossgridError
 from ._timing import pass_width, seconds_per_point, warm_up
 
 log = logging.getLogger(__name__)
 
-#: share of the estimated job that timing the candidates may cost
-BUDGET = 0.05
-#: rounds of round-robin timing (each on one and on two batches)
+#: rounds of round-robin timing (each on one and on two batches); after the first, candidates
+#: estimated more than KEEP_WITHIN times slower than the fastest are dropped
 ROUNDS = 2
+KEEP_WITHIN = 1.5
 #: expected set-up seconds of a candidate (export and parity check, fx rewrite), by backend
-SETUP_PRIOR = {"torch": 0.05, "onnxruntime": 0.5}
+SETUP_PRIOR = {"torch": 0.05, "onnxruntime": 0.3}
 #: how much slower than the default a candidate may be assumed when estimating its timing cost
-SLOWER = 2.0
+SLOWER = 1.5
 
 
 class AutoRunner:
@@ -57,7 +58,7 @@ class AutoRunner:
     name = "auto"
 
     def __init__(self, candidates: list[tuple[str, Callable[[], Any]]], points_per_call: int,
-                 budget: float = BUDGET, backend: str = "auto") -> None:
+                 budget: float = AUTO_BUDGET, backend: str = "auto") -> None:
         if not candidates:
             raise ConfigError("No runner to choose from", hint="use --backend torch --strategy loop")
         self.candidates = candidates
@@ -97,24 +98,40 @@ class AutoRunner:
         if isinstance(default, str):
             raise ConfigError("The default runner cannot run this model", default,
                               "use --backend torch --strategy loop")
+        head = pass_width(default_label.partition("/")[2], k)
         t0 = time.perf_counter()
-        result = default.evaluate(weights)  # real work: its results are kept
-        per_point = (time.perf_counter() - t0) / k
-        left = None if self.remaining is None else max(self.remaining - k, 0)
+        first = default.evaluate(weights[:head])  # real work, kept: it measures what a point costs
+        per_point = (time.perf_counter() - t0) / head
+        left = None if self.remaining is None else max(self.remaining - head, 0)
         job = per_point * left if left is not None else float("inf")
-        allowed = self.budget * job
-        batches = max(1, len(getattr(default, "batches", [None])))
-        runners: dict[str, Any] = {default_label: default}
+        runners = {default_label: default}
+        best = self._choose(runners, weights, per_point, job, left)
+        self.chosen = runners.pop(best)
+        runners.clear()  # release the others: sessions, thread pools, wide models
+        gc.collect()
+        log.info("%s chose %s (%s)", self.backend, best, self.reason)
+        if head == k:
+            return first
+        rest = self.chosen.evaluate(weights[head:])
+        return np.concatenate([first[0], rest[0]]), np.concatenate([first[1], rest[1]])
+
+    def _choose(self, runners: dict[str, Any], weights: torch.Tensor, per_point: float, job: float,
+                left: int | None) -> str:
+        """Build and time the candidates the budget allows (added to ``runners``); the fastest label.
+        Sets :attr:`reason` and :attr:`calibration_seconds`."""
+        default_label = next(iter(runners))
+        batches = max(1, len(getattr(runners[default_label], "batches", [None])))
+        k = weights.shape[0]
         unavailable: list[str] = []
         untimed: list[str] = []
-        spent = 0.0
-        for label, factory in self.candidates[1:]:
-            backend, _, strategy = label.partition("/")
-            width = pass_width(strategy, k)
-            estimate = SETUP_PRIOR.get(backend, 0.5) + width * per_point / batches * (1 + 3 * ROUNDS) * SLOWER
-            if spent + estimate > allowed:
+        planned = spent = 0.0
+        # cheapest to time first, so that as many as possible fit in the budget
+        for estimate, label, factory in sorted(((self._timing_cost(label, k, per_point / batches), label, factory)
+                                                for label, factory in self.candidates[1:]), key=lambda c: c[0]):
+            if planned + estimate > self.budget * job:
                 untimed.append(label)
                 continue
+            planned += estimate
             t1 = time.perf_counter()
             runner = self._build(label, factory, weights)
             spent += time.perf_counter() - t1
@@ -124,32 +141,34 @@ class AutoRunner:
                 runners[label] = runner
         if len(runners) > 1:
             t1 = time.perf_counter()
-            timings = seconds_per_point(runners, weights, rounds=ROUNDS)
+            timings = seconds_per_point(runners, weights, rounds=ROUNDS, keep_within=KEEP_WITHIN)
             spent += time.perf_counter() - t1
             best = min(timings, key=timings.__getitem__)
             parts = [f"{label} {t * 1e3:.1f} ms/point" for label, t in sorted(timings.items(), key=lambda kv: kv[1])]
-            self.reason = f"fastest when timed on this model and data: {', '.join(parts)}; timing cost {spent:.2f} s"
+            reason = f"fastest when timed on this model and data: {', '.join(parts)}; timing cost {spent:.2f} s"
             if np.isfinite(job) and job > 0:
-                self.reason += f" ({100 * spent / job:.1f}% of the estimated {job:.0f} s job)"
+                reason += f" ({100 * spent / job:.1f}% of the estimated {job:.0f} s job)"
             if untimed:
-                self.reason += f"; not timed (over the {100 * self.budget:g}% budget): {', '.join(untimed)}"
+                reason += f"; not timed (over the {100 * self.budget:g}% budget): {', '.join(untimed)}"
         else:
             best = default_label
             if not untimed:
-                self.reason = f"{default_label}: no other candidate can run this model"
+                reason = f"{default_label}: no other candidate can run this model"
             elif left == 0:
-                self.reason = f"{default_label}: the whole job fit in its first call, nothing left to choose for"
+                reason = f"{default_label}: the job is done after its first point, nothing left to choose for"
             else:
-                self.reason = (f"{default_label} without timing the others: the rest of this job (about {job:.1f} s "
-                               f"at {per_point * 1e3:.1f} ms/point) is too small to repay timing them")
-        if unavailable:
-            self.reason += "; " + "; ".join(unavailable)
-        self.chosen = runners.pop(best)
+                reason = (f"{default_label} without timing the others: the rest of this job (about {job:.1f} s at "
+                          f"{per_point * 1e3:.1f} ms/point) is too small to repay timing them")
+        self.reason = "; ".join([reason, *unavailable])
         self.calibration_seconds = spent
-        runners.clear()  # release the others: sessions, thread pools, wide models
-        gc.collect()
-        log.info("%s chose %s (%s)", self.backend, best, self.reason)
-        return result
+        return best
+
+    @staticmethod
+    def _timing_cost(label: str, k: int, per_point_batch: float) -> float:
+        """Expected seconds to set up, warm up and time ``label`` (its first round, on one and two
+        batches), if it is SLOWER than the default's ``per_point_batch`` seconds per point and batch."""
+        backend, _, strategy = label.partition("/")
+        return SETUP_PRIOR.get(backend, 0.5) + pass_width(strategy, k) * per_point_batch * (1 + 3) * SLOWER
 
     @staticmethod
     def _build(label: str, factory: Callable[[], Any], weights: torch.Tensor | None = None) -> Any:

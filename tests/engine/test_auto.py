@@ -1,0 +1,97 @@
+"""The auto runner's choice, its timing budget and its clean-up, on runners of known cost."""
+
+import gc
+import time
+import weakref
+
+import numpy as np
+import pytest
+import torch
+
+from lossgrid.engine.runners._timing import seconds_per_point
+from lossgrid.engine.runners.auto import AutoRunner
+
+
+class Fake:
+    """Costs ``fixed`` seconds per point plus ``per_batch`` per point and batch; its loss is its ``mark``."""
+
+    def __init__(self, mark: float, per_batch: float, fixed: float = 0.0, strategy: str = "loop",
+                 batches: int = 4) -> None:
+        self.mark, self.per_batch, self.fixed, self.strategy = mark, per_batch, fixed, strategy
+        self.batches = [None] * batches
+        self.points_per_call = 4
+        self.calls = 0
+
+    def evaluate(self, weights):
+        self.calls += 1
+        k = weights.shape[0]
+        time.sleep(k * (self.fixed + self.per_batch * len(self.batches)))
+        return np.full(k, self.mark), np.full(k, 100.0)
+
+    def describe(self):
+        return {"backend": "fake", "strategy": self.strategy}
+
+
+W = torch.zeros(4, 3)
+
+
+def test_seconds_per_point_extrapolates_fixed_and_per_batch_costs():
+    runners = {"a": Fake(1, per_batch=0.008, fixed=0.004), "b": Fake(2, per_batch=0.002, fixed=0.0)}
+    t = seconds_per_point(runners, W[:1], rounds=2)
+    assert t["a"] == pytest.approx(0.004 + 4 * 0.008, rel=0.3)
+    assert t["b"] == pytest.approx(4 * 0.002, rel=0.3)
+
+
+def test_clear_losers_are_timed_once():
+    fast, slow = Fake(1, per_batch=0.002), Fake(2, per_batch=0.008)
+    seconds_per_point({"fast": fast, "slow": slow}, W[:1], rounds=3, keep_within=1.5)
+    assert slow.calls == 2 and fast.calls == 6  # one round (one and two batches) against three
+
+
+def _auto(candidates, budget=0.05):
+    """An AutoRunner whose factories build new Fakes (as make_runner's do) and record weak references."""
+    made = []
+
+    def factory(args, kw):
+        def build():
+            runner = Fake(*args, **kw)
+            made.append(weakref.ref(runner))
+            return runner
+        return build
+
+    auto = AutoRunner([(label, factory(args, kw)) for label, args, kw in candidates], points_per_call=4,
+                      budget=budget)
+    return auto, made
+
+
+def test_small_job_keeps_the_default_without_building_the_others():
+    auto, made = _auto([("torch/loop", (1, 0.002), {}), ("onnxruntime/baked", (2, 0.001), {"strategy": "baked"})])
+    auto.expect(8)
+    loss, _ = auto.evaluate(W)
+    assert len(made) == 1 and auto.chosen.mark == 1 and list(loss) == [1, 1, 1, 1]
+    assert "too small to repay" in auto.reason and auto.calibration_seconds == 0
+
+
+def test_large_job_times_the_others_keeps_the_fastest_and_releases_the_rest():
+    auto, made = _auto([("torch/loop", (1, 0.004), {}), ("onnxruntime/baked", (2, 0.001), {"strategy": "baked"}),
+                        ("torch/vmap", (3, 0.006), {"strategy": "vmap"})], budget=1.0)
+    auto.expect(10_000)
+    loss, _ = auto.evaluate(W)
+    # the first point was real work of the default, the rest of the chunk is the winner's
+    assert list(loss) == [1, 2, 2, 2] and auto.chosen.mark == 2
+    assert "fastest when timed" in auto.reason and auto.calibration_seconds > 0
+    gc.collect()
+    assert len(made) == 3 and [r() for r in made if r() is not None] == [auto.chosen]
+    assert list(auto.evaluate(W)[0]) == [2, 2, 2, 2]
+
+
+def test_candidates_that_cannot_run_are_skipped_with_the_reason():
+    from lossgrid.errors import ExportError
+
+    def broken():
+        raise ExportError("Unsupported layer Foo")
+
+    auto = AutoRunner([("torch/loop", lambda: Fake(1, 0.001)), ("onnxruntime/wide", broken)], 4, budget=1e6)
+    auto.expect(10_000)
+    auto.evaluate(W)
+    assert auto.chosen.mark == 1 and "onnxruntime/wide unavailable (Unsupported layer Foo)" in auto.reason
