@@ -2,20 +2,20 @@
 
 :class:`AutoRunner` serves ``--backend auto`` (all backends and strategies) and
 ``--backend torch --strategy auto`` (the torch strategies). Its first call
-evaluates the first chunk for real with the default candidate, which measures
-what a grid point costs; the other candidates are then timed only if the timing
-is expected to cost at most ``budget`` (3%) of the job -- a job too small to
-repay it keeps the default and says so. Timed candidates run round-robin on one
-and two batches, one-point strategies on one point and K-wide ones on K
-(:func:`~lossgrid.engine.runners._timing.seconds_per_point`);
-the fastest is kept and every other one is released at once, so that no
-session, thread pool or wide model of a loser lives on next to the winner.
+evaluates one grid point for real with the default candidate (the result is
+kept), which measures what a point costs; the other candidates are then timed,
+cheapest to time first, only as far as the timing is expected to cost at most
+``budget`` (3%) of the job -- a job too small to repay it keeps the default and
+says so. Timed candidates run round-robin on one and two batches, one-point
+strategies on one point and K-wide ones on K; clear losers are dropped after the
+first round (:func:`~lossgrid.engine.runners._timing.seconds_per_point`). The
+fastest is kept and every other one is released at once, so that no session,
+thread pool or wide model of a loser lives on next to the winner.
 
 Measured cause of the old behaviour (ResNet-20, 200 images, 5x5 grid): timing
 five candidates on the whole first chunk (warm-up plus three rounds on one and
 two batches) cost 47 s for a job of 2.5 s; after the choice, chunks ran at the
-speed of the chosen runner alone.
-"""
+speed of the chosen runner alone."""
 
 from __future__ import annotations
 
