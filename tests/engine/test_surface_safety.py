@@ -247,7 +247,7 @@ def test_runs_log_beyond_capacity_keeps_first_and_latest(tmp_path):
     assert kept[1]["omitted_runs"] + len(kept) - 1 == 100
 
 
-@pytest.mark.parametrize("sig,code,delay", [(signal.SIGINT, 130, 0.3), (signal.SIGTERM, 1, 0.3),
+@pytest.mark.parametrize("sig,code,delay", [(signal.SIGINT, 130, 0.6), (signal.SIGTERM, 1, 0.6),
                                             (signal.SIGINT, 130, 1.2), (signal.SIGTERM, 1, 1.2)])
 def test_signals_during_start_up(tmp_path, ckpt, sig, code, delay):
     """Ctrl-C or SIGTERM while torch is still being imported: a message, no traceback, the right code."""
