@@ -220,10 +220,5 @@ def _read_group(group: Any, gname: str, layout: ParamLayout, weights: dict[str, 
         if tuple(arr.shape) != tuple(w.shape):
             raise DirectionError(f"{where} has shape {arr.shape}, the model {tuple(w.shape)}",
                                  hint="use the matching model")
-        bad = int(arr.size - np.isfinite(arr).sum())
-        if bad:
-            raise DirectionError(f"{where} holds {bad} NaN or infinite value(s)",
-                                 "a surface along it would be NaN everywhere",
-                                 "delete the file to make new directions, or pass another --dir-file")
         out.append(torch.from_numpy(np.ascontiguousarray(arr)).to(device=w.device, dtype=w.dtype))
     return out
