@@ -145,7 +145,7 @@ def _wait_for_points(path, n, proc, timeout=120):
 def test_two_processes_one_file(tmp_path, ckpt):
     slow = tmp_path / "slow.py"  # a loss that takes its time, so that the first run is still writing
     slow.write_text("import time, torch.nn.functional as F\n"
-                    "def loss(out, y):\n    time.sleep(0.02)\n    return F.cross_entropy(out, y, reduction='none')\n")
+                    "def loss(out, y):\n    time.sleep(0.1)\n    return F.cross_entropy(out, y, reduction='none')\n")
     out = tmp_path / "s.h5"
     cmd = surface_cmd(ckpt, out, "--loss", f"{slow}:loss")
     first = subprocess.Popen(cmd, env=ENV, stderr=subprocess.PIPE, text=True)
