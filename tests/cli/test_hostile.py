@@ -293,3 +293,31 @@ def test_same_checkpoint_spelled_differently_resumes(work, monkeypatch):
                       "--samples", "40", "--x=-1:1:3", "--y=-1:1:3", "--dir-file", "dirs.h5", "--out", "good.h5"], 0)
     assert "0 points in" in r.output
     assert load_surface(str(work / "good.h5")).complete
+
+
+# -- signals never raise inside an import -------------------------------------------------
+def test_signal_during_an_import_is_delivered_again_later(monkeypatch):
+    import signal
+    import sys
+
+    from lossgrid.cli import _signals
+
+    scheduled = []
+
+    class FakeTimer:
+        def __init__(self, delay, fn, args):
+            scheduled.append((delay, fn, args))
+            self.daemon = False
+
+        def start(self):
+            pass
+
+    monkeypatch.setattr(_signals.threading, "Timer", FakeTimer)
+    space = {"sys": sys}
+    exec(compile("frame = sys._getframe()", "<frozen importlib._bootstrap>", "exec"), space)
+    _signals._on_signal(signal.SIGTERM, space["frame"])  # inside an import: no exception, delivered again
+    assert scheduled and scheduled[0][2][1] == signal.SIGTERM
+    with pytest.raises(_signals.Terminated):
+        _signals._on_signal(signal.SIGTERM, sys._getframe())
+    with pytest.raises(KeyboardInterrupt):
+        _signals._on_signal(signal.SIGINT, sys._getframe())
