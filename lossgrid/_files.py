@@ -98,7 +98,9 @@ def atomic_output(path: str | os.PathLike, what: str = "output") -> Iterator[str
 
 def write_new_file(path: str, data: bytes) -> None:
     """Write ``data`` to a path that is ours alone (a temporary sibling) and sync it;
-    on failure nothing is left behind and ``OSError`` propagates."""
+    on failure nothing is left behind and ``OSError`` propagates. The sync here is
+    checked (a file system that allocates late reports a full disk only now);
+    :func:`replace`'s own sync of the same file is then nearly free."""
     try:
         with open(path, "wb") as fh:
             fh.write(data)

@@ -9,12 +9,11 @@ import click
 
 from .. import __version__
 from ..errors import LossgridError
-from ._signals import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, interrupted_message, terminated_message
 
 
 class LossgridGroup(click.Group):
-    """Turns :class:`LossgridError` into exit code 1 with its message, no traceback;
-    Ctrl-C into 130 and SIGTERM/SIGHUP into 1, each with a message."""
+    """Turns :class:`LossgridError` and ``MemoryError`` into exit code 1 with a message,
+    no traceback (Ctrl-C and SIGTERM are handled by :func:`lossgrid.cli.main`, from start-up on)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -25,12 +24,6 @@ class LossgridGroup(click.Group):
             raise click.ClickException(
                 "Out of memory. Why: this machine has too little free memory for the requested work. "
                 "Hint: lower --points-per-call, --batch-size or --samples, or use a smaller grid.") from None
-        except KeyboardInterrupt:
-            click.echo("\n" + interrupted_message(), err=True)
-            ctx.exit(EXIT_INTERRUPTED)
-        except Terminated as t:
-            click.echo("\n" + terminated_message(t), err=True)
-            ctx.exit(EXIT_TERMINATED)
 
 
 @click.group(cls=LossgridGroup, context_settings={"help_option_names": ["-h", "--help"]})
