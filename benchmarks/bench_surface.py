@@ -52,7 +52,7 @@ def matmul_peak() -> dict[str, float]:
     """fp32 GEMM GFLOP/s of torch and ONNX Runtime (best of 20 runs of 2048x1024 @ 1024x1024)."""
     from onnx import TensorProto, helper
 
-    from lossgrid.engine.runners.onnxruntime_runner import make_session
+    from lossgrid.exporters.session import make_session
 
     m, kk, nn_ = 2048, 1024, 1024
     a, b = torch.randn(m, kk), torch.randn(kk, nn_)

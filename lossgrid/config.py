@@ -22,6 +22,8 @@ from .errors import ConfigError
 AUTO_BUDGET = 0.03
 #: the largest grid lossgrid accepts (2048 x 2048): its arrays take ~100 MB in memory
 MAX_GRID_POINTS = 2048 * 2048
+#: numeric precisions of an evaluation (see :mod:`lossgrid.engine.precision`)
+PRECISIONS = ("fp32", "tf32", "bf16")
 
 NORMS = ("filter", "layer", "weight", "none")
 IGNORES = ("biasbn", "none")
@@ -185,6 +187,8 @@ class EvalSpec:
     points_per_call: int | None = None
     batch_size: int | None = None
     device: str = "cpu"
+    #: ``fp32`` (IEEE), ``tf32`` (NVIDIA GPUs) or ``bf16``; never lowered by ``auto``
+    precision: str = "fp32"
     #: share of the job's time that choosing a strategy (``auto``) may spend timing candidates
     auto_budget: float = AUTO_BUDGET
 
@@ -195,6 +199,8 @@ class EvalSpec:
         if not (isinstance(self.auto_budget, (int, float)) and self.auto_budget >= 0):
             raise ConfigError(f"auto_budget={self.auto_budget!r} is invalid", "it is a share of the job, 0 or more",
                               "pass --auto-budget 0.03 (3%), 0 to never time, or a large value to always time")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"Unknown precision {self.precision!r}", hint=f"use one of {', '.join(PRECISIONS)}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"batch_size={self.batch_size} is invalid", "it must be at least 1",
                               "pass --batch-size 1 or more")

@@ -125,8 +125,7 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
     todo = np.flatnonzero(~surface.done.ravel())
     total = surface.done.size
     done_count = total - len(todo)
-    if hasattr(runner, "expect"):  # auto runners size their timing to the job
-        runner.expect(len(todo))
+    runner.expect(len(todo))  # auto runners size their timing to the job
     step = runner.points_per_call
     t0 = time.perf_counter()
 
@@ -162,6 +161,8 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
         if writer is not None:
             writer.abort(run_info())  # logs the partial run where it can; every flushed chunk stays
         raise
+    finally:
+        runner.close()
     info = run_info()
     if writer is not None:
         writer.finish(info)

@@ -25,6 +25,7 @@ from torch import nn
 from .._optional import require
 from ..errors import ExportError
 from .manifest import METADATA_KEY, Manifest, read_manifest
+from .session import make_session
 from .wide import WideModel
 
 log = logging.getLogger(__name__)
@@ -162,8 +163,6 @@ def check_parity(model_bytes: bytes, model: nn.Module, example: torch.Tensor, se
     perturbed weights, relative to the logits' scale; raises above ``tolerance``.
     ``wide`` is the wide model the graph was exported from (traced again if omitted)."""
     from torch.func import functional_call
-
-    from ..engine.runners.onnxruntime_runner import make_session
 
     onnx = require("onnx", "export", "ONNX export")
     manifest = read_manifest(onnx.load_from_string(model_bytes))

@@ -15,6 +15,9 @@ import torch
 from lossgrid.engine.runners import _timing, auto
 from lossgrid.engine.runners._timing import seconds_per_point
 from lossgrid.engine.runners.auto import AutoRunner
+from lossgrid.engine.runners.base import Runner
+
+CLOSED: list[float] = []  # marks of the Fake runners closed so far
 
 CLOCK = types.SimpleNamespace(now=0.0)
 
@@ -26,7 +29,7 @@ def virtual_clock(monkeypatch):
     monkeypatch.setattr(auto, "time", fake_time)
 
 
-class Fake:
+class Fake(Runner):
     """Costs ``fixed`` seconds per point plus ``per_batch`` per point and batch (on the virtual
     clock); its loss is its ``mark``."""
 
@@ -36,6 +39,7 @@ class Fake:
         self.batches = [None] * batches
         self.points_per_call = 4
         self.calls = 0
+        self.closed = False
 
     def evaluate(self, weights):
         self.calls += 1
@@ -45,6 +49,10 @@ class Fake:
 
     def describe(self):
         return {"backend": "fake", "strategy": self.strategy}
+
+    def close(self):
+        self.closed = True
+        CLOSED.append(self.mark)
 
 
 W = torch.zeros(4, 3)
@@ -91,7 +99,9 @@ def test_large_job_times_the_others_keeps_the_fastest_and_releases_the_rest():
     auto, made = _auto([("torch/loop", (1, 0.004), {}), ("onnxruntime/baked", (2, 0.001), {"strategy": "baked"}),
                         ("torch/vmap", (3, 0.006), {"strategy": "vmap"})], budget=1.0)
     auto.expect(10_000)
+    CLOSED.clear()
     loss, _ = auto.evaluate(W)
+    assert sorted(CLOSED) == [1, 3]  # the losers were closed at once, the winner is not
     # the first point was real work of the default, the rest of the chunk is the winner's
     assert list(loss) == [1, 2, 2, 2] and auto.chosen.mark == 2
     assert "fastest when timed" in auto.reason and auto.calibration_seconds > 0

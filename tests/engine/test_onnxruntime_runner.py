@@ -132,8 +132,8 @@ def test_strategy_must_belong_to_backend(trained_cnn, digits_small):
 def test_cuda_provider_missing_is_a_typed_error():
     import onnxruntime as ort
 
-    from lossgrid.engine.runners.onnxruntime_runner import make_session
     from lossgrid.exporters.onnx import export_onnx
+    from lossgrid.exporters.session import make_session
     from lossgrid.zoo import mlp_digits
 
     if "CUDAExecutionProvider" in ort.get_available_providers() and torch.cuda.is_available():
@@ -146,8 +146,8 @@ def test_cuda_provider_missing_is_a_typed_error():
 
 @pytest.mark.gpu
 def test_cuda_provider_runs_on_gpu():
-    from lossgrid.engine.runners.onnxruntime_runner import make_session
     from lossgrid.exporters.onnx import export_onnx
+    from lossgrid.exporters.session import make_session
     from lossgrid.zoo import mlp_digits
 
     result = export_onnx(mlp_digits(), torch.randn(2, 1, 8, 8), k=1, check=False)

@@ -87,7 +87,7 @@ def test_batchnorm_is_folded_by_us_not_under_original_names():
 
 
 def test_dynamic_batch_dimension():
-    from lossgrid.engine.runners.onnxruntime_runner import make_session
+    from lossgrid.exporters.session import make_session
 
     model = with_random_bn_stats(zoo.resnet_digits())
     result = export_onnx(model, torch.randn(2, 1, 8, 8), k=3)
@@ -181,7 +181,7 @@ def test_load_onnx_requires_manifest(tmp_path):
 
 @pytest.mark.parametrize("name", ["resnet", "transformer"])
 def test_export_with_loss_outputs(name):
-    from lossgrid.engine.runners.onnxruntime_runner import make_session
+    from lossgrid.exporters.session import make_session
 
     factory, data = MODELS[name]
     model = with_random_bn_stats(factory())

@@ -31,6 +31,7 @@ import torch
 from ...config import AUTO_BUDGET
 from ...errors import ConfigError, LossgridError
 from ._timing import pass_width, seconds_per_point, warm_up
+from .base import Runner
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ SETUP_PRIOR = {"torch": 0.05, "onnxruntime": 0.3}
 SLOWER = 1.5
 
 
-class AutoRunner:
+class AutoRunner(Runner):
     """Delegates to the fastest of ``candidates`` (``(label, factory)`` pairs; the
     first is the default, used without timing on jobs too small to repay it).
 
@@ -80,6 +81,10 @@ class AutoRunner:
             return self._first_call(weights)
         return self.chosen.evaluate(weights)
 
+    def close(self) -> None:
+        if self.chosen is not None:
+            self.chosen.close()
+
     def describe(self) -> dict[str, object]:
         if self.chosen is None:
             return {"backend": self.backend, "strategy": None, "strategy_reason": "not yet chosen"}
@@ -107,6 +112,8 @@ class AutoRunner:
         runners = {default_label: default}
         best = self._choose(runners, weights, per_point, job, left)
         self.chosen = runners.pop(best)
+        for loser in runners.values():
+            loser.close()
         runners.clear()  # release the others: sessions, thread pools, wide models
         gc.collect()
         log.info("%s chose %s (%s)", self.backend, best, self.reason)

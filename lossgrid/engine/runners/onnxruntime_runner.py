@@ -24,48 +24,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..._optional import require
-from ...errors import ConfigError, EvaluationError, MissingBackendError, is_out_of_memory
+from ...errors import ConfigError
+from ...exporters.session import make_session
 from ..losses import LossFn, evaluate_batches
 from ..params import ParamLayout, full_states
+from .base import Runner
 
 log = logging.getLogger(__name__)
 STRATEGIES = ("auto", "wide", "baked")
 DEFAULT_POINTS = 8
 
 
-def _ort() -> Any:
-    return require("onnxruntime", "gpu", "The onnxruntime backend")
-
-
-def make_session(model_bytes: bytes, device: str = "cpu", threads: int | None = None) -> Any:
-    """An ``InferenceSession`` on the CPU, or on CUDA verified with ``get_providers()``."""
-    ort = _ort()
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
-    dev = torch.device(device)
-    if dev.type == "cpu":
-        return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
-    if dev.type != "cuda":
-        raise ConfigError(f"The onnxruntime backend cannot run on {device}", hint="use --device cpu or cuda")
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        raise MissingBackendError("ONNX Runtime's CUDA execution provider is not available",
-                                  f"available providers: {', '.join(ort.get_available_providers())}",
-                                  'install it with: pip install "lossgrid[gpu]" (onnxruntime-gpu), '
-                                  "on a machine with a CUDA GPU")
-    provider = ("CUDAExecutionProvider", {"device_id": dev.index or 0})
-    session = ort.InferenceSession(model_bytes, opts, providers=[provider, "CPUExecutionProvider"])
-    if session.get_providers()[0] != "CUDAExecutionProvider":
-        raise MissingBackendError("ONNX Runtime fell back from CUDA to the CPU",
-                                  f"session providers: {session.get_providers()}",
-                                  "check the CUDA and cuDNN libraries onnxruntime-gpu needs, or use --device cpu")
-    return session
-
-
-class OnnxRuntimeRunner:
+class OnnxRuntimeRunner(Runner):
     """Evaluate ``K`` weight sets per call with ONNX Runtime (see module docs)."""
 
     name = "onnxruntime"
@@ -122,18 +92,19 @@ class OnnxRuntimeRunner:
         # Runtime is using; the little torch work here (folding, losses) runs on one.
         torch.set_num_threads(1)
         try:
-            with torch.inference_mode():
-                inputs = self._inputs(weights.cpu())
-            if self.strategy == "wide":
-                return self._wide(inputs, weights.shape[0])
-            return self._baked(inputs, weights.shape[0])
-        except (RuntimeError, ValueError) as e:
-            if is_out_of_memory(e):  # the surface loop names the settings to lower
-                raise
-            raise EvaluationError("ONNX Runtime failed on the evaluation data", f"{type(e).__name__}: {e}",
-                                  "check that the data matches the model's input shape") from e
+            with self.guard("ONNX Runtime failed on the evaluation data",
+                            "check that the data matches the model's input shape"):
+                with torch.inference_mode():
+                    inputs = self._inputs(weights.cpu())
+                if self.strategy == "wide":
+                    return self._wide(inputs, weights.shape[0])
+                return self._baked(inputs, weights.shape[0])
         finally:
             torch.set_num_threads(threads)
+
+    def close(self) -> None:
+        self.session = self._template = None
+        self.batches = []
 
     def _inputs(self, weights: torch.Tensor) -> dict[str, np.ndarray]:
         prepared = self.wide.prepare(full_states(self.layout, weights, self.fixed))

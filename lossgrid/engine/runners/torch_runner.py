@@ -10,14 +10,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...errors import ConfigError, EvaluationError, is_out_of_memory
+from ...errors import ConfigError
 from ..losses import LossFn, evaluate_batches
 from ..params import ParamLayout, full_states, perturbed_tensors
+from .base import Runner
 
 STRATEGIES = ("loop", "vmap", "wide")
 
 
-class TorchRunner:
+class TorchRunner(Runner):
     """Evaluate ``K`` weight sets per call with plain PyTorch.
 
     Args:
@@ -78,21 +79,17 @@ class TorchRunner:
     def evaluate(self, weights: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Loss (mean over samples) and accuracy (percent) for ``weights[K, P]``."""
         weights = weights.to(self.device)
-        with torch.inference_mode(), warnings.catch_warnings():
+        with torch.inference_mode(), warnings.catch_warnings(), self.guard("The model failed on the evaluation data"):
             # functorch warns about ops without a batching rule; the timing decides anyway
             warnings.filterwarnings("ignore", message="There is a performance drop")
-            try:
-                if self.strategy == "vmap":
-                    return self._vmap(weights)
-                if self.strategy == "wide":
-                    return self._wide(weights)
-                return self._loop(weights)
-            except (RuntimeError, ValueError, TypeError, IndexError) as e:
-                if is_out_of_memory(e):  # the surface loop names the settings to lower
-                    raise
-                raise EvaluationError("The model failed on the evaluation data", f"{type(e).__name__}: {e}",
-                                      "check that the data matches the model's input shape and the loss "
-                                      "matches its outputs") from e
+            if self.strategy == "vmap":
+                return self._vmap(weights)
+            if self.strategy == "wide":
+                return self._wide(weights)
+            return self._loop(weights)
+
+    def close(self) -> None:
+        self.batches, self._targets, self.wide = [], [], None
 
     def describe(self) -> dict[str, object]:
         return {"backend": self.name, "strategy": self.strategy, "device": str(self.device),

@@ -1,0 +1,86 @@
+"""The contract every runner keeps.
+
+A runner evaluates the loss and accuracy of many weight sets on one evaluation
+set that it holds (on its device, in its batches). The surface loop only ever
+talks to a runner through this interface:
+
+* ``evaluate(weights)``: ``weights`` is ``[K, P]`` (flat, in the order of a
+  :class:`~lossgrid.engine.params.ParamLayout`; any device); returns
+  ``(loss, acc)``, float64 NumPy arrays of length ``K``: the mean loss over all
+  samples and the accuracy in percent (NaN when the task has no class labels).
+* ``points_per_call``: how many points per ``evaluate`` call suit the runner
+  (the surface loop's chunk size); ``batch_size``: samples per forward pass.
+* ``describe()``: a JSON-able dict with at least ``backend``, ``strategy``,
+  ``device``, ``points_per_call`` and ``batch_size`` (stored with every run).
+* ``expect(points)``: told once how many points are left, before the first call
+  (runners that time or capture something size that work to the job).
+* ``close()``: release device memory, sessions, engines and graphs at once;
+  a closed runner is not used again. Runners are also context managers.
+
+Errors: a failure of the model on the data is an
+:class:`~lossgrid.errors.EvaluationError`; out-of-memory errors pass through
+unchanged so that the surface loop can name the settings to lower
+(:meth:`Runner.guard` does both).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+
+from ...errors import EvaluationError, LossgridError, is_out_of_memory
+
+T = TypeVar("T")
+
+
+class Runner(abc.ABC):
+    """Base class of every runner (see the module docs for the contract)."""
+
+    #: the backend's name (``torch``, ``onnxruntime``, ``tensorrt``, ``auto``)
+    name: str = ""
+    strategy: str = ""
+    points_per_call: int = 1
+    batch_size: int | None = None
+
+    @abc.abstractmethod
+    def evaluate(self, weights: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Loss (mean over samples) and accuracy (percent) for ``weights[K, P]``."""
+
+    @abc.abstractmethod
+    def describe(self) -> dict[str, object]:
+        """What runs and how (JSON-able), stored in the surface file's run log."""
+
+    def expect(self, points: int) -> None:  # noqa: B027 - optional hook, a no-op by default
+        """Told how many grid points are left before the first :meth:`evaluate`."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
+        """Release what the runner holds (device buffers, sessions, graphs)."""
+
+    def __enter__(self: T) -> T:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @staticmethod
+    @contextmanager
+    def guard(what: str, hint: str = "check that the data matches the model's input shape and the loss "
+                                      "matches its outputs") -> Iterator[None]:
+        """Turn a failure of the model on the data into :class:`EvaluationError`
+        (out-of-memory errors and lossgrid's own errors pass through)."""
+        try:
+            yield
+        except LossgridError:
+            raise
+        except (RuntimeError, ValueError, TypeError, IndexError) as e:
+            if is_out_of_memory(e):  # the surface loop names the settings to lower
+                raise
+            raise EvaluationError(what, f"{type(e).__name__}: {e}", hint) from e
+
+
+Factory = Callable[[], Runner]
