@@ -187,10 +187,10 @@ class EvalSpec:
     points_per_call: int | None = None
     batch_size: int | None = None
     device: str = "cpu"
-    #: ``fp32`` (IEEE), ``tf32`` (NVIDIA GPUs) or ``bf16``; never lowered by ``auto``
-    precision: str = "fp32"
     #: share of the job's time that choosing a strategy (``auto``) may spend timing candidates
     auto_budget: float = AUTO_BUDGET
+    #: ``fp32`` (IEEE), ``tf32`` (NVIDIA GPUs) or ``bf16``; never lowered by ``auto``
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if self.points_per_call is not None and self.points_per_call < 1:
