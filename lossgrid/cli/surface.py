@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from ..config import AUTO_BUDGET, DIR_TYPES, IGNORES, NORMS, DirectionSpec, EvalSpec, GridSpec, SurfaceJob
+from ..config import AUTO_BUDGET, DIR_TYPES, IGNORES, NORMS, PRECISIONS, DirectionSpec, EvalSpec, GridSpec, SurfaceJob
 from ..engine.runners import ALL_STRATEGIES, BACKENDS
 from ._common import echo_json, parse_axis, run_with_progress
 
@@ -42,8 +42,12 @@ from ._common import echo_json, parse_axis, run_with_progress
 @click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True,
               help="auto: time every backend/strategy on this model and data, keep the fastest.")
 @click.option("--strategy", type=click.Choice(ALL_STRATEGIES), default="auto",
-              show_default=True, help="torch: loop | vmap | wide (K-wide model); onnxruntime: wide (K-wide graph) "
-              "| baked (per-point sessions); auto: timed.")
+              show_default=True, help="torch: loop | vmap | wide (K-wide model) | static (weights in one buffer "
+              "written in place, CUDA graphs on a GPU); onnxruntime: wide (K-wide graph) | baked (per-point "
+              "sessions, CPU); tensorrt: inputs | refit; auto: timed.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
+              help="fp32: IEEE (TF32 off); tf32: TF32 tensor cores (NVIDIA GPUs); bf16: bfloat16 autocast. A lower "
+              "precision stores its loss error against fp32 at the first points; auto never lowers it.")
 @click.option("--auto-budget", type=click.FloatRange(min=0), default=AUTO_BUDGET, show_default=True, metavar="SHARE",
               help="auto: the share of the job's time that timing candidates may cost; a smaller job keeps the "
               "default without timing (0: never time, 1000: always).")
@@ -67,7 +71,7 @@ def surface(**kw: Any) -> None:
         directions=DirectionSpec(kw["dir_type"], kw["xnorm"], kw["xignore"], kw["ynorm"], kw["yignore"], kw["seed"]),
         dir_file=kw["dir_file"],
         evaluation=EvalSpec(kw["backend"], kw["strategy"], kw["points_per_call"], kw["batch_size"], kw["device"],
-                            kw["auto_budget"]),
+                            kw["auto_budget"], kw["precision"]),
         overwrite=kw["overwrite"], trust_checkpoint=kw["trust_checkpoint"],
     )
     from ..engine.jobs import run_surface_job

@@ -63,10 +63,22 @@ def wide_batch_stats(loss_fn: LossFn, outputs: torch.Tensor, targets: torch.Tens
     class labels) of one batch evaluated at ``K`` grid points (``outputs[K, B, ...]``)."""
     from torch.func import vmap
 
+    outputs = outputs.float()  # losses of reduced-precision outputs are computed and reduced in fp32
     sums = vmap(lambda o: batch_loss_sum(loss_fn, o, targets))(outputs).double()
     if torch.is_floating_point(targets) or outputs.dim() < 3 or outputs.shape[-1] < 2:
         return sums, None
     return sums, (outputs.argmax(dim=-1) == targets).sum(dim=-1)
+
+
+def point_batch_stats(loss_fn: LossFn, outputs: torch.Tensor, targets: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Loss sum (float64 scalar, computed from fp32 outputs) and correct count (or
+    ``None`` without class labels) of one batch at one grid point (``outputs[B, ...]``)."""
+    outputs = outputs.float()  # losses of reduced-precision outputs are computed and reduced in fp32
+    total = batch_loss_sum(loss_fn, outputs, targets).double()
+    if torch.is_floating_point(targets) or outputs.dim() < 2 or outputs.shape[-1] < 2:
+        return total, None
+    return total, (outputs.argmax(dim=-1) == targets).sum()
 
 
 def finish_stats(loss_sum: torch.Tensor, correct: torch.Tensor | None, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -51,7 +51,7 @@ class ParamLayout:
         lead = flat.shape[:-1]
         out: dict[str, torch.Tensor] = {}
         for name, shape, piece in zip(self.names, self.shapes, torch.split(flat, self.numels, dim=-1)):
-            out[name] = piece.view(*lead, *shape)
+            out[name] = piece.view((*lead, *shape))  # also 0-D tensors of one point
         return out
 
 

@@ -27,19 +27,21 @@ from .. import __version__
 from .._files import check_output_path, same_file
 from ..config import DirectionSpec, EvalSpec, GridSpec
 from ..data import EvalData
-from ..errors import ConfigError, ResourceError, SurfaceFileError, is_out_of_memory
-from ..kernels import perturb
+from ..errors import ConfigError, MissingBackendError, ResourceError, SurfaceFileError, is_out_of_memory
 from . import preflight
 from .directions import Directions, create_directions, load_directions, save_directions
 from .losses import LossFn, resolve_loss
-from .params import perturbed_tensors
-from .runners import make_runner
+from .params import ParamLayout, perturbed_tensors
+from .precision import precision_error
+from .runners import TorchRunner, make_runner
 from .surface_file import Surface, SurfaceWriter
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
 DEVICE_TYPES = ("cpu", "cuda")
+#: points of a run's first chunk evaluated again in IEEE fp32 when the run's precision is lower
+PRECISION_CHECK_POINTS = 3
 
 
 def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch.Tensor], grid: GridSpec,
@@ -107,9 +109,11 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
         "x": str(grid.x),
         "y": str(grid.y) if grid.y is not None else None,
         **{k: directions.meta.get(k) for k in ("dir_type", "kind", "xnorm", "xignore", "ynorm", "yignore")},
+        # fp32 files written before precisions existed stay resumable: only other precisions are named
+        "precision": eval_spec.precision if eval_spec.precision != "fp32" else None,
     }
     attrs = {k: v for k, v in identity.items() if v is not None}
-    attrs.update(lossgrid_version=__version__, seed=int(directions.meta.get("seed", direction_spec.seed)),
+    attrs.update(precision=eval_spec.precision, lossgrid_version=__version__, seed=int(directions.meta.get("seed", direction_spec.seed)),
                  dir_file=os.fspath(dir_file) if dir_file else "")
     xs = grid.x.coordinates()
     ys = grid.y.coordinates() if grid.y is not None else None
@@ -125,8 +129,10 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
     todo = np.flatnonzero(~surface.done.ravel())
     total = surface.done.size
     done_count = total - len(todo)
+    runner.set_directions(base, dirs)
     runner.expect(len(todo))  # auto runners size their timing to the job
     step = runner.points_per_call
+    precision_check: dict[str, Any] = {}
     t0 = time.perf_counter()
 
     def run_info() -> dict[str, Any]:
@@ -134,6 +140,8 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
         run = {**runner.describe(), "seconds": round(seconds, 4), "points": int(done_count - (total - len(todo))),
                "samples": len(data)}
         run["points_x_samples_per_s"] = round(run["points"] * len(data) / seconds, 1) if seconds > 0 else None
+        if precision_check:
+            run["precision_check"] = precision_check
         surface.attrs["last_run"] = run
         return run
 
@@ -143,8 +151,11 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
         for start in range(0, len(todo), step):
             chunk = todo[start:start + step]
             try:
-                weights = perturb(base, dirs, points[chunk].to(device))
-                loss_k, acc_k = runner.evaluate(weights)
+                loss_k, acc_k = runner.evaluate_points(points[chunk].to(device))
+                if eval_spec.precision != "fp32" and not precision_check:
+                    precision_check.update(_precision_check(
+                        model, directions.layout, base, dirs, data, loss_fn, eval_spec,
+                        points[chunk[:PRECISION_CHECK_POINTS]].to(device), loss_k))
             except Exception as e:
                 if is_out_of_memory(e):
                     raise _out_of_memory(e, runner.describe()) from None
@@ -167,6 +178,23 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
     if writer is not None:
         writer.finish(info)
     return surface
+
+
+def _precision_check(model: nn.Module, layout: ParamLayout, base: torch.Tensor, dirs: torch.Tensor, data: EvalData,
+                     loss_fn: LossFn, eval_spec: EvalSpec, coeffs: torch.Tensor, loss_k: np.ndarray) -> dict[str, Any]:
+    """Loss error of the run's precision against IEEE fp32 (the per-point torch loop)
+    at the first points of a run: stored with the run, never hidden."""
+    reference = TorchRunner(model, layout, data.x, data.y, loss_fn, batch_size=eval_spec.batch_size,
+                            strategy="loop", device=base.device, precision="fp32")
+    try:
+        reference.set_directions(base, dirs)
+        want, _ = reference.evaluate_points(coeffs)
+    finally:
+        reference.close()
+    check = {"precision": eval_spec.precision, **precision_error(loss_k[:len(want)], want)}
+    log.info("precision %s: max relative loss error %.3g against fp32 at %d point(s)", eval_spec.precision,
+             check["max_rel_loss_error"], check["points"])
+    return check
 
 
 def _out_of_memory(e: BaseException, described: dict[str, Any]) -> ResourceError:
@@ -192,9 +220,12 @@ def resolve_device(name: str) -> torch.device:
                           f"lossgrid runs on {', '.join(DEVICE_TYPES)} devices; {device.type} holds no data",
                           "pass --device cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"Device {name} was requested but no CUDA GPU is usable here",
-                          "torch.cuda.is_available() is False (no GPU, or a CPU-only torch build)",
-                          "pass --device cpu, or run on a machine with a GPU and a CUDA build of torch")
+        why = ("this torch is a CPU-only build" if torch.version.cuda is None
+               else "torch.cuda.is_available() is False: no GPU or no NVIDIA driver is visible")
+        raise MissingBackendError(f"Device {name} was requested but no CUDA GPU is usable here", why,
+                                  "pass --device cpu, or run on a machine with an NVIDIA GPU and driver, a CUDA "
+                                  'build of torch (see pytorch.org) and, for the CUDA kernels, pip install '
+                                  '"lossgrid[gpu]"')
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise ConfigError(f"Device {name} does not exist", f"{torch.cuda.device_count()} GPU(s) visible",
                           "pick an index below the GPU count")

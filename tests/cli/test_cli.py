@@ -113,6 +113,41 @@ def test_bad_options(tmp_path, ckpt, args, code, needle):
     assert not (tmp_path / "s.h5").exists()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a CUDA GPU")
+@pytest.mark.parametrize("args,needle", [
+    (["--device", "cuda"], "no CUDA GPU is usable here"),
+    (["--precision", "tf32"], "TF32 is a mode of NVIDIA tensor cores"),
+])
+def test_gpu_options_without_a_gpu_fail_with_a_hint(tmp_path, ckpt, args, needle):
+    r = run(*base_args(ckpt, tmp_path / "s.h5"), *args)
+    assert r.exit_code == 1, r.output
+    assert needle in r.output and "Hint:" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "s.h5").exists()
+    if "--device" in args:
+        assert "lossgrid[gpu]" in r.output
+
+
+def test_backend_tensorrt_without_tensorrt_names_nvidia(tmp_path, ckpt, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # as if TensorRT were not installed
+    r = run(*base_args(ckpt, tmp_path / "s.h5"), "--backend", "tensorrt")
+    assert r.exit_code == 1, r.output
+    assert "TensorRT" in r.output and "NVIDIA" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "s.h5").exists()
+
+
+def test_static_strategy_in_bf16_records_its_precision(tmp_path, ckpt):
+    out = tmp_path / "s.h5"
+    r = run(*base_args(ckpt, out), "--x=-1:1:3", "--strategy", "static", "--precision", "bf16", "--json")
+    assert r.exit_code == 0, r.output
+    surf = load_surface(str(out))
+    assert surf.attrs["precision"] == "bf16"
+    with h5py.File(out) as f:
+        check = json.loads(f.attrs["runs"])[-1]["precision_check"]
+    assert check["precision"] == "bf16" and check["points"] == 3 and 0 < check["max_rel_loss_error"] < 0.05
+
+
 def test_bad_checkpoint_and_model(tmp_path, ckpt):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"junk")

@@ -29,7 +29,7 @@ def reference_surface(model, data, dirs, grid):
 
 
 @pytest.mark.parametrize("dir_type", ["weights", "states"])
-@pytest.mark.parametrize("strategy", ["loop", "vmap", "wide"])
+@pytest.mark.parametrize("strategy", ["loop", "vmap", "wide", "static"])
 @pytest.mark.parametrize("grid", [GridSpec.parse("-1:1:5"), GridSpec.parse("-1:1:4", "-0.5:0.5:3")], ids=["1d", "2d"])
 def test_surface_matches_per_point_reference(trained_cnn, digits_small, dir_type, strategy, grid):
     dirs = create_directions(trained_cnn, DirectionSpec(dir_type=dir_type, seed=1), ndim=grid.ndim)

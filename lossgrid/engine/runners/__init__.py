@@ -1,12 +1,15 @@
 """Runners evaluate loss and accuracy of many weight sets on one evaluation set.
 
-Every runner has ``evaluate(weights) -> (loss, acc)`` where ``weights`` is
-``[K, P]`` (flat, see :class:`lossgrid.engine.params.ParamLayout`) and the results
-are float64 arrays of length ``K`` (accuracy in percent, NaN when the task has
-no class labels), plus ``points_per_call`` and ``describe()``.
+Every runner keeps the contract of :class:`~lossgrid.engine.runners.base.Runner`:
+``evaluate(weights[K, P]) -> (loss, acc)`` (float64 arrays of length ``K``,
+accuracy in percent, NaN without class labels), ``set_directions`` and
+``evaluate_points(coeffs)``, ``points_per_call``, ``describe()``, ``expect`` and
+``close``.
 
-Backends: ``torch`` (strategies ``loop``, ``vmap``, ``wide``, and ``auto``, which
-times them), ``onnxruntime`` (``wide``, ``baked``, ``auto``: a rule) and ``auto``,
+Backends: ``torch`` (strategies ``loop``, ``vmap``, ``wide``, ``static`` (weights
+in one flat buffer rewritten in place, CUDA-graph replay on a GPU), and ``auto``,
+which times them), ``onnxruntime`` (``wide``, ``baked``, ``auto``: a rule),
+``tensorrt`` (``inputs``: weights as engine inputs, ``refit``: opt-in) and ``auto``,
 which times every available backend/strategy on the actual model and data and
 keeps the fastest (:class:`~lossgrid.engine.runners.auto.AutoRunner`: timing is
 skipped when the job is too small to repay it). Runners may also have
@@ -15,11 +18,18 @@ skipped when the job is too small to repay it). Runners may also have
 
 from __future__ import annotations
 
+import importlib.util
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+import torch
 
 from ...errors import ConfigError
+from ...exporters.session import cuda_provider_available
+from ..precision import check_precision
 from .auto import AutoRunner
+from .base import Runner
+from .static_runner import StaticRunner
 from .torch_runner import TorchRunner
 
 if TYPE_CHECKING:
@@ -32,40 +42,77 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("torch", "onnxruntime", "auto")
-STRATEGIES = {"torch": ("auto", "loop", "vmap", "wide"), "onnxruntime": ("auto", "wide", "baked"), "auto": ("auto",)}
+BACKENDS = ("torch", "onnxruntime", "tensorrt", "auto")
+STRATEGIES = {"torch": ("auto", "loop", "vmap", "wide", "static"), "onnxruntime": ("auto", "wide", "baked"),
+              "tensorrt": ("inputs", "refit"), "auto": ("auto",)}
 
 ALL_STRATEGIES = tuple(dict.fromkeys(s for names in STRATEGIES.values() for s in names))
 
-__all__ = ["ALL_STRATEGIES", "BACKENDS", "STRATEGIES", "AutoRunner", "TorchRunner", "make_runner"]
+__all__ = ["ALL_STRATEGIES", "BACKENDS", "STRATEGIES", "AutoRunner", "Runner", "StaticRunner", "TorchRunner",
+           "make_runner"]
 
 
 def make_runner(eval_spec: EvalSpec, model: nn.Module, layout: ParamLayout, data: EvalData, loss_fn: LossFn,
-                description: str = "") -> Any:
-    """Build the runner named by ``eval_spec.backend`` and ``eval_spec.strategy``."""
+                description: str = "") -> Runner:
+    """Build the runner named by ``eval_spec.backend`` and ``eval_spec.strategy``.
+
+    ``auto`` (as a backend, or as the torch backend's strategy) times the candidates
+    that can run on the device at the requested precision; the first candidate is
+    the default for jobs too small to repay timing: on a GPU the ``static`` torch
+    runner (CUDA graphs), on the CPU the per-point ``loop``.
+    """
     backend, strategy = eval_spec.backend, eval_spec.strategy
     if backend not in BACKENDS:
         raise ConfigError(f"Unknown backend {backend!r}", hint=f"use one of {', '.join(BACKENDS)}")
+    if backend == "tensorrt" and strategy == "auto":
+        strategy = "inputs"
     if strategy not in STRATEGIES[backend]:
         raise ConfigError(f"Strategy {strategy!r} does not belong to backend {backend!r}",
                           hint=f"with --backend {backend} use --strategy {', '.join(STRATEGIES[backend])}")
+    device = torch.device(eval_spec.device)
+    precision = eval_spec.precision
+    check_precision(precision, device)
     common = dict(batch_size=eval_spec.batch_size, points_per_call=eval_spec.points_per_call)
 
-    def torch_runner(strat: str) -> TorchRunner:
-        return TorchRunner(model, layout, data.x, data.y, loss_fn, strategy=strat, device=eval_spec.device, **common)
+    def torch_runner(strat: str) -> Runner:
+        if strat == "static":
+            return StaticRunner(model, layout, data.x, data.y, loss_fn, device=device, precision=precision, **common)
+        return TorchRunner(model, layout, data.x, data.y, loss_fn, strategy=strat, device=device, precision=precision,
+                           **common)
 
-    def ort_runner(strat: str) -> Any:
+    def ort_runner(strat: str) -> Runner:
         from .onnxruntime_runner import OnnxRuntimeRunner
 
-        return OnnxRuntimeRunner(model, layout, data.x, data.y, loss_fn, strategy=strat, device=eval_spec.device,
+        if precision != "fp32":
+            raise ConfigError(f"The onnxruntime backend runs in fp32 only, not {precision}",
+                              hint="use --precision fp32, or --backend torch for tf32/bf16")
+        return OnnxRuntimeRunner(model, layout, data.x, data.y, loss_fn, strategy=strat, device=str(device),
                                  model_description=description, **common)
 
-    torch_candidates = [(f"torch/{s}", lambda s=s: torch_runner(s)) for s in ("loop", "vmap", "wide")]
+    def trt_runner(strat: str) -> Runner:
+        from .tensorrt_runner import TensorRTRunner
+
+        return TensorRTRunner(model, layout, data.x, data.y, loss_fn, strategy=strat, device=str(device),
+                              precision=precision, model_description=description, **common)
+
+    cuda = device.type == "cuda"
+    torch_order = ("static", "loop", "vmap", "wide") if cuda else ("loop", "static", "vmap", "wide")
+    torch_candidates = [(f"torch/{s}", lambda s=s: torch_runner(s)) for s in torch_order]
+    points = eval_spec.points_per_call or 8
     if backend == "torch":
         if strategy == "auto":
-            return AutoRunner(torch_candidates, eval_spec.points_per_call or 8, eval_spec.auto_budget, backend="torch")
+            return AutoRunner(torch_candidates, points, eval_spec.auto_budget, backend="torch")
         return torch_runner(strategy)
     if backend == "onnxruntime":
         return ort_runner(strategy)
-    ort_candidates = [(f"onnxruntime/{s}", lambda s=s: ort_runner(s)) for s in ("wide", "baked")]
-    return AutoRunner(torch_candidates + ort_candidates, eval_spec.points_per_call or 8, eval_spec.auto_budget)
+    if backend == "tensorrt":
+        return trt_runner(strategy)
+    candidates = list(torch_candidates)
+    if precision == "fp32":  # auto never lowers precision; ONNX Runtime runs fp32 only
+        if not cuda:
+            candidates += [(f"onnxruntime/{s}", lambda s=s: ort_runner(s)) for s in ("wide", "baked")]
+        elif cuda_provider_available():
+            candidates.append(("onnxruntime/wide", lambda: ort_runner("wide")))
+    if cuda and importlib.util.find_spec("tensorrt") is not None:
+        candidates.append(("tensorrt/inputs", lambda: trt_runner("inputs")))
+    return AutoRunner(candidates, points, eval_spec.auto_budget)

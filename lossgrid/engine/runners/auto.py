@@ -81,6 +81,11 @@ class AutoRunner(Runner):
             return self._first_call(weights)
         return self.chosen.evaluate(weights)
 
+    def evaluate_points(self, coeffs: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        if self.chosen is None:  # the choice times candidates on ready-made weights
+            return super().evaluate_points(coeffs)
+        return self.chosen.evaluate_points(coeffs)
+
     def close(self) -> None:
         if self.chosen is not None:
             self.chosen.close()
@@ -112,6 +117,8 @@ class AutoRunner(Runner):
         runners = {default_label: default}
         best = self._choose(runners, weights, per_point, job, left)
         self.chosen = runners.pop(best)
+        if getattr(self, "_directions", None) is not None:
+            self.chosen.set_directions(self._origin, self._directions)
         for loser in runners.values():
             loser.close()
         runners.clear()  # release the others: sessions, thread pools, wide models

@@ -8,6 +8,10 @@ talks to a runner through this interface:
   :class:`~lossgrid.engine.params.ParamLayout`; any device); returns
   ``(loss, acc)``, float64 NumPy arrays of length ``K``: the mean loss over all
   samples and the accuracy in percent (NaN when the task has no class labels).
+* ``set_directions(base, dirs)`` then ``evaluate_points(coeffs)``: the same for
+  grid coefficients ``coeffs[K, D]`` around ``base[P]`` along ``dirs[D, P]``;
+  by default the weights are built with :func:`lossgrid.kernels.perturb` and
+  passed to ``evaluate``, a runner with its own weight buffers writes them there.
 * ``points_per_call``: how many points per ``evaluate`` call suit the runner
   (the surface loop's chunk size); ``batch_size``: samples per forward pass.
 * ``describe()``: a JSON-able dict with at least ``backend``, ``strategy``,
@@ -33,7 +37,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from ...errors import EvaluationError, LossgridError, is_out_of_memory
+from ...errors import ConfigError, EvaluationError, LossgridError, is_out_of_memory
 
 T = TypeVar("T")
 
@@ -54,6 +58,19 @@ class Runner(abc.ABC):
     @abc.abstractmethod
     def describe(self) -> dict[str, object]:
         """What runs and how (JSON-able), stored in the surface file's run log."""
+
+    def set_directions(self, base: torch.Tensor, dirs: torch.Tensor) -> None:
+        """The origin ``base[P]`` and the directions ``dirs[D, P]`` of the following
+        :meth:`evaluate_points` calls (flat, in layout order)."""
+        self._origin, self._directions = base, dirs
+
+    def evaluate_points(self, coeffs: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Loss and accuracy at grid coefficients ``coeffs[K, D]`` (see :meth:`set_directions`)."""
+        from ...kernels import perturb
+
+        if getattr(self, "_directions", None) is None:
+            raise ConfigError("set_directions() must be called before evaluate_points()")
+        return self.evaluate(perturb(self._origin, self._directions, coeffs.to(self._directions.device)))
 
     def expect(self, points: int) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Told how many grid points are left before the first :meth:`evaluate`."""

@@ -13,6 +13,7 @@ from torch import nn
 from ...errors import ConfigError
 from ..losses import LossFn, evaluate_batches
 from ..params import ParamLayout, full_states, perturbed_tensors
+from ..precision import check_precision, precision_mode
 from .base import Runner
 
 STRATEGIES = ("loop", "vmap", "wide")
@@ -35,16 +36,20 @@ class TorchRunner(Runner):
             strategy ``auto`` times the three (:mod:`lossgrid.engine.runners.auto`).
         points_per_call: grid points per ``evaluate`` call the engine should use.
         device: torch device.
+        precision: ``fp32`` (IEEE), ``tf32`` (CUDA only) or ``bf16`` (autocast).
     """
 
     name = "torch"
 
     def __init__(self, model: nn.Module, layout: ParamLayout, x: torch.Tensor, y: torch.Tensor,
                  loss_fn: LossFn, batch_size: int | None = None, strategy: str = "loop",
-                 points_per_call: int | None = None, device: str | torch.device = "cpu") -> None:
+                 points_per_call: int | None = None, device: str | torch.device = "cpu",
+                 precision: str = "fp32") -> None:
         if strategy not in STRATEGIES:
             raise ConfigError(f"Unknown torch strategy {strategy!r}", hint=f"use one of {', '.join(STRATEGIES)}")
         self.device = torch.device(device)
+        check_precision(precision, self.device)
+        self.precision = precision
         self.layout = layout
         self.loss_fn = loss_fn
         self.model = copy.deepcopy(model).to(self.device).eval()
@@ -79,7 +84,8 @@ class TorchRunner(Runner):
     def evaluate(self, weights: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Loss (mean over samples) and accuracy (percent) for ``weights[K, P]``."""
         weights = weights.to(self.device)
-        with torch.inference_mode(), warnings.catch_warnings(), self.guard("The model failed on the evaluation data"):
+        with torch.inference_mode(), warnings.catch_warnings(), precision_mode(self.precision, self.device), \
+                self.guard("The model failed on the evaluation data"):
             # functorch warns about ops without a batching rule; the timing decides anyway
             warnings.filterwarnings("ignore", message="There is a performance drop")
             if self.strategy == "vmap":
@@ -94,7 +100,7 @@ class TorchRunner(Runner):
     def describe(self) -> dict[str, object]:
         return {"backend": self.name, "strategy": self.strategy, "device": str(self.device),
                 "strategy_reason": self.reason, "points_per_call": self.points_per_call,
-                "batch_size": self.batch_size, "channels_last": self.channels_last}
+                "batch_size": self.batch_size, "channels_last": self.channels_last, "precision": self.precision}
 
     # -- strategies -------------------------------------------------------------
     def _loop(self, weights: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
