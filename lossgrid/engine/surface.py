@@ -113,7 +113,8 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
         "precision": eval_spec.precision if eval_spec.precision != "fp32" else None,
     }
     attrs = {k: v for k, v in identity.items() if v is not None}
-    attrs.update(precision=eval_spec.precision, lossgrid_version=__version__, seed=int(directions.meta.get("seed", direction_spec.seed)),
+    attrs.update(precision=eval_spec.precision, lossgrid_version=__version__,
+                 seed=int(directions.meta.get("seed", direction_spec.seed)),
                  dir_file=os.fspath(dir_file) if dir_file else "")
     xs = grid.x.coordinates()
     ys = grid.y.coordinates() if grid.y is not None else None

@@ -216,7 +216,8 @@ class StaticRunner(Runner):
         graph.replay()
         return total, (None if correct.numel() == 0 else correct)
 
-    def _capture(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[Any, torch.Tensor, torch.Tensor] | None:
+    def _capture(self, batches: list[tuple[torch.Tensor, torch.Tensor]]
+                 ) -> tuple[Any, torch.Tensor, torch.Tensor] | None:
         """Capture one pass over ``batches`` in a CUDA graph (after a warm-up on a side
         stream, which also runs cuDNN's algorithm choice outside the graph); ``None``
         and eager execution from then on when the model cannot be captured."""
