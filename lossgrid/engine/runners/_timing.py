@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 #: strategies that evaluate one grid point per pass over the data (timed on one point)
-ONE_POINT_STRATEGIES = ("loop", "baked")
+ONE_POINT_STRATEGIES = ("loop", "baked", "static", "refit")
 
 
 def pass_width(strategy: str, points_per_call: int) -> int:

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 ROUNDS = 2
 KEEP_WITHIN = 1.5
 #: expected set-up seconds of a candidate (export and parity check, fx rewrite), by backend
-SETUP_PRIOR = {"torch": 0.05, "onnxruntime": 0.3}
+SETUP_PRIOR = {"torch": 0.05, "onnxruntime": 0.3, "tensorrt": 30.0}  # TensorRT: an engine build without cache
 #: how much slower than the default a candidate may be assumed when estimating its timing cost
 SLOWER = 1.5
 
