@@ -8,6 +8,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["lossgrid", "lossgrid.*"]),
+    package_data={"lossgrid": ["kernels/*.cu"]},
     install_requires=[
         "torch>=2.4,<3",
         "numpy>=1.24",

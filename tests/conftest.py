@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import shutil
 
 import pytest
 import torch
@@ -26,6 +27,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         "gpu": None if _cuda_available() else "no CUDA GPU on this machine",
         "cupy": None if _cupy_gpu() else "CuPy with a usable GPU is not available (pip install \"lossgrid[gpu]\")",
         "tensorrt": None if importlib.util.find_spec("tensorrt") else "TensorRT is not installed",
+        "nvcc": None if shutil.which("nvcc") else "nvcc (the CUDA compiler) is not installed",
+        "cxx": None if shutil.which("g++") else "g++ (the C++ compiler) is not installed",
     }
     for item in items:
         for marker, reason in reasons.items():

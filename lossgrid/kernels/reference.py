@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
+from ..errors import ConfigError
+
 EPS = 1e-10
+NORMS = ("filter", "layer", "weight", "none")
 
 
 def normalize_direction(d: np.ndarray, w: np.ndarray, norm: str) -> np.ndarray:
@@ -25,6 +30,53 @@ def normalize_direction(d: np.ndarray, w: np.ndarray, norm: str) -> np.ndarray:
             out[i] = d[i] * (np.linalg.norm(w[i]) / (np.linalg.norm(d[i]) + EPS))
         return out
     raise ValueError(norm)
+
+
+def row_offsets(shapes: Sequence[Sequence[int]], norm: str) -> np.ndarray:
+    """Boundaries of the rows of a flat vector (tensors of ``shapes`` concatenated)
+    that share one scale: row ``r`` is ``[offsets[r], offsets[r + 1])``.
+
+    * ``filter``: one row per slice along dim 0 of each tensor; a 1-D tensor gives
+      one row per scalar and a 0-D tensor one row, as :func:`normalize_direction`.
+    * ``layer``, ``weight``, ``none``: one row per tensor (``weight`` and ``none``
+      do not use rows; the offsets then just mark the tensors).
+
+    Returns an int64 array ``[R + 1]`` starting at 0 and ending at the total size.
+
+    Example:
+        >>> row_offsets([(2, 3), (4,), ()], "filter").tolist()
+        [0, 3, 6, 7, 8, 9, 10, 11]
+    """
+    if norm not in NORMS:
+        raise ConfigError(f"Unknown normalization {norm!r}", hint="use filter, layer, weight or none")
+    sizes: list[np.ndarray] = []
+    for shape in shapes:
+        numel = int(np.prod(shape, dtype=np.int64))
+        if norm == "filter" and len(shape) >= 1:
+            rows = int(shape[0])
+            sizes.append(np.full(rows, numel // rows if rows else 0, dtype=np.int64))
+        else:
+            sizes.append(np.array([numel], dtype=np.int64))
+    offsets = np.zeros(1 + sum(len(s) for s in sizes), dtype=np.int64)
+    if len(offsets) > 1:
+        np.cumsum(np.concatenate(sizes), out=offsets[1:])
+    return offsets
+
+
+def normalize_flat(d: np.ndarray, w: np.ndarray, offsets: np.ndarray, norm: str) -> np.ndarray:
+    """Reference of :func:`lossgrid.kernels.cpu.normalize_flat`: one row at a time."""
+    d = np.asarray(d, dtype=np.float64)
+    w = np.asarray(w, dtype=np.float64)
+    if norm == "none":
+        return d.copy()
+    if norm == "weight":
+        return d * w
+    if norm not in ("filter", "layer"):
+        raise ValueError(norm)
+    out = np.empty_like(d)
+    for a, b in zip(offsets[:-1], offsets[1:]):
+        out[a:b] = d[a:b] * (np.linalg.norm(w[a:b]) / (np.linalg.norm(d[a:b]) + EPS))
+    return out
 
 
 def fold_conv_bn(weight, bias, gamma, beta, mean, var, eps):  # type: ignore[no-untyped-def]

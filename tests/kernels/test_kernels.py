@@ -97,3 +97,131 @@ def test_fold_conv_bn_equals_conv_then_bn(backend):
     with torch.no_grad():
         torch.testing.assert_close(torch.nn.functional.conv2d(x, w[0], b[0], padding=1), bn(conv(x)),
                                    rtol=1e-5, atol=1e-5)
+
+
+FLAT_SHAPES = [(4, 3, 3, 3), (4,), (4,), (), (5, 7), (5,), (2, 3, 5), (1, 6), (3, 0), (300, 20)]
+
+
+@pytest.mark.parametrize("norm,expected", [
+    ("filter", [0, 6, 12, 13, 14, 15, 21]),
+    ("layer", [0, 12, 14, 15, 21]),
+    ("weight", [0, 12, 14, 15, 21]),
+    ("none", [0, 12, 14, 15, 21]),
+])
+def test_row_offsets(norm, expected):
+    offsets = cpu.row_offsets([(2, 3, 2), (2,), (), (1, 6)], norm)
+    assert offsets.dtype == np.int64 and offsets.tolist() == expected
+    assert cpu.row_offsets([], norm).tolist() == [0]
+
+
+def test_row_offsets_rejects_unknown_norm():
+    from lossgrid.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="Unknown normalization"):
+        cpu.row_offsets([(2, 3)], "batch")
+
+
+def _flat_case(dtype, norm, seed=6):
+    gen = torch.Generator().manual_seed(seed)
+    ds = [torch.randn(s, generator=gen, dtype=dtype) for s in FLAT_SHAPES]
+    ws = [torch.randn(s, generator=gen, dtype=dtype) for s in FLAT_SHAPES]
+    ds[0][1] = 0  # an all-zero filter of the direction ...
+    ws[0][2] = 0  # ... and of the weights
+    flat_d = torch.cat([d.reshape(-1) for d in ds])
+    flat_w = torch.cat([w.reshape(-1) for w in ws])
+    return ds, ws, flat_d, flat_w, cpu.row_offsets(FLAT_SHAPES, norm)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("norm", ["filter", "layer", "weight", "none"])
+def test_normalize_flat_equals_per_tensor(dtype, norm):
+    ds, ws, flat_d, flat_w, offsets = _flat_case(dtype, norm)
+    got = cpu.normalize_flat(flat_d, flat_w, offsets, norm)
+    want = torch.cat([cpu.normalize_direction(d, w, norm).reshape(-1) for d, w in zip(ds, ws)])
+    assert torch.equal(got, want)  # the same torch reductions on the same rows: bit for bit
+    assert got.data_ptr() != flat_d.data_ptr()
+    ref = reference.normalize_flat(flat_d.numpy(), flat_w.numpy(), offsets, norm)
+    ref_per_tensor = np.concatenate([reference.normalize_direction(d.numpy(), w.numpy(), norm).ravel()
+                                     for d, w in zip(ds, ws)])
+    np.testing.assert_allclose(ref, ref_per_tensor, rtol=1e-14, atol=0)
+    rtol = 1e-12 if dtype == torch.float64 else 1e-5
+    np.testing.assert_allclose(got.numpy(), ref, rtol=rtol, atol=rtol * 1e-2)
+
+
+@pytest.mark.parametrize("offsets", [[0, 3], [1, 6], [0, 4, 2, 6], [[0, 6]], []])
+def test_normalize_flat_rejects_bad_offsets(offsets):
+    from lossgrid.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="Row offsets"):
+        cpu.normalize_flat(torch.ones(6), torch.ones(6), np.array(offsets), "filter")
+
+
+def test_normalize_flat_rejects_unflat_or_unknown_norm():
+    from lossgrid.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="flat"):
+        cpu.normalize_flat(torch.ones(2, 3), torch.ones(2, 3), np.array([0, 6]), "layer")
+    with pytest.raises(ConfigError, match="Unknown normalization"):
+        cpu.normalize_flat(torch.ones(6), torch.ones(6), np.array([0, 6]), "batch")
+
+
+def test_for_device_and_kernel_name(monkeypatch):
+    import lossgrid.kernels as kernels
+    from lossgrid.errors import ConfigError
+    from lossgrid.kernels import cuda
+
+    assert kernels.for_device("cpu") is cpu and kernels.for_device(torch.device("cpu")) is cpu
+    monkeypatch.setattr(kernels, "_cupy_usable", lambda: False)
+    assert kernels.for_device("cuda:0") is cpu  # torch kernels run on CUDA too
+    monkeypatch.setattr(kernels, "_cupy_usable", lambda: True)
+    assert kernels.for_device("cuda") is cuda and kernels.for_device("cpu") is cpu
+    assert kernels.kernel_name(cpu) == "torch" and kernels.kernel_name(cuda) == "cupy"
+    with pytest.raises(ConfigError):
+        kernels.kernel_name(reference)
+
+
+def test_cuda_module_has_the_cpu_contract():
+    import inspect
+
+    from lossgrid.kernels import cuda
+
+    for name in ("normalize_direction", "row_offsets", "normalize_flat", "fold_conv_bn", "perturb"):
+        assert list(inspect.signature(getattr(cuda, name)).parameters) == \
+            list(inspect.signature(getattr(cpu, name)).parameters), name
+    assert cuda.EPS == cpu.EPS == reference.EPS
+
+
+def test_importing_kernels_does_not_import_cupy():
+    import subprocess
+    import sys
+
+    code = "import sys, lossgrid.kernels, lossgrid.kernels.cuda; assert 'cupy' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cuda_kernels_reject_cpu_tensors_and_other_dtypes():
+    from lossgrid.errors import ConfigError
+    from lossgrid.kernels import cuda
+
+    with pytest.raises(ConfigError, match="on cpu"):
+        cuda.perturb(torch.ones(4), torch.ones(1, 4), torch.ones(2, 1))
+    with pytest.raises(ConfigError, match="on cpu"):
+        cuda.normalize_flat(torch.ones(4), torch.ones(4), np.array([0, 4]), "layer")
+    with pytest.raises(ConfigError, match="on cpu"):
+        cuda.fold_conv_bn(torch.ones(1, 2, 3), None, *(torch.ones(1, 2) for _ in range(4)), 1e-5)
+    with pytest.raises(ConfigError):
+        cuda.normalize_direction(torch.ones(2, 3), torch.ones(3, 2), "filter")
+    meta = torch.ones(4, dtype=torch.float64, device="meta")
+    with pytest.raises(ConfigError):
+        cuda.perturb(meta, meta.reshape(1, 4), torch.ones(2, 1))
+
+
+def test_cuda_kernels_without_cupy_raise_missing_backend(monkeypatch):
+    import sys
+
+    from lossgrid.errors import MissingBackendError
+    from lossgrid.kernels import cuda
+
+    monkeypatch.setitem(sys.modules, "cupy", None)  # import cupy -> ImportError
+    with pytest.raises(MissingBackendError, match=r"lossgrid\[gpu\]"):
+        cuda._cupy()

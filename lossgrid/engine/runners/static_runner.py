@@ -171,7 +171,7 @@ class StaticRunner(Runner):
         return {"backend": self.name, "strategy": self.strategy, "device": str(self.device),
                 "strategy_reason": "static requested", "points_per_call": self.points_per_call,
                 "batch_size": self.batch_size, "precision": self.precision, "channels_last": self.channels_last,
-                "kernels": "torch" if self.kern is kernels.cpu else "cupy", "execution": self.graph_note}
+                "kernels": kernels.kernel_name(self.kern), "execution": self.graph_note}
 
     def close(self) -> None:
         self._graphs.clear()
