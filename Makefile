@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 PIP := $(PY) -m pip install -q --disable-pip-version-check $(FIND_LINKS) -c constraints.txt
 
-.PHONY: install demo test lint bench bench-reference faults clean
+.PHONY: install demo test lint bench bench-reference faults gpu-check clean
 
 $(VENV)/.installed: setup.py constraints.txt
 	python3 -m venv $(VENV)
@@ -29,6 +29,11 @@ bench: $(VENV)/.installed
 
 bench-reference: $(VENV)/.installed
 	$(PY) benchmarks/reference_method.py bench --images 2000 10000 --out benchmarks/results-reference.json
+
+# On the GPU machine, with its own Python (installs nothing): make gpu-check PY=python3
+# GPU-marked tests, then the ResNet-56 bench; writes benchmarks/baseline/gpu-<device>-<date>.json
+gpu-check:
+	$(PY) scripts/gpu_check.py
 
 faults: $(VENV)/.installed
 	$(PY) scripts/fault_injection.py --trials 200

@@ -10,7 +10,9 @@ For each model the same grid points are evaluated by
 then results are checked to agree with the reference (loss 1e-4 relative) and
 throughput is reported as grid points x samples per second, as a ratio to the
 reference, and as a percentage of this machine's fp32 matmul peak (the best of
-torch and ONNX Runtime on a 2048x784x512 GEMM, measured in the same run).
+torch and ONNX Runtime on a square GEMM of about 20 ms, measured in the same run by
+``lossgrid.engine.bench.peak_gemm``; ``lossgrid bench`` times every backend, strategy and
+precision of one model the same way).
 
 Run with ``--malloc both`` to measure the effect of the glibc malloc tuning
 (each setting in its own process, since it must be set before start-up).
@@ -49,46 +51,17 @@ def cases(quick: bool):
 
 
 def matmul_peak() -> dict[str, float]:
-    """fp32 GEMM GFLOP/s of torch and ONNX Runtime (best of 20 runs of 2048x1024 @ 1024x1024)."""
-    from onnx import TensorProto, helper
+    """fp32 GEMM GFLOP/s of torch and ONNX Runtime on this CPU (:func:`lossgrid.engine.bench.peak_gemm`)."""
+    from lossgrid.engine.bench import peak_gemm
 
-    from lossgrid.exporters.session import make_session
-
-    m, kk, nn_ = 2048, 1024, 1024
-    a, b = torch.randn(m, kk), torch.randn(kk, nn_)
-    flops = 2 * m * kk * nn_
-
-    def best(fn):
-        fn()
-        times = []
-        for _ in range(20):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return flops / min(times) / 1e9
-
-    g = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "mm",
-                          [helper.make_tensor_value_info("a", TensorProto.FLOAT, [m, kk]),
-                           helper.make_tensor_value_info("b", TensorProto.FLOAT, [kk, nn_])],
-                          [helper.make_tensor_value_info("c", TensorProto.FLOAT, [m, nn_])])
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    sess = make_session(model.SerializeToString())
-    feeds = {"a": a.numpy(), "b": b.numpy()}
-    return {"torch": best(lambda: a @ b), "onnxruntime": best(lambda: sess.run(None, feeds))}
-
-
-def flops_per_sample(model, x) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x[:8])
-    return counter.get_total_flops() / 8
+    peak = peak_gemm("fp32", torch.device("cpu"))
+    return {lib: 1000 * (peak[f"{lib}_tflops"] or 0.0) for lib in ("torch", "onnxruntime")}
 
 
 def bench_one(name, model, x, y, points, repeats):
     from lossgrid.config import DirectionSpec, EvalSpec
     from lossgrid.data import EvalData
+    from lossgrid.engine.bench import flops_per_sample
     from lossgrid.engine.directions import create_directions
     from lossgrid.engine.losses import cross_entropy
     from lossgrid.engine.params import perturbed_tensors
@@ -102,7 +75,7 @@ def bench_one(name, model, x, y, points, repeats):
     coeffs = torch.linspace(-0.5, 0.5, points)[:, None].repeat(1, 2)
     weights = perturb(base, dirs.flat(), coeffs)
     n = len(x)
-    fps = flops_per_sample(model, x)
+    fps = flops_per_sample(model, x)  # lossgrid.engine.bench: counted on one sample
     rows = {}
 
     def row(seconds):

@@ -59,6 +59,12 @@ def resnet20(num_classes: int = 10) -> ResNet:
     return ResNet(3, (16, 32, 64), 3, num_classes)
 
 
+def resnet56(num_classes: int = 10) -> ResNet:
+    """ResNet-56 for 32x32 RGB images (He et al. 2016; the paper's CIFAR-10 surfaces), 9 blocks
+    per stage, about 855k parameters."""
+    return ResNet(9, (16, 32, 64), 3, num_classes)
+
+
 def resnet_digits() -> ResNet:
     """A small residual CNN for scikit-learn's 8x8 digits (1 channel, 10 classes)."""
     return ResNet(1, (8, 16, 32), 1, 10)

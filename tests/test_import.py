@@ -23,7 +23,7 @@ def test_lazy_exports_resolve():
         lossgrid.no_such_name  # noqa: B018
 
 
-@pytest.mark.parametrize("args", [[], ["surface"], ["plot"], ["demo"], ["export"], ["inspect"]])
+@pytest.mark.parametrize("args", [[], ["surface"], ["plot"], ["demo"], ["export"], ["inspect"], ["bench"]])
 def test_help_works(args):
     result = CliRunner().invoke(cli, [*args, "--help"])
     assert result.exit_code == 0, result.output

@@ -39,12 +39,13 @@ def cli(verbose: int) -> None:
 
 
 def _register() -> None:
+    from .bench import bench
     from .demo import demo
     from .export import export, inspect
     from .plot import plot
     from .surface import surface
 
-    for command in (surface, plot, demo, export, inspect):
+    for command in (surface, plot, demo, export, inspect, bench):
         cli.add_command(command)
 
 

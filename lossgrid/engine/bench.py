@@ -1,0 +1,435 @@
+"""Benchmark every backend/strategy/precision on one model and data set, in one run.
+
+Each combination becomes one row: the runner is built with
+:func:`~lossgrid.engine.runners.make_runner`, warmed up on one pass, then timed
+evaluating a fixed set of grid points (two seeded, filter-normalized random
+directions). A row reports throughput (grid points x samples per second; an
+image evaluated at one grid point counts as one image), achieved TFLOP/s, the
+share of this device's GEMM peak *measured in the same run* at the row's
+precision, peak memory, the runner's chunk sizes, its loss error against the
+first fp32 row at the same points and, with ``project``, the projected wall
+time of a whole surface. Combinations that cannot run here (a missing package,
+tf32 on a CPU) are rows with ``available: false`` and the reason.
+
+Example:
+    >>> import torch
+    >>> from lossgrid.zoo import mlp_digits
+    >>> x, y = torch.randn(64, 1, 8, 8), torch.randint(0, 10, (64,))
+    >>> result = run_bench(mlp_digits(), (x, y), backends=["torch"], strategies=["loop"], points=2)
+    >>> [(r["backend"], r["strategy"], r["available"]) for r in result["rows"]]
+    [('torch', 'loop', True)]
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import __version__
+from ..config import MAX_GRID_POINTS, PRECISIONS, DirectionSpec, EvalSpec
+from ..data import EvalData
+from ..errors import ConfigError, LossgridError, is_out_of_memory
+from ..kernels import perturb
+from . import preflight
+from .directions import create_directions
+from .losses import LossFn, resolve_loss
+from .params import perturbed_tensors
+from .precision import check_precision, precision_error, precision_mode
+from .runners import BACKENDS, STRATEGIES, make_runner
+from .runners._timing import pass_width
+
+log = logging.getLogger(__name__)
+
+#: version of the result's layout; raise it when a key changes meaning or goes away
+SCHEMA_VERSION = 1
+DEFAULT_POINTS = 8
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Projection:
+    """A whole surface to project a row's throughput onto: ``NX x NY`` points of ``samples`` each."""
+
+    nx: int
+    ny: int
+    samples: int
+
+    @classmethod
+    def parse(cls, text: str) -> "Projection":
+        """Parse ``NXxNY:SAMPLES``, for example ``51x51:50000`` (whole numbers of at least 1)."""
+        hint = "write NXxNY:SAMPLES, for example --project 51x51:50000"
+        match = re.fullmatch(r"(\d+)x(\d+):(\d+)", str(text))
+        if match is None:
+            raise ConfigError(f"Cannot read projection {text!r}",
+                              "it must be two grid sizes joined by 'x', a colon and a sample count, all whole "
+                              "numbers", hint)
+        nx, ny, samples = (int(g) for g in match.groups())
+        if min(nx, ny, samples) < 1:
+            raise ConfigError(f"Projection {text!r} has an empty grid or no samples",
+                              "grid sizes and the sample count must be at least 1", hint)
+        if nx * ny > MAX_GRID_POINTS:
+            raise ConfigError(f"Projection {text!r} has {nx * ny:,} grid points",
+                              f"lossgrid evaluates at most {MAX_GRID_POINTS:,} grid points in one surface", hint)
+        return cls(nx, ny, samples)
+
+    @property
+    def points(self) -> int:
+        return self.nx * self.ny
+
+    def seconds(self, points_x_samples_per_s: float) -> float:
+        """Wall time of the whole surface at a throughput of ``points_x_samples_per_s``."""
+        return self.points * self.samples / points_x_samples_per_s
+
+    def __str__(self) -> str:
+        return f"{self.nx}x{self.ny}:{self.samples}"
+
+
+def combinations(backends: Sequence[str] | None = None,
+                 strategies: Sequence[str] | None = None) -> list[tuple[str, str]]:
+    """The (backend, strategy) pairs to time, in :data:`STRATEGIES` order.
+
+    ``None`` means every backend / every real strategy: the ``auto`` pseudo
+    backend and strategies are rows only when named. Named strategies that do not
+    belong to a named backend are left out for that backend.
+    """
+    unknown = [b for b in backends or () if b not in BACKENDS]
+    if unknown:
+        raise ConfigError(f"Unknown backend {unknown[0]!r}", hint=f"use one of {', '.join(BACKENDS)}")
+    chosen_backends = list(backends) if backends else [b for b in BACKENDS if b != "auto"]
+    pairs = []
+    for backend in dict.fromkeys(chosen_backends):
+        for strategy in STRATEGIES[backend]:
+            wanted = strategy in strategies if strategies else (strategy != "auto" or backend == "auto")
+            if wanted:
+                pairs.append((backend, strategy))
+    if not pairs:
+        raise ConfigError(f"No strategy {', '.join(strategies or ())} belongs to backend(s) "
+                          f"{', '.join(chosen_backends)}",
+                          hint="; ".join(f"{b}: {', '.join(STRATEGIES[b])}" for b in chosen_backends))
+    return pairs
+
+
+def grid_coefficients(points: int) -> torch.Tensor:
+    """The fixed grid points of a bench, ``[points, 2]``: along a line from (-1, 0.5) to (1, -0.5)."""
+    t = torch.linspace(-1.0, 1.0, points, dtype=torch.float64) if points > 1 else torch.zeros(1, dtype=torch.float64)
+    return torch.stack([t, -0.5 * t], dim=1)
+
+
+def run_bench(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch.Tensor], device: str = "cpu",
+              backends: Sequence[str] | None = None, strategies: Sequence[str] | None = None,
+              precisions: Sequence[str] = ("fp32",), points: int = DEFAULT_POINTS, batch_size: int | None = None,
+              points_per_call: int | None = None, project: str | Projection | None = None,
+              progress: Progress | None = None, *, loss: str | LossFn = "cross_entropy", seed: int = 0,
+              repeats: int = 1, budget_s: float | None = None, model_description: str = "") -> dict[str, Any]:
+    """Time each backend/strategy/precision on ``model`` and ``data``; returns a JSON-able dict.
+
+    Args:
+        model: the model (not modified; its weights are the grid's origin).
+        data: the evaluation set (an :class:`EvalData` or ``(x, y)``), on any device.
+        device: ``cpu``, ``cuda`` or ``cuda:N``.
+        backends, strategies: what to time (see :func:`combinations`); ``None``: all.
+        precisions: ``fp32``, ``tf32``, ``bf16``; every combination is timed at each.
+        points: grid points each row evaluates (the same points for every row).
+        batch_size, points_per_call: passed to every runner (``None``: the runner's choice).
+        project: ``NXxNY:SAMPLES``: each row also reports the projected seconds of that surface.
+        progress: called as ``progress(rows_done, rows_total)``.
+        loss: ``cross_entropy``, ``mse``, ``module:function`` or a callable.
+        seed: seed of the two random directions.
+        repeats: timed passes over the points per row; the best counts.
+        budget_s: rows that would start after this many seconds are skipped (unavailable, with why).
+        model_description: how the model was specified, stored in the header.
+
+    The result has a header (device, torch version, cores, date, parameters,
+    FLOPs per sample, ``peak_gemm`` per precision, ``schema_version``) and
+    ``rows``; see :data:`ROW_KEYS` for the keys of an available row.
+    """
+    from .surface import resolve_device
+
+    if points < 1 or repeats < 1:
+        raise ConfigError(f"points={points}, repeats={repeats} is invalid", "a bench evaluates at least one grid "
+                          "point at least once", "pass --points 1 or more and --repeats 1 or more")
+    projection = Projection.parse(project) if isinstance(project, str) else project
+    pairs = combinations(backends, strategies)
+    for precision in precisions:
+        if precision not in PRECISIONS:
+            check_precision(precision, "cpu")  # raises the ConfigError naming the choices
+    dev = resolve_device(device)
+    if not isinstance(data, EvalData):
+        data = EvalData(torch.as_tensor(data[0]), torch.as_tensor(data[1]), "in-memory tensors")
+    loss_fn, loss_desc = resolve_loss(loss)
+    preflight.check_finite_model(model)
+    preflight.check_data(data, loss_fn)
+    model = copy.deepcopy(model).to(dev).eval()  # the caller's model stays where it is
+    preflight.probe(model, data, loss_fn, dev)
+    directions = create_directions(model, DirectionSpec(seed=seed), ndim=2)
+    base = directions.layout.flatten(perturbed_tensors(model, "weights"))
+    coeffs = grid_coefficients(points)
+    weights = perturb(base, directions.flat().to(dev), coeffs.to(dev, base.dtype))
+    fps = flops_per_sample(model, data.x[:1].to(dev))
+    n = len(data)
+    header: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION, "lossgrid_version": __version__, **device_info(dev),
+        "model": model_description or type(model).__name__,
+        "parameters": int(sum(p.numel() for p in model.parameters())),
+        "flops_per_sample": fps, "data": data.description, "samples": n, "points": points, "loss": loss_desc,
+        "coefficients": coeffs.tolist(), "seed": seed, "batch_size": batch_size, "points_per_call": points_per_call,
+        "project": None if projection is None else {"text": str(projection), "nx": projection.nx,
+                                                    "ny": projection.ny, "samples": projection.samples},
+    }
+    # the GEMM peak is measured before and after the rows (the machine's speed drifts); the best counts
+    peaks_before = {p: peak_gemm(p, dev) for p in dict.fromkeys(precisions)}
+    todo = [(p, b, s) for p in dict.fromkeys(precisions) for b, s in pairs]
+    rows: list[dict[str, Any]] = []
+    t_start = time.perf_counter()
+    for i, (precision, backend, strategy) in enumerate(todo):
+        spec = dict(backend=backend, strategy=strategy, precision=precision)
+        if budget_s is not None and time.perf_counter() - t_start > budget_s:
+            rows.append({**spec, "available": False,
+                         "reason": f"skipped: the bench's time budget of {budget_s:g} s was spent"})
+        else:
+            rows.append(_row(EvalSpec(backend=backend, strategy=strategy, points_per_call=points_per_call,
+                                      batch_size=batch_size, device=str(dev), precision=precision),
+                             model, directions.layout, data, loss_fn, weights, repeats, model_description))
+        log.info("bench row %d/%d: %s", i + 1, len(todo), rows[-1].get("reason") or rows[-1]["seconds"])
+        if progress:
+            progress(i + 1, len(todo))
+    header["peak_gemm"] = {p: _best_peak(peaks_before[p], peak_gemm(p, dev)) for p in peaks_before}
+    _finish_rows(rows, n, fps, header["peak_gemm"], projection)
+    header["loss_reference"] = next((f"{r['backend']}/{r['strategy']} fp32" for r in rows
+                                     if r["available"] and r["precision"] == "fp32"), None)
+    return _json_safe({**header, "rows": rows})
+
+
+#: the keys of an available row (unavailable rows have backend, strategy, precision, available, reason)
+ROW_KEYS = ("backend", "strategy", "precision", "available", "reason", "ran", "seconds", "setup_seconds",
+            "warmup_seconds", "points", "samples", "points_x_samples_per_s", "images_per_s", "achieved_tflops",
+            "pct_of_peak", "peak_memory_bytes", "peak_memory_scope", "points_per_call", "batch_size",
+            "max_rel_loss_error", "max_abs_loss_error", "projected_seconds", "loss", "acc", "runner")
+
+
+def _row(spec: EvalSpec, model: nn.Module, layout: Any, data: EvalData, loss_fn: LossFn, weights: torch.Tensor,
+         repeats: int, description: str) -> dict[str, Any]:
+    """Build, warm up and time one runner; a combination that cannot run gives its reason."""
+    row: dict[str, Any] = {"backend": spec.backend, "strategy": spec.strategy, "precision": spec.precision,
+                           "available": False, "reason": None}
+    device = torch.device(spec.device)
+    if spec.backend == "onnxruntime" and device.type == "cuda":
+        # refuse before exporting the model: without the CUDA provider the export would be wasted
+        from ..exporters.session import cuda_provider_available
+
+        if not cuda_provider_available():
+            row["reason"] = ("ONNX Runtime's CUDA execution provider is not available (pip install "
+                             "\"lossgrid[gpu]\")")
+            return row
+    memory_reset(device)
+    try:
+        check_precision(spec.precision, device)
+        t0 = time.perf_counter()
+        runner = make_runner(spec, model, layout, data, loss_fn, description)
+    except (LossgridError, ImportError) as e:
+        row["reason"] = str(e)
+        return row
+    try:
+        setup = time.perf_counter() - t0
+        info = runner.describe()
+        ran_at = info.get("precision", "fp32")  # runners that predate precisions run fp32
+        if spec.strategy != "auto" and ran_at != spec.precision:
+            row["reason"] = (f"the {spec.backend}/{spec.strategy} runner does not run at {spec.precision} "
+                             f"(it reports precision {ran_at})")
+            return row
+        runner.expect(len(weights))
+        t0 = time.perf_counter()
+        runner.evaluate(weights[:pass_width(spec.strategy, runner.points_per_call)])  # warm-up: lazy state, graphs
+        warmup = time.perf_counter() - t0
+        seconds, (loss, acc) = min((_timed_pass(runner, weights) for _ in range(repeats)), key=lambda t: t[0])
+        info = runner.describe()
+    except LossgridError as e:
+        row["reason"] = str(e)
+        return row
+    except Exception as e:
+        if not is_out_of_memory(e):
+            raise
+        row["reason"] = f"out of memory: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
+        return row
+    finally:
+        runner.close()
+    peak, scope = memory_peak(device)
+    row.update(available=True, ran=f"{info.get('backend')}/{info.get('strategy')}", seconds=seconds,
+               setup_seconds=setup, warmup_seconds=warmup, points=int(len(weights)),
+               peak_memory_bytes=peak, peak_memory_scope=scope, points_per_call=info.get("points_per_call"),
+               batch_size=info.get("batch_size"), loss=loss.tolist(), acc=acc.tolist(), runner=info)
+    return row
+
+
+def _timed_pass(runner: Any, weights: torch.Tensor) -> tuple[float, tuple[np.ndarray, np.ndarray]]:
+    """Seconds to evaluate all ``weights`` in the runner's chunks (as the surface loop calls it), and the results."""
+    step = runner.points_per_call
+    t0 = time.perf_counter()
+    parts = [runner.evaluate(weights[start:start + step]) for start in range(0, len(weights), step)]
+    seconds = time.perf_counter() - t0
+    return seconds, (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+
+
+def _finish_rows(rows: list[dict[str, Any]], samples: int, fps: float, peaks: dict[str, dict[str, Any]],
+                 projection: Projection | None) -> None:
+    """Rates, TFLOP/s, share of peak, loss error against the first fp32 row, projection."""
+    ref = next((r for r in rows if r["available"] and r["precision"] == "fp32"), None)
+    for r in rows:
+        if not r["available"]:
+            continue
+        rate = r["points"] * samples / r["seconds"] if r["seconds"] > 0 else math.inf
+        tflops = rate * fps / 1e12
+        peak = peaks.get(r["precision"], {}).get("tflops")
+        r.update(samples=samples, points_x_samples_per_s=rate, images_per_s=rate, achieved_tflops=tflops,
+                 pct_of_peak=100 * tflops / peak if peak else None,
+                 projected_seconds=projection.seconds(rate) if projection is not None and rate > 0 else None)
+        err = precision_error(np.asarray(r["loss"]), np.asarray(ref["loss"])) if ref is not None else {}
+        r["max_rel_loss_error"] = err.get("max_rel_loss_error")
+        r["max_abs_loss_error"] = err.get("max_abs_loss_error")
+
+
+def _best_peak(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """The better of two peak measurements, library by library."""
+    out = dict(a)
+    for key in ("torch_tflops", "onnxruntime_tflops", "tflops"):
+        values = [v for v in (a.get(key), b.get(key)) if v is not None]
+        out[key] = max(values) if values else None
+    return out
+
+
+def flops_per_sample(model: nn.Module, x: torch.Tensor) -> float:
+    """Forward FLOPs of ``model`` on one sample ``x[:1]`` (``torch.utils.flop_counter``: convolutions
+    and matmuls, a multiply-add counted as two)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x[:1])
+    return float(counter.get_total_flops())
+
+
+def device_info(device: torch.device) -> dict[str, Any]:
+    """The header's description of the machine: device name, torch version, cores, date."""
+    import datetime
+    import os
+    import platform
+
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        try:
+            with open("/proc/cpuinfo") as fh:
+                name = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), "")
+        except OSError:
+            name = ""
+        name = name or platform.processor() or "cpu"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return {"device": str(device), "device_name": name, "torch_version": torch.__version__,
+            "cuda_version": torch.version.cuda, "cores": cores, "torch_threads": torch.get_num_threads(),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def memory_reset(device: torch.device) -> None:
+    """Start a row's peak-memory count (CUDA only: the CPU's peak RSS never goes down)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def memory_peak(device: torch.device) -> tuple[int, str]:
+    """Peak memory in bytes and what it counts: this row's CUDA allocations, or the process's peak RSS."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device)), "row: torch.cuda.max_memory_allocated"
+    import resource
+
+    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return int(rss_kib) * 1024, "process: peak RSS since start (all rows so far, never decreases)"
+
+
+def peak_gemm(precision: str, device: torch.device) -> dict[str, Any]:
+    """This device's GEMM rate at ``precision``, in TFLOP/s: torch's matmul under
+    :func:`precision_mode`, on the CPU in fp32 also ONNX Runtime's; ``tflops`` is the higher."""
+    try:
+        check_precision(precision, device)
+    except ConfigError as e:
+        return {"tflops": None, "torch_tflops": None, "onnxruntime_tflops": None, "reason": str(e)}
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    gen = torch.Generator(device=device).manual_seed(0)
+    # square GEMMs, doubled in size until one takes 20 ms (a slow bf16 CPU stops small), then timed
+    n, largest = 256, 8192 if device.type == "cuda" else 2048
+    while True:
+        a, b = (torch.randn(n, n, generator=gen, device=device).to(dtype) for _ in range(2))
+        with precision_mode(precision, device):
+            if n >= largest or _best_seconds(lambda a=a, b=b: a @ b, sync, budget=0.0) >= 0.02:
+                best = _best_seconds(lambda a=a, b=b: a @ b, sync)
+                break
+        n *= 2
+    out: dict[str, Any] = {"shape": [n, n, n], "torch_tflops": 2 * n ** 3 / best / 1e12,
+                           "onnxruntime_tflops": None}
+    if device.type == "cpu" and precision == "fp32":
+        out["onnxruntime_tflops"] = _ort_gemm_tflops(a.numpy(), b.numpy())
+    out["tflops"] = max(v for v in (out["torch_tflops"], out["onnxruntime_tflops"]) if v is not None)
+    return out
+
+
+def _ort_gemm_tflops(a: np.ndarray, b: np.ndarray) -> float | None:
+    """ONNX Runtime's (MLAS) fp32 GEMM rate; ``None`` without onnx/onnxruntime."""
+    try:
+        from onnx import TensorProto, helper
+
+        from ..exporters.session import make_session
+    except (ImportError, LossgridError):
+        return None
+    (m, k), n = a.shape, b.shape[1]
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "gemm",
+                              [helper.make_tensor_value_info("a", TensorProto.FLOAT, [m, k]),
+                               helper.make_tensor_value_info("b", TensorProto.FLOAT, [k, n])],
+                              [helper.make_tensor_value_info("c", TensorProto.FLOAT, [m, n])])
+    onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx_model.ir_version = 8
+    try:
+        session = make_session(onnx_model.SerializeToString())
+    except LossgridError:
+        return None
+    feeds = {"a": a, "b": b}
+    return 2 * m * k * n / _best_seconds(lambda: session.run(None, feeds), lambda: None) / 1e12
+
+
+def _best_seconds(fn: Callable[[], Any], sync: Callable[[], None], budget: float = 0.5, most: int = 20) -> float:
+    """Best time of ``fn`` after one warm-up call, over at most ``most`` calls or ``budget`` seconds."""
+    fn()
+    sync()
+    times: list[float] = []
+    end = time.perf_counter() + budget
+    while not times or (len(times) < most and time.perf_counter() < end):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def _json_safe(obj: Any) -> Any:
+    """Plain JSON: tuples as lists, NumPy scalars as numbers, non-finite floats as ``None``."""
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    return str(obj)
