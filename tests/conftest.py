@@ -22,6 +22,12 @@ def _cupy_gpu() -> bool:
     return bool(cupy.cuda.is_available())
 
 
+def _ort_cuda() -> bool:
+    from lossgrid.exporters.session import cuda_provider_available
+
+    return torch.cuda.is_available() and cuda_provider_available()
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     reasons = {
         "gpu": None if _cuda_available() else "no CUDA GPU on this machine",
@@ -29,6 +35,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         "tensorrt": None if importlib.util.find_spec("tensorrt") else "TensorRT is not installed",
         "nvcc": None if shutil.which("nvcc") else "nvcc (the CUDA compiler) is not installed",
         "cxx": None if shutil.which("g++") else "g++ (the C++ compiler) is not installed",
+        "ort_cuda": None if _ort_cuda() else ("ONNX Runtime's CUDA provider with a GPU is not available "
+                                              "(pip install \"lossgrid[gpu]\" installs onnxruntime-gpu)"),
     }
     for item in items:
         for marker, reason in reasons.items():

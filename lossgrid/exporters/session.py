@@ -37,7 +37,10 @@ def make_session(model_bytes: bytes, device: str = "cpu", threads: int | None = 
         threads: intra-op threads (CPU); ``None`` lets ONNX Runtime decide.
         cuda_graph: capture the CUDA run in a CUDA graph (the CUDA provider's
             ``enable_cuda_graph``); every input and output must then be bound
-            with IOBinding to the same device addresses on every run.
+            with IOBinding to the same device addresses and shapes on every run.
+            ONNX Runtime refuses such a session (it raises) when some node would
+            run on the CPU (shape computations, missing CUDA kernels) or the
+            graph has control flow; callers decide whether to retry without.
 
     Example:
         >>> session = make_session(open("model.onnx", "rb").read())  # doctest: +SKIP

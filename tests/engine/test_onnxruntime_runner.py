@@ -1,7 +1,8 @@
 """The onnxruntime backend against the torch runner and the per-point reference.
 
-Tolerances: loss within 1e-4 relative; accuracy identical except where a
-sample's top-2 logits tie within 1e-5 at that point.
+Tolerances: loss within 1e-4 relative through the surface loop, 1e-5 relative for
+the runner called directly; accuracy identical except where a sample's top-2
+logits tie within 1e-5 at that point.
 """
 
 import numpy as np
@@ -110,7 +111,7 @@ def test_auto_releases_the_candidates_it_did_not_choose(trained_cnn, digits_smal
     runner.evaluate(base[None].repeat(2, 1))
     gc.collect()
     alive = [r() for r in built if r() is not None]
-    assert len(built) == 5 and alive == [runner.chosen]
+    assert len(built) == len(runner.candidates) and alive == [runner.chosen]
     assert "onnxruntime" not in runner.chosen.name or runner.chosen.describe()["strategy"] in runner.reason
 
 
@@ -145,6 +146,7 @@ def test_cuda_provider_missing_is_a_typed_error():
 
 
 @pytest.mark.gpu
+@pytest.mark.ort_cuda
 def test_cuda_provider_runs_on_gpu():
     from lossgrid.exporters.onnx import export_onnx
     from lossgrid.exporters.session import make_session
@@ -153,3 +155,105 @@ def test_cuda_provider_runs_on_gpu():
     result = export_onnx(mlp_digits(), torch.randn(2, 1, 8, 8), k=1, check=False)
     session = make_session(result.model_bytes, "cuda")
     assert session.get_providers()[0] == "CUDAExecutionProvider"
+
+
+# -- IOBinding (the wide strategy on every device) ---------------------------------------------
+def _per_point_reference(model, layout, weights, data):
+    """Plain PyTorch, one weight set at a time: mean cross-entropy and accuracy in percent."""
+    from torch.func import functional_call
+
+    loss, acc = [], []
+    with torch.no_grad():
+        for w in weights:
+            out = functional_call(model, layout.unflatten(w), (data.x,))
+            loss.append(float(torch.nn.functional.cross_entropy(out, data.y)))
+            acc.append(100.0 * float((out.argmax(1) == data.y).double().mean()))
+    return np.array(loss), np.array(acc)
+
+
+def _cnn_and_mlp(trained_cnn):
+    from lossgrid.zoo import mlp_digits
+
+    torch.manual_seed(0)
+    return {"cnn": trained_cnn, "mlp": mlp_digits().eval()}
+
+
+def _runner_case(model, data, k=6, seed=3):
+    from lossgrid.engine.params import ParamLayout
+
+    layout = ParamLayout.from_model(model)
+    base = layout.flatten(dict(model.named_parameters()))
+    gen = torch.Generator().manual_seed(seed)
+    weights = base[None] + 0.05 * base.abs().mean() * torch.randn(k, base.numel(), generator=gen)
+    return layout, weights
+
+
+@pytest.mark.parametrize("which", ["cnn", "mlp"])
+def test_wide_iobinding_matches_the_per_point_reference(trained_cnn, digits_small, which):
+    from lossgrid.engine.losses import cross_entropy
+    from lossgrid.engine.runners.onnxruntime_runner import OnnxRuntimeRunner
+
+    model = _cnn_and_mlp(trained_cnn)[which]
+    layout, weights = _runner_case(model, digits_small)
+    # 150 samples in batches of 64: a partial last batch; 6 points with K=4: a padded last call
+    with OnnxRuntimeRunner(model, layout, digits_small.x, digits_small.y, cross_entropy, batch_size=64,
+                           strategy="wide", points_per_call=4) as runner:
+        loss, acc = runner.evaluate(weights)
+        info = runner.describe()
+    ref_loss, ref_acc = _per_point_reference(model, layout, weights, digits_small)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+    np.testing.assert_allclose(acc, ref_acc, atol=100.0 / len(digits_small) + 1e-9)  # at most one top-2 tie
+    assert info["io_binding"] is True and info["execution"] == "no CUDA graph (CPU)"
+
+
+def test_fixed_buffers_with_a_padded_last_batch(trained_cnn, digits_small):
+    """The CUDA-graph binding scheme (fixed data/weight/output buffers bound once, the
+    last batch padded to the full size) run on the CPU: the copying and padding logic,
+    not CUDA graphs themselves (those need a GPU with onnxruntime-gpu)."""
+    from lossgrid.engine.losses import cross_entropy
+    from lossgrid.engine.runners.onnxruntime_runner import OnnxRuntimeRunner
+
+    layout, weights = _runner_case(trained_cnn, digits_small, k=5)
+    runner = OnnxRuntimeRunner(trained_cnn, layout, digits_small.x, digits_small.y, cross_entropy, batch_size=64,
+                               strategy="wide", points_per_call=2)
+    runner.cuda_graph = True
+    runner._bind_wide()
+    runner.batches = runner._place_batches(digits_small.x, digits_small.y)
+    assert [b[0][0].shape[0] for b in runner.batches] == [64, 64, 64]
+    assert [b[0][1] for b in runner.batches] == [64, 64, 22]
+    loss, acc = runner.evaluate(weights)
+    again = runner.evaluate(weights[:1])  # stale buffers from the previous call must not leak into this one
+    ref_loss, ref_acc = _per_point_reference(trained_cnn, layout, weights, digits_small)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+    np.testing.assert_allclose(again[0], ref_loss[:1], rtol=1e-5)
+    np.testing.assert_allclose(acc, ref_acc, atol=100.0 / len(digits_small) + 1e-9)
+
+
+def test_baked_is_refused_on_cuda(trained_cnn, digits_small):
+    from lossgrid.engine.losses import cross_entropy
+    from lossgrid.engine.params import ParamLayout
+    from lossgrid.engine.runners.onnxruntime_runner import OnnxRuntimeRunner
+
+    layout = ParamLayout.from_model(trained_cnn)
+    with pytest.raises(ConfigError, match="baked cannot run on a GPU") as e:
+        OnnxRuntimeRunner(trained_cnn, layout, digits_small.x, digits_small.y, cross_entropy, strategy="baked",
+                          device="cuda")
+    assert "--strategy wide" in str(e.value)
+
+
+@pytest.mark.gpu
+@pytest.mark.ort_cuda
+def test_wide_on_cuda_matches_the_torch_runner(trained_cnn, digits_small):
+    """Needs onnxruntime-gpu as well as a GPU (without it: MissingBackendError, as above)."""
+    from lossgrid.engine.losses import cross_entropy
+    from lossgrid.engine.runners.onnxruntime_runner import OnnxRuntimeRunner
+
+    layout, weights = _runner_case(trained_cnn, digits_small)
+    with OnnxRuntimeRunner(trained_cnn, layout, digits_small.x, digits_small.y, cross_entropy, batch_size=64,
+                           strategy="auto", points_per_call=4, device="cuda") as runner:
+        loss, _ = runner.evaluate(weights.cuda())
+        info = runner.describe()
+    ref_loss, _ = _per_point_reference(trained_cnn, layout, weights, digits_small)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+    assert info["strategy"] == "wide" and info["io_binding"] is True
+    assert info["execution"] == "CUDA graph" or info["execution"].startswith("no CUDA graph: ONNX Runtime refused")

@@ -62,8 +62,8 @@ def test_auto_strategy_reports_choice(trained_cnn, digits_small):
     surf = compute_surface(trained_cnn, digits_small, GridSpec.parse("-0.5:0.5:3"), directions=dirs,
                            eval_spec=EvalSpec(auto_budget=1e6, points_per_call=1))
     run = surf.attrs["last_run"]
-    assert run["strategy"] in ("loop", "vmap", "wide") and "fastest when timed" in run["strategy_reason"]
-    for label in ("torch/loop", "torch/vmap", "torch/wide"):
+    assert run["strategy"] in ("loop", "static", "vmap", "wide") and "fastest when timed" in run["strategy_reason"]
+    for label in ("torch/loop", "torch/static", "torch/vmap", "torch/wide"):
         assert label in run["strategy_reason"]
     ref_loss, _ = reference_surface(trained_cnn, digits_small, dirs, GridSpec.parse("-0.5:0.5:3"))
     np.testing.assert_allclose(surf.loss, ref_loss, rtol=RTOL)
