@@ -41,7 +41,7 @@ import xml.etree.ElementTree as ET
 from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MARKERS = "gpu or cupy or tensorrt or nvcc"
+MARKERS = "gpu or cupy or tensorrt or ort_cuda or nvcc"
 #: seconds kept free after the bench's budget: the last row, the closing GEMM peaks, the JSON
 MARGIN_S = 60.0
 

@@ -42,3 +42,12 @@ def test_missing_backend_error_names_extra():
         require("lossgrid_no_such_backend", "gpu", "The CuPy kernels")
     msg = str(e.value)
     assert 'pip install "lossgrid[gpu]"' in msg and "lossgrid_no_such_backend" in msg
+
+
+def test_a_cpu_surface_imports_no_gpu_package():
+    code = ("import sys, torch, lossgrid; data = lossgrid.load_data('digits', samples=32); "
+            "model, _ = lossgrid.load_model('lossgrid.zoo:mlp_digits'); "
+            "lossgrid.compute_surface(model, data, lossgrid.GridSpec.parse('-1:1:3'), "
+            "eval_spec=lossgrid.EvalSpec(backend='auto', auto_budget=1e6)); "
+            "heavy = [m for m in ('cupy', 'tensorrt') if m in sys.modules]; assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True)

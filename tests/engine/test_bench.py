@@ -174,3 +174,13 @@ def test_cuda_rows():
         assert row["peak_memory_scope"].startswith("row") and row["peak_memory_bytes"] > 0
     assert result["rows"][0]["max_rel_loss_error"] == 0.0 and result["rows"][1]["max_rel_loss_error"] < 1e-2
     assert all(result["peak_gemm"][p]["tflops"] > 0 for p in ("fp32", "tf32", "bf16"))
+
+
+def test_flops_per_sample_counts_multiply_adds_twice():
+    from torch import nn
+
+    from lossgrid.engine._measure import flops_per_sample
+
+    assert flops_per_sample(nn.Linear(64, 10), torch.randn(5, 64)) == 2 * 64 * 10
+    conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+    assert flops_per_sample(conv, torch.randn(2, 3, 16, 16)) == 2 * 8 * 16 * 16 * 3 * 9
