@@ -18,6 +18,9 @@ Data specs:
   The batches are pickles: they are read with a restricted unpickler that
   resolves only what such files hold (numpy arrays), so a tampered batch
   cannot run code.
+* ``synthetic:SHAPE:N[:CLASSES]`` -- ``N`` seeded standard-normal inputs of
+  shape ``SHAPE`` (e.g. ``3x32x32``) with uniformly random labels in
+  ``[0, CLASSES)`` (default 10): for benchmarks and smoke tests, not landscapes.
 * ``package.module:function`` or ``file.py:function`` -- returns ``(x, y)``
   tensors or arrays, or a ``torch.utils.data.Dataset`` of ``(x, y)`` pairs.
 
@@ -70,12 +73,14 @@ def load_data(spec: str, samples: int | None = None, sample_seed: int = 0) -> Ev
         x, y = _npz(spec[4:])
     elif spec.startswith("cifar10:"):
         x, y = _cifar10(spec[len("cifar10:"):])
+    elif spec.startswith("synthetic:"):
+        x, y = synthetic(spec[len("synthetic:"):])
     elif ":" in spec:
         x, y = _from_object(spec)
     else:
         raise DataLoadError(f"Unknown data spec {spec!r}",
                             "it is not a built-in set and not of the form module:function",
-                            "use digits, npz:FILE, cifar10:DIR, or package.module:function")
+                            "use digits, npz:FILE, cifar10:DIR, synthetic:SHAPE:N, or package.module:function")
     x, y = _as_tensors(x, y, spec)
     total = len(x)
     if samples is None:
@@ -217,6 +222,31 @@ def read_cifar_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
     if labels.size and (labels.min() < 0 or labels.max() > 9):
         raise fail(f"b'labels' holds values from {labels.min()} to {labels.max()}, expected 0..9")
     return data, labels
+
+
+#: at most this many input values in a synthetic set (16 GiB of float32)
+MAX_SYNTHETIC_VALUES = 1 << 32
+
+
+def synthetic(arg: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``SHAPE:N[:CLASSES]`` -> ``N`` seeded normal inputs of ``SHAPE`` (``3x32x32``) and random labels."""
+    parts = arg.split(":")
+    hint = "write synthetic:SHAPE:N[:CLASSES], e.g. synthetic:3x32x32:50000 or synthetic:784:2048:10"
+    try:
+        if len(parts) not in (2, 3):
+            raise ValueError("expected SHAPE:N or SHAPE:N:CLASSES")
+        shape = tuple(int(d) for d in parts[0].lower().split("x"))
+        n = int(parts[1])
+        classes = int(parts[2]) if len(parts) == 3 else 10
+    except ValueError as e:
+        raise DataLoadError(f"Cannot read the synthetic data spec {arg!r}", str(e), hint) from None
+    values = n * int(np.prod(shape))
+    if n < 1 or classes < 1 or any(d < 1 for d in shape) or values > MAX_SYNTHETIC_VALUES:
+        raise DataLoadError(f"Synthetic data {arg!r} is out of range",
+                            f"N, CLASSES and every dimension must be at least 1 and N x SHAPE at most "
+                            f"{MAX_SYNTHETIC_VALUES:,} values (got {values:,})", hint)
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn((n, *shape), generator=gen), torch.randint(0, classes, (n,), generator=gen)
 
 
 def _from_object(spec: str) -> tuple[Any, Any]:

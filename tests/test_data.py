@@ -117,3 +117,17 @@ def test_module_function_tuple_and_dataset(tmp_path):
 def test_unknown_specs(spec):
     with pytest.raises(DataLoadError):
         load_data(spec)
+
+
+def test_synthetic_data_is_seeded_and_checked():
+    from lossgrid.data import load_data
+    from lossgrid.errors import DataLoadError
+
+    a, b = load_data("synthetic:3x32x32:20"), load_data("synthetic:3x32x32:20")
+    assert tuple(a.x.shape) == (20, 3, 32, 32) and a.x.dtype == torch.float32 and a.y.dtype == torch.int64
+    assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y) and int(a.y.max()) < 10
+    flat = load_data("synthetic:784:50:3")
+    assert tuple(flat.x.shape) == (50, 784) and set(flat.y.tolist()) <= {0, 1, 2}
+    for bad in ("synthetic:3x32x32", "synthetic:axb:5", "synthetic:3x0:5", "synthetic:8:0", "synthetic:99999x99999:9"):
+        with pytest.raises(DataLoadError, match="synthetic"):
+            load_data(bad)

@@ -33,7 +33,8 @@ def parse_project(ctx: click.Context, param: click.Parameter, value: str | None)
 @click.option("--trust-checkpoint", is_flag=True,
               help="Allow checkpoints that are whole pickled models (loading them runs code from the file).")
 @click.option("--data", required=True,
-              help="digits[:train|:test], npz:FILE, cifar10:DIR[:test][:norm=...], or module:function.")
+              help="digits[:train|:test], npz:FILE, cifar10:DIR[:test][:norm=...], synthetic:SHAPE:N[:CLASSES] "
+              "(e.g. 3x32x32:50000, seeded random images), or module:function.")
 @click.option("--samples", type=click.IntRange(min=1), help="Time on a fixed, seeded subset of N samples.")
 @click.option("--loss", default="cross_entropy", show_default=True,
               help="cross_entropy, mse, or module:function returning per-sample losses.")

@@ -21,7 +21,7 @@ from ._common import echo_json, parse_axis, run_with_progress
               "Only for files you made or trust. State dicts, safetensors and TorchScript need no trust.")
 @click.option("--data", default="digits", show_default=True,
               help="digits[:train|:test], npz:FILE, cifar10:DIR[:test][:norm=reference|dataset|none|M,M,M/S,S,S], "
-              "or module:function.")
+              "synthetic:SHAPE:N[:CLASSES] (seeded random inputs, for benchmarks), or module:function.")
 @click.option("--samples", type=click.IntRange(min=1), help="Evaluate on a fixed, seeded subset of N samples.")
 @click.option("--samples-seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--loss", default="cross_entropy", show_default=True,
