@@ -39,7 +39,6 @@ from .. import __version__
 from ..config import MAX_GRID_POINTS, PRECISIONS, DirectionSpec, EvalSpec
 from ..data import EvalData
 from ..errors import ConfigError, LossgridError, is_out_of_memory
-from ..kernels import perturb
 from . import preflight
 from ._measure import device_info, flops_per_sample, memory_peak, memory_reset, peak_gemm
 from .directions import create_directions
@@ -100,7 +99,7 @@ def combinations(backends: Sequence[str] | None = None,
     """The (backend, strategy) pairs to time, in :data:`STRATEGIES` order.
 
     ``None`` means every backend / every real strategy: the ``auto`` pseudo
-    backend and strategies are rows only when named. Named strategies that do not
+    backend and strategies, and the opt-in ``tensorrt/refit``, are rows only when named. Named strategies that do not
     belong to a named backend are left out for that backend.
     """
     unknown = [b for b in backends or () if b not in BACKENDS]
@@ -110,7 +109,9 @@ def combinations(backends: Sequence[str] | None = None,
     pairs = []
     for backend in dict.fromkeys(chosen_backends):
         for strategy in STRATEGIES[backend]:
-            wanted = strategy in strategies if strategies else (strategy != "auto" or backend == "auto")
+            # auto and the opt-in tensorrt/refit are rows only when named
+            default = strategy not in ("auto", "refit") or backend == "auto"
+            wanted = strategy in strategies if strategies else default
             if wanted:
                 pairs.append((backend, strategy))
     if not pairs:
@@ -174,8 +175,8 @@ def run_bench(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch.Tenso
     preflight.probe(model, data, loss_fn, dev)
     directions = create_directions(model, DirectionSpec(seed=seed), ndim=2)
     base = directions.layout.flatten(perturbed_tensors(model, "weights"))
-    coeffs = grid_coefficients(points)
-    weights = perturb(base, directions.flat().to(dev), coeffs.to(dev, base.dtype))
+    coeffs = grid_coefficients(points).to(dev, base.dtype)
+    flat_dirs = directions.flat().to(dev)
     fps = flops_per_sample(model, data.x[:1].to(dev))
     n = len(data)
     header: dict[str, Any] = {
@@ -200,7 +201,8 @@ def run_bench(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch.Tenso
         else:
             rows.append(_row(EvalSpec(backend=backend, strategy=strategy, points_per_call=points_per_call,
                                       batch_size=batch_size, device=str(dev), precision=precision),
-                             model, directions.layout, data, loss_fn, weights, repeats, model_description))
+                             model, directions.layout, data, loss_fn, (base, flat_dirs, coeffs), repeats,
+                             model_description))
         log.info("bench row %d/%d: %s", i + 1, len(todo), rows[-1].get("reason") or rows[-1]["seconds"])
         if progress:
             progress(i + 1, len(todo))
@@ -218,9 +220,12 @@ ROW_KEYS = ("backend", "strategy", "precision", "available", "reason", "ran", "s
             "max_rel_loss_error", "max_abs_loss_error", "projected_seconds", "loss", "acc", "runner")
 
 
-def _row(spec: EvalSpec, model: nn.Module, layout: Any, data: EvalData, loss_fn: LossFn, weights: torch.Tensor,
-         repeats: int, description: str) -> dict[str, Any]:
-    """Build, warm up and time one runner; a combination that cannot run gives its reason."""
+def _row(spec: EvalSpec, model: nn.Module, layout: Any, data: EvalData, loss_fn: LossFn,
+         points: tuple[torch.Tensor, torch.Tensor, torch.Tensor], repeats: int, description: str) -> dict[str, Any]:
+    """Build, warm up and time one runner on ``points`` = ``(base, dirs, coeffs)``, called as the
+    surface loop calls it (``set_directions``, then ``evaluate_points`` per chunk); a combination
+    that cannot run gives its reason."""
+    base, dirs, coeffs = points
     row: dict[str, Any] = {"backend": spec.backend, "strategy": spec.strategy, "precision": spec.precision,
                            "available": False, "reason": None}
     device = torch.device(spec.device)
@@ -240,6 +245,9 @@ def _row(spec: EvalSpec, model: nn.Module, layout: Any, data: EvalData, loss_fn:
     except (LossgridError, ImportError) as e:
         row["reason"] = str(e)
         return row
+    except RuntimeError as e:  # a backend failing to set up (e.g. an engine build) is one row, not the bench
+        row["reason"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        return row
     try:
         setup = time.perf_counter() - t0
         info = runner.describe()
@@ -248,11 +256,12 @@ def _row(spec: EvalSpec, model: nn.Module, layout: Any, data: EvalData, loss_fn:
             row["reason"] = (f"the {spec.backend}/{spec.strategy} runner does not run at {spec.precision} "
                              f"(it reports precision {ran_at})")
             return row
-        runner.expect(len(weights))
+        runner.set_directions(base, dirs)
+        runner.expect(len(coeffs))
         t0 = time.perf_counter()
-        runner.evaluate(weights[:pass_width(spec.strategy, runner.points_per_call)])  # warm-up: lazy state, graphs
+        runner.evaluate_points(coeffs[:pass_width(spec.strategy, runner.points_per_call)])  # warm-up: lazy state
         warmup = time.perf_counter() - t0
-        seconds, (loss, acc) = min((_timed_pass(runner, weights) for _ in range(repeats)), key=lambda t: t[0])
+        seconds, (loss, acc) = min((_timed_pass(runner, coeffs) for _ in range(repeats)), key=lambda t: t[0])
         info = runner.describe()
     except LossgridError as e:
         row["reason"] = str(e)
@@ -266,17 +275,18 @@ def _row(spec: EvalSpec, model: nn.Module, layout: Any, data: EvalData, loss_fn:
         runner.close()
     peak, scope = memory_peak(device)
     row.update(available=True, ran=f"{info.get('backend')}/{info.get('strategy')}", seconds=seconds,
-               setup_seconds=setup, warmup_seconds=warmup, points=int(len(weights)),
+               setup_seconds=setup, warmup_seconds=warmup, points=int(len(coeffs)),
                peak_memory_bytes=peak, peak_memory_scope=scope, points_per_call=info.get("points_per_call"),
                batch_size=info.get("batch_size"), loss=loss.tolist(), acc=acc.tolist(), runner=info)
     return row
 
 
-def _timed_pass(runner: Any, weights: torch.Tensor) -> tuple[float, tuple[np.ndarray, np.ndarray]]:
-    """Seconds to evaluate all ``weights`` in the runner's chunks (as the surface loop calls it), and the results."""
+def _timed_pass(runner: Any, coeffs: torch.Tensor) -> tuple[float, tuple[np.ndarray, np.ndarray]]:
+    """Seconds to evaluate all grid points ``coeffs`` in the runner's chunks (as the surface loop calls it),
+    and the results."""
     step = runner.points_per_call
     t0 = time.perf_counter()
-    parts = [runner.evaluate(weights[start:start + step]) for start in range(0, len(weights), step)]
+    parts = [runner.evaluate_points(coeffs[start:start + step]) for start in range(0, len(coeffs), step)]
     seconds = time.perf_counter() - t0
     return seconds, (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
 

@@ -38,12 +38,21 @@ def check_precision(precision: str, device: torch.device | str) -> None:
                           "use --precision fp32 (or bf16) on the CPU, or --device cuda")
 
 
-def _tf32_settings() -> list[tuple[object, str]]:
-    """The (object, attribute) pairs that decide TF32 use for fp32 matmuls and convolutions."""
+def _tf32_settings() -> tuple[list[tuple[object, str]], bool]:
+    """The (object, attribute) pairs that decide TF32 use for fp32 matmuls and convolutions, and
+    whether they are torch's newer ``fp32_precision`` strings (else the ``allow_tf32`` booleans).
+
+    The boolean flags are used where they can be read: every torch since 1.7 honours them, and
+    setting them keeps cuDNN's convolution and RNN settings consistent (with the newer API a
+    conv-only setting makes any later read of ``torch.backends.cudnn.allow_tf32`` raise). Where
+    the process already mixed both APIs, reading the booleans raises; then the newer settings
+    are used."""
     backends = torch.backends
-    if hasattr(backends.cuda.matmul, "fp32_precision"):  # torch >= 2.9
-        return [(backends.cuda.matmul, "fp32_precision"), (backends.cudnn.conv, "fp32_precision")]
-    return [(backends.cuda.matmul, "allow_tf32"), (backends.cudnn, "allow_tf32")]
+    try:
+        _ = backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32
+        return [(backends.cuda.matmul, "allow_tf32"), (backends.cudnn, "allow_tf32")], False
+    except RuntimeError:
+        return [(backends.cuda.matmul, "fp32_precision"), (backends.cudnn.conv, "fp32_precision")], True
 
 
 @contextlib.contextmanager
@@ -57,9 +66,8 @@ def precision_mode(precision: str, device: torch.device | str) -> Iterator[None]
     """
     check_precision(precision, device)
     device = torch.device(device)
-    settings = _tf32_settings()
+    settings, modern = _tf32_settings()
     saved = [getattr(obj, attr) for obj, attr in settings]
-    modern = settings[0][1] == "fp32_precision"
     tf32 = precision == "tf32"
     try:
         if device.type == "cuda":

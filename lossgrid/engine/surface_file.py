@@ -200,7 +200,8 @@ class SurfaceWriter:
             stored = _json_attr(f.attrs.get("identity"), {})
             if f.attrs.get("schema_version") != SCHEMA_VERSION or _comparable(stored) != _comparable(identity):
                 keys = sorted(set(_comparable(stored)) | set(_comparable(identity)))
-                diff = [k for k in keys if stored.get(k) != identity.get(k)]
+                a, b = _comparable(stored), _comparable(identity)
+                diff = [k for k in keys if a.get(k) != b.get(k)]
                 return (f"Surface file {path} was computed with different settings",
                         "differing: " + (", ".join(diff) if diff else "schema version"), True)
             problem = check_layout(f, self.shape, xcoords, ycoords)
@@ -335,7 +336,10 @@ class SurfaceWriter:
 
 
 def _comparable(identity: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in identity.items() if k not in DESCRIPTIONS}
+    """The entries that decide whether two runs are the same job: not the spellings of
+    inputs, and an absent entry equals ``null`` (so files written before a setting existed,
+    at its neutral value, stay resumable)."""
+    return {k: v for k, v in identity.items() if k not in DESCRIPTIONS and v is not None}
 
 
 def _is_lock_error(e: BaseException) -> bool:

@@ -63,7 +63,9 @@ def make_session(model_bytes: bytes, device: str = "cpu", threads: int | None = 
                                   f"available providers: {', '.join(ort.get_available_providers())}",
                                   'install it with: pip install "lossgrid[gpu]" (onnxruntime-gpu, which replaces '
                                   "the onnxruntime package), on a machine with a CUDA GPU")
-    options = {"device_id": str(dev.index or 0)}
+    # the CUDA provider runs fp32 convolutions and GEMMs in TF32 unless told otherwise; lossgrid's
+    # ONNX Runtime runs are strict IEEE fp32 (it is what they are labelled)
+    options = {"device_id": str(dev.index or 0), "use_tf32": "0"}
     if cuda_graph:
         options["enable_cuda_graph"] = "1"
     session = ort.InferenceSession(model_bytes, opts, providers=[("CUDAExecutionProvider", options),

@@ -71,9 +71,23 @@ def for_device(device: torch.device | str | int) -> ModuleType:
         >>> kernels = for_device(weights.device)
         >>> points = kernels.perturb(base, dirs, coeffs)
     """
-    if torch.device(device).type == "cuda" and _cupy_usable():
+    device = torch.device(device)
+    if device.type == "cuda" and _cupy_usable() and _compiles(device.index):
         return cuda
     return cpu
+
+
+@functools.cache
+def _compiles(index: int | None) -> bool:
+    """Whether CuPy can compile the kernels for CUDA device ``index`` (a CuPy without NVRTC,
+    or a driver too old for it, fails here once instead of at every launch)."""
+    try:
+        cuda.ensure_compiled(torch.device("cuda", index) if index is not None else torch.device("cuda"))
+        return True
+    except Exception as e:
+        logger.warning("the CUDA kernels cannot be compiled (%s: %s); the torch kernels run instead",
+                       type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+        return False
 
 
 def kernel_name(module: ModuleType) -> str:

@@ -245,11 +245,28 @@ def _launch(cp: Any, device: torch.device) -> Iterator[tuple[dict[str, Any], int
     with torch.cuda.device(device), cp.cuda.Device(device.index):
         torch_stream = torch.cuda.current_stream(device)
         if hasattr(cp.cuda.Stream, "from_external"):  # CuPy >= 14 (ExternalStream is deprecated there)
-            stream = cp.cuda.Stream.from_external(torch_stream)
+            # through the CUDA stream protocol, which torch's own streams implement only since ~2.10
+            stream = cp.cuda.Stream.from_external(_StreamHandle(torch_stream.cuda_stream))
         else:
             stream = cp.cuda.ExternalStream(torch_stream.cuda_stream, device.index)
         with stream:
             yield compiled
+
+
+class _StreamHandle:
+    """A raw ``cudaStream_t`` offered through the CUDA stream protocol (``__cuda_stream__``
+    returns ``(version, handle)``), as CuPy 14's ``Stream.from_external`` expects."""
+
+    def __init__(self, handle: int) -> None:
+        self.handle = int(handle)
+
+    def __cuda_stream__(self) -> tuple[int, int]:
+        return 0, self.handle
+
+
+def ensure_compiled(device: torch.device | str) -> None:
+    """Compile and load the kernels for ``device`` now (CuPy's NVRTC); raises what CuPy raises."""
+    _compiled_for(_cupy(), torch.device(device))
 
 
 def _view(cp: Any, t: torch.Tensor) -> Any:

@@ -163,7 +163,7 @@ def test_cuda_graph_replay_matches_the_cpu_reference(trained_cnn, digits_small, 
 @pytest.mark.parametrize("precision", ["tf32", "bf16"])
 def test_reduced_precisions_on_cuda_stay_close_and_restore_settings(trained_cnn, digits_small, precision):
     layout, base, dirs = _setup(trained_cnn)
-    conv_before = torch.backends.cudnn.conv.fp32_precision
+    conv_before = torch.backends.cudnn.allow_tf32
     runner = StaticRunner(trained_cnn, layout, digits_small.x, digits_small.y, cross_entropy, device="cuda",
                           precision=precision)
     runner.set_directions(base, dirs)
@@ -171,7 +171,7 @@ def test_reduced_precisions_on_cuda_stay_close_and_restore_settings(trained_cnn,
     ref, _ = evaluate_points_reference(trained_cnn, layout, perturb(base, dirs, COEFFS), digits_small.x,
                                        digits_small.y)
     np.testing.assert_allclose(loss, ref, rtol=5e-2)
-    assert torch.backends.cudnn.conv.fp32_precision == conv_before
+    assert torch.backends.cudnn.allow_tf32 == conv_before
 
 
 @pytest.mark.gpu

@@ -108,6 +108,41 @@ def test_different_settings_refused_unless_overwrite(tmp_path, trained_cnn, digi
     assert surf.complete and load_surface(str(path)).attrs["x"] == "-2:2:4"
 
 
+def test_precision_decides_identity_and_older_fp32_files_resume(tmp_path, trained_cnn, digits_small):
+    path = tmp_path / "s.h5"
+    make(trained_cnn, digits_small, path, grid="-1:1:3", y=None, eval_spec=EvalSpec(strategy="loop", points_per_call=1))
+    with h5py.File(path, "r+") as f:  # as an older file: no precision key; and a null one is the same
+        identity = json.loads(f.attrs["identity"])
+        assert "precision" not in identity
+        identity["precision"] = None
+        f.attrs["identity"] = json.dumps(identity, sort_keys=True)
+        f["done"][1:] = 0
+    surf = make(trained_cnn, digits_small, path, grid="-1:1:3", y=None)  # resumes at fp32
+    assert surf.complete
+    with h5py.File(path, "r+") as f:
+        f["done"][2] = 0
+    with pytest.raises(SurfaceFileError, match="differing: precision"):
+        make(trained_cnn, digits_small, path, grid="-1:1:3", y=None,
+             eval_spec=EvalSpec(strategy="loop", precision="bf16"))
+
+
+def test_a_failing_precision_check_keeps_the_points_and_says_why(tmp_path, trained_cnn, digits_small, monkeypatch):
+    from lossgrid.engine import surface as surface_module
+
+    class Broken(surface_module.TorchRunner):
+        def evaluate_points(self, coeffs):
+            raise RuntimeError("CUDA out of memory (simulated, in the fp32 check)")
+
+    monkeypatch.setattr(surface_module, "TorchRunner", Broken)
+    path = tmp_path / "s.h5"
+    surf = make(trained_cnn, digits_small, path, grid="-1:1:3", y=None, eval_spec=EvalSpec(strategy="static",
+                                                                                         precision="bf16"))
+    assert surf.complete and load_surface(str(path)).done.all()
+    with h5py.File(path) as f:
+        check = json.loads(f.attrs["runs"])[-1]["precision_check"]
+    assert check["precision"] == "bf16" and "out of memory" in check["error"]
+
+
 def test_corrupt_file_is_reported_and_kept(tmp_path, trained_cnn, digits_small):
     path = tmp_path / "s.h5"
     path.write_bytes(b"garbage" * 100)

@@ -174,10 +174,37 @@ def test_for_device_and_kernel_name(monkeypatch):
     monkeypatch.setattr(kernels, "_cupy_usable", lambda: False)
     assert kernels.for_device("cuda:0") is cpu  # torch kernels run on CUDA too
     monkeypatch.setattr(kernels, "_cupy_usable", lambda: True)
+    monkeypatch.setattr(kernels, "_compiles", lambda index: True)
     assert kernels.for_device("cuda") is cuda and kernels.for_device("cpu") is cpu
+    monkeypatch.setattr(kernels, "_compiles", lambda index: False)  # CuPy without a working NVRTC
+    assert kernels.for_device("cuda:1") is cpu
+    monkeypatch.setattr(kernels, "_compiles", lambda index: True)
     assert kernels.kernel_name(cpu) == "torch" and kernels.kernel_name(cuda) == "cupy"
     with pytest.raises(ConfigError):
         kernels.kernel_name(reference)
+
+
+def test_a_kernel_compile_failure_falls_back_to_the_torch_kernels(monkeypatch, caplog):
+    import lossgrid.kernels as kernels
+    from lossgrid.kernels import cuda
+
+    def broken(device):
+        raise RuntimeError("nvrtc: error: failed to open libnvrtc-builtins.so (simulated)")
+
+    monkeypatch.setattr(kernels, "_cupy_usable", lambda: True)
+    monkeypatch.setattr(cuda, "ensure_compiled", broken)
+    kernels._compiles.cache_clear()
+    try:
+        assert kernels.for_device("cuda:3") is cpu
+        assert "cannot be compiled" in caplog.text and "libnvrtc" in caplog.text
+    finally:
+        kernels._compiles.cache_clear()
+
+
+def test_torch_streams_reach_cupy_through_the_stream_protocol():
+    from lossgrid.kernels.cuda import _StreamHandle
+
+    assert _StreamHandle(0x7F00).__cuda_stream__() == (0, 0x7F00)
 
 
 def test_cuda_module_has_the_cpu_contract():

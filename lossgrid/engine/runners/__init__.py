@@ -101,7 +101,7 @@ def make_runner(eval_spec: EvalSpec, model: nn.Module, layout: ParamLayout, data
     points = eval_spec.points_per_call or 8
     if backend == "torch":
         if strategy == "auto":
-            return AutoRunner(torch_candidates, points, eval_spec.auto_budget, backend="torch")
+            return AutoRunner(torch_candidates, points, eval_spec.auto_budget, backend="torch", device=str(device))
         return torch_runner(strategy)
     if backend == "onnxruntime":
         return ort_runner(strategy)
@@ -115,4 +115,4 @@ def make_runner(eval_spec: EvalSpec, model: nn.Module, layout: ParamLayout, data
             candidates.append(("onnxruntime/wide", lambda: ort_runner("wide")))
     if cuda and importlib.util.find_spec("tensorrt") is not None:
         candidates.append(("tensorrt/inputs", lambda: trt_runner("inputs")))
-    return AutoRunner(candidates, points, eval_spec.auto_budget)
+    return AutoRunner(candidates, points, eval_spec.auto_budget, device=str(device))

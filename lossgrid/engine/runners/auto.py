@@ -54,18 +54,20 @@ class AutoRunner(Runner):
         points_per_call: the chunk size the surface loop should use.
         budget: the share of the estimated job time that timing may cost.
         backend: what :meth:`describe` reports before a choice is made.
+        device: the device the candidates run on (reported before a choice).
     """
 
     name = "auto"
 
     def __init__(self, candidates: list[tuple[str, Callable[[], Any]]], points_per_call: int,
-                 budget: float = AUTO_BUDGET, backend: str = "auto") -> None:
+                 budget: float = AUTO_BUDGET, backend: str = "auto", device: str = "cpu") -> None:
         if not candidates:
             raise ConfigError("No runner to choose from", hint="use --backend torch --strategy loop")
         self.candidates = candidates
         self.points_per_call = points_per_call
         self.budget = budget
         self.backend = backend
+        self.device = device
         self.remaining: int | None = None
         self.chosen: Any = None
         self.reason = ""
@@ -92,7 +94,8 @@ class AutoRunner(Runner):
 
     def describe(self) -> dict[str, object]:
         if self.chosen is None:
-            return {"backend": self.backend, "strategy": None, "strategy_reason": "not yet chosen"}
+            return {"backend": self.backend, "strategy": None, "strategy_reason": "not yet chosen",
+                    "device": self.device, "points_per_call": self.points_per_call, "batch_size": None}
         out = {**self.chosen.describe(), "calibration_seconds": round(self.calibration_seconds, 3)}
         if self.backend == "auto":
             out["backend_choice"] = f"auto: {self.reason}"

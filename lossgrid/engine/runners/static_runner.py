@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from ... import kernels
-from ...errors import ConfigError
+from ...errors import ConfigError, is_out_of_memory
 from ..losses import LossFn, finish_stats, point_batch_stats
 from ..params import ParamLayout, perturbed_tensors
 from ..precision import check_precision, precision_mode
@@ -96,6 +96,7 @@ class StaticRunner(Runner):
         self.use_graphs = cuda if cuda_graphs is None else bool(cuda_graphs)
         self.graph_note = "CUDA graphs" if self.use_graphs else "eager (no CUDA device)"
         self._graphs: dict[tuple[int, ...], tuple[Any, torch.Tensor, torch.Tensor]] = {}
+        self._base: torch.Tensor | None = None
         self._dirs: torch.Tensor | None = None
 
     # -- the flat buffer ----------------------------------------------------------
@@ -174,20 +175,25 @@ class StaticRunner(Runner):
                 "kernels": kernels.kernel_name(self.kern), "execution": self.graph_note}
 
     def close(self) -> None:
+        """Release the graphs, the data, the weight buffer and the model copy at once."""
         self._graphs.clear()
         self.batches = []
-        self._dirs = None
+        self._dirs = self._base = self.perm = None
+        self.flat = torch.empty(0, device=self.device)
+        self.model = nn.Module()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     # -- evaluation -----------------------------------------------------------------
     def _run(self, k: int, write: Any) -> tuple[np.ndarray, np.ndarray]:
         sums = torch.empty(k, dtype=torch.float64, device=self.device)
         correct = torch.zeros(k, dtype=torch.int64, device=self.device)
         labelled = True
-        with torch.no_grad(), precision_mode(self.precision, self.device), \
-                self.guard("The model failed on the evaluation data"):
+        with torch.no_grad(), self.guard("The model failed on the evaluation data"):
             for i in range(k):
-                write(i)
-                total, right = self._replay() if self.use_graphs else self._pass(self.batches)
+                write(i)  # in IEEE fp32 whatever the run's precision: the weights themselves are exact
+                with precision_mode(self.precision, self.device):
+                    total, right = self._replay() if self.use_graphs else self._pass(self.batches)
                 sums[i] = total
                 if right is None:
                     labelled = False
@@ -234,6 +240,8 @@ class StaticRunner(Runner):
                 if correct is None:
                     correct = torch.empty(0, dtype=torch.int64, device=self.device)
         except RuntimeError as e:  # a host sync or a data-dependent shape inside the forward
+            if is_out_of_memory(e):  # not a capture problem: the surface loop names the settings to lower
+                raise
             torch.cuda.synchronize(self.device)
             self.use_graphs = False
             self.graph_note = f"eager: CUDA graph capture failed ({type(e).__name__}: {str(e).splitlines()[0]})"

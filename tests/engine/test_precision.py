@@ -1,0 +1,53 @@
+"""Precision modes: the TF32 switches they set and restore, refusals, and the error report."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from lossgrid.engine.precision import check_precision, precision_error, precision_mode
+from lossgrid.errors import ConfigError
+
+
+def _flags():
+    return torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+
+
+@pytest.mark.parametrize("precision,inside", [("fp32", (False, False)), ("tf32", (True, True)),
+                                              ("bf16", (False, False))])
+def test_cuda_modes_set_tf32_switches_and_restore_them(precision, inside):
+    # the switches are process-wide torch settings: they can be checked without a GPU
+    before = _flags()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # autocast warns that CUDA is absent on this machine
+        with precision_mode(precision, "cuda"):
+            assert _flags() == inside
+    assert _flags() == before
+
+
+def test_settings_are_restored_after_an_error():
+    before = _flags()
+    with pytest.raises(ValueError), precision_mode("tf32", "cuda"):
+        raise ValueError("boom")
+    assert _flags() == before
+
+
+def test_tf32_is_refused_on_the_cpu_and_unknown_precisions_everywhere():
+    with pytest.raises(ConfigError, match="TF32 is a mode of NVIDIA tensor cores"):
+        check_precision("tf32", "cpu")
+    with pytest.raises(ConfigError, match="Unknown precision"):
+        check_precision("fp8", "cuda")
+    check_precision("bf16", "cpu")
+
+
+def test_bf16_on_the_cpu_runs_matmuls_in_bf16():
+    with precision_mode("bf16", "cpu"):
+        assert (torch.ones(4, 4) @ torch.ones(4, 4)).dtype == torch.bfloat16
+    assert (torch.ones(4, 4) @ torch.ones(4, 4)).dtype == torch.float32
+
+
+def test_precision_error():
+    err = precision_error(np.array([1.0, 2.2]), np.array([1.0, 2.0]))
+    assert err["points"] == 2 and err["max_abs_loss_error"] == pytest.approx(0.2)
+    assert err["max_rel_loss_error"] == pytest.approx(0.1)
