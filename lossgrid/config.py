@@ -28,6 +28,8 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 NORMS = ("filter", "layer", "weight", "none")
 IGNORES = ("biasbn", "none")
 DIR_TYPES = ("weights", "states")
+#: how directions are made: seeded Gaussian, or the top eigenvectors of the loss Hessian
+DIR_KINDS = ("random", "hessian")
 
 
 @dataclass(frozen=True)
@@ -156,9 +158,12 @@ class DirectionSpec:
     ynorm: str | None = None
     yignore: str | None = None
     seed: int = 0
+    #: ``random`` (Gaussian) or ``hessian`` (top eigenvectors of the loss Hessian on the data)
+    kind: str = "random"
 
     def __post_init__(self) -> None:
         _check_choice("direction type", self.dir_type, DIR_TYPES)
+        _check_choice("direction kind", self.kind, DIR_KINDS)
         _check_choice("x normalization", self.xnorm, NORMS)
         _check_choice("x ignore", self.xignore, IGNORES)
         if self.ynorm is not None:
@@ -206,6 +211,32 @@ class EvalSpec:
                               "pass --batch-size 1 or more")
 
 
+@dataclass(frozen=True)
+class CurvatureSpec:
+    """Extreme Hessian eigenvalues per grid point (convexity maps, ``--curvature``).
+
+    ``iters`` Lanczos steps (one Hessian-vector product over the whole evaluation
+    set each) give both ``max_eig`` and ``min_eig``; the run stops early when both
+    are converged to ``tol`` (relative to the largest magnitude). ``params``
+    restricts the Hessian to parameters matching fnmatch globs (comma-separated).
+    """
+
+    iters: int = 20
+    tol: float = 1e-3
+    seed: int = 0
+    params: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.iters, int) or self.iters < 2:
+            raise ConfigError(f"curvature iters={self.iters!r} is invalid",
+                              "one Lanczos run needs at least 2 steps to bound both ends of the spectrum",
+                              "pass --curvature-iters 2 or more (20 is the default)")
+        if not (isinstance(self.tol, (int, float)) and self.tol > 0):
+            raise ConfigError(f"curvature tol={self.tol!r} is invalid", "it is a relative tolerance above 0")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"curvature seed={self.seed!r} is invalid", "it must be a non-negative integer")
+
+
 def to_json(obj: Any) -> str:
     """Serialise a (nested) config dataclass to canonical JSON."""
 
@@ -236,3 +267,5 @@ class SurfaceJob:
     overwrite: bool = False
     #: allow checkpoints that are whole pickled modules (their loading runs code)
     trust_checkpoint: bool = False
+    #: extreme Hessian eigenvalues at every point (``max_eig``/``min_eig`` datasets)
+    curvature: CurvatureSpec | None = None

@@ -12,7 +12,8 @@ from ..render import KINDS, METRICS
 @click.option("--out", required=True, metavar="PATH",
               help="Output: .png/.pdf/.svg image, .html (interactive), .vts/.vtp/.vtk (ParaView).")
 @click.option("--kind", type=click.Choice(KINDS), default="auto", show_default=True,
-              help="auto: curve (1D), contour (2D), compare (several 2D), html/vtk by the --out extension.")
+              help="auto: curve (1D), contour (2D), compare (several 2D), html/vtk by the --out extension; "
+              "curvature: |min/max| Hessian eigenvalue map of a surface computed with --curvature.")
 @click.option("--metric", type=click.Choice(METRICS), default="loss", show_default=True)
 @click.option("--log", "log_scale", is_flag=True, help="log10 of the metric.")
 @click.option("--levels", help="Contour levels: a count (30), values (0.1,0.5,1) or MIN:MAX:STEP.")
@@ -33,6 +34,7 @@ def plot(files: tuple[str, ...], out: str, kind: str, metric: str, log_scale: bo
       lossgrid plot surface.h5 --out surface.html
       lossgrid plot surface.h5 --out surface.vts --log --vmax 10 --upsample 201
       lossgrid plot small_batch.h5 large_batch.h5 --kind compare --out cmp.png
+      lossgrid plot curvature.h5 --kind curvature --out convexity.png
     """
     from ..render import plot_surfaces
 

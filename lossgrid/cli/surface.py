@@ -6,7 +6,19 @@ from typing import Any
 
 import click
 
-from ..config import AUTO_BUDGET, DIR_TYPES, IGNORES, NORMS, PRECISIONS, DirectionSpec, EvalSpec, GridSpec, SurfaceJob
+from ..config import (
+    AUTO_BUDGET,
+    DIR_KINDS,
+    DIR_TYPES,
+    IGNORES,
+    NORMS,
+    PRECISIONS,
+    CurvatureSpec,
+    DirectionSpec,
+    EvalSpec,
+    GridSpec,
+    SurfaceJob,
+)
 from ..engine.runners import ALL_STRATEGIES, BACKENDS
 from ._common import echo_json, parse_axis, run_with_progress
 
@@ -29,6 +41,10 @@ from ._common import echo_json, parse_axis, run_with_progress
 @click.option("--x", "x", default="-1:1:51", show_default=True, callback=parse_axis, metavar="MIN:MAX:NUM")
 @click.option("--y", "y", default=None, callback=parse_axis, metavar="MIN:MAX:NUM", help="Second axis (2D).")
 @click.option("--dir-type", type=click.Choice(DIR_TYPES), default="weights", show_default=True)
+@click.option("--dir-kind", type=click.Choice(DIR_KINDS), default="random", show_default=True,
+              help="random: seeded Gaussian directions; hessian: the top-2 (top-1 in 1D) eigenvectors of the loss "
+              "Hessian on --data, normalized by --xnorm/--ynorm (none keeps unit eigenvectors); their "
+              "eigenvalues are stored with the directions.")
 @click.option("--xnorm", type=click.Choice(NORMS), default="filter", show_default=True)
 @click.option("--ynorm", type=click.Choice(NORMS), default=None, help="Default: same as --xnorm.")
 @click.option("--xignore", type=click.Choice(IGNORES), default="biasbn", show_default=True)
@@ -54,6 +70,14 @@ from ._common import echo_json, parse_axis, run_with_progress
 @click.option("--points-per-call", type=click.IntRange(min=1), help="Grid points per runner call (default 8).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Samples per forward pass (default: by input size).")
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda:0.")
+@click.option("--curvature", is_flag=True,
+              help="Also compute the extreme Hessian eigenvalues at every point (datasets max_eig/min_eig, the "
+              "paper's convexity map; plot with --kind curvature). Costs --curvature-iters Hessian-vector "
+              "products over the data per point.")
+@click.option("--curvature-iters", type=click.IntRange(min=2), default=20, show_default=True,
+              help="Lanczos steps per point for --curvature (both ends of the spectrum from one run).")
+@click.option("--curvature-params", metavar="GLOB",
+              help="--curvature on the parameters matching fnmatch globs only (comma-separated), e.g. 'fc.*'.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def surface(**kw: Any) -> None:
@@ -68,11 +92,14 @@ def surface(**kw: Any) -> None:
         out=kw["out"], grid=GridSpec(kw["x"], kw["y"]), model=kw["model"], checkpoint=kw["checkpoint"],
         model2=kw["model2"], data=kw["data"], samples=kw["samples"], samples_seed=kw["samples_seed"],
         loss=kw["loss"],
-        directions=DirectionSpec(kw["dir_type"], kw["xnorm"], kw["xignore"], kw["ynorm"], kw["yignore"], kw["seed"]),
+        directions=DirectionSpec(kw["dir_type"], kw["xnorm"], kw["xignore"], kw["ynorm"], kw["yignore"], kw["seed"],
+                                 kw["dir_kind"]),
         dir_file=kw["dir_file"],
         evaluation=EvalSpec(kw["backend"], kw["strategy"], kw["points_per_call"], kw["batch_size"], kw["device"],
                             kw["auto_budget"], kw["precision"]),
         overwrite=kw["overwrite"], trust_checkpoint=kw["trust_checkpoint"],
+        curvature=CurvatureSpec(iters=kw["curvature_iters"], params=kw["curvature_params"]) if kw["curvature"]
+        else None,
     )
     from ..engine.jobs import run_surface_job
 
@@ -96,3 +123,8 @@ def _echo_summary(s: dict[str, Any]) -> None:
                + f" ({s['backend']}/{s['strategy']})")
     if s.get("backend_choice"):
         click.echo(s["backend_choice"])
+    if s.get("max_eig_max") is not None:
+        click.echo(f"curvature: max_eig up to {s['max_eig_max']:.4g}, min_eig down to {s['min_eig_min']:.4g}, "
+                   f"|min/max| up to {s['convexity_ratio_max']:.3g}"
+                   if s.get("convexity_ratio_max") is not None else
+                   f"curvature: max_eig up to {s['max_eig_max']:.4g}, min_eig down to {s['min_eig_min']:.4g}")

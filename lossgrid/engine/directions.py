@@ -1,5 +1,6 @@
-"""Plotting directions: random Gaussian with filter-wise normalization, or the
-interpolation between two checkpoints; saved to and loaded from HDF5.
+"""Plotting directions: random Gaussian with filter-wise normalization, the top
+eigenvectors of the loss Hessian (``kind="hessian"``), or the interpolation
+between two checkpoints; saved to and loaded from HDF5.
 
 Example:
     >>> import torch
@@ -26,7 +27,7 @@ from ..errors import DirectionError
 from ..kernels import normalize_direction
 from .params import ParamLayout, perturbed_tensors
 
-META_KEYS = ("dir_type", "seed", "kind", "xnorm", "xignore", "ynorm", "yignore")
+META_KEYS = ("dir_type", "seed", "kind", "xnorm", "xignore", "ynorm", "yignore", "eigenvalues")
 
 
 @dataclass
@@ -80,16 +81,26 @@ def random_direction(weights: dict[str, torch.Tensor], norm: str, ignore: str,
 
 
 def create_directions(model: nn.Module, spec: DirectionSpec = DirectionSpec(), ndim: int = 2,
-                      model2: nn.Module | None = None) -> Directions:
+                      model2: nn.Module | None = None, data: Any = None, loss: Any = "cross_entropy") -> Directions:
     """Make the plotting directions for ``model``.
 
     Args:
         model: the trained model (the grid's origin), on its device.
-        spec: direction settings (type, norms, ignore, seed).
+        spec: direction settings (type, norms, ignore, seed, kind).
         ndim: 1 for a curve, 2 for a surface.
         model2: if given, the x direction is ``theta2 - theta1`` unnormalized, so
             that x=0 is ``model`` and x=1 is ``model2``.
+        data, loss: the evaluation set and loss whose Hessian gives the directions
+            of ``spec.kind == "hessian"`` (unused otherwise).
     """
+    if spec.kind == "hessian":
+        if model2 is not None:
+            raise DirectionError("Hessian directions cannot be combined with an interpolation (--model2)",
+                                 hint="drop --model2, or use --dir-kind random")
+        if data is None:
+            raise DirectionError("Hessian directions need the evaluation data",
+                                 hint="pass data= to create_directions (the CLI does this)")
+        return hessian_directions(model, spec, ndim, data, loss)
     layout = ParamLayout.from_model(model, spec.dir_type)
     weights = perturbed_tensors(model, spec.dir_type)
     device = next(iter(weights.values())).device if weights else torch.device("cpu")
@@ -116,6 +127,46 @@ def create_directions(model: nn.Module, spec: DirectionSpec = DirectionSpec(), n
         y = random_direction(weights, spec.y_norm, spec.y_ignore, gen)
         meta.update(ynorm=spec.y_norm, yignore=spec.y_ignore)
     return Directions(layout, x, y, meta)
+
+
+def hessian_directions(model: nn.Module, spec: DirectionSpec, ndim: int, data: Any,
+                       loss: Any = "cross_entropy") -> Directions:
+    """The top ``ndim`` eigenvectors of the Hessian of the mean loss over ``data`` as
+    directions (x: the largest eigenvalue, y: the second), seeded Lanczos.
+
+    Eigenvectors are over the parameters; for ``states`` directions the buffers
+    (BatchNorm statistics) get zero. Each eigenvector then goes through the same
+    per-tensor rules as a random direction: ``xnorm``/``ynorm`` (``filter``
+    rescales it filter by filter to the weights' norms; ``none`` keeps the unit
+    eigenvector) and ``xignore``/``yignore`` (``biasbn`` zeroes 1-D tensors). The
+    eigenvalues are kept in ``meta["eigenvalues"]`` (and in direction files).
+    """
+    from .hessian import hessian_operator, lanczos_eigs
+
+    layout = ParamLayout.from_model(model, spec.dir_type)
+    weights = perturbed_tensors(model, spec.dir_type)
+    device = next(iter(weights.values())).device
+    op = hessian_operator(model, data, loss, device=str(device))
+    eig = lanczos_eigs(op, k=ndim, which="top", seed=spec.seed)
+    sizes = dict(zip(op.names, (int(weights[n].numel()) for n in op.names)))
+    rules = [(spec.xnorm, spec.xignore), (spec.y_norm, spec.y_ignore)]
+    made = []
+    for vector, (norm, ignore) in zip(eig.vectors, rules):
+        pieces = dict(zip(op.names, torch.split(vector.to(device), list(sizes.values()))))
+        direction = []
+        for name, w in weights.items():
+            d = pieces[name].view(w.shape).to(w.dtype) if name in pieces else torch.zeros_like(w)
+            if w.dim() <= 1 and ignore == "biasbn":
+                d = torch.zeros_like(w)
+            elif name in pieces:
+                d = normalize_direction(d, w, norm)
+            direction.append(d)
+        made.append(direction)
+    meta: dict[str, Any] = {"dir_type": spec.dir_type, "seed": spec.seed, "kind": "hessian", "xnorm": spec.xnorm,
+                            "xignore": spec.xignore, "eigenvalues": [float(v) for v in eig.values]}
+    if ndim == 2:
+        meta.update(ynorm=spec.y_norm, yignore=spec.y_ignore)
+    return Directions(layout, made[0], made[1] if ndim == 2 else None, meta)
 
 
 def save_directions(path: str | os.PathLike, dirs: Directions, exclusive: bool = False) -> bool:
@@ -170,7 +221,8 @@ def load_directions(path: str | os.PathLike, model: nn.Module, dir_type: str | N
         raise DirectionError(f"Cannot read direction file {path}", str(e).splitlines()[0] if str(e) else None,
                              "pass a file written by lossgrid (or the reference code), or delete it") from None
     with f:
-        meta = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items() if k in META_KEYS}
+        meta = {k: (v.item() if isinstance(v, np.generic) else v.tolist() if isinstance(v, np.ndarray) else v)
+                for k, v in f.attrs.items() if k in META_KEYS}
         stored_type = meta.get("dir_type", dir_type or "weights")
         if stored_type not in DIR_TYPES:
             raise DirectionError(f"Direction file {path} has dir_type {stored_type!r}",

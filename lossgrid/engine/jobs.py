@@ -7,6 +7,8 @@ import os
 import time
 from typing import Any
 
+import numpy as np
+
 from .._files import refuse_input_as_output
 from ..config import SurfaceJob
 from ..data import load_data
@@ -31,13 +33,30 @@ def run_surface_job(job: SurfaceJob, progress: Progress | None = None) -> dict[s
     data = load_data(job.data, job.samples, job.samples_seed)
     surface = compute_surface(model, data, job.grid, job.out, direction_spec=job.directions, model2=model2,
                               dir_file=job.dir_file, loss=job.loss, eval_spec=job.evaluation,
-                              overwrite=job.overwrite, progress=progress, model_description=model_desc)
+                              overwrite=job.overwrite, progress=progress, model_description=model_desc,
+                              curvature=job.curvature)
     run = surface.attrs.get("last_run", {})
     return {**surface.summary(), "seconds": round(time.perf_counter() - t0, 3),
             "eval_seconds": run.get("seconds"), "points_computed": run.get("points"),
             "points_x_samples_per_s": run.get("points_x_samples_per_s"), "samples": len(data),
             "backend": run.get("backend"), "strategy": run.get("strategy"),
-            "strategy_reason": run.get("strategy_reason"), "backend_choice": run.get("backend_choice")}
+            "strategy_reason": run.get("strategy_reason"), "backend_choice": run.get("backend_choice"),
+            **_curvature_summary(surface)}
+
+
+def _curvature_summary(surface: Any) -> dict[str, Any]:
+    """Largest and smallest eigenvalue and the largest |min/max| ratio over the points done."""
+    if "max_eig" not in surface.extra:
+        return {}
+    from .curvature import convexity_ratio
+
+    done = surface.done.astype(bool)
+    hi, lo = surface.extra["max_eig"][done], surface.extra["min_eig"][done]
+    ratio = convexity_ratio(lo, hi)
+    finite = ratio[np.isfinite(ratio)]
+    return {"max_eig_max": float(np.nanmax(hi)) if hi.size else None,
+            "min_eig_min": float(np.nanmin(lo)) if lo.size else None,
+            "convexity_ratio_max": float(finite.max()) if finite.size else None}
 
 
 def input_files(job: SurfaceJob) -> dict[str, str | None]:

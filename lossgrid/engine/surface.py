@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -25,10 +26,13 @@ from torch import nn
 
 from .. import __version__
 from .._files import check_output_path, same_file
-from ..config import DirectionSpec, EvalSpec, GridSpec
+from ..config import CurvatureSpec, DirectionSpec, EvalSpec, GridSpec
 from ..data import EvalData
 from ..errors import ConfigError, MissingBackendError, ResourceError, SurfaceFileError, is_out_of_memory
+from ..kernels import perturb
 from . import preflight
+from .curvature import DATASETS as CURVATURE_DATASETS
+from .curvature import curvature_of_points
 from .directions import Directions, create_directions, load_directions, save_directions
 from .losses import LossFn, resolve_loss
 from .params import ParamLayout, perturbed_tensors
@@ -49,7 +53,8 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
                     direction_spec: DirectionSpec = DirectionSpec(), model2: nn.Module | None = None,
                     dir_file: str | os.PathLike | None = None, loss: str | LossFn = "cross_entropy",
                     eval_spec: EvalSpec = EvalSpec(), overwrite: bool = False,
-                    progress: Progress | None = None, model_description: str | None = None) -> Surface:
+                    progress: Progress | None = None, model_description: str | None = None,
+                    curvature: CurvatureSpec | None = None) -> Surface:
     """Evaluate loss and accuracy of ``model`` on a 1D or 2D grid around it.
 
     Args:
@@ -68,6 +73,9 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
             with the same settings is resumed either way.
         progress: called as ``progress(points_done, points_total)`` after each chunk.
         model_description: how the model was specified, stored in the file.
+        curvature: also compute the extreme Hessian eigenvalues at every point
+            (``max_eig``/``min_eig``, :mod:`lossgrid.engine.curvature`); costs
+            ``curvature.iters`` Hessian-vector products over the data per point.
     """
     if not isinstance(data, EvalData):
         data = EvalData(torch.as_tensor(data[0]), torch.as_tensor(data[1]), "in-memory tensors")
@@ -89,7 +97,7 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
         model2 = model2.to(device)
     preflight.probe(model, data, loss_fn, device)
     if directions is None:
-        directions = _directions(model, direction_spec, grid.ndim, model2, dir_file)
+        directions = _directions(model, direction_spec, grid.ndim, model2, dir_file, data, loss_fn)
     if directions.ndim != grid.ndim:
         raise ConfigError(f"The grid is {grid.ndim}D but {directions.ndim} direction(s) were given",
                           hint="give --y for two directions, or drop it for one")
@@ -112,6 +120,8 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
     }
     if eval_spec.precision != "fp32":  # fp32 files written before precisions existed stay resumable
         identity["precision"] = eval_spec.precision
+    if curvature is not None:
+        identity["curvature"] = dataclasses.asdict(curvature)
     attrs = {k: v for k, v in identity.items() if v is not None}
     attrs.update(precision=eval_spec.precision, lossgrid_version=__version__,
                  seed=int(directions.meta.get("seed", direction_spec.seed)),
@@ -119,11 +129,14 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
     xs = grid.x.coordinates()
     ys = grid.y.coordinates() if grid.y is not None else None
     points = torch.as_tensor(grid.points(), dtype=dirs.dtype)
-    writer = SurfaceWriter(out_path, xs, ys, identity, attrs, directions, overwrite) if out_path else None
+    extra_names = CURVATURE_DATASETS if curvature is not None else ()
+    writer = SurfaceWriter(out_path, xs, ys, identity, attrs, directions, overwrite, extra_names) if out_path else None
     surface = Surface(xs, ys, np.full(grid.shape, np.nan), np.full(grid.shape, np.nan),
-                      np.zeros(grid.shape, dtype=bool), attrs, out_path)
+                      np.zeros(grid.shape, dtype=bool), attrs, out_path,
+                      extra={name: np.full(grid.shape, np.nan) for name in extra_names})
     if writer is not None:
         surface.loss, surface.acc, surface.done = writer.loss, writer.acc, writer.done
+        surface.extra = writer.extra
         if writer.resumed:
             log.info("resuming %s: %d of %d points done", out_path, int(writer.done.sum()), writer.done.size)
 
@@ -153,15 +166,20 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
             chunk = todo[start:start + step]
             try:
                 loss_k, acc_k = runner.evaluate_points(points[chunk].to(device))
+                extra = {} if curvature is None else curvature_of_points(
+                    model, data, loss_fn, directions.layout, perturb(base, dirs, points[chunk].to(device)),
+                    curvature, device, eval_spec.batch_size)
             except Exception as e:
                 if is_out_of_memory(e):
                     raise _out_of_memory(e, runner.describe()) from None
                 raise
             if writer is not None:
-                writer.write(chunk, loss_k, acc_k)
+                writer.write(chunk, loss_k, acc_k, extra)
             else:
                 idx = np.unravel_index(chunk, grid.shape)
                 surface.loss[idx], surface.acc[idx], surface.done[idx] = loss_k, acc_k, True
+                for name, values in extra.items():
+                    surface.extra[name][idx] = values
             done_count += len(chunk)
             if eval_spec.precision != "fp32" and not precision_check:  # after the write: never costs a point
                 precision_check.update(_precision_check(
@@ -244,11 +262,11 @@ def check_writable(path: str) -> None:
 
 
 def _directions(model: nn.Module, spec: DirectionSpec, ndim: int, model2: nn.Module | None,
-                dir_file: str | os.PathLike | None) -> Directions:
+                dir_file: str | os.PathLike | None, data: EvalData, loss_fn: LossFn) -> Directions:
     if dir_file is not None and os.path.exists(dir_file):
         log.info("reading directions from %s", dir_file)
         return load_directions(dir_file, model, spec.dir_type, ndim)
-    dirs = create_directions(model, spec, ndim, model2)
+    dirs = create_directions(model, spec, ndim, model2, data=data, loss=loss_fn)
     if dir_file is not None and not save_directions(dir_file, dirs, exclusive=True):
         log.info("%s was written by another run meanwhile; using it", dir_file)
         return load_directions(dir_file, model, spec.dir_type, ndim)

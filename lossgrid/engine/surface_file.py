@@ -8,6 +8,8 @@ its users' scripts read our files):
   indexed ``[ix, iy]``; NaN where not yet computed (and where the loss really is
   NaN: the ``done`` mask tells them apart);
 * ``done``: uint8 mask of computed points;
+* ``max_eig``, ``min_eig`` (only with ``--curvature``): float64 like the loss,
+  the extreme Hessian eigenvalues at each point (the reference's names);
 * groups ``xdirection``/``ydirection``: the directions (as in a direction file);
 * attributes: ``schema_version``, ``identity`` (JSON of every setting that
   determines the values; a run with different settings is refused), the same
@@ -58,6 +60,8 @@ SCHEMA_VERSION = 1
 LOSS, ACC, DONE = "train_loss", "train_acc", "done"
 #: bytes reserved for the ``runs`` log, a fixed-length string rewritten in place
 RUNS_CAPACITY = 16384
+#: optional per-point datasets a run may add (curvature maps), read whenever present
+EXTRA_DATASETS = ("max_eig", "min_eig")
 #: identity entries that say how an input was spelled; fingerprints decide equality
 DESCRIPTIONS = ("model", "data")
 
@@ -75,6 +79,8 @@ class Surface:
     path: str | None = None
     #: the live writer (``pid``, ``host``, ``since``) when read while being written
     writer: dict[str, Any] | None = None
+    #: optional per-point arrays (``max_eig``, ``min_eig``), NaN where not computed
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def ndim(self) -> int:
@@ -143,8 +149,13 @@ class SurfaceWriter:
 
     def __init__(self, path: str | os.PathLike, xcoords: np.ndarray, ycoords: np.ndarray | None,
                  identity: dict[str, Any], attrs: dict[str, Any], directions: Any,
-                 overwrite: bool = False) -> None:
+                 overwrite: bool = False, extra: tuple[str, ...] = ()) -> None:
         self.path = os.fspath(path)
+        unknown = [name for name in extra if name not in EXTRA_DATASETS]
+        if unknown:
+            raise ValueError(f"unknown extra dataset(s) {unknown}")
+        self.extra_names = tuple(extra)
+        self.extra: dict[str, np.ndarray] = {}
         self.shape = (len(xcoords),) if ycoords is None else (len(xcoords), len(ycoords))
         self.f: Any = None
         self.partial: str | None = None  # a new file waiting to replace self.path
@@ -204,11 +215,12 @@ class SurfaceWriter:
                 diff = [k for k in keys if a.get(k) != b.get(k)]
                 return (f"Surface file {path} was computed with different settings",
                         "differing: " + (", ".join(diff) if diff else "schema version"), True)
-            problem = check_layout(f, self.shape, xcoords, ycoords)
+            problem = check_layout(f, self.shape, xcoords, ycoords, self.extra_names)
             if problem:
                 return f"Surface file {path} is corrupt", problem, True
             self.loss = np.array(f[LOSS][...], dtype=np.float64)
             self.acc = np.array(f[ACC][...], dtype=np.float64)
+            self.extra = {name: np.array(f[name][...], dtype=np.float64) for name in self.extra_names}
             self.done = f[DONE][...].astype(bool)
             if _runs_attr_needs_upgrade(f):  # files of earlier versions: once, before any chunk
                 write_runs(f, read_runs(f.attrs), create=True)
@@ -231,6 +243,7 @@ class SurfaceWriter:
         self.loss = np.full(self.shape, np.nan)
         self.acc = np.full(self.shape, np.nan)
         self.done = np.zeros(self.shape, dtype=bool)
+        self.extra = {name: np.full(self.shape, np.nan) for name in self.extra_names}
 
         def fill(f: Any) -> None:
             f.attrs["schema_version"] = SCHEMA_VERSION
@@ -248,6 +261,8 @@ class SurfaceWriter:
                 write_direction_groups(f, directions)
             f.create_dataset(LOSS, data=self.loss)
             f.create_dataset(ACC, data=self.acc)
+            for name, values in self.extra.items():
+                f.create_dataset(name, data=values)
             f.create_dataset(DONE, data=self.done.astype(np.uint8))
 
         try:
@@ -268,16 +283,25 @@ class SurfaceWriter:
             raise
 
     # -- writing ------------------------------------------------------------------
-    def write(self, flat_indices: np.ndarray, loss: np.ndarray, acc: np.ndarray) -> None:
+    def write(self, flat_indices: np.ndarray, loss: np.ndarray, acc: np.ndarray,
+              extra: dict[str, np.ndarray] | None = None) -> None:
         """Store results of the points ``flat_indices`` (C order) and flush; the
-        values reach the disk before the ``done`` mask that marks them."""
+        values (and the ``extra`` datasets the writer was made with) reach the
+        disk before the ``done`` mask that marks them."""
+        extra = extra or {}
+        if set(extra) != set(self.extra_names):
+            raise ValueError(f"write() needs values for {self.extra_names}, got {sorted(extra)}")
         idx = np.unravel_index(flat_indices, self.shape)
         self.loss[idx] = loss
         self.acc[idx] = acc
+        for name, values in extra.items():
+            self.extra[name][idx] = values
         rows = slice(int(idx[0].min()), int(idx[0].max()) + 1)
         try:
             self.f[LOSS][rows] = self.loss[rows]
             self.f[ACC][rows] = self.acc[rows]
+            for name in self.extra_names:
+                self.f[name][rows] = self.extra[name][rows]
             self.f.flush()
             done = self.done[rows].astype(np.uint8)  # the rows being written, with this chunk marked
             done[(idx[0] - rows.start, *idx[1:])] = 1
@@ -414,11 +438,12 @@ def _runs_attr_needs_upgrade(f: Any) -> bool:
 
 # -- validation and reading -------------------------------------------------------------
 def check_layout(f: Any, shape: tuple[int, ...] | None = None, xcoords: np.ndarray | None = None,
-                 ycoords: np.ndarray | None = None) -> str | None:
+                 ycoords: np.ndarray | None = None, extra: tuple[str, ...] = ()) -> str | None:
     """What is wrong with an open surface file's datasets, or ``None``.
 
     With ``shape``/``xcoords``/``ycoords`` (a resume), the file must hold exactly
-    that grid and all of ``train_loss``, ``train_acc`` and ``done``.
+    that grid and all of ``train_loss``, ``train_acc``, ``done`` and the ``extra``
+    datasets; optional datasets present (``max_eig``...) must match the grid too.
     """
     def numeric(name: str) -> str | None:
         if name not in f:
@@ -444,9 +469,9 @@ def check_layout(f: Any, shape: tuple[int, ...] | None = None, xcoords: np.ndarr
         if y.ndim != 1 or y.shape[0] < 1:
             return f"dataset ycoordinates has shape {y.shape}, expected (ny,)"
         want = (x.shape[0], y.shape[0])
-    for name in (LOSS, ACC, DONE):
+    for name in (LOSS, ACC, DONE, *EXTRA_DATASETS):
         if name != LOSS and name not in f:
-            if shape is not None:
+            if shape is not None and (name in (ACC, DONE) or name in extra):
                 return f"dataset {name} is missing"
             continue
         problem = numeric(name)
@@ -514,10 +539,11 @@ def _read(f: Any, path: str, holder: dict[str, Any] | None) -> Surface:
     acc = np.asarray(f[ACC][...], dtype=np.float64) if ACC in f else np.full(shape, np.nan)
     x = np.asarray(f["xcoordinates"][...], dtype=np.float64)
     y = np.asarray(f["ycoordinates"][...], dtype=np.float64) if "ycoordinates" in f else None
+    extra = {name: np.asarray(f[name][...], dtype=np.float64) for name in EXTRA_DATASETS if name in f}
     attrs = {k: _attr_value(v) for k, v in f.attrs.items()}
     if "runs" in attrs:
         attrs["runs"] = json.dumps(read_runs(f.attrs))
-    return Surface(x, y, loss, acc, done, attrs, path, holder)
+    return Surface(x, y, loss, acc, done, attrs, path, holder, extra)
 
 
 def _attr_value(v: Any) -> Any:

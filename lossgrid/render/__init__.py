@@ -15,13 +15,22 @@ import os
 from .._files import atomic_output, check_output_path, refuse_input_as_output
 from ..engine.surface_file import Surface
 from ..errors import ConfigError
-from ._common import METRICS, as_surface, axis_label, check_same_axes, default_levels, metric_values, parse_levels
+from ._common import (
+    METRICS,
+    as_surface,
+    axis_label,
+    check_same_axes,
+    curvature_values,
+    default_levels,
+    metric_values,
+    parse_levels,
+)
 
 logger = logging.getLogger(__name__)
 
 KINDS_1D = ("curve",)
 KINDS_2D = ("contour", "contourf", "heatmap", "surface3d")
-KINDS = ("auto",) + KINDS_1D + KINDS_2D + ("html", "vtk", "compare")
+KINDS = ("auto",) + KINDS_1D + KINDS_2D + ("html", "vtk", "compare", "curvature")
 
 __all__ = ["KINDS", "METRICS", "axis_label", "default_levels", "metric_values", "parse_levels", "plot_surface",
            "plot_surfaces"]
@@ -47,7 +56,9 @@ def plot_surfaces(surfaces: list[Surface | str | os.PathLike], out: str | os.Pat
     (interactive plotly file), ``vtk`` (``.vts``/``.vtp``/``.vtk``; ``vmax`` clips,
     ``upsample`` interpolates), ``compare`` (side by side on one color scale;
     surfaces must share directions and grid unless ``allow_mismatch``), and
-    ``auto`` (curve, or contour; html/vtk by the extension of ``out``).
+    ``curvature`` (the paper's convexity map ``|min_eig / max_eig|`` of a surface
+    computed with ``--curvature``: a heatmap in 2D, a curve with both eigenvalues
+    in 1D) and ``auto`` (curve, or contour; html/vtk by the extension of ``out``).
     ``metric`` is ``loss``, ``acc`` or ``err``; ``levels`` a count, a list, or
     ``MIN:MAX:STEP``.
     """
@@ -77,6 +88,8 @@ def plot_surfaces(surfaces: list[Surface | str | os.PathLike], out: str | os.Pat
                           hint="use --kind compare for several 2D surfaces, or --kind curve for 1D ones")
     if kind == "compare":
         check_same_axes(loaded, allow_mismatch)
+    if kind == "curvature":
+        curvature_values(first)  # refuses a surface without curvature before anything is drawn
     if kind in KINDS_1D and any(s.ndim != 1 for s in loaded) or kind in KINDS_2D and first.ndim != 2:
         raise ConfigError(f"Plot kind {kind} does not fit a {first.ndim}D surface",
                           hint="use curve for 1D surfaces; contour, contourf, heatmap or surface3d for 2D ones")
@@ -93,6 +106,8 @@ def plot_surfaces(surfaces: list[Surface | str | os.PathLike], out: str | os.Pat
             mpl.curve(loaded, tmp, log=log, vmax=vmax, title=title, dpi=dpi)
         elif kind == "surface3d":
             mpl.surface3d(first, tmp, metric=metric, log=log, vmax=vmax, title=title, dpi=dpi)
+        elif kind == "curvature":
+            mpl.curvature(first, tmp, vmax=vmax, title=title, dpi=dpi)
         elif kind == "compare":
             mpl.compare(loaded, tmp, metric=metric, log=log, levels=lv, vmax=vmax, title=title, dpi=dpi)
         elif kind == "html":

@@ -50,6 +50,20 @@ def metric_values(surface: Surface, metric: str, log: bool = False, vmax: float 
     return z, label
 
 
+def curvature_values(surface: Surface) -> np.ndarray:
+    """``|min_eig / max_eig|`` at the points done (NaN elsewhere), or a :class:`ConfigError`
+    naming the command that computes it."""
+    if "max_eig" not in surface.extra or "min_eig" not in surface.extra:
+        raise ConfigError(f"{name_of(surface)} holds no curvature (datasets max_eig and min_eig)",
+                          "it was computed without --curvature",
+                          "compute it with lossgrid surface ... --curvature (the same command resumes nothing: "
+                          "use another --out or --overwrite)")
+    from ..engine.curvature import convexity_ratio
+
+    ratio = convexity_ratio(surface.extra["min_eig"], surface.extra["max_eig"])
+    return np.where(surface.done, ratio, np.nan)
+
+
 def default_levels(z: np.ndarray, n: int = 30, vmax: float | None = None) -> np.ndarray:
     """Contour levels above the minimum, geometrically spaced so that the basin
     around the minimum gets fine levels and the walls coarse ones."""

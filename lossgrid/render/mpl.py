@@ -8,7 +8,15 @@ from typing import Any
 import numpy as np
 
 from ..engine.surface_file import Surface
-from ._common import axis_label, metric_values, minimum_index, name_of, resolve_levels, title_of
+from ._common import (
+    axis_label,
+    curvature_values,
+    metric_values,
+    minimum_index,
+    name_of,
+    resolve_levels,
+    title_of,
+)
 
 
 def _pyplot() -> Any:
@@ -153,4 +161,39 @@ def compare(surfaces: list[Surface], out: str, kind: str = "contourf", metric: s
         ax.set_title(name_of(s), fontsize=9)
     fig.colorbar(artist, ax=list(axes[0]), label=label, shrink=0.9)
     fig.suptitle(title_of(surfaces[0], title, f"{label}, shared scale"), fontsize=10)
+    _save(fig, out, dpi)
+
+
+def curvature(surface: Surface, out: str, vmax: float | None = None, title: str | None = None,
+              dpi: int = 150) -> None:
+    """The paper's convexity map: ``|min_eig / max_eig|`` as a heatmap (2D; near 0 means
+    convex in every direction of weight space), or as a curve with both eigenvalues (1D)."""
+    plt = _pyplot()
+    ratio = curvature_values(surface)
+    label = "|min eig / max eig|"
+    if surface.ndim == 1:
+        fig, ax = plt.subplots(figsize=(6.4, 4.8))
+        done = surface.done.astype(bool)
+        for name, style in (("max_eig", "-"), ("min_eig", "--")):
+            ax.plot(surface.xcoordinates, np.where(done, surface.extra[name], np.nan), style, lw=1.5, label=name)
+        ax.axhline(0.0, color="0.6", lw=0.8)
+        ax.set_ylabel("Hessian eigenvalue")
+        ax2 = ax.twinx()
+        ax2.plot(surface.xcoordinates, ratio, ":", color="C3", lw=1.5, label=label)
+        ax2.set_ylabel(label)
+        handles, labels = ax.get_legend_handles_labels()
+        h2, l2 = ax2.get_legend_handles_labels()
+        ax.legend(handles + h2, labels + l2, loc="best", fontsize=8)
+        ax.set_xlabel(axis_label(surface.attrs, "x"))
+    else:
+        fig, ax = plt.subplots(figsize=(6.4, 5.2))
+        finite = ratio[np.isfinite(ratio)]
+        top = vmax if vmax is not None else (float(finite.max()) if finite.size else 1.0)
+        artist = _draw_plane(ax, surface, ratio, "heatmap", np.linspace(0.0, max(top, 1e-12), 30), 0.0, top)
+        artist.set_cmap("coolwarm")
+        fig.colorbar(artist, ax=ax, label=label)
+        for line in list(ax.lines):  # the "minimum" marker belongs to loss maps
+            line.remove()
+    ax.set_title(title_of(surface, title, label))
+    fig.tight_layout()
     _save(fig, out, dpi)

@@ -253,3 +253,36 @@ def test_reexec_decision():
     assert not _should_reexec(["lossgrid", "surface", "--help"], env)
     assert not _should_reexec(["lossgrid", "surface"], {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=1"})
     assert not _should_reexec(["lossgrid", "demo"], {"LOSSGRID_NO_MALLOC_TUNING": "1"})
+
+
+def test_curvature_surface_and_its_plot(tmp_path, ckpt):
+    out = tmp_path / "c.h5"
+    r = run(*base_args(ckpt, out), "--x=-0.5:0.5:2", "--y=-0.5:0.5:2", "--curvature", "--curvature-iters", "6")
+    assert r.exit_code == 0, r.output
+    assert "curvature: max_eig up to" in r.output
+    surf = load_surface(str(out))
+    assert np.isfinite(surf.extra["max_eig"]).all() and np.isfinite(surf.extra["min_eig"]).all()
+    r = run("plot", out, "--kind", "curvature", "--out", tmp_path / "convexity.png")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "convexity.png").read_bytes()[:4] == b"\x89PNG"
+    plain = tmp_path / "plain.h5"
+    assert run(*base_args(ckpt, plain), "--x=-0.5:0.5:2").exit_code == 0
+    r = run("plot", plain, "--kind", "curvature", "--out", tmp_path / "no.png")
+    assert r.exit_code == 1 and "holds no curvature" in r.output and "--curvature" in r.output
+    assert not (tmp_path / "no.png").exists() and "Traceback" not in r.output
+    one_d = tmp_path / "c1.h5"
+    assert run(*base_args(ckpt, one_d), "--x=-0.5:0.5:3", "--curvature", "--curvature-iters", "4").exit_code == 0
+    r = run("plot", one_d, "--kind", "curvature", "--out", tmp_path / "c1.png")
+    assert r.exit_code == 0, r.output
+
+
+def test_hessian_directions_from_the_cli(tmp_path, ckpt):
+    out = tmp_path / "h.h5"
+    r = run(*base_args(ckpt, out), "--x=-0.2:0.2:3", "--y=-0.2:0.2:3", "--dir-kind", "hessian",
+            "--dir-file", tmp_path / "dirs.h5")
+    assert r.exit_code == 0, r.output
+    surf = load_surface(str(out))
+    assert surf.attrs["kind"] == "hessian" and len(surf.attrs["eigenvalues"]) == 2
+    assert surf.attrs["eigenvalues"][0] >= surf.attrs["eigenvalues"][1]
+    r = run(*base_args(ckpt, tmp_path / "i.h5"), "--dir-kind", "hessian", "--model2", ckpt, "--x=0:1:3")
+    assert r.exit_code == 1 and "--model2" in r.output and "Traceback" not in r.output

@@ -102,3 +102,44 @@ def test_load_errors(tmp_path, trained_cnn):
     bad.write_bytes(b"not hdf5")
     with pytest.raises(DirectionError, match="Cannot read"):
         load_directions(bad, trained_cnn)
+
+
+def test_hessian_directions_are_the_top_eigenvectors_and_keep_their_eigenvalues(tmp_path):
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from lossgrid.config import DirectionSpec, GridSpec
+    from lossgrid.data import load_data
+    from lossgrid.engine.directions import create_directions, load_directions, save_directions
+    from lossgrid.engine.hessian import hessian_operator, lanczos_eigs
+    from lossgrid.engine.surface import compute_surface
+    from lossgrid.errors import DirectionError
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 6), nn.Tanh(), nn.Linear(6, 10))
+    data = load_data("digits", samples=120)
+    spec = DirectionSpec(xnorm="none", xignore="none", seed=4, kind="hessian")
+    dirs = create_directions(model, spec, 2, data=data)
+    eig = lanczos_eigs(hessian_operator(model, data), k=2, seed=4)
+    assert dirs.meta["kind"] == "hessian"
+    np.testing.assert_allclose(dirs.meta["eigenvalues"], eig.values, rtol=1e-6)
+    flat = dirs.flat().double()
+    np.testing.assert_allclose(flat.norm(dim=1).numpy(), [1.0, 1.0], rtol=1e-5)  # "none": unit eigenvectors
+    assert abs(float(flat[0] @ eig.vectors[0].to(flat))) > 0.999
+    # along the top eigenvector the loss curves with the top eigenvalue: L'' = lambda_1
+    h = 0.02
+    curve = compute_surface(model, data, GridSpec.parse(f"{-h}:{h}:3"), directions=create_directions(
+        model, spec, 1, data=data))
+    second = (curve.loss[0] - 2 * curve.loss[1] + curve.loss[2]) / h**2
+    assert second == pytest.approx(eig.values[0], rel=0.02)
+    # stored and read back with the eigenvalues; filter normalization applies on request
+    save_directions(tmp_path / "d.h5", dirs)
+    back = load_directions(tmp_path / "d.h5", model)
+    np.testing.assert_allclose(back.meta["eigenvalues"], dirs.meta["eigenvalues"])
+    filt = create_directions(model, DirectionSpec(seed=4, kind="hessian"), 2, data=data)
+    w = model[1].weight.detach()
+    np.testing.assert_allclose(filt.x[0].norm(dim=1).numpy(), w.norm(dim=1).numpy(), rtol=1e-4)
+    assert filt.x[1].abs().sum() == 0  # biasbn: the bias gets no direction
+    with pytest.raises(DirectionError, match="--model2"):
+        create_directions(model, spec, 1, model2=model, data=data)
