@@ -8,7 +8,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["lossgrid", "lossgrid.*"]),
-    package_data={"lossgrid": ["kernels/*.cu"]},
+    package_data={"lossgrid": ["kernels/*.cu", "schemas/*.json"]},
     install_requires=[
         "torch>=2.4,<3",
         "numpy>=1.24",

@@ -23,7 +23,8 @@ def test_lazy_exports_resolve():
         lossgrid.no_such_name  # noqa: B018
 
 
-@pytest.mark.parametrize("args", [[], ["surface"], ["plot"], ["demo"], ["export"], ["inspect"], ["bench"]])
+@pytest.mark.parametrize("args", [[], ["surface"], ["plot"], ["demo"], ["export"], ["inspect"], ["bench"],
+                                  ["hessian"], ["audit"]])
 def test_help_works(args):
     result = CliRunner().invoke(cli, [*args, "--help"])
     assert result.exit_code == 0, result.output

@@ -39,13 +39,15 @@ def cli(verbose: int) -> None:
 
 
 def _register() -> None:
+    from .audit import audit
     from .bench import bench
     from .demo import demo
     from .export import export, inspect
+    from .hessian import hessian
     from .plot import plot
     from .surface import surface
 
-    for command in (surface, plot, demo, export, inspect, bench):
+    for command in (surface, plot, demo, export, inspect, bench, hessian, audit):
         cli.add_command(command)
 
 
