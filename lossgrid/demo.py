@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._files import os_reason
+from ._files import atomic_output, os_reason
 from .config import DirectionSpec, EvalSpec, GridSpec
 from .data import EvalData, load_data
 from .errors import ConfigError, MissingBackendError
@@ -50,8 +50,10 @@ def train_demo_model(data: EvalData, epochs: int = 12, seed: int = 0, batch_size
 
 def run_demo(out_dir: str | os.PathLike, grid: str = "-1:1:31", epochs: int = 12, seed: int = 0,
              progress: Any = None, overwrite: bool = True, eval_spec: EvalSpec = EvalSpec()) -> dict[str, Any]:
-    """Train, compute the surface into ``out_dir/surface.h5``, render ``contour.png``,
-    ``surface3d.png`` (log scale) and ``surface.html`` (if plotly is installed).
+    """Train, save the model's state_dict to ``out_dir/model.pt`` (a checkpoint for
+    ``lossgrid hessian``/``audit --model lossgrid.zoo:resnet_digits``), compute the
+    surface into ``out_dir/surface.h5``, render ``contour.png``, ``surface3d.png``
+    (log scale) and ``surface.html`` (if plotly is installed).
 
     Returns a dict with the written paths, timings and the surface summary.
     """
@@ -70,13 +72,16 @@ def run_demo(out_dir: str | os.PathLike, grid: str = "-1:1:31", epochs: int = 12
     train = load_data("digits:train")
     model = train_demo_model(train, epochs=epochs, seed=seed)
     t_train = time.perf_counter() - t0
+    model_path = os.path.join(out_dir, "model.pt")
+    with atomic_output(model_path, "demo checkpoint") as tmp:  # for lossgrid hessian/audit on the same model
+        torch.save(model.state_dict(), tmp)
     surface_path = os.path.join(out_dir, "surface.h5")
     surface = compute_surface(model, train, GridSpec.parse(grid, grid), surface_path,
                               direction_spec=DirectionSpec(seed=seed), eval_spec=eval_spec,
                               overwrite=overwrite, progress=progress,
                               model_description=f"{DEMO_MODEL} trained {epochs} epochs (seed {seed})")
     t_surface = time.perf_counter() - t0 - t_train
-    paths = {"surface": surface_path,
+    paths = {"model": model_path, "surface": surface_path,
              "contour": plot_surface(surface, os.path.join(out_dir, "contour.png")),
              "surface3d": plot_surface(surface, os.path.join(out_dir, "surface3d.png"), kind="surface3d", log=True)}
     skipped = {}
