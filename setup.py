@@ -21,7 +21,10 @@ setup(
         "safetensors>=0.4",
     ],
     extras_require={
+        # CuPy and onnxruntime-gpu for CUDA 12 (onnxruntime-gpu replaces the CPU onnxruntime package);
+        # gpu-cuda13 for CUDA 13 drivers and toolkits
         "gpu": ["cupy-cuda12x>=13", "onnxruntime-gpu>=1.18"],
+        "gpu-cuda13": ["cupy-cuda13x>=14", "onnxruntime-gpu>=1.31"],
         "tensorrt": ["tensorrt>=10"],
         "export": ["onnxscript>=0.1"],
         "html": ["plotly>=5.18"],
