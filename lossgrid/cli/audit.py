@@ -6,7 +6,10 @@ atomically to ``--out``, then checks the ``--fail-if`` conditions.
 Exit codes:
     0  the report was written and no ``--fail-if`` condition is true;
     3  a ``--fail-if`` condition is true (the report is printed and written
-       first; each true condition is named on stderr);
+       first; each true condition is named on stderr). A condition that reads a
+       field without a finite value (not measured, or the loss was not finite)
+       counts as true, whatever the order of its operands: an unknown value
+       never passes a gate;
     1  an error (a model, data or file problem, an unknown field in
        ``--fail-if``): a message, no traceback;
     2  bad options (including a ``--fail-if`` that is not a valid expression).
@@ -72,7 +75,7 @@ def parse_conditions(ctx: click.Context, param: click.Parameter, value: tuple[st
 @click.option("--fail-if", "conditions", multiple=True, callback=parse_conditions, metavar="EXPR",
               help="Exit 3 if EXPR holds, e.g. 'top_eig > 500' or 'sharpness >= 0.2 and acc < 90' (repeatable: "
               "any true condition fails). Fields by dotted path or alias: loss, acc, sharpness, top_eig, trace, "
-              "trace_ratio, curvature, barrier.")
+              "trace_ratio, curvature, barrier. A field without a finite value makes its condition true.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def audit(**kw: Any) -> None:
     """Audit the flatness of a model: sharpness, random-direction loss increases,
@@ -90,7 +93,7 @@ def audit(**kw: Any) -> None:
     """
     from .._files import atomic_output, check_output_path, refuse_input_as_output
     from ..data import load_data
-    from ..engine._gate import check_fields, evaluate
+    from ..engine._gate import check_fields, evaluate, missing_values
     from ..engine.audit import audit as run_audit
     from ..engine.audit import gate_fields
     from ..engine.jobs import spec_file
@@ -129,7 +132,9 @@ def audit(**kw: Any) -> None:
             click.echo(f"wrote {os.fspath(out)}")
     failed = [c for c in kw["conditions"] if evaluate(c, report)]
     for condition in failed:
-        click.echo(f"audit: --fail-if condition is true: {condition}", err=True)
+        missing = missing_values(condition, report)
+        why = f" (no finite value for {', '.join(missing)}: counted as true)" if missing else ""
+        click.echo(f"audit: --fail-if condition is true: {condition}{why}", err=True)
     if failed:
         sys.stderr.flush()
         click.get_current_context().exit(EXIT_GATE_FAILED)

@@ -88,6 +88,8 @@ def surface(**kw: Any) -> None:
       lossgrid surface --model lossgrid.zoo:resnet_digits --checkpoint net.pt \\
           --data digits --x=-1:1:51 --y=-1:1:51 --out surface.h5
     """
+    if kw["curvature_params"] and not kw["curvature"]:
+        raise click.BadParameter("it applies to --curvature, which is not given", param_hint="--curvature-params")
     job = SurfaceJob(
         out=kw["out"], grid=GridSpec(kw["x"], kw["y"]), model=kw["model"], checkpoint=kw["checkpoint"],
         model2=kw["model2"], data=kw["data"], samples=kw["samples"], samples_seed=kw["samples_seed"],

@@ -187,7 +187,12 @@ def parse_condition(text: str) -> Condition:
     """Parse one ``--fail-if`` expression (syntax only; fields are checked by
     :func:`check_fields` or when evaluated)."""
     parser = _Parser(str(text))
-    tree = parser.parse()
+    try:
+        tree = parser.parse()
+    except RecursionError:
+        raise _syntax(str(text), "it is nested too deeply") from None
+    if not parser.fields:
+        raise _syntax(str(text), "it compares no report field (a condition on numbers alone never changes)")
     return Condition(str(text), tree, tuple(dict.fromkeys(parser.fields)))
 
 
@@ -229,11 +234,22 @@ def check_fields(condition: Condition, available: Iterable[str]) -> None:
             raise _unknown(path, names, "this report has no such numeric field")
 
 
-def evaluate(condition: Condition, report: Mapping[str, Any]) -> bool:
-    """Whether ``condition`` holds for ``report``; unknown fields and fields without
-    a finite value are :class:`ConfigError`."""
+def missing_values(condition: Condition, report: Mapping[str, Any]) -> list[str]:
+    """The fields ``condition`` reads that have no finite value in ``report`` (not
+    measured, or not finite there). A gate counts such a condition as TRUE (it fails,
+    naming them): an unknown value never passes a release gate, whatever the order of
+    the operands. Unknown fields are :class:`ConfigError`."""
     fields = numeric_fields(report)
     check_fields(condition, fields)
+    return [f for f in condition.fields if fields[f] is None or not math.isfinite(fields[f])]
+
+
+def evaluate(condition: Condition, report: Mapping[str, Any]) -> bool:
+    """Whether ``condition`` holds for ``report``: true also when a field it reads has
+    no finite value (see :func:`missing_values`); unknown fields are :class:`ConfigError`."""
+    if missing_values(condition, report):
+        return True
+    fields = numeric_fields(report)
 
     def value(node: tuple[str, Any]) -> float:
         if node[0] == "num":

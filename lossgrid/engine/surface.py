@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 import time
@@ -96,6 +97,12 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
     if model2 is not None:
         model2 = model2.to(device)
     preflight.probe(model, data, loss_fn, device)
+    model_fp, data_fp = _fingerprint(t for t in model.state_dict().values()), _fingerprint([data.x, data.y])
+    if directions is None and direction_spec.kind == "hessian" and dir_file is None and out_path is not None:
+        # Hessian eigenvectors differ in the last bits between thread counts and devices: resume on the
+        # directions the file holds rather than on new ones that would not match its fingerprint
+        directions = _stored_hessian_directions(out_path, model, direction_spec, grid.ndim, model_fp, data_fp,
+                                                loss_desc)
     if directions is None:
         directions = _directions(model, direction_spec, grid.ndim, model2, dir_file, data, loss_fn)
     if directions.ndim != grid.ndim:
@@ -108,9 +115,9 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
     dirs = directions.flat().to(device)
     identity = {
         "model": model_description or type(model).__name__,
-        "model_fingerprint": _fingerprint(t for t in model.state_dict().values()),
+        "model_fingerprint": model_fp,
         "data": data.description,
-        "data_fingerprint": _fingerprint([data.x, data.y]),
+        "data_fingerprint": data_fp,
         "samples": len(data),
         "loss": loss_desc,
         "directions": directions.fingerprint(),
@@ -145,7 +152,8 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
     done_count = total - len(todo)
     runner.set_directions(base, dirs)
     runner.expect(len(todo))  # auto runners size their timing to the job
-    step = runner.points_per_call
+    # with curvature every point costs many passes over the data: write each one as soon as it is done
+    step = 1 if curvature is not None else runner.points_per_call
     precision_check: dict[str, Any] = {}
     t0 = time.perf_counter()
 
@@ -270,6 +278,34 @@ def _directions(model: nn.Module, spec: DirectionSpec, ndim: int, model2: nn.Mod
     if dir_file is not None and not save_directions(dir_file, dirs, exclusive=True):
         log.info("%s was written by another run meanwhile; using it", dir_file)
         return load_directions(dir_file, model, spec.dir_type, ndim)
+    return dirs
+
+
+def _stored_hessian_directions(path: str, model: nn.Module, spec: DirectionSpec, ndim: int, model_fp: str,
+                               data_fp: str, loss_desc: str) -> Directions | None:
+    """The Hessian directions an existing surface file of the same model, data and direction
+    settings holds, or ``None`` (no such file: the caller computes them)."""
+    import h5py
+
+    from .._files import is_hdf5
+
+    if not os.path.exists(path) or not is_hdf5(path):
+        return None
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            stored = json.loads(f.attrs.get("identity", "{}"))
+        wanted = {"model_fingerprint": model_fp, "data_fingerprint": data_fp, "loss": loss_desc, "kind": "hessian",
+                  "dir_type": spec.dir_type, "xnorm": spec.xnorm, "xignore": spec.xignore,
+                  "ynorm": spec.y_norm if ndim == 2 else None, "yignore": spec.y_ignore if ndim == 2 else None}
+        if any(stored.get(k) != v for k, v in wanted.items()):
+            return None
+        dirs = load_directions(path, model, spec.dir_type, ndim)
+    except Exception as e:  # unreadable or foreign: the surface writer reports it properly
+        log.info("not reusing the directions of %s: %s", path, e)
+        return None
+    if dirs.meta.get("kind") != "hessian" or int(dirs.meta.get("seed", -1)) != spec.seed:
+        return None
+    log.info("resuming on the Hessian directions stored in %s", path)
     return dirs
 
 

@@ -469,9 +469,9 @@ def check_layout(f: Any, shape: tuple[int, ...] | None = None, xcoords: np.ndarr
         if y.ndim != 1 or y.shape[0] < 1:
             return f"dataset ycoordinates has shape {y.shape}, expected (ny,)"
         want = (x.shape[0], y.shape[0])
-    for name in (LOSS, ACC, DONE, *EXTRA_DATASETS):
+    for name in (LOSS, ACC, DONE, *extra):
         if name != LOSS and name not in f:
-            if shape is not None and (name in (ACC, DONE) or name in extra):
+            if shape is not None:
                 return f"dataset {name} is missing"
             continue
         problem = numeric(name)
@@ -539,11 +539,33 @@ def _read(f: Any, path: str, holder: dict[str, Any] | None) -> Surface:
     acc = np.asarray(f[ACC][...], dtype=np.float64) if ACC in f else np.full(shape, np.nan)
     x = np.asarray(f["xcoordinates"][...], dtype=np.float64)
     y = np.asarray(f["ycoordinates"][...], dtype=np.float64) if "ycoordinates" in f else None
-    extra = {name: np.asarray(f[name][...], dtype=np.float64) for name in EXTRA_DATASETS if name in f}
+    extra = _read_extra(f, shape, path, has_done=DONE in f)
     attrs = {k: _attr_value(v) for k, v in f.attrs.items()}
     if "runs" in attrs:
         attrs["runs"] = json.dumps(read_runs(f.attrs))
     return Surface(x, y, loss, acc, done, attrs, path, holder, extra)
+
+
+def _read_extra(f: Any, shape: tuple[int, ...], path: str, has_done: bool) -> dict[str, np.ndarray]:
+    """The optional per-point datasets that match the grid; others (e.g. a reference file's
+    ``max_eig`` stored ``[iy, ix]`` on a non-square grid) are skipped with a warning, never
+    making the losses unreadable. The reference marks points without eigenvalues by
+    ``max_eig = -1, min_eig = 1`` (and has no ``done`` mask): those become NaN."""
+    extra: dict[str, np.ndarray] = {}
+    for name in EXTRA_DATASETS:
+        if name not in f:
+            continue
+        d = f[name]
+        if not hasattr(d, "dtype") or d.dtype.kind not in "fiu" or d.shape != shape:
+            log.warning("%s: dataset %s (shape %s) does not match the grid %s; not read", path, name,
+                        getattr(d, "shape", "?"), shape)
+            continue
+        extra[name] = np.asarray(d[...], dtype=np.float64)
+    if not has_done and "max_eig" in extra and "min_eig" in extra:
+        unset = (extra["max_eig"] == -1) & (extra["min_eig"] == 1)
+        for name in ("max_eig", "min_eig"):
+            extra[name] = np.where(unset, np.nan, extra[name])
+    return extra
 
 
 def _attr_value(v: Any) -> Any:

@@ -56,8 +56,8 @@ def curvature_values(surface: Surface) -> np.ndarray:
     if "max_eig" not in surface.extra or "min_eig" not in surface.extra:
         raise ConfigError(f"{name_of(surface)} holds no curvature (datasets max_eig and min_eig)",
                           "it was computed without --curvature",
-                          "compute it with lossgrid surface ... --curvature (the same command resumes nothing: "
-                          "use another --out or --overwrite)")
+                          "compute it with lossgrid surface ... --curvature, into another --out (or with "
+                          "--overwrite: curvature is a different setting, so the file is not resumed)")
     from ..engine.curvature import convexity_ratio
 
     ratio = convexity_ratio(surface.extra["min_eig"], surface.extra["max_eig"])

@@ -14,7 +14,7 @@ from torch import nn
 
 from lossgrid.data import load_data
 from lossgrid.engine import _audit_measures as measures
-from lossgrid.engine._gate import ALIASES, check_fields, evaluate, numeric_fields, parse_condition
+from lossgrid.engine._gate import ALIASES, check_fields, evaluate, missing_values, numeric_fields, parse_condition
 from lossgrid.engine.audit import audit, gate_fields, load_schema
 from lossgrid.errors import ConfigError
 
@@ -285,6 +285,7 @@ def test_gate_expressions(text, expected):
     "__import__('os')", "__import__('os').system('true') > 0", "loss.__class__ > 1", "loss", "loss >", "> 1",
     "loss > 1 >", "1 < loss < 2", "(loss > 1", "loss > 1)", "loss > 'a'", "loss > 1; x", "loss = 1",
     "len(loss) > 1", "", "loss > 1 and", "loss > - acc", "lambda: 1", "loss > 1 && acc > 2",
+    "1 > 0", "(" * 3000 + "loss > 1" + ")" * 3000, "not " * 3000 + "loss > 1",
 ])
 def test_gate_rejects_everything_else(text):
     with pytest.raises(ConfigError) as e:
@@ -299,9 +300,11 @@ def test_gate_fields():
     assert "'hessian.top'" in msg and "hessian.top_eig" in msg and "top_eig = hessian.top_eig" in msg
     with pytest.raises(ConfigError, match="barrier.value"):  # null section: the field does not exist
         evaluate(parse_condition("barrier > 0.1"), REPORT)
-    with pytest.raises(ConfigError, match="no finite value"):
-        evaluate(parse_condition("trace > 1"), REPORT)
-    assert evaluate(parse_condition("loss < 1 or trace > 1"), REPORT)  # short-circuits past the null
+    # a field without a finite value makes its condition true (never passes a gate), in any order
+    for text in ("trace > 1", "trace < 1", "not trace > 1", "loss > 1e9 or trace > 1", "trace > 1 or loss > 1e9"):
+        assert evaluate(parse_condition(text), REPORT), text
+        assert missing_values(parse_condition(text), REPORT) == ["hessian.trace"]
+    assert not missing_values(parse_condition("loss > 1e9"), REPORT)
     assert "settings.radii" not in numeric_fields(REPORT) and "sharpness.lower_bound" not in numeric_fields(REPORT)
 
 

@@ -111,3 +111,49 @@ def test_curvature_settings_and_ratio():
     ratio = convexity_ratio(np.array([-1.0, 0.0, 1.0]), np.array([4.0, 2.0, 0.0]))
     np.testing.assert_allclose(ratio[:2], [0.25, 0.0])
     assert np.isnan(ratio[2])
+
+
+def test_a_diverged_point_gets_nan_curvature_and_the_run_completes(digits100):
+    spec = CurvatureSpec(iters=4)
+    surf = compute_surface(tiny_mlp(), digits100, GridSpec.parse("0:1e39:3"),  # inf weights: NaN loss
+                           direction_spec=DirectionSpec(xnorm="none"), curvature=spec)
+    assert surf.done.all() and np.isfinite(surf.extra["max_eig"][0])
+    assert np.isnan(surf.extra["max_eig"][1:]).all() and np.isnan(surf.extra["min_eig"][1:]).all()
+
+
+def test_reference_files_with_other_eigenvalue_layouts_still_load(tmp_path):
+    path = tmp_path / "ref.h5"
+    with h5py.File(path, "w") as f:  # the reference's layout: no done mask, unset points as -1/1
+        f["xcoordinates"], f["ycoordinates"] = np.linspace(-1, 1, 5), np.linspace(-1, 1, 3)
+        f["train_loss"] = np.ones((5, 3))
+        max_eig, min_eig = np.full((5, 3), 2.0), np.full((5, 3), -0.5)
+        max_eig[0, 0], min_eig[0, 0] = -1, 1
+        f["max_eig"], f["min_eig"] = max_eig, min_eig
+    surf = load_surface(str(path))
+    assert np.isnan(surf.extra["max_eig"][0, 0]) and surf.extra["max_eig"][1, 1] == 2.0
+    with h5py.File(path, "r+") as f:
+        del f["max_eig"]
+        f["max_eig"] = np.full((3, 5), 2.0)  # [iy, ix] on a non-square grid
+    surf = load_surface(str(path))
+    assert "max_eig" not in surf.extra and surf.loss.shape == (5, 3)
+
+
+def test_hessian_direction_surfaces_resume_on_the_stored_directions(tmp_path, digits100, monkeypatch):
+    from lossgrid.engine import surface as surface_module
+
+    path = tmp_path / "h.h5"
+    spec = DirectionSpec(kind="hessian", seed=1)
+    grid = GridSpec.parse("-0.1:0.1:3", "-0.1:0.1:3")
+    first = compute_surface(tiny_mlp(), digits100, grid, path, direction_spec=spec)
+    with h5py.File(path, "r+") as f:
+        f["done"][1:] = 0
+
+    def recompute(*args, **kwargs):
+        raise AssertionError("the stored Hessian directions should be reused")
+
+    monkeypatch.setattr(surface_module, "create_directions", recompute)
+    again = compute_surface(tiny_mlp(), digits100, grid, path, direction_spec=spec)
+    np.testing.assert_allclose(again.loss, first.loss, rtol=1e-6)
+    with pytest.raises(AssertionError, match="should be reused"):  # other settings: not reused
+        compute_surface(tiny_mlp(), digits100, grid, path, direction_spec=DirectionSpec(kind="hessian", seed=2),
+                        overwrite=True)
