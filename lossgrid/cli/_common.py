@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -67,3 +68,63 @@ def run_with_progress(label: str, enabled: bool, fn: Callable[[Progress], Any]) 
 
 def echo_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, sort_keys=True))
+
+
+DATA_HELP = ("digits[:train|:test], npz:FILE, cifar10:DIR[:test][:norm=...], synthetic:SHAPE:N[:CLASSES] "
+             "(e.g. 3x32x32:50000, seeded random images), or module:function.")
+
+
+def model_data_options(example: str, samples_help: str, data_note: str = "") -> Callable[[Any], Any]:
+    """The options every model-in, numbers-out command shares: ``--model`` (required),
+    ``--checkpoint``, ``--trust-checkpoint``, ``--data`` (required), ``--samples``, ``--loss``."""
+    options = [
+        click.option("--model", "model", required=True, metavar="SPEC",
+                     help=f"Factory: path/to/file.py:fn or package.module:fn (e.g. {example})."),
+        click.option("--checkpoint", metavar="FILE",
+                     help="state_dict (or {'state_dict': ...}); random weights without it."),
+        click.option("--trust-checkpoint", is_flag=True,
+                     help="Allow checkpoints that are whole pickled models (loading them runs code from the file)."),
+        click.option("--data", required=True, help=DATA_HELP + (" " + data_note if data_note else "")),
+        click.option("--samples", type=click.IntRange(min=1), help=samples_help),
+        click.option("--loss", default="cross_entropy", show_default=True,
+                     help="cross_entropy, mse, or module:function returning per-sample losses."),
+    ]
+
+    def apply(fn: Any) -> Any:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return apply
+
+
+def input_files(kw: dict[str, Any], **more: str | None) -> dict[str, str | None]:
+    """The files a command reads (by option), which none of its outputs may be."""
+    from ..engine.jobs import spec_file
+
+    return {"--checkpoint": kw.get("checkpoint"), "--model": spec_file(kw.get("model")),
+            "--data": spec_file(kw.get("data")), "--loss": spec_file(kw.get("loss")), **more}
+
+
+def check_outputs(outputs: dict[str, str | None], inputs: dict[str, str | None]) -> None:
+    """Refuse unwritable outputs and outputs that are inputs (or each other), before any work.
+    ``outputs`` maps an option (``--out``) to its path (``None``: not given)."""
+    from .._files import check_output_path, refuse_input_as_output, same_file
+
+    given = [(option, path) for option, path in outputs.items() if path is not None]
+    for option, path in given:
+        check_output_path(path, f"{option} file")
+        refuse_input_as_output(path, inputs, option)
+    for i, (a, pa) in enumerate(given):
+        for b, pb in given[i + 1:]:
+            if same_file(pa, pb) or os.path.abspath(pa) == os.path.abspath(pb):
+                raise ConfigError(f"{a} and {b} name the same file {pa}", hint="give them different paths")
+
+
+def write_json(path: str, obj: Any, what: str) -> None:
+    """``obj`` as indented JSON, written atomically (never a half-written file in place)."""
+    from .._files import atomic_output
+
+    with atomic_output(path, what) as tmp, open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=2, sort_keys=True)
+        fh.write("\n")

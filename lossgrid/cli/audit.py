@@ -17,14 +17,13 @@ Exit codes:
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from typing import Any
 
 import click
 
-from ._common import echo_json, run_with_progress
+from ._common import check_outputs, echo_json, input_files, model_data_options, run_with_progress, write_json
 
 EXIT_GATE_FAILED = 3
 
@@ -41,19 +40,9 @@ def parse_conditions(ctx: click.Context, param: click.Parameter, value: tuple[st
 
 
 @click.command()
-@click.option("--model", "model", required=True, metavar="SPEC",
-              help="Factory: path/to/file.py:fn or package.module:fn (e.g. lossgrid.zoo:resnet_digits).")
-@click.option("--checkpoint", metavar="FILE", help="state_dict (or {'state_dict': ...}); random weights without it.")
-@click.option("--trust-checkpoint", is_flag=True,
-              help="Allow checkpoints that are whole pickled models (loading them runs code from the file).")
+@model_data_options("lossgrid.zoo:resnet_digits", "Audit on a fixed, seeded subset of N samples.")
 @click.option("--model2", metavar="FILE",
               help="Second checkpoint of the same architecture: adds the loss barrier along the interpolation.")
-@click.option("--data", required=True,
-              help="digits[:train|:test], npz:FILE, cifar10:DIR[:test][:norm=...], synthetic:SHAPE:N[:CLASSES], "
-              "or module:function.")
-@click.option("--samples", type=click.IntRange(min=1), help="Audit on a fixed, seeded subset of N samples.")
-@click.option("--loss", default="cross_entropy", show_default=True,
-              help="cross_entropy, mse, or module:function returning per-sample losses.")
 @click.option("--radius", "radii", type=click.FloatRange(min=0, min_open=True), multiple=True,
               default=(0.01, 0.05, 0.1), show_default=True, metavar="R",
               help="Filter-normalized radius of the random-direction statistics (repeatable).")
@@ -91,20 +80,14 @@ def audit(**kw: Any) -> None:
       lossgrid audit --model lossgrid.zoo:resnet_digits --checkpoint net.pt \\
           --data digits:train --fail-if 'top_eig > 500' --out audit.json
     """
-    from .._files import atomic_output, check_output_path, refuse_input_as_output
     from ..data import load_data
     from ..engine._gate import check_fields, evaluate, missing_values
     from ..engine.audit import audit as run_audit
     from ..engine.audit import gate_fields
-    from ..engine.jobs import spec_file
     from ..models import load_model
 
     out = kw["out"]
-    if out is not None:  # refuse a bad --out before any work
-        check_output_path(out, "audit JSON")
-        refuse_input_as_output(out, {"--checkpoint": kw["checkpoint"], "--model2": kw["model2"],
-                                     "--model": spec_file(kw["model"]), "--data": spec_file(kw["data"]),
-                                     "--loss": spec_file(kw["loss"])})
+    check_outputs({"--out": out}, input_files(kw, **{"--model2": kw["model2"]}))  # before any work
     # unknown fields fail now, not after minutes of work
     fields = gate_fields(len(set(kw["radii"])), not kw["no_hessian"], kw["model2"] is not None)
     for condition in kw["conditions"]:
@@ -121,9 +104,7 @@ def audit(**kw: Any) -> None:
         trace_samples=kw["trace_samples"], batch_size=kw["batch_size"], device=kw["device"], progress=bar,
         model_description=description, model2_description=kw["model2"]))
     if out is not None:
-        with atomic_output(out, "audit JSON") as tmp, open(tmp, "w") as fh:
-            json.dump(report, fh, indent=2, sort_keys=True)
-            fh.write("\n")
+        write_json(out, report, "audit JSON")
     if kw["as_json"]:
         echo_json(report)
     else:

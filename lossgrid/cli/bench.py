@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -10,7 +9,7 @@ import click
 
 from ..config import PRECISIONS
 from ..engine.runners import ALL_STRATEGIES, BACKENDS
-from ._common import echo_json
+from ._common import check_outputs, echo_json, input_files, model_data_options, write_json
 
 
 def parse_project(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
@@ -27,17 +26,7 @@ def parse_project(ctx: click.Context, param: click.Parameter, value: str | None)
 
 
 @click.command()
-@click.option("--model", "model", required=True, metavar="SPEC",
-              help="Factory: path/to/file.py:fn or package.module:fn (e.g. lossgrid.zoo:resnet20).")
-@click.option("--checkpoint", metavar="FILE", help="state_dict (or {'state_dict': ...}); random weights without it.")
-@click.option("--trust-checkpoint", is_flag=True,
-              help="Allow checkpoints that are whole pickled models (loading them runs code from the file).")
-@click.option("--data", required=True,
-              help="digits[:train|:test], npz:FILE, cifar10:DIR[:test][:norm=...], synthetic:SHAPE:N[:CLASSES] "
-              "(e.g. 3x32x32:50000, seeded random images), or module:function.")
-@click.option("--samples", type=click.IntRange(min=1), help="Time on a fixed, seeded subset of N samples.")
-@click.option("--loss", default="cross_entropy", show_default=True,
-              help="cross_entropy, mse, or module:function returning per-sample losses.")
+@model_data_options("lossgrid.zoo:resnet20", "Time on a fixed, seeded subset of N samples.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--backend", "backends", type=click.Choice(BACKENDS), multiple=True,
               help="Backend to time (repeatable; default: every backend but auto).")
@@ -71,17 +60,12 @@ def bench(**kw: Any) -> None:
       lossgrid bench --model lossgrid.zoo:resnet_digits --data digits:test \\
           --backend torch --backend onnxruntime --project 51x51:1797
     """
-    from .._files import atomic_output, check_output_path, refuse_input_as_output
     from ..data import load_data
     from ..engine.bench import run_bench
-    from ..engine.jobs import spec_file
     from ..models import load_model
 
     out = kw["out"]
-    if out is not None:  # refuse a bad --out before any work
-        check_output_path(out, "bench JSON")
-        refuse_input_as_output(out, {"--checkpoint": kw["checkpoint"], "--model": spec_file(kw["model"]),
-                                     "--data": spec_file(kw["data"]), "--loss": spec_file(kw["loss"])})
+    check_outputs({"--out": out}, input_files(kw))  # before any work
     model, description = load_model(kw["model"], kw["checkpoint"], kw["trust_checkpoint"])
     data = load_data(kw["data"], kw["samples"])
 
@@ -93,9 +77,7 @@ def bench(**kw: Any) -> None:
                        None if kw["quiet"] else progress, loss=kw["loss"], repeats=kw["repeats"],
                        model_description=description)
     if out is not None:
-        with atomic_output(out, "bench JSON") as tmp, open(tmp, "w") as fh:
-            json.dump(result, fh, indent=2, sort_keys=True)
-            fh.write("\n")
+        write_json(out, result, "bench JSON")
     if kw["as_json"]:
         echo_json(result)
     else:

@@ -3,13 +3,12 @@ Hessian of the loss over a whole evaluation set."""
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 import click
 
-from ._common import Progress, echo_json
+from ._common import Progress, check_outputs, echo_json, input_files, model_data_options, write_json
 
 TRACE_METHODS = ("hutch++", "hutchinson")  # the library's lossgrid.engine.hessian.TRACE_METHODS (kept light)
 
@@ -30,17 +29,8 @@ class _HvpProgress(Progress):
 
 
 @click.command()
-@click.option("--model", "model", required=True, metavar="SPEC",
-              help="Factory: path/to/file.py:fn or package.module:fn (e.g. lossgrid.zoo:resnet20).")
-@click.option("--checkpoint", metavar="FILE", help="state_dict (or {'state_dict': ...}); random weights without it.")
-@click.option("--trust-checkpoint", is_flag=True,
-              help="Allow checkpoints that are whole pickled models (loading them runs code from the file).")
-@click.option("--data", required=True,
-              help="digits[:train|:test], npz:FILE, cifar10:DIR[:test][:norm=...], synthetic:SHAPE:N[:CLASSES], "
-              "or module:function. H is taken over ALL of it (or of --samples).")
-@click.option("--samples", type=click.IntRange(min=1), help="Use a fixed, seeded subset of N samples.")
-@click.option("--loss", default="cross_entropy", show_default=True,
-              help="cross_entropy, mse, or module:function returning per-sample losses.")
+@model_data_options("lossgrid.zoo:resnet20", "Use a fixed, seeded subset of N samples.",
+                    "H is taken over ALL of it (or of --samples).")
 @click.option("--params", "params", metavar="GLOB",
               help="Parameters to differentiate: fnmatch globs over parameter names, comma-separated "
               "(e.g. 'layer3.*' or 'fc.weight,fc.bias'). Default: all that require grad.")
@@ -75,21 +65,12 @@ def hessian(**kw: Any) -> None:
       lossgrid hessian --model lossgrid.zoo:resnet_digits --checkpoint net.pt \\
           --data digits:test --top-k 3 --bottom-k 1 --trace --density --plot density.png
     """
-    from .._files import atomic_output, check_output_path, refuse_input_as_output, same_file
+    from .._files import atomic_output
     from ..data import load_data
     from ..engine.hessian import curvature_summary, hessian_operator, planned_hvps, plot_density
-    from ..engine.jobs import spec_file
-    from ..errors import ConfigError
     from ..models import load_model
 
-    inputs = {"--checkpoint": kw["checkpoint"], "--model": spec_file(kw["model"]),
-              "--data": spec_file(kw["data"]), "--loss": spec_file(kw["loss"])}
-    for option, what in (("--out", "hessian JSON"), ("--plot", "density plot")):
-        if kw[option[2:]] is not None:  # refuse a bad output path before any work
-            check_output_path(kw[option[2:]], what)
-            refuse_input_as_output(kw[option[2:]], inputs, option)
-    if kw["out"] and kw["plot"] and same_file(kw["out"], kw["plot"]):
-        raise ConfigError(f"--out and --plot name the same file {kw['out']}", hint="give them different paths")
+    check_outputs({"--out": kw["out"], "--plot": kw["plot"]}, input_files(kw))  # before any work
     density = kw["density"] or kw["plot"] is not None
     model, description = load_model(kw["model"], kw["checkpoint"], kw["trust_checkpoint"])
     data = load_data(kw["data"], kw["samples"])
@@ -110,9 +91,7 @@ def hessian(**kw: Any) -> None:
             plot_density(dens, tmp, f"Hessian spectral density: {os.path.basename(description)} "
                          f"on {len(data)} samples")
     if kw["out"] is not None:
-        with atomic_output(kw["out"], "hessian JSON") as tmp, open(tmp, "w") as fh:
-            json.dump(result, fh, indent=2, sort_keys=True)
-            fh.write("\n")
+        write_json(kw["out"], result, "hessian JSON")
     if kw["as_json"]:
         echo_json(result)
         return
