@@ -1,6 +1,8 @@
-"""``lossgrid plot``: render one or more surface files."""
+"""``lossgrid plot``: render one or more surface files (with a training path over a 2D one)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import click
 
@@ -22,8 +24,20 @@ from ..render import KINDS, METRICS
 @click.option("--upsample", type=click.IntRange(min=2), help="VTK: interpolate to N points per axis.")
 @click.option("--allow-mismatch", is_flag=True, help="compare: allow surfaces on different directions/grids.")
 @click.option("--dpi", type=click.IntRange(min=30), default=150, show_default=True)
+@click.option("--trajectory", metavar="TRAJ.h5", type=click.Path(dir_okay=False),
+              help="Draw this training path (lossgrid trajectory) over the surface, which must be computed on its "
+              "directions (--dir-file TRAJ.h5).")
+@click.option("--model", "model", metavar="SPEC",
+              help="--trajectory: with --data, evaluate the path's losses (the surface's model factory).")
+@click.option("--checkpoint", metavar="FILE", help="--trajectory: the surface's model (default: the final checkpoint).")
+@click.option("--trust-checkpoint", is_flag=True, help="Allow checkpoints that are whole pickled models.")
+@click.option("--data", help="--trajectory: the surface's evaluation data, to evaluate the path's losses.")
+@click.option("--samples", type=click.IntRange(min=1), help="--trajectory: the surface's --samples.")
+@click.option("--samples-seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--loss", default="cross_entropy", show_default=True, help="--trajectory: the surface's --loss.")
 def plot(files: tuple[str, ...], out: str, kind: str, metric: str, log_scale: bool, levels: str | None,
-         vmax: float | None, title: str | None, upsample: int | None, allow_mismatch: bool, dpi: int) -> None:
+         vmax: float | None, title: str | None, upsample: int | None, allow_mismatch: bool, dpi: int,
+         **path: Any) -> None:
     """Render surface FILES: 1D curves (overlaid), 2D contour/contourf/heatmap/surface3d,
     interactive HTML, VTK, or a side-by-side comparison on one color scale.
 
@@ -35,9 +49,49 @@ def plot(files: tuple[str, ...], out: str, kind: str, metric: str, log_scale: bo
       lossgrid plot surface.h5 --out surface.vts --log --vmax 10 --upsample 201
       lossgrid plot small_batch.h5 large_batch.h5 --kind compare --out cmp.png
       lossgrid plot curvature.h5 --kind curvature --out convexity.png
+      lossgrid plot surface.h5 --trajectory traj.h5 --model lossgrid.zoo:mlp_digits --data digits --out path.png
+
+    With --trajectory and --model/--data, the path's losses are evaluated at its
+    coordinates by the surface engine (on the surface's model, data and loss,
+    checked) and color its points on the contour's scale; without them the path
+    is drawn without losses.
     """
+    from .._files import refuse_input_as_output
     from ..render import plot_surfaces
 
-    path = plot_surfaces(list(files), out, kind=kind, metric=metric, log=log_scale, levels=levels, vmax=vmax,
-                         title=title, allow_mismatch=allow_mismatch, upsample=upsample, dpi=dpi)
-    click.echo(f"wrote {path}")
+    if not path["trajectory"] and any(path[k] for k in ("model", "checkpoint", "data")):
+        raise click.UsageError("--model, --checkpoint and --data evaluate a --trajectory's losses: pass --trajectory")
+    refuse_input_as_output(out, {"--trajectory": path["trajectory"], "--checkpoint": path["checkpoint"]})
+    traj, losses = _trajectory(path, files) if path["trajectory"] else (None, None)
+    written = plot_surfaces(list(files), out, kind=kind, metric=metric, log=log_scale, levels=levels, vmax=vmax,
+                            title=title, allow_mismatch=allow_mismatch, upsample=upsample, dpi=dpi,
+                            trajectory=traj, path_loss=losses)
+    if losses is not None and traj is not None:
+        from ..render.path import epoch_labels
+
+        labels = epoch_labels(traj.paths)
+        click.echo(f"path loss: {labels[0]}: {losses[0]:.4g} -> {labels[-1]}: {losses[-1]:.4g} "
+                   f"(min {losses.min():.4g} at {labels[int(losses.argmin())]})")
+    click.echo(f"wrote {written}")
+
+
+def _trajectory(opts: dict[str, Any], files: tuple[str, ...]) -> tuple[Any, Any]:
+    """The trajectory and, given --model/--checkpoint and --data, its losses on the surface's plane."""
+    from ..engine.trajectory import load_trajectory, path_losses
+
+    wants = [name for name in ("model", "checkpoint", "data") if opts[name]]
+    if not wants:
+        return load_trajectory(opts["trajectory"]), None
+    if not opts["data"] or not (opts["model"] or opts["checkpoint"]):
+        raise click.UsageError("the path's losses need --data and --model (and --checkpoint, default: the "
+                               "trajectory's final checkpoint); drop them all to draw the path without losses")
+    if len(files) != 1:
+        raise click.UsageError("a trajectory is drawn over one surface file")
+    from ..data import load_data
+    from ..models import load_model
+
+    traj = load_trajectory(opts["trajectory"])
+    model, _ = load_model(opts["model"], opts["checkpoint"] or traj.final, opts["trust_checkpoint"])
+    traj = load_trajectory(opts["trajectory"], model)  # its directions checked against the model
+    data = load_data(opts["data"], opts["samples"], opts["samples_seed"])
+    return traj, path_losses(model, data, traj, opts["loss"], surface=files[0])

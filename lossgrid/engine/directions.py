@@ -27,7 +27,9 @@ from ..errors import DirectionError
 from ..kernels import normalize_direction
 from .params import ParamLayout, perturbed_tensors
 
-META_KEYS = ("dir_type", "seed", "kind", "xnorm", "xignore", "ynorm", "yignore", "eigenvalues")
+#: attributes read back with the directions (``explained_variance_ratio``: the PCA plane of a trajectory)
+META_KEYS = ("dir_type", "seed", "kind", "xnorm", "xignore", "ynorm", "yignore", "eigenvalues",
+             "explained_variance_ratio")
 
 
 @dataclass

@@ -5,12 +5,14 @@ Plotting libraries are imported only when rendering.
 Example:
     >>> plot_surface("surface.h5", "contour.png")                          # doctest: +SKIP
     >>> plot_surfaces(["small_batch.h5", "large_batch.h5"], "cmp.png", kind="compare")  # doctest: +SKIP
+    >>> plot_surface("surface.h5", "path.png", trajectory="traj.h5")          # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from typing import TYPE_CHECKING, Any
 
 from .._files import atomic_output, check_output_path, refuse_input_as_output
 from ..engine.surface_file import Surface
@@ -26,6 +28,9 @@ from ._common import (
     parse_levels,
 )
 
+if TYPE_CHECKING:
+    from ..engine.trajectory import Trajectory
+
 logger = logging.getLogger(__name__)
 
 KINDS_1D = ("curve",)
@@ -39,15 +44,18 @@ __all__ = ["KINDS", "METRICS", "axis_label", "default_levels", "metric_values", 
 def plot_surface(surface: Surface | str | os.PathLike, out: str | os.PathLike, kind: str = "auto",
                  metric: str = "loss", log: bool = False, levels: int | list[float] | str | None = None,
                  vmax: float | None = None, title: str | None = None, upsample: int | None = None,
-                 dpi: int = 150) -> str:
+                 dpi: int = 150, trajectory: Trajectory | str | os.PathLike | None = None,
+                 path_loss: Any = None) -> str:
     """Render one surface; see :func:`plot_surfaces`."""
-    return plot_surfaces([surface], out, kind, metric, log, levels, vmax, title, upsample=upsample, dpi=dpi)
+    return plot_surfaces([surface], out, kind, metric, log, levels, vmax, title, upsample=upsample, dpi=dpi,
+                         trajectory=trajectory, path_loss=path_loss)
 
 
 def plot_surfaces(surfaces: list[Surface | str | os.PathLike], out: str | os.PathLike, kind: str = "auto",
                   metric: str = "loss", log: bool = False, levels: int | list[float] | str | None = None,
                   vmax: float | None = None, title: str | None = None, allow_mismatch: bool = False,
-                  upsample: int | None = None, dpi: int = 150) -> str:
+                  upsample: int | None = None, dpi: int = 150,
+                  trajectory: Trajectory | str | os.PathLike | None = None, path_loss: Any = None) -> str:
     """Render surfaces to ``out``; returns the path written.
 
     Kinds: ``curve`` (1D; several files overlaid, each on its own directions,
@@ -61,12 +69,21 @@ def plot_surfaces(surfaces: list[Surface | str | os.PathLike], out: str | os.Pat
     in 1D) and ``auto`` (curve, or contour; html/vtk by the extension of ``out``).
     ``metric`` is ``loss``, ``acc`` or ``err``; ``levels`` a count, a list, or
     ``MIN:MAX:STEP``.
+
+    ``trajectory`` (a :class:`~lossgrid.engine.trajectory.Trajectory` or its file)
+    draws a training path over a 2D ``contour``/``contourf``/``heatmap`` of a
+    surface computed on the trajectory's directions (a surface on other directions
+    is refused); ``path_loss`` (``[n]``, from
+    :func:`~lossgrid.engine.trajectory.path_losses`) colors its points on the
+    contour's color scale.
     """
     if not surfaces:
         raise ConfigError("No surface file given", hint="pass at least one FILE.h5")
     out = os.fspath(out)
-    refuse_input_as_output(out, {f"input file {i + 1}": s.path if isinstance(s, Surface) else s
-                                 for i, s in enumerate(surfaces)})
+    inputs = {f"input file {i + 1}": s.path if isinstance(s, Surface) else s for i, s in enumerate(surfaces)}
+    if isinstance(trajectory, (str, os.PathLike)):
+        inputs["the trajectory"] = trajectory
+    refuse_input_as_output(out, inputs)
     check_output_path(out, "plot")
     loaded = [as_surface(s) for s in surfaces]
     for s in loaded:
@@ -86,6 +103,8 @@ def plot_surfaces(surfaces: list[Surface | str | os.PathLike], out: str | os.Pat
     if len(loaded) > 1 and kind not in ("curve", "compare"):
         raise ConfigError(f"Plot kind {kind} draws one surface, got {len(loaded)}",
                           hint="use --kind compare for several 2D surfaces, or --kind curve for 1D ones")
+    if trajectory is not None:
+        trajectory = _check_trajectory(loaded, kind, trajectory, path_loss)
     if kind == "compare":
         check_same_axes(loaded, allow_mismatch)
     if kind == "curvature":
@@ -119,6 +138,24 @@ def plot_surfaces(surfaces: list[Surface | str | os.PathLike], out: str | os.Pat
 
             write_vtk(first, tmp, metric=metric, log=log, zmax=vmax, upsample=upsample)
         else:
-            mpl.plane(first, tmp, kind=kind, metric=metric, log=log, levels=lv, vmax=vmax, title=title, dpi=dpi)
+            mpl.plane(first, tmp, kind=kind, metric=metric, log=log, levels=lv, vmax=vmax, title=title, dpi=dpi,
+                      trajectory=trajectory, path_loss=path_loss)
     return out
+
+
+def _check_trajectory(surfaces: list[Surface], kind: str, trajectory: Any, path_loss: Any) -> Trajectory:
+    """The trajectory, loaded; refuses plot kinds without a plane and surfaces on other directions."""
+    import numpy as np
+
+    from ..engine.trajectory import check_same_plane, load_trajectory
+
+    if kind not in ("contour", "contourf", "heatmap") or len(surfaces) != 1 or surfaces[0].ndim != 2:
+        raise ConfigError(f"A trajectory is drawn over one 2D contour, contourf or heatmap, not {kind}",
+                          hint="pass one 2D surface file and --kind contour, contourf or heatmap")
+    traj = trajectory if not isinstance(trajectory, (str, os.PathLike)) else load_trajectory(trajectory)
+    check_same_plane(surfaces[0].attrs, traj)
+    if path_loss is not None and np.shape(path_loss) != (len(traj.paths),):
+        raise ConfigError(f"path_loss has shape {np.shape(path_loss)}", f"the trajectory has {len(traj.paths)} "
+                          "checkpoints", "pass the values of lossgrid.engine.trajectory.path_losses")
+    return traj
 

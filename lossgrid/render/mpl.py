@@ -3,7 +3,7 @@ side-by-side comparison. matplotlib is imported inside the functions."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -17,6 +17,9 @@ from ._common import (
     resolve_levels,
     title_of,
 )
+
+if TYPE_CHECKING:
+    from ..engine.trajectory import Trajectory
 
 
 def _pyplot() -> Any:
@@ -82,14 +85,23 @@ def curve(surfaces: list[Surface], out: str, log: bool = False, vmax: float | No
 
 def plane(surface: Surface, out: str, kind: str = "contour", metric: str = "loss", log: bool = False,
           levels: int | list[float] | None = None, vmax: float | None = None, title: str | None = None,
-          dpi: int = 150) -> None:
-    """2D ``contour`` (labelled lines), ``contourf`` (filled) or ``heatmap``, minimum marked."""
+          dpi: int = 150, trajectory: Trajectory | None = None, path_loss: np.ndarray | None = None) -> None:
+    """2D ``contour`` (labelled lines), ``contourf`` (filled) or ``heatmap``, minimum marked;
+    with ``trajectory``, the training path over it (:func:`lossgrid.render.path.draw_path`),
+    its points colored by ``path_loss`` on the plane's color scale (metric ``loss`` only)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 5.2))
     z, label = metric_values(surface, metric, log=log, vmax=vmax)
     artist = _draw_plane(ax, surface, z, kind, resolve_levels(z, levels, None), None, None)
     if kind != "contour":
         fig.colorbar(artist, ax=ax, label=label)
+    if trajectory is not None:
+        from .path import draw_path, path_values
+
+        values = path_values(path_loss, log=log, vmax=vmax) if metric == "loss" else None
+        points = draw_path(ax, trajectory, values, cmap=artist.get_cmap(), norm=artist.norm)
+        if values is not None and kind == "contour":
+            fig.colorbar(points, ax=ax, label=f"{label} (path)")
     ax.set_title(title_of(surface, title, label))
     fig.tight_layout()
     _save(fig, out, dpi)
@@ -113,9 +125,18 @@ def _draw_plane(ax: Any, surface: Surface, z: np.ndarray, kind: str, levels: np.
     idx = minimum_index(z)
     if idx is not None:
         ax.plot(xs[idx[0]], ys[idx[1]], "r*", ms=11, label="minimum")
-    ax.set_xlabel(axis_label(surface.attrs, "x"))
-    ax.set_ylabel(axis_label(surface.attrs, "y"))
+    ax.set_xlabel(_plane_label(surface.attrs, "x"))
+    ax.set_ylabel(_plane_label(surface.attrs, "y"))
     return artist
+
+
+def _plane_label(attrs: dict[str, Any], axis: str) -> str:
+    """``PC1 (93.1%)`` on a trajectory's PCA plane, else :func:`axis_label`."""
+    ratio = np.ravel(np.asarray(attrs.get("explained_variance_ratio", []), dtype=float))
+    if attrs.get("kind") == "pca" and ratio.size == 2:
+        k = 0 if axis == "x" else 1
+        return f"PC{k + 1} ({100 * ratio[k]:.1f}%)"
+    return axis_label(attrs, axis)
 
 
 def surface3d(surface: Surface, out: str, metric: str = "loss", log: bool = False, vmax: float | None = None,
@@ -188,7 +209,8 @@ def curvature(surface: Surface, out: str, vmax: float | None = None, title: str 
     else:
         fig, ax = plt.subplots(figsize=(6.4, 5.2))
         finite = ratio[np.isfinite(ratio)]
-        top = vmax if vmax is not None else (float(finite.max()) if finite.size else 1.0)
+        # the 98th percentile: one point with max_eig near 0 would wash out the whole map (--vmax overrides)
+        top = vmax if vmax is not None else (float(np.percentile(finite, 98)) if finite.size else 1.0)
         artist = _draw_plane(ax, surface, ratio, "heatmap", np.linspace(0.0, max(top, 1e-12), 30), 0.0, top)
         artist.set_cmap("coolwarm")
         fig.colorbar(artist, ax=ax, label=label)
