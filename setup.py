@@ -19,6 +19,8 @@ setup(
         "matplotlib>=3.7",
         "scikit-learn>=1.3",
         "safetensors>=0.4",
+        # interactive HTML (lossgrid plot --out x.html, lossgrid evolve --html) in a plain install
+        "plotly>=5.18",
     ],
     extras_require={
         # CuPy and onnxruntime-gpu for CUDA 12 (onnxruntime-gpu replaces the CPU onnxruntime package);
@@ -27,9 +29,12 @@ setup(
         "gpu-cuda13": ["cupy-cuda13x>=14", "onnxruntime-gpu>=1.31"],
         "tensorrt": ["tensorrt>=10"],
         "export": ["onnxscript>=0.1"],
-        "html": ["plotly>=5.18"],
-        "vtk": ["vtk>=9.2", "scipy>=1.9"],
-        "dev": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.5", "onnxscript>=0.1", "plotly>=5.18", "vtk>=9.2", "scipy>=1.9"],
+        # plotly is a core dependency now; the extra stays so that `pip install "lossgrid[html]"` still works
+        "html": [],
+        "vtk": ["scipy>=1.9"],  # our own VTK writer; scipy interpolates upsampled grids (NumPy otherwise)
+        "tensorboard": ["tensorboard>=2.14"],
+        "dev": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.5", "onnxscript>=0.1", "vtk>=9.2", "scipy>=1.9",
+                "tensorboard>=2.14"],
     },
     entry_points={"console_scripts": ["lossgrid=lossgrid.cli:main"]},
     classifiers=[

@@ -92,7 +92,7 @@ def test_html_is_self_contained_with_data(tmp_path):
 
 @pytest.mark.parametrize("ext", [".vts", ".vtp", ".vtk"])
 def test_vtk_roundtrip(tmp_path, ext):
-    pytest.importorskip("vtkmodules", reason="vtk extra not installed")
+    pytest.importorskip("vtkmodules", reason="the VTK library (dev extra) that reads files back is absent")
     from lossgrid.render.vtk import height_field, read_vtk
 
     surf = fake_surface(2)
@@ -118,7 +118,6 @@ def test_vtk_roundtrip(tmp_path, ext):
 
 
 def test_vtk_needs_2d_and_known_extension(tmp_path):
-    pytest.importorskip("vtkmodules", reason="vtk extra not installed")
     with pytest.raises(ConfigError, match="2D"):
         plot_surface(fake_surface(1), tmp_path / "a.vts", kind="vtk")
     with pytest.raises(ConfigError, match="VTK file type"):
@@ -178,3 +177,171 @@ def test_reference_implementation_file_renders(tmp_path):
     assert_non_blank(tmp_path / "c.png")
     plot_surface(path, tmp_path / "s.html")
     assert "train_loss" not in (tmp_path / "s.html").read_text()[:100]
+
+
+def fake_trajectory(n=9):
+    import torch
+
+    from lossgrid.engine.directions import Directions
+    from lossgrid.engine.params import ParamLayout
+    from lossgrid.engine.trajectory import Trajectory
+
+    layout = ParamLayout(("w", "b"), ((2, 3), (2,)), "weights")
+    x = [torch.ones(2, 3) / 6 ** 0.5, torch.zeros(2)]
+    y = [torch.tensor([[1.0, -1.0, 0.0], [0.0, 0.0, 0.0]]) / 2 ** 0.5, torch.zeros(2)]
+    t = np.linspace(0.0, 1.0, n)
+    coords = np.stack([-0.9 * (1 - t), 0.4 * np.sin(3 * t) * (1 - t)], axis=1)
+    ratio = np.array([0.9, 0.07])
+    meta = {"kind": "pca", "xnorm": "none", "ynorm": "none", "explained_variance_ratio": list(ratio)}
+    return Trajectory(Directions(layout, x, y, meta), [f"run/epoch_{i + 1}.pt" for i in range(n)], coords,
+                      np.zeros(n), ratio, f"run/epoch_{n}.pt")
+
+
+@pytest.mark.parametrize("kind,losses", [("contour", True), ("contourf", False), ("heatmap", True)])
+def test_trajectory_overlay_renders_with_pca_labels(tmp_path, kind, losses):
+    from lossgrid.render.path import epoch_labels, pc_label
+
+    traj = fake_trajectory()
+    surf = fake_surface(2, directions=traj.directions.fingerprint())
+    out = tmp_path / f"{kind}.png"
+    path_loss = 0.05 + traj.coords[:, 0] ** 2 + 2 * traj.coords[:, 1] ** 2 if losses else None
+    plot_surface(surf, out, kind=kind, trajectory=traj, path_loss=path_loss, log=kind == "heatmap")
+    assert_non_blank(out)
+    assert pc_label(traj, 0) == "PC1 (90.0%)" and pc_label(traj, 1) == "PC2 (7.0%)"
+    assert epoch_labels(["a/epoch_3.pt", "final.pt"]) == ["3", "#2"]
+
+
+def test_trajectory_overlay_refusals(tmp_path):
+    traj = fake_trajectory()
+    with pytest.raises(ConfigError, match="different directions"):
+        plot_surface(fake_surface(2, directions="other"), tmp_path / "x.png", trajectory=traj)
+    surf = fake_surface(2, directions=traj.directions.fingerprint())
+    with pytest.raises(ConfigError, match="not surface3d"):
+        plot_surface(surf, tmp_path / "x.png", kind="surface3d", trajectory=traj)
+    with pytest.raises(ConfigError, match="path_loss has shape"):
+        plot_surface(surf, tmp_path / "x.png", trajectory=traj, path_loss=np.zeros(3))
+    assert not (tmp_path / "x.png").exists()
+
+
+# -- our VTK writer: read back by the VTK library, no VTK library needed to write ---------------
+@pytest.mark.parametrize("ext", [".vts", ".vtp"])
+def test_vtk_ascii_encoding_reads_back(tmp_path, ext):
+    pytest.importorskip("vtkmodules", reason="the VTK library (dev extra) that reads files back is absent")
+    from lossgrid.render.vtk import read_vtk, write_vtk
+
+    surf = fake_surface(2, n=6)
+    out = str(tmp_path / f"a{ext}")
+    write_vtk(surf, out, metric="acc", encoding="ascii")
+    assert 'format="ascii"' in open(out).read()
+    back = read_vtk(out)
+    np.testing.assert_allclose(back["acc"], np.where(surf.done, surf.acc, np.nan).T.ravel(), equal_nan=True)
+    nx, ny = surf.loss.shape
+    assert back["points"].shape == (nx * ny, 3)
+    if ext == ".vtp":  # quads: four corners each, the first cell at the origin corner
+        assert back["connectivity"][:4].tolist() == [0, 1, nx + 1, nx]
+
+
+def test_vtk_files_are_written_without_the_vtk_library(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np; sys.modules['vtkmodules'] = None; sys.modules['vtk'] = None\n"
+            "from lossgrid.engine.surface_file import Surface\nfrom lossgrid.render.vtk import write_vtk\n"
+            "x = np.linspace(-1, 1, 4); s = Surface(x, x, np.add.outer(x, x), np.ones((4, 4)), np.ones((4, 4), bool))\n"
+            f"for ext in ('vts', 'vtp', 'vtk'): write_vtk(s, {str(tmp_path)!r} + '/s.' + ext)\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    text = (tmp_path / "s.vts").read_text()
+    assert text.startswith('<?xml version="1.0"?>') and 'type="StructuredGrid"' in text
+    assert 'WholeExtent="0 3 0 3 0 0"' in text and 'format="binary"' in text
+    assert (tmp_path / "s.vtk").read_text().splitlines()[:5] == [
+        "# vtk DataFile Version 3.0", "lossgrid loss surface", "ASCII", "DATASET STRUCTURED_GRID", "DIMENSIONS 4 4 1"]
+
+
+def test_upsampling_without_scipy_is_bilinear(monkeypatch):
+    import sys
+
+    from lossgrid.render.vtk import _bilinear, height_field
+
+    surf = fake_surface(2, n=7)
+    z = np.where(surf.done, surf.loss, np.nan)
+    xs, ys = surf.xcoordinates, surf.ycoordinates
+    nx, ny = np.linspace(xs[0], xs[-1], 25), np.linspace(ys[0], ys[-1], 25)
+    mine = _bilinear(xs, ys, z, nx, ny)
+    scipy_interp = pytest.importorskip("scipy.interpolate", reason="scipy not installed: nothing to compare with")
+    X, Y = np.meshgrid(nx, ny, indexing="ij")
+    want = scipy_interp.RegularGridInterpolator((xs, ys), z, method="linear")(
+        np.stack([X.ravel(), Y.ravel()], axis=1)).reshape(25, 25)
+    np.testing.assert_allclose(mine, want, rtol=1e-12, equal_nan=True)
+    assert np.isnan(mine[0, 0]) and np.isfinite(mine[-1, -1])  # the point not computed stays a gap
+    monkeypatch.setitem(sys.modules, "scipy.interpolate", None)  # as if scipy were not installed
+    field = height_field(surf, upsample=25)
+    np.testing.assert_allclose(field["z"], mine, rtol=1e-12, equal_nan=True)
+
+
+# -- animations of evolutions ------------------------------------------------------------------
+def fake_evolution(ndim, n=4):
+    from lossgrid.engine.evolve import Evolution
+
+    surfaces = [fake_surface(ndim, shift=0.2 * i) for i in range(n)]
+    for i, s in enumerate(surfaces):
+        s.loss = s.loss * (1 + i)  # the scale changes over training
+    labels = [f"epoch_{2 ** i}" for i in range(n)]
+    return Evolution(surfaces, labels, [f"{label}.pt" for label in labels])
+
+
+@pytest.mark.parametrize("ndim", [1, 2])
+def test_gif_has_one_frame_per_checkpoint(tmp_path, ndim):
+    from PIL import Image
+
+    from lossgrid.render.animate import render_evolution
+
+    out = tmp_path / "evo.gif"
+    assert render_evolution(fake_evolution(ndim), out, fps=4) == str(out)
+    with Image.open(out) as im:
+        assert im.n_frames == 4 and im.size == (640, 480)
+        im.seek(3)
+        assert np.asarray(im.convert("RGB")).std() > 10
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
+def test_frames_share_one_scale():
+    from lossgrid.render.animate import _frames
+
+    evo = fake_evolution(2)
+    frames = _frames(evo, "loss", False, None)
+    finite = np.concatenate([s.loss[s.done] for s in evo.surfaces])
+    assert frames["lo"] == finite.min() and frames["hi"] == finite.max()
+    assert len(frames["z"]) == 4
+
+
+@pytest.mark.parametrize("ndim", [1, 2])
+def test_html_slider_has_one_plotly_frame_per_checkpoint(tmp_path, ndim):
+    from lossgrid.render.animate import render_evolution
+
+    out = tmp_path / "evo.html"
+    render_evolution(fake_evolution(ndim), out)
+    text = out.read_text()
+    start = text.index("[", text.index("Plotly.addFrames("))
+    frames, _ = json.JSONDecoder().raw_decode(text[start:])
+    assert [f["name"] for f in frames] == ["epoch_1", "epoch_2", "epoch_4", "epoch_8"]
+    assert '"steps"' in text and "checkpoint: " in text  # the slider
+    assert not re.findall(r"<script[^>]*\ssrc=\"https?:", text)
+
+
+def test_mp4_exists_or_names_ffmpeg(tmp_path, monkeypatch):
+    import shutil
+
+    from lossgrid.errors import MissingBackendError
+    from lossgrid.render.animate import render_evolution
+
+    out = tmp_path / "evo.mp4"
+    if shutil.which("ffmpeg"):
+        render_evolution(fake_evolution(2), out)
+        assert out.read_bytes()[4:8] == b"ftyp"
+    monkeypatch.setattr(shutil, "which", lambda *a, **k: None)
+    with pytest.raises(MissingBackendError, match="ffmpeg") as e:
+        render_evolution(fake_evolution(2), tmp_path / "b.mp4")
+    assert "apt-get install ffmpeg" in str(e.value) and "conda" in str(e.value) and "GIF" in str(e.value)
+    assert not (tmp_path / "b.mp4").exists()
+    with pytest.raises(ConfigError, match="gif, .mp4 or .html"):
+        render_evolution(fake_evolution(2), tmp_path / "a.avi")

@@ -1,0 +1,142 @@
+"""``lossgrid evolve``: the loss landscape around each checkpoint of a training run, on
+shared directions, in one resumable file; optionally animated (GIF, MP4, HTML slider)."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import click
+
+from ..config import AUTO_BUDGET, DIR_KINDS, DIR_TYPES, IGNORES, NORMS, PRECISIONS, DirectionSpec, EvalSpec, GridSpec
+from ..engine.runners import ALL_STRATEGIES, BACKENDS
+from ..errors import ConfigError
+from ._common import echo_json, parse_axis, run_with_progress
+
+#: animation option -> the file extensions it writes
+ANIMATIONS = {"gif": (".gif",), "mp4": (".mp4",), "html": (".html", ".htm")}
+
+
+@click.command()
+@click.option("--model", "model", metavar="SPEC", help="Factory: path/to/file.py:fn or package.module:fn.")
+@click.option("--checkpoints", "patterns", multiple=True, required=True, metavar="GLOB",
+              help="Checkpoint files or quoted glob patterns ('run/epoch_*.pt'); repeatable. Sorted by the numbers "
+              "in their names (epoch_2 before epoch_10).")
+@click.option("--trust-checkpoint", is_flag=True,
+              help="Allow checkpoints that are whole pickled models: loading them runs code named in the file. "
+              "Only for files you made or trust.")
+@click.option("--data", default="digits", show_default=True, help="As for lossgrid surface.")
+@click.option("--samples", type=click.IntRange(min=1), help="Evaluate on a fixed, seeded subset of N samples.")
+@click.option("--samples-seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--loss", default="cross_entropy", show_default=True,
+              help="cross_entropy, mse, or module:function returning per-sample losses.")
+@click.option("--x", "x", default="-1:1:21", show_default=True, callback=parse_axis, metavar="MIN:MAX:NUM")
+@click.option("--y", "y", default=None, callback=parse_axis, metavar="MIN:MAX:NUM", help="Second axis (2D).")
+@click.option("--dir-type", type=click.Choice(DIR_TYPES), default="weights", show_default=True)
+@click.option("--dir-kind", type=click.Choice(DIR_KINDS), default="random", show_default=True,
+              help="random (seeded Gaussian) or hessian (top eigenvectors at the last checkpoint).")
+@click.option("--xnorm", type=click.Choice(NORMS), default="filter", show_default=True)
+@click.option("--ynorm", type=click.Choice(NORMS), default=None, help="Default: same as --xnorm.")
+@click.option("--xignore", type=click.Choice(IGNORES), default="biasbn", show_default=True)
+@click.option("--yignore", type=click.Choice(IGNORES), default=None, help="Default: same as --xignore.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Direction seed.")
+@click.option("--dir-file", metavar="FILE",
+              help="Directions file: read if it exists, else written (made from the LAST checkpoint).")
+@click.option("--out", required=True, metavar="FILE.h5",
+              help="Evolution file, one surface per checkpoint (resumed if it exists).")
+@click.option("--overwrite", is_flag=True, help="Replace an evolution file computed with other settings.")
+@click.option("--gif", metavar="FILE.gif", help="Animated GIF, one frame per checkpoint.")
+@click.option("--mp4", metavar="FILE.mp4", help="MP4 video (needs the ffmpeg program).")
+@click.option("--html", metavar="FILE.html", help="Interactive HTML with a checkpoint slider (one offline file).")
+@click.option("--metric", type=click.Choice(("loss", "acc", "err")), default="loss", show_default=True,
+              help="What the animations show.")
+@click.option("--log", "log_scale", is_flag=True, help="Animations: log10 of the metric.")
+@click.option("--vmax", type=float, help="Animations: clip the metric above this value.")
+@click.option("--fps", type=click.FloatRange(min=0.1, max=60), default=2.0, show_default=True,
+              help="Animation frames (checkpoints) per second.")
+@click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True)
+@click.option("--strategy", type=click.Choice(ALL_STRATEGIES), default="auto", show_default=True,
+              help="As for lossgrid surface; what auto picks on the first checkpoint is kept for the others.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
+@click.option("--auto-budget", type=click.FloatRange(min=0), default=AUTO_BUDGET, show_default=True, metavar="SHARE")
+@click.option("--points-per-call", type=click.IntRange(min=1), help="Grid points per runner call (default 8).")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Samples per forward pass (default: by input size).")
+@click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda:0.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def evolve(**kw: Any) -> None:
+    """The loss landscape around every checkpoint of a training run, on the same
+    directions (made from the last checkpoint), in one file; optionally animated.
+
+    \b
+    Example:
+      lossgrid evolve --model lossgrid.zoo:mlp_digits --checkpoints 'run/epoch_*.pt' \\
+          --data digits:test --x=-1:1:21 --y=-1:1:21 --out evo.h5 --gif evo.gif --html evo.html
+    """
+    t0 = time.perf_counter()
+    grid = GridSpec(kw["x"], kw["y"])
+    directions = DirectionSpec(kw["dir_type"], kw["xnorm"], kw["xignore"], kw["ynorm"], kw["yignore"], kw["seed"],
+                               kw["dir_kind"])
+    evaluation = EvalSpec(kw["backend"], kw["strategy"], kw["points_per_call"], kw["batch_size"], kw["device"],
+                          kw["auto_budget"], kw["precision"])
+    from ..data import load_data
+    from ..engine.evolve import compute_evolution, find_checkpoints
+
+    checkpoints = find_checkpoints(kw["patterns"])
+    animations = _check_outputs(kw, checkpoints)  # before any work: bad paths, a missing ffmpeg
+    data = load_data(kw["data"], kw["samples"], kw["samples_seed"])
+    evo = run_with_progress("evolve", not kw["quiet"], lambda bar: compute_evolution(
+        kw["model"], checkpoints, data, grid, kw["out"], direction_spec=directions, dir_file=kw["dir_file"],
+        loss=kw["loss"], eval_spec=evaluation, overwrite=kw["overwrite"], trust_checkpoint=kw["trust_checkpoint"],
+        progress=bar))
+    from ..render.animate import render_evolution
+
+    written = {name: render_evolution(evo, path, metric=kw["metric"], log=kw["log_scale"], vmax=kw["vmax"],
+                                      fps=kw["fps"]) for name, path in animations.items()}
+    run = evo.attrs.get("last_run", {})
+    summary = {**evo.summary(), "animations": written, "seconds": round(time.perf_counter() - t0, 3),
+               "eval_seconds": run.get("seconds"), "points_computed": run.get("points"), "samples": len(data),
+               "backend": run.get("backend"), "strategy": run.get("strategy")}
+    if kw["as_json"]:
+        echo_json(summary)
+    else:
+        _echo_summary(summary)
+
+
+def _check_outputs(kw: dict[str, Any], checkpoints: list[str]) -> dict[str, str]:
+    """Refuse unusable output paths and outputs that are inputs; check ffmpeg for --mp4.
+    Returns the animations asked for, ``{"gif": path, ...}``."""
+    from .._files import check_output_path, refuse_input_as_output
+    from ..engine.jobs import spec_file
+    from ..engine.surface import check_writable
+
+    check_writable(kw["out"])
+    inputs = {f"--checkpoints ({os.path.basename(c)})": c for c in checkpoints}
+    inputs.update({"--model": spec_file(kw["model"]), "--data": spec_file(kw["data"]),
+                   "--loss": spec_file(kw["loss"]),
+                   "--dir-file": kw["dir_file"] if kw["dir_file"] and os.path.exists(kw["dir_file"]) else None})
+    refuse_input_as_output(kw["out"], inputs)
+    animations = {name: kw[name] for name in ANIMATIONS if kw[name]}
+    for name, path in animations.items():
+        if os.path.splitext(path)[1].lower() not in ANIMATIONS[name]:
+            raise ConfigError(f"--{name} {path} does not end in {' or '.join(ANIMATIONS[name])}",
+                              hint=f"name the file like evo{ANIMATIONS[name][0]}")
+        check_output_path(path, f"--{name} file")
+        refuse_input_as_output(path, {**inputs, "--out": kw["out"]}, option=f"--{name}")
+    if "mp4" in animations:
+        from ..render.animate import check_mp4_writable
+
+        check_mp4_writable()
+    return animations
+
+
+def _echo_summary(s: dict[str, Any]) -> None:
+    how = f" ({s['backend']}/{s['strategy']})" if s.get("backend") else " (the file was complete)"
+    click.echo(f"wrote {s['file']}: {len(s['checkpoints'])} checkpoints, {s['points_done']}/{s['points_total']} "
+               f"points, {s['points_computed']} computed in {s['eval_seconds']} s{how}")
+    for row in s["checkpoints"]:
+        where = ", ".join(f"{c:g}" for c in row["min_at"]) if row.get("min_at") else "-"
+        click.echo(f"  {row['label']:<20} min loss {row['min_loss']} at ({where}), center loss {row['center_loss']}")
+    for path in s["animations"].values():
+        click.echo(f"wrote {path}")
