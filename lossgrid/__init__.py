@@ -45,6 +45,7 @@ _EXPORTS = {
     "Surface": "lossgrid.engine.surface_file",
     "load_surface": "lossgrid.engine.surface_file",
     "plot_surface": "lossgrid.render",
+    "Tracker": "lossgrid.track",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -1,9 +1,12 @@
 """The embedded demo: train a small residual CNN on the bundled digits in
-seconds, then compute and render its filter-normalized 2D loss surface.
+seconds, then compute and render its filter-normalized 2D loss surface
+(:func:`run_demo`) or its optimization path on the PCA plane of its checkpoints
+(:func:`run_trajectory_demo`).
 
 Example:
-    >>> from lossgrid.demo import run_demo
-    >>> paths = run_demo("demo_out")  # doctest: +SKIP
+    >>> from lossgrid.demo import run_demo, run_trajectory_demo
+    >>> paths = run_demo("demo_out")             # doctest: +SKIP
+    >>> paths = run_trajectory_demo("demo_out")  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -26,8 +30,14 @@ log = logging.getLogger(__name__)
 DEMO_MODEL = "lossgrid.zoo:resnet_digits"
 
 
-def train_demo_model(data: EvalData, epochs: int = 12, seed: int = 0, batch_size: int = 64) -> nn.Module:
-    """Train :func:`lossgrid.zoo.resnet_digits` on ``data`` with SGD + momentum."""
+def train_demo_model(data: EvalData, epochs: int = 12, seed: int = 0, batch_size: int = 64,
+                     on_epoch: Callable[[int, nn.Module], Any] | None = None) -> nn.Module:
+    """Train :func:`lossgrid.zoo.resnet_digits` on ``data`` with SGD + momentum.
+
+    ``on_epoch(epoch, model)`` is called with epoch 0 before training (the initial
+    weights) and after each epoch ``1 ... epochs``, the model in train mode
+    (a :meth:`lossgrid.track.Tracker.step`, say).
+    """
     from .zoo import resnet_digits
 
     torch.manual_seed(seed)
@@ -36,7 +46,9 @@ def train_demo_model(data: EvalData, epochs: int = 12, seed: int = 0, batch_size
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=epochs * -(-len(data) // batch_size))
     gen = torch.Generator().manual_seed(seed)
     model.train()
-    for _ in range(epochs):
+    if on_epoch is not None:
+        on_epoch(0, model)
+    for epoch in range(1, epochs + 1):
         order = torch.randperm(len(data), generator=gen)
         for start in range(0, len(data), batch_size):
             idx = order[start:start + batch_size]
@@ -45,6 +57,8 @@ def train_demo_model(data: EvalData, epochs: int = 12, seed: int = 0, batch_size
             loss.backward()
             opt.step()
             sched.step()
+        if on_epoch is not None:
+            on_epoch(epoch, model)
     return model.eval()
 
 
@@ -60,14 +74,7 @@ def run_demo(out_dir: str | os.PathLike, grid: str = "-1:1:31", epochs: int = 12
     from .engine.surface import compute_surface
     from .render import plot_surface
 
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise ConfigError(f"Demo output {out_dir} is a file", "the demo writes several files into a directory",
-                          "pass --out with a new or existing directory")
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"Cannot create the demo directory {out_dir}", os_reason(e),
-                          "choose a writable --out directory") from None
+    _make_out_dir(out_dir)
     t0 = time.perf_counter()
     train = load_data("digits:train")
     model = train_demo_model(train, epochs=epochs, seed=seed)
@@ -93,3 +100,97 @@ def run_demo(out_dir: str | os.PathLike, grid: str = "-1:1:31", epochs: int = 12
             "surface_seconds": round(t_surface, 2),
             "total_seconds": round(time.perf_counter() - t0, 2), "summary": surface.summary(),
             "run": surface.attrs.get("last_run")}
+
+
+def run_trajectory_demo(out_dir: str | os.PathLike, num: int = 31, grid: str | None = None, epochs: int = 12,
+                        seed: int = 0, progress: Any = None, overwrite: bool = True,
+                        eval_spec: EvalSpec = EvalSpec()) -> dict[str, Any]:
+    """Train the demo model under a :class:`~lossgrid.track.Tracker` (a checkpoint of
+    the initial weights and of every epoch in ``out_dir/checkpoints``, a 1D landscape
+    per epoch in memory), find the PCA plane of that path
+    (:func:`~lossgrid.engine.trajectory.compute_trajectory`, into
+    ``out_dir/trajectory.h5``), compute the surface on that plane around the final
+    model (``out_dir/trajectory_surface.h5``; the PCA directions used as they are,
+    unnormalized, as ``--xnorm none``) and render its contour with the path
+    overlaid (``out_dir/trajectory.png``).
+
+    Args:
+        num: points per axis; the axes span the path and the origin plus a 20% margin
+            (:func:`~lossgrid.engine.trajectory.path_grid`).
+        grid: ``MIN:MAX:NUM`` for both axes instead of the fitted span.
+
+    Returns a dict with the written paths, timings (``train_seconds`` includes
+    ``tracking_seconds``), the explained variance ratio of the plane, the loss at
+    each checkpoint's projection (``path_losses``; ``final_loss`` at the origin),
+    the surface summary and the tracker's numbers per epoch (``tracked``).
+    """
+    from .engine.surface import compute_surface
+    from .engine.trajectory import compute_trajectory, path_grid, path_losses, save_trajectory
+    from .render import plot_surface
+    from .track import Tracker
+    from .zoo import resnet_digits
+
+    _make_out_dir(out_dir)
+    out_dir = os.fspath(out_dir)
+    t0 = time.perf_counter()
+    train = load_data("digits:train")
+    trackers: list[Tracker] = []
+    t_track = 0.0
+
+    def track(epoch: int, model: nn.Module) -> None:
+        nonlocal t_track
+        t = time.perf_counter()
+        if not trackers:  # the model exists only once training starts
+            trackers.append(Tracker(model, train, out_dir, seed=seed))
+        trackers[0].step(epoch)
+        t_track += time.perf_counter() - t
+
+    model = train_demo_model(train, epochs=epochs, seed=seed, on_epoch=track)
+    tracker = trackers[0]
+    # the checkpoints of this run, not a glob: an earlier run into the same directory may have left more
+    checkpoints = tracker.checkpoints
+    stale = sorted(set(os.listdir(tracker.checkpoint_dir or out_dir)) - {os.path.basename(p) for p in checkpoints})
+    if stale:
+        log.warning("%s holds %d checkpoint file(s) of an earlier run (%s ...), not used here",
+                    tracker.checkpoint_dir, len(stale), stale[0])
+    t_train = time.perf_counter() - t0
+
+    # a fresh copy of the architecture: compute_trajectory loads every checkpoint into it
+    traj = compute_trajectory(resnet_digits(), checkpoints)
+    trajectory_path = os.path.join(out_dir, "trajectory.h5")
+    save_trajectory(trajectory_path, traj)
+    t_trajectory = time.perf_counter() - t0 - t_train
+
+    x_text, y_text = (grid, grid) if grid is not None else path_grid(traj, margin=0.2, num=num)
+    surface_path = os.path.join(out_dir, "trajectory_surface.h5")
+    # the trained model is the last checkpoint, the trajectory's final point (0, 0)
+    surface = compute_surface(model, train, GridSpec.parse(x_text, y_text), surface_path,
+                              directions=traj.directions, eval_spec=eval_spec, overwrite=overwrite,
+                              progress=progress,
+                              model_description=f"{DEMO_MODEL} trained {epochs} epochs (seed {seed})")
+    # the loss at each checkpoint's projection, by the same engine: colors the path on the contour's scale
+    along = path_losses(model, train, traj, eval_spec=eval_spec, surface=surface)
+    t_surface = time.perf_counter() - t0 - t_train - t_trajectory
+    plot_path = plot_surface(surface, os.path.join(out_dir, "trajectory.png"), trajectory=traj, path_loss=along)
+    return {"paths": {"checkpoints": os.path.join(tracker.checkpoint_dir or out_dir, "epoch_*.pt"),
+                      "trajectory": trajectory_path, "surface": surface_path, "plot": plot_path},
+            "checkpoints": len(checkpoints), "explained_variance_ratio": [float(v) for v in
+                                                                          traj.explained_variance_ratio],
+            "grid": [x_text, y_text], "final_loss": float(along[traj.paths.index(traj.final)]),
+            "path_losses": [float(v) for v in along], "train_seconds": round(t_train, 2),
+            "tracking_seconds": round(t_track, 2),
+            "trajectory_seconds": round(t_trajectory, 2), "surface_seconds": round(t_surface, 2),
+            "total_seconds": round(time.perf_counter() - t0, 2), "summary": surface.summary(),
+            "run": surface.attrs.get("last_run"), "tracked": tracker.history}
+
+
+def _make_out_dir(out_dir: str | os.PathLike) -> None:
+    """Create the demo's output directory, or fail with a :class:`ConfigError`."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ConfigError(f"Demo output {out_dir} is a file", "the demo writes several files into a directory",
+                          "pass --out with a new or existing directory")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"Cannot create the demo directory {out_dir}", os_reason(e),
+                          "choose a writable --out directory") from None

@@ -1,4 +1,5 @@
-"""``lossgrid demo``: train a small residual CNN on the bundled digits and plot its surface."""
+"""``lossgrid demo``: train a small residual CNN on the bundled digits and plot its surface
+(or, with ``--trajectory``, its training path on the PCA plane of its checkpoints)."""
 
 from __future__ import annotations
 
@@ -11,24 +12,44 @@ from ._common import echo_json, run_with_progress
 
 @click.command()
 @click.option("--out", default="lossgrid-demo", show_default=True, metavar="DIR", help="Output directory.")
-@click.option("--grid", default="-1:1:31", show_default=True, metavar="MIN:MAX:NUM", help="Both axes.")
+@click.option("--grid", default=None, metavar="MIN:MAX:NUM",
+              help="Both axes [default: -1:1:31]. With --trajectory the axes span the path: NUM alone "
+                   "(default 31) sets the points per axis, MIN:MAX:NUM fixes both axes.")
 @click.option("--epochs", type=click.IntRange(min=1), default=12, show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
+@click.option("--trajectory", is_flag=True,
+              help="Plot the training path instead: a checkpoint every epoch (DIR/checkpoints, by lossgrid's "
+                   "Tracker), their PCA plane (DIR/trajectory.h5), the surface on it around the final model "
+                   "(DIR/trajectory_surface.h5) and its contour with the path (DIR/trajectory.png).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def demo(out: str, grid: str, epochs: int, seed: int, as_json: bool, quiet: bool) -> None:
-    """Train a residual CNN on scikit-learn's digits, compute and render its 2D surface."""
+def demo(out: str, grid: str | None, epochs: int, seed: int, trajectory: bool, as_json: bool, quiet: bool) -> None:
+    """Train a residual CNN on scikit-learn's digits, compute and render its 2D surface
+    (with --trajectory: its training path on the PCA plane of its checkpoints)."""
     from ..config import Axis
-    from ..demo import run_demo
     from ..errors import ConfigError
 
-    try:
-        Axis.parse(grid)
-    except ConfigError as e:
-        raise click.BadParameter(str(e), param_hint="--grid") from None
+    num = None
+    if trajectory and grid is not None and grid.strip().isdigit():
+        num = int(grid)
+        if num < 2:
+            raise click.BadParameter(f"{grid}: a plane needs at least 2 points per axis", param_hint="--grid")
+    else:
+        try:
+            Axis.parse(grid if grid is not None else "-1:1:31")
+        except ConfigError as e:
+            raise click.BadParameter(str(e), param_hint="--grid") from None
     if os.path.exists(out) and not os.path.isdir(out):
         raise click.BadParameter(f"{out} is a file; the demo writes several files into a directory",
                                  param_hint="--out")
+    if trajectory and epochs < 2:  # the initial weights and two epochs: the fewest checkpoints that span a plane
+        raise click.BadParameter(f"--trajectory needs 2 epochs or more, got {epochs}", param_hint="--epochs")
+    if trajectory:
+        _trajectory_demo(out, num or 31, None if num else grid, epochs, seed, as_json, quiet)
+        return
+    from ..demo import run_demo
+
+    grid = grid if grid is not None else "-1:1:31"
     result = run_with_progress("surface", not quiet,
                                lambda bar: run_demo(out, grid=grid, epochs=epochs, seed=seed, progress=bar))
     if as_json:
@@ -41,3 +62,24 @@ def demo(out: str, grid: str, epochs: int, seed: int, as_json: bool, quiet: bool
     click.echo("wrote " + ", ".join(result["paths"].values()))
     for what, why in result["skipped"].items():
         click.echo(f"skipped {what}: {why}", err=True)
+
+
+def _trajectory_demo(out: str, num: int, grid: str | None, epochs: int, seed: int, as_json: bool,
+                     quiet: bool) -> None:
+    from ..demo import run_trajectory_demo
+
+    result = run_with_progress("surface", not quiet, lambda bar: run_trajectory_demo(
+        out, num=num, grid=grid, epochs=epochs, seed=seed, progress=bar))
+    if as_json:
+        echo_json(result)
+        return
+    s = result["summary"]
+    ratio = " + ".join(f"{100 * r:.1f}%" for r in result["explained_variance_ratio"])
+    click.echo(f"trained {epochs} epochs in {result['train_seconds']} s (tracker: {result['checkpoints']} "
+               f"checkpoints and 1D landscapes in {result['tracking_seconds']} s); PCA plane of the path in "
+               f"{result['trajectory_seconds']} s explains {ratio} of its variance")
+    click.echo(f"surface {s['shape']} on the plane in {result['surface_seconds']} s "
+               f"({result['run']['points_x_samples_per_s']:,.0f} points x samples/s); final loss "
+               f"{result['final_loss']:.4g}, lowest on the plane {s['min_loss']:.4g} at "
+               f"({s['min_at'][0]:.3g}, {s['min_at'][1]:.3g})")
+    click.echo("wrote " + ", ".join(result["paths"].values()))

@@ -286,3 +286,28 @@ def test_hessian_directions_from_the_cli(tmp_path, ckpt):
     assert surf.attrs["eigenvalues"][0] >= surf.attrs["eigenvalues"][1]
     r = run(*base_args(ckpt, tmp_path / "i.h5"), "--dir-kind", "hessian", "--model2", ckpt, "--x=0:1:3")
     assert r.exit_code == 1 and "--model2" in r.output and "Traceback" not in r.output
+
+
+def test_demo_trajectory(tmp_path):
+    out = tmp_path / "t"
+    r = run("demo", "--trajectory", "--out", out, "--epochs", "3", "--grid", "5", "--json", "-q")
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.output)
+    for name in ("trajectory.png", "trajectory.h5", "trajectory_surface.h5"):
+        assert (out / name).stat().st_size > 1000, name
+    assert sorted(os.listdir(out / "checkpoints")) == [f"epoch_{e:04d}.pt" for e in range(4)]
+    assert result["checkpoints"] == 4 and len(result["tracked"]) == 4 and len(result["path_losses"]) == 4
+    assert result["summary"]["shape"] == [5, 5] and result["summary"]["points_done"] == 25
+    assert sum(result["explained_variance_ratio"]) <= 1 + 1e-9
+    assert result["final_loss"] < result["path_losses"][0]  # it trained
+    from lossgrid.engine.trajectory import load_trajectory
+    from lossgrid.models import load_model
+
+    model, _ = load_model("lossgrid.zoo:resnet_digits", str(out / "checkpoints" / "epoch_0003.pt"))
+    traj = load_trajectory(out / "trajectory.h5", model)
+    assert np.allclose(traj.coords[-1], 0.0) and load_surface(str(out / "trajectory_surface.h5")).attrs[
+        "directions"] == traj.directions.fingerprint()
+    r = run("demo", "--trajectory", "--out", tmp_path / "u", "--epochs", "1")
+    assert r.exit_code == 2 and "2 epochs or more" in r.output
+    r = run("demo", "--trajectory", "--out", tmp_path / "u", "--grid", "1")
+    assert r.exit_code == 2 and "--grid" in r.output
