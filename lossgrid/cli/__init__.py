@@ -21,7 +21,7 @@ from ._signals import (
 # makes torch CPU code slow and noisy; these thresholds keep them (FACTS.md:
 # 1.4-1.6x on the per-point loop, measured again in benchmarks/).
 MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=68719476736"
-HEAVY_COMMANDS = {"surface", "demo", "export", "bench", "hessian", "audit"}
+HEAVY_COMMANDS = {"surface", "demo", "export", "bench", "hessian", "audit", "evolve", "trajectory"}
 
 
 def _should_reexec(argv: list[str], environ: dict[str, str]) -> bool:

@@ -42,12 +42,14 @@ def _register() -> None:
     from .audit import audit
     from .bench import bench
     from .demo import demo
+    from .evolve import evolve
     from .export import export, inspect
     from .hessian import hessian
     from .plot import plot
     from .surface import surface
+    from .trajectory import trajectory
 
-    for command in (surface, plot, demo, export, inspect, bench, hessian, audit):
+    for command in (surface, plot, demo, export, inspect, bench, hessian, audit, evolve, trajectory):
         cli.add_command(command)
 
 
