@@ -64,7 +64,7 @@ from .engine.directions import Directions, create_directions
 from .engine.losses import LossFn, resolve_loss
 from .engine.surface import compute_surface
 from .engine.surface_file import Surface
-from .errors import ConfigError
+from .errors import ConfigError, LossgridError
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,13 @@ class Tracker:
             return {}
         if self.checkpoint_dir is not None:
             self.checkpoints.append(self._save_checkpoint(epoch))
-        surface = self._landscape()
+        try:
+            surface = self._landscape()
+        except LossgridError as e:  # e.g. the weights diverged: the tracker must not end the training loop
+            log.warning("epoch %d: no landscape (%s)", epoch, e.what)
+            numbers = {"center_loss": float("nan")}
+            self.history.append({"epoch": epoch, **numbers, "error": e.what})
+            return numbers
         numbers = landscape_numbers(surface, self.fit_points)
         self.last_surface = surface
         self.history.append({"epoch": epoch, **numbers})

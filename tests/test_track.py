@@ -193,3 +193,25 @@ def test_bad_settings(tmp_path, train_data, kwargs, needle):
 def test_parse_grid():
     assert parse_grid("-1:1:11").shape == (11,)
     assert parse_grid("2d").shape == (9, 9)
+
+
+def test_submodule_modes_survive_a_step_and_a_diverged_model_does_not_stop_training(tmp_path):
+    import math
+
+    import torch
+    from torch import nn
+
+    from lossgrid import Tracker, load_data
+
+    data = load_data("digits", samples=64)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 10))
+    model.train()
+    model[2].eval()  # a frozen BatchNorm inside a model in training mode
+    before = [m.training for m in model.modules()]
+    tracker = Tracker(model, data, str(tmp_path), checkpoint=False, samples=32)
+    tracker.step(1)
+    assert [m.training for m in model.modules()] == before
+    with torch.no_grad():
+        model[1].weight.fill_(float("inf"))
+    numbers = tracker.step(2)  # logged as NaN with a warning, not raised into the training loop
+    assert math.isnan(numbers["center_loss"])

@@ -40,7 +40,6 @@ import glob
 import json
 import logging
 import os
-import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -48,7 +47,16 @@ from typing import Any
 
 import numpy as np
 
-from .._files import hdf5_image, input_file_problem, is_hdf5, remove_quietly, replace, temp_sibling, write_new_file
+from .._files import (
+    hdf5_image,
+    input_file_problem,
+    is_hdf5,
+    remove_quietly,
+    replace,
+    same_file,
+    temp_sibling,
+    write_new_file,
+)
 from ..config import DirectionSpec, EvalSpec, GridSpec
 from ..errors import ConfigError, SurfaceFileError, is_out_of_memory
 from .lock import WriterLock, lock_holder
@@ -60,12 +68,14 @@ from .surface_file import (
     Surface,
     _comparable,
     _h5_reason,
+    _is_lock_error,
     _json_attr,
     _read,
     check_layout,
     read_runs,
     write_runs,
 )
+from .trajectory import natural_key, sort_checkpoints  # noqa: F401 - natural_key: part of this API
 
 log = logging.getLogger(__name__)
 
@@ -102,15 +112,6 @@ class Evolution:
 
 
 # -- checkpoints -------------------------------------------------------------------------
-def natural_key(path: str) -> tuple[Any, ...]:
-    """Sort key of a checkpoint: its name with numbers compared as numbers (epoch_2 < epoch_10)."""
-    def key(text: str) -> list[Any]:
-        # re.split with a group alternates text (even positions) and digits (odd): comparable pairs
-        return [int(t) if i % 2 else t.lower() for i, t in enumerate(re.split(r"(\d+)", text))]
-
-    return (key(os.path.basename(path)), key(path))
-
-
 def find_checkpoints(patterns: Iterable[str]) -> list[str]:
     """Expand glob patterns (or plain paths) into checkpoint files, natural-sorted, without duplicates."""
     found: dict[str, str] = {}
@@ -124,7 +125,7 @@ def find_checkpoints(patterns: Iterable[str]) -> list[str]:
             if problem:
                 raise ConfigError(f"Cannot read checkpoint {p}", problem, "check the --checkpoints paths")
             found.setdefault(os.path.realpath(p), p)
-    return sorted(found.values(), key=natural_key)
+    return sort_checkpoints(found.values())
 
 
 def checkpoint_label(path: str) -> str:
@@ -175,6 +176,10 @@ def compute_evolution(model: str | None, checkpoints: Sequence[str], data: Any, 
     out_path = os.fspath(out) if out is not None else None
     if out_path is not None:
         check_writable(out_path)
+        if dir_file is not None and same_file(out_path, dir_file):
+            raise ConfigError(f"--out {out_path} is the same file as --dir-file {os.fspath(dir_file)}",
+                              "the evolution file would replace the directions it is computed on",
+                              "choose another --out (an evolution file stores its directions anyway)")
     device = resolve_device(eval_spec.device)
     loss_fn, loss_desc = resolve_loss(loss)
     preflight.check_data(data, loss_fn)
@@ -186,7 +191,13 @@ def compute_evolution(model: str | None, checkpoints: Sequence[str], data: Any, 
 
     last = load(len(paths) - 1)
     preflight.probe(last, data, loss_fn, device)
-    directions = _directions(last, direction_spec, grid.ndim, None, dir_file, data, loss_fn)
+    directions = None
+    if direction_spec.kind == "hessian" and dir_file is None and out_path is not None and os.path.exists(out_path):
+        # Hessian eigenvectors differ in their last bits between thread counts and devices: a resumed
+        # run uses the directions the file holds (its identity check still compares everything else)
+        directions = _stored_evolution_directions(out_path, last, direction_spec, grid.ndim)
+    if directions is None:
+        directions = _directions(last, direction_spec, grid.ndim, None, dir_file, data, loss_fn)
     if directions.ndim != grid.ndim:
         raise ConfigError(f"The grid is {grid.ndim}D but {directions.ndim} direction(s) were given",
                           hint="give --y for two directions, or drop it for one")
@@ -329,7 +340,13 @@ class EvolutionWriter:
         try:
             f = h5py.File(self.path, "r+", locking="best-effort")
         except (OSError, ValueError) as e:
-            return f"Evolution file {self.path} is corrupt", _h5_reason(e), True
+            if _is_lock_error(e):
+                return (f"Evolution file {self.path} is open in another program",
+                        "HDF5 reports it locked for writing", False)
+            if not os.access(self.path, os.W_OK):
+                return f"Output {self.path} cannot be written", _h5_reason(e), False
+            # replaceable only if it reads as an evolution file, or cannot be read as HDF5 at all
+            return f"Evolution file {self.path} is corrupt", _h5_reason(e), _kind_or_unreadable(self.path)
         refusal: tuple[str, str, bool] | None = None
         try:
             a, b = _comparable(_json_attr(f.attrs.get("identity"), {})), _comparable(identity)
@@ -395,6 +412,10 @@ class EvolutionWriter:
             self.partial = None
             raise SurfaceFileError(f"Cannot create evolution file {self.path}", _h5_reason(e),
                                    "free some space or choose another --out") from None
+        except BaseException:  # Ctrl-C while creating: no half-made file left behind
+            remove_quietly(tmp)
+            self.partial = None
+            raise
 
     def write(self, i: int, flat_indices: np.ndarray, loss: np.ndarray, acc: np.ndarray) -> None:
         """Store checkpoint ``i``'s results at ``flat_indices``; values reach the disk before ``done``."""
@@ -457,6 +478,31 @@ class EvolutionWriter:
         self.lock.release()
 
 
+def _stored_evolution_directions(path: str, model: Any, spec: DirectionSpec, ndim: int) -> Any:
+    """The Hessian directions of an existing evolution file with the same direction settings, or ``None``."""
+    from .directions import load_directions
+
+    try:
+        dirs = load_directions(path, model, spec.dir_type, ndim)
+    except Exception as e:  # not ours or unreadable: the writer reports it properly
+        log.info("not reusing the directions of %s: %s", path, e)
+        return None
+    same = dirs.meta.get("kind") == "hessian" and int(dirs.meta.get("seed", -1)) == spec.seed and all(
+        dirs.meta.get(k) == v for k, v in (("xnorm", spec.xnorm), ("xignore", spec.xignore)))
+    return dirs if same else None
+
+
+def _kind_or_unreadable(path: str) -> bool:
+    """Whether a file that cannot be opened for writing is an evolution file, or unreadable HDF5."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            return _attr_text(f.attrs.get("file_kind")) == KIND
+    except (OSError, ValueError):
+        return True
+
+
 def _attr_text(value: Any) -> str:
     return bytes(value).decode("utf-8", "replace") if isinstance(value, (bytes, np.bytes_)) else str(value)
 
@@ -480,7 +526,7 @@ def load_evolution(path: str | os.PathLike) -> Evolution:
                 raise SurfaceFileError(f"{path} is not an evolution file", "it has no 'checkpoints' group or its "
                                        "file_kind is not 'evolution'", "pass a file written by lossgrid evolve "
                                        "(surface files are read with load_surface)")
-            surfaces = [_read(f[f"{GROUP}/{name}"], path, holder) for name in sorted(f[GROUP])]
+            surfaces = [_read(f[f"{GROUP}/{name}"], path, holder) for name in sorted(f[GROUP], key=int)]
             attrs = {k: _attr_text(v) if isinstance(v, (bytes, np.bytes_)) else v for k, v in f.attrs.items()
                      if k != "runs"}
             attrs["runs"] = json.dumps(read_runs(f.attrs))

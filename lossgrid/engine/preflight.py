@@ -76,7 +76,7 @@ def check_data(data: EvalData, loss_fn: LossFn) -> None:
 def probe(model: nn.Module, data: EvalData, loss_fn: LossFn, device: torch.device) -> None:
     """Run the model and loss on a few samples at the origin; errors name the likely cause."""
     x, y = data.x[:PROBE_SAMPLES].to(device), data.y[:PROBE_SAMPLES].to(device)
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]  # per module: a frozen BatchNorm stays in eval
     model.eval()
     try:
         with torch.inference_mode():
@@ -94,7 +94,8 @@ def probe(model: nn.Module, data: EvalData, loss_fn: LossFn, device: torch.devic
             f"check that --data fits the model (inputs {_dims(data.x)}, targets {_dims(data.y)}) "
             "and --loss fits its outputs") from None
     finally:
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
     if not isinstance(values, torch.Tensor) or values.dim() > 1:
         raise EvaluationError(f"The loss returned {type(values).__name__} "
                               f"of shape {tuple(getattr(values, 'shape', ()))}",

@@ -33,11 +33,12 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import logging
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,13 +85,28 @@ def checkpoint_paths(patterns: str | Sequence[str]) -> list[str]:
                                                          else ""),
                           "quote the glob so that lossgrid expands it, e.g. --checkpoints 'run/epoch_*.pt', "
                           "and check the directory")
-    return sorted(found.values(), key=_natural_key)
+    return sort_checkpoints(found.values())
 
 
-def _natural_key(path: str) -> tuple[Any, ...]:
-    name = os.path.basename(path)
-    numbers = tuple(int(n) for n in re.findall(r"\d+", os.path.splitext(name)[0]))
-    return numbers, [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", path)]
+def natural_key(path: str) -> tuple[Any, ...]:
+    """Sort key of a checkpoint: by the numbers in its file name (``epoch_2`` before ``epoch_10``);
+    names without a number come first if they start with ``init`` or ``start`` (``init.pt``), after
+    all numbered ones otherwise (``final.pt``, ``best.pt``), then by name."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    numbers = tuple(int(n) for n in re.findall(r"\d+", stem))
+    group = 1 if numbers else 0 if stem.lower().startswith(("init", "start")) else 2
+    return group, numbers, [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", path)]
+
+
+def sort_checkpoints(paths: Iterable[str]) -> list[str]:
+    """Checkpoints in training order by :func:`natural_key`; warns when numbered names are mixed
+    with unnumbered ones taken as the latest (``final.pt``)."""
+    ordered = sorted(paths, key=natural_key)
+    unnumbered = [p for p in ordered if natural_key(p)[0] == 2]
+    if unnumbered and len(unnumbered) < len(ordered):
+        log.warning("checkpoint names without a number (%s) are ordered after the numbered ones; pass "
+                    "--final or name them by epoch if that is not their place", ", ".join(unnumbered[:3]))
+    return ordered
 
 
 def epoch_of(path: str) -> int | None:
@@ -109,6 +125,8 @@ class Trajectory:
     residuals: np.ndarray
     explained_variance_ratio: np.ndarray
     final: str
+    #: fingerprint of the final model's state (as a surface file's ``model_fingerprint``): the plane's origin
+    final_fingerprint: str = ""
 
 
 class _Rows:
@@ -188,6 +206,9 @@ def compute_trajectory(model: nn.Module, checkpoints: Sequence[str], final: str 
     rows = _Rows(model, dir_type, ignore, trust_checkpoint, progress)
     final_state = _read_state(final, trust_checkpoint)
     load_state(model, final_state, final)
+    from .surface import _fingerprint
+
+    final_fingerprint = _fingerprint(t for t in model.state_dict().values())
     rows.fill(rows.final)
     moving = [i for i, p in enumerate(paths) if not same_file(p, final)]  # the final's rows are zero
     size = max(rows.layout.size, 1)
@@ -240,7 +261,7 @@ def compute_trajectory(model: nn.Module, checkpoints: Sequence[str], final: str 
     residuals = np.sqrt(np.clip(np.diag(gram) - np.sum(coords * kw, axis=1), 0.0, None))
     load_state(model, final_state, final)
     directions = _as_directions(model, rows.layout, comps, ignore, ratio)
-    return Trajectory(directions, paths, coords, residuals, ratio, final)
+    return Trajectory(directions, paths, coords, residuals, ratio, os.path.realpath(final), final_fingerprint)
 
 
 def _pca_weights(gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -293,6 +314,7 @@ def save_trajectory(path: str | os.PathLike, traj: Trajectory) -> None:
         g = f.create_group("trajectory")
         g.attrs["schema_version"] = TRAJECTORY_SCHEMA
         g.attrs["final"] = traj.final
+        g.attrs["final_fingerprint"] = traj.final_fingerprint
         g.attrs["explained_variance_ratio"] = np.asarray(traj.explained_variance_ratio, dtype=np.float64)
         g.create_dataset("coords", data=np.asarray(traj.coords, dtype=np.float64))
         g.create_dataset("residuals", data=np.asarray(traj.residuals, dtype=np.float64))
@@ -300,11 +322,24 @@ def save_trajectory(path: str | os.PathLike, traj: Trajectory) -> None:
         g.create_dataset("paths", data=list(traj.paths), dtype=h5py.string_dtype())
 
     path = os.fspath(path)
+    if os.path.exists(path) and not _is_trajectory_file(path):
+        raise DirectionError(f"{path} exists and is not a trajectory file",
+                             "lossgrid replaces only its own trajectory files", "choose another --out")
     try:
         publish_bytes(path, hdf5_image(fill))
     except OSError as e:
         raise DirectionError(f"Cannot write trajectory file {path}", os_reason(e),
                              "free some space or choose a writable --out path") from None
+
+
+def _is_trajectory_file(path: str) -> bool:
+    import h5py
+
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            return isinstance(f.get("trajectory"), h5py.Group)
+    except (OSError, ValueError):
+        return False
 
 
 def load_trajectory(path: str | os.PathLike, model: nn.Module | None = None) -> Trajectory:
@@ -333,6 +368,8 @@ def load_trajectory(path: str | os.PathLike, model: nn.Module | None = None) -> 
             ratio = np.asarray(g.attrs["explained_variance_ratio"], dtype=np.float64)
             final = g.attrs["final"]
             final = final.decode() if isinstance(final, bytes) else str(final)
+            origin = g.attrs.get("final_fingerprint", "")
+            origin = origin.decode() if isinstance(origin, bytes) else str(origin)
             kind = f.attrs.get("kind")
             kind = kind.decode() if isinstance(kind, bytes) else kind
             if kind != "pca":
@@ -349,7 +386,7 @@ def load_trajectory(path: str | os.PathLike, model: nn.Module | None = None) -> 
     if coords.shape != (len(paths), 2) or residuals.shape != (len(paths),) or ratio.shape != (2,):
         raise DirectionError(f"Trajectory file {path} is inconsistent",
                              f"coords {coords.shape}, residuals {residuals.shape} for {len(paths)} paths", hint)
-    return Trajectory(directions, paths, coords, residuals, ratio, final)
+    return Trajectory(directions, paths, coords, residuals, ratio, final, origin)
 
 
 def _read_directions(f: Any) -> Directions:
@@ -436,6 +473,9 @@ def path_losses(model: nn.Module, data: Any, traj: Trajectory, loss: Any = "cros
                               "path losses agree with the contour only on the surface's own model, data and loss",
                               "pass the surface's --model/--checkpoint (the final model), --data, --samples "
                               "and --loss")
+        precision = str(attrs.get("precision") or "fp32")
+        if precision != eval_spec.precision:  # the path's losses in the contour's own precision
+            eval_spec = dataclasses.replace(eval_spec, precision=precision)
     device = resolve_device(eval_spec.device)
     model = model.to(device)
     runner = make_runner(eval_spec, model, layout, data, loss_fn, "trajectory")
@@ -453,7 +493,8 @@ def path_losses(model: nn.Module, data: Any, traj: Trajectory, loss: Any = "cros
 
 
 def check_same_plane(surface_attrs: dict[str, Any], traj: Trajectory) -> None:
-    """Refuse (:class:`ConfigError`) a surface that was not computed on the trajectory's directions."""
+    """Refuse (:class:`ConfigError`) a surface that was not computed on the trajectory's directions,
+    or not around its final model (the path's origin)."""
     stored = surface_attrs.get("directions")
     mine = traj.directions.fingerprint()
     if stored != mine:
@@ -461,3 +502,10 @@ def check_same_plane(surface_attrs: dict[str, Any], traj: Trajectory) -> None:
                           f"direction fingerprints {mine} (trajectory) and {stored or 'unknown'} (surface)",
                           "compute the surface with --dir-file on this trajectory file (lossgrid trajectory "
                           "prints the command)")
+    centre = surface_attrs.get("model_fingerprint")
+    if traj.final_fingerprint and centre and centre != traj.final_fingerprint:
+        raise ConfigError("The surface is not centred on the trajectory's final model",
+                          f"the path's coordinates are measured from {traj.final}, the surface was computed "
+                          "around another model (model fingerprints differ)",
+                          f"compute the surface with --checkpoint {traj.final} (lossgrid trajectory prints the "
+                          "command)")

@@ -159,6 +159,9 @@ def test_checkpoint_paths_natural_sort_and_errors(tmp_path):
     assert [os.path.basename(p) for p in got] == ["epoch_1.pt", "epoch_2.pt", "epoch_10.pt"]
     both = checkpoint_paths([str(tmp_path / "epoch_*.pt"), str(tmp_path / "init.pt"), str(tmp_path / "epoch_2.pt")])
     assert [os.path.basename(p) for p in both] == ["init.pt", "epoch_1.pt", "epoch_2.pt", "epoch_10.pt"]
+    (tmp_path / "final.pt").write_bytes(b"x")
+    named = checkpoint_paths([str(tmp_path / "*.pt")])
+    assert [os.path.basename(p) for p in named] == ["init.pt", "epoch_1.pt", "epoch_2.pt", "epoch_10.pt", "final.pt"]
     assert epoch_of("run/model_12.t7") == 12 and epoch_of("final.pt") is None
     with pytest.raises(ConfigError, match="No checkpoint file matches") as e:
         checkpoint_paths(str(tmp_path / "nothing_*.pt"))
@@ -209,6 +212,16 @@ def test_file_round_trip_surface_on_the_plane_and_path_losses(run, tmp_path):
     other = compute_surface(model, data, GridSpec(Axis(-1, 1, 3), Axis(-1, 1, 3)))
     with pytest.raises(ConfigError, match="different directions"):
         check_same_plane(other.attrs, traj)
+    # the same plane around another model (not the path's origin) is refused too
+    early = mlp_digits()
+    early.load_state_dict(torch.load(run[1]))
+    shifted = compute_surface(early, data, grid, dir_file=path, direction_spec=DirectionSpec(xnorm="none"))
+    with pytest.raises(ConfigError, match="not centred on the trajectory's final model"):
+        check_same_plane(shifted.attrs, traj)
+    # the trajectory file never replaces a file of another kind
+    with pytest.raises(DirectionError, match="not a trajectory file"):
+        save_trajectory(tmp_path / "s.h5", traj)
+    save_trajectory(path, traj)  # its own kind: replaced
 
 
 def test_a_direction_file_that_is_not_a_trajectory(tmp_path):
