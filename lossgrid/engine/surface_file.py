@@ -136,7 +136,43 @@ def _num(v: Any) -> float | None:
     return v if np.isfinite(v) else None
 
 
-class SurfaceWriter:
+class _WriterLifecycle:
+    """The end of a writer's life, shared by :class:`SurfaceWriter` and the evolution
+    file's writer: a subclass sets ``f`` (the open file or ``None``), ``partial`` (an
+    unpublished replacement or ``None``) and ``lock``, and defines :meth:`finish`."""
+
+    f: Any
+    partial: str | None
+    lock: WriterLock
+    _log = log  # where abort() says why an interrupted run went unlogged
+
+    def finish(self, run_info: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def abort(self, run_info: dict[str, Any]) -> None:
+        """Log the interrupted run if the file can take it, then close; never raises."""
+        try:
+            if self.f is not None and self.f.id.valid and self.partial is None:
+                self.finish(run_info)
+        except Exception as e:  # an error is already on its way up
+            self._log.info("could not log the interrupted run: %s", e)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Close the file, drop an unpublished replacement and release the lock."""
+        if self.f is not None:
+            with contextlib.suppress(Exception):
+                if self.f.id.valid:
+                    self.f.close()
+            self.f = None
+        if self.partial is not None:
+            remove_quietly(self.partial)
+            self.partial = None
+        self.lock.release()
+
+
+class SurfaceWriter(_WriterLifecycle):
     """Streams grid-point results into a surface file: creates, resumes or replaces it.
 
     Holds the file's writer lock (:class:`~lossgrid.engine.lock.WriterLock`)
@@ -325,39 +361,13 @@ class SurfaceWriter:
             self.close()
             return
         try:
-            runs = read_runs(self.f.attrs) + [{**self._run, **run_info}]
-            write_runs(self.f, runs)
-            self.f.attrs.modify("seconds", float(sum(float(r.get("seconds") or 0.0) for r in runs)))
-            self.f.flush()
+            log_run(self.f, {**self._run, **run_info})
         except (OSError, RuntimeError, ValueError, TypeError) as e:
             raise SurfaceFileError(f"Cannot record the run in surface file {self.path}", _h5_reason(e),
                                    "the computed points are saved; free some space and run the same command "
                                    "again to log it") from None
         finally:
             self.close()
-
-    def abort(self, run_info: dict[str, Any]) -> None:
-        """Log the interrupted run if the file can take it, then close; never raises."""
-        try:
-            if self.f is not None and self.f.id.valid and self.partial is None:
-                self.finish(run_info)
-        except Exception as e:  # an error is already on its way up
-            log.info("could not log the interrupted run: %s", e)
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        """Close the file, drop an unpublished replacement and release the lock."""
-        if self.f is not None:
-            with contextlib.suppress(Exception):
-                if self.f.id.valid:
-                    self.f.close()
-            self.f = None
-        if self.partial is not None:
-            remove_quietly(self.partial)
-            self.partial = None
-        self.lock.release()
-
 
 def _comparable(identity: dict[str, Any]) -> dict[str, Any]:
     """The entries that decide whether two runs are the same job: not the spellings of
@@ -414,6 +424,15 @@ def write_runs(f: Any, runs: list[dict[str, Any]], create: bool = False) -> None
         f.attrs.create("runs", value, dtype=f"S{RUNS_CAPACITY}")
     else:
         f.attrs.modify("runs", value)
+
+
+def log_run(f: Any, run: dict[str, Any]) -> None:
+    """Append ``run`` to the ``runs`` log of the open file ``f``, set ``seconds`` to the
+    total of the log, and flush."""
+    runs = read_runs(f.attrs) + [run]
+    write_runs(f, runs)
+    f.attrs.modify("seconds", float(sum(float(r.get("seconds") or 0.0) for r in runs)))
+    f.flush()
 
 
 def _fit_runs(runs: list[dict[str, Any]]) -> str:
