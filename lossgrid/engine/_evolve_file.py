@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .._files import hdf5_image, input_file_problem, is_hdf5, remove_quietly, replace, temp_sibling, write_new_file
+from .._files import input_file_problem, is_hdf5, remove_quietly, replace, temp_sibling
 from ..errors import SurfaceFileError
 from .lock import WriterLock, lock_holder
 from .surface_file import (
@@ -168,7 +168,6 @@ class EvolutionWriter(_WriterLifecycle):
                 attrs: dict[str, Any], directions: Any, groups: list[dict[str, Any]], publish: bool) -> None:
         """Build the whole layout in memory, write it to ``tmp``; move it onto the path now
         (``publish``) or once the first chunk is in it."""
-        import h5py
 
         from .directions import write_direction_groups
 
@@ -191,22 +190,7 @@ class EvolutionWriter(_WriterLifecycle):
                 g.create_dataset(DONE, data=self.done[i].astype(np.uint8))
 
         self.done[...], self.loss[...], self.acc[...] = False, np.nan, np.nan
-        try:
-            write_new_file(tmp, hdf5_image(fill))
-            if publish:
-                replace(tmp, self.path)
-            else:
-                self.partial = tmp
-            self.f = h5py.File(self.path if publish else tmp, "r+", locking="best-effort")
-        except (OSError, RuntimeError, ValueError) as e:
-            remove_quietly(tmp)
-            self.partial = None
-            raise SurfaceFileError(f"Cannot create evolution file {self.path}", _h5_reason(e),
-                                   "free some space or choose another --out") from None
-        except BaseException:  # Ctrl-C while creating: no half-made file left behind
-            remove_quietly(tmp)
-            self.partial = None
-            raise
+        self._publish(tmp, fill, publish, "evolution file")
 
     def write(self, i: int, flat_indices: np.ndarray, loss: np.ndarray, acc: np.ndarray) -> None:
         """Store checkpoint ``i``'s results at ``flat_indices``; values reach the disk before ``done``."""

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .._files import input_file_problem, same_file
+from .._files import input_file_problem
 from ..config import DirectionSpec, EvalSpec, GridSpec
 from ..errors import ConfigError, is_out_of_memory
 from ._evolve_file import GROUP, KIND, Evolution, EvolutionWriter, load_evolution  # noqa: F401 - re-exported
@@ -105,11 +105,7 @@ def compute_evolution(model: str | None, checkpoints: Sequence[str], data: Any, 
     labels = list(labels) if labels is not None else [checkpoint_label(p) for p in paths]
     out_path = os.fspath(out) if out is not None else None
     if out_path is not None:
-        check_writable(out_path)
-        if dir_file is not None and same_file(out_path, dir_file):
-            raise ConfigError(f"--out {out_path} is the same file as --dir-file {os.fspath(dir_file)}",
-                              "the evolution file would replace the directions it is computed on",
-                              "choose another --out (an evolution file stores its directions anyway)")
+        check_writable(out_path, dir_file, "evolution file")
     device = resolve_device(eval_spec.device)
     loss_fn, loss_desc = resolve_loss(loss)
     preflight.check_data(data, loss_fn)

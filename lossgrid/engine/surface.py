@@ -82,11 +82,7 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
         data = EvalData(torch.as_tensor(data[0]), torch.as_tensor(data[1]), "in-memory tensors")
     out_path = os.fspath(out) if out is not None else None
     if out_path is not None:
-        check_writable(out_path)
-        if dir_file is not None and same_file(out_path, dir_file):
-            raise ConfigError(f"--out {out_path} is the same file as --dir-file {os.fspath(dir_file)}",
-                              "the surface file would replace the directions it is computed on",
-                              "choose another --out (a surface file stores its directions anyway)")
+        check_writable(out_path, dir_file)
     device = resolve_device(eval_spec.device)
     loss_fn, loss_desc = resolve_loss(loss)
     preflight.check_finite_model(model)
@@ -264,9 +260,14 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def check_writable(path: str) -> None:
-    """Fail early (before any work) if ``path`` cannot be written."""
-    check_output_path(path, "surface file", SurfaceFileError)
+def check_writable(path: str, dir_file: str | os.PathLike | None = None, what: str = "surface file") -> None:
+    """Fail early (before any work) if ``path`` cannot be written, or is the ``dir_file`` it
+    would be computed on."""
+    check_output_path(path, what, SurfaceFileError)
+    if dir_file is not None and same_file(path, dir_file):
+        raise ConfigError(f"--out {path} is the same file as --dir-file {os.fspath(dir_file)}",
+                          f"the {what} would replace the directions it is computed on",
+                          f"choose another --out (the {what} stores its directions anyway)")
 
 
 def _directions(model: nn.Module, spec: DirectionSpec, ndim: int, model2: nn.Module | None,

@@ -149,6 +149,30 @@ class _WriterLifecycle:
     def finish(self, run_info: dict[str, Any]) -> None:
         raise NotImplementedError
 
+    def _publish(self, tmp: str, fill: Any, publish: bool, what: str) -> None:
+        """Build the file in memory (``fill(f)``), write it to ``tmp`` and open it: moved onto
+        the path now (``publish``) or kept as ``partial`` until the first chunk is in it. On
+        any failure (Ctrl-C included) ``tmp`` is removed: no half-made file is left behind."""
+        import h5py
+
+        path = self.path  # type: ignore[attr-defined]
+        try:
+            write_new_file(tmp, hdf5_image(fill))
+            if publish:
+                replace(tmp, path)
+            else:
+                self.partial = tmp
+            self.f = h5py.File(path if publish else tmp, "r+", locking="best-effort")
+        except (OSError, RuntimeError, ValueError) as e:
+            remove_quietly(tmp)
+            self.partial = None
+            raise SurfaceFileError(f"Cannot create {what} {path}", _h5_reason(e),
+                                   "free some space or choose another --out") from None
+        except BaseException:
+            remove_quietly(tmp)
+            self.partial = None
+            raise
+
     def abort(self, run_info: dict[str, Any]) -> None:
         """Log the interrupted run if the file can take it, then close; never raises."""
         try:
@@ -274,7 +298,6 @@ class SurfaceWriter(_WriterLifecycle):
     def _create(self, tmp: str, xcoords: np.ndarray, ycoords: np.ndarray | None, identity: dict[str, Any],
                 attrs: dict[str, Any], directions: Any, publish: bool) -> None:
         """Build the whole layout in ``tmp``; move it onto the path now (``publish``) or after the first chunk."""
-        import h5py
 
         self.loss = np.full(self.shape, np.nan)
         self.acc = np.full(self.shape, np.nan)
@@ -301,22 +324,7 @@ class SurfaceWriter(_WriterLifecycle):
                 f.create_dataset(name, data=values)
             f.create_dataset(DONE, data=self.done.astype(np.uint8))
 
-        try:
-            write_new_file(tmp, hdf5_image(fill))
-            if publish:
-                replace(tmp, self.path)
-            else:
-                self.partial = tmp
-            self.f = h5py.File(self.path if publish else tmp, "r+", locking="best-effort")
-        except (OSError, RuntimeError, ValueError) as e:
-            remove_quietly(tmp)
-            self.partial = None
-            raise SurfaceFileError(f"Cannot create surface file {self.path}", _h5_reason(e),
-                                   "free some space or choose another --out") from None
-        except BaseException:
-            remove_quietly(tmp)
-            self.partial = None
-            raise
+        self._publish(tmp, fill, publish, "surface file")
 
     # -- writing ------------------------------------------------------------------
     def write(self, flat_indices: np.ndarray, loss: np.ndarray, acc: np.ndarray,
