@@ -45,6 +45,17 @@ _EXPORTS = {
     "Surface": "lossgrid.engine.surface_file",
     "load_surface": "lossgrid.engine.surface_file",
     "plot_surface": "lossgrid.render",
+    "CurvatureSpec": "lossgrid.config",
+    "hessian_operator": "lossgrid.engine.hessian",
+    "lanczos_eigs": "lossgrid.engine.hessian",
+    "hessian_trace": "lossgrid.engine.hessian",
+    "spectral_density": "lossgrid.engine.hessian",
+    "audit": "lossgrid.engine.audit",
+    "compute_trajectory": "lossgrid.engine.trajectory",
+    "load_trajectory": "lossgrid.engine.trajectory",
+    "compute_evolution": "lossgrid.engine.evolve",
+    "load_evolution": "lossgrid.engine.evolve",
+    "run_bench": "lossgrid.engine.bench",
     "Tracker": "lossgrid.track",
 }
 
