@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .._files import input_file_problem, is_hdf5, remove_quietly, replace, temp_sibling
+from .._files import input_file_problem, is_hdf5, remove_quietly, temp_sibling
 from ..errors import SurfaceFileError
 from .lock import WriterLock, lock_holder
 from .surface_file import (
@@ -196,24 +196,8 @@ class EvolutionWriter(_WriterLifecycle):
         """Store checkpoint ``i``'s results at ``flat_indices``; values reach the disk before ``done``."""
         idx = np.unravel_index(flat_indices, self.shape)
         self.loss[i][idx], self.acc[i][idx] = loss, acc
-        rows = slice(int(idx[0].min()), int(idx[0].max()) + 1)
-        g = self.f[f"{GROUP}/{i:04d}"]
-        try:
-            g[LOSS][rows] = self.loss[i][rows]
-            g[ACC][rows] = self.acc[i][rows]
-            self.f.flush()
-            done = self.done[i][rows].astype(np.uint8)
-            done[(idx[0] - rows.start, *idx[1:])] = 1
-            g[DONE][rows] = done
-            self.f.flush()
-            self.done[i][idx] = True
-            if self.partial is not None:  # the replacement now holds results: swap it in
-                replace(self.partial, self.path)
-                self.partial = None
-        except (OSError, RuntimeError) as e:
-            raise SurfaceFileError(f"Cannot write to evolution file {self.path}", _h5_reason(e),
-                                   "free some space, then run the same command again: the points saved so far "
-                                   "are kept") from None
+        self._commit(self.f[f"{GROUP}/{i:04d}"], idx, {LOSS: self.loss[i], ACC: self.acc[i]}, self.done[i],
+                     "evolution file")
 
     def finish(self, run_info: dict[str, Any]) -> None:
         """Append the run to the ``runs`` log (if it computed anything) and close."""

@@ -173,6 +173,30 @@ class _WriterLifecycle:
             self.partial = None
             raise
 
+    def _commit(self, group: Any, idx: tuple[np.ndarray, ...], values: dict[str, np.ndarray], done: np.ndarray,
+                what: str) -> None:
+        """Write the rows of ``group``'s datasets that the points ``idx`` touch (from the in-memory
+        ``values`` arrays), flush, then mark the points in the ``done`` mask and flush again: a
+        point marked done on disk always has its values. The first chunk of a replacement file
+        moves it into place."""
+        rows = slice(int(idx[0].min()), int(idx[0].max()) + 1)
+        try:
+            for name, array in values.items():
+                group[name][rows] = array[rows]
+            self.f.flush()
+            marks = done[rows].astype(np.uint8)  # the rows being written, with this chunk marked
+            marks[(idx[0] - rows.start, *idx[1:])] = 1
+            group[DONE][rows] = marks
+            self.f.flush()
+            done[idx] = True
+            if self.partial is not None:  # the replacement now holds results: swap it in
+                replace(self.partial, self.path)  # type: ignore[attr-defined]
+                self.partial = None
+        except (OSError, RuntimeError) as e:
+            raise SurfaceFileError(f"Cannot write to {what} {self.path}", _h5_reason(e),  # type: ignore[attr-defined]
+                                   "free some space (or fix the disk), then run the same command again: "
+                                   "the points saved so far are kept") from None
+
     def abort(self, run_info: dict[str, Any]) -> None:
         """Log the interrupted run if the file can take it, then close; never raises."""
         try:
@@ -340,25 +364,7 @@ class SurfaceWriter(_WriterLifecycle):
         self.acc[idx] = acc
         for name, values in extra.items():
             self.extra[name][idx] = values
-        rows = slice(int(idx[0].min()), int(idx[0].max()) + 1)
-        try:
-            self.f[LOSS][rows] = self.loss[rows]
-            self.f[ACC][rows] = self.acc[rows]
-            for name in self.extra_names:
-                self.f[name][rows] = self.extra[name][rows]
-            self.f.flush()
-            done = self.done[rows].astype(np.uint8)  # the rows being written, with this chunk marked
-            done[(idx[0] - rows.start, *idx[1:])] = 1
-            self.f[DONE][rows] = done
-            self.f.flush()
-            self.done[idx] = True
-            if self.partial is not None:  # the replacement now holds results: swap it in
-                replace(self.partial, self.path)
-                self.partial = None
-        except (OSError, RuntimeError) as e:
-            raise SurfaceFileError(f"Cannot write to surface file {self.path}", _h5_reason(e),
-                                   "free some space (or fix the disk), then run the same command again: "
-                                   "the points saved so far are kept") from None
+        self._commit(self.f, idx, {LOSS: self.loss, ACC: self.acc, **self.extra}, self.done, "surface file")
 
     def finish(self, run_info: dict[str, Any]) -> None:
         """Append this run's backend and timings to the ``runs`` log and close.
