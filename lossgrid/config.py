@@ -160,6 +160,12 @@ class DirectionSpec:
     seed: int = 0
     #: ``random`` (Gaussian) or ``hessian`` (top eigenvectors of the loss Hessian on the data)
     kind: str = "random"
+    #: perturb only the tensors matching these fnmatch globs (comma-separated; ``None``: all)
+    params: str | None = None
+    #: ... and not those matching these globs
+    exclude: str | None = None
+    #: ... and only parameters with ``requires_grad`` (buffers of ``states`` directions still move)
+    trainable_only: bool = False
 
     def __post_init__(self) -> None:
         _check_choice("direction type", self.dir_type, DIR_TYPES)
@@ -173,6 +179,16 @@ class DirectionSpec:
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"Seed {self.seed!r} is invalid", "the seed must be a non-negative integer",
                               "pass --seed 0 or another whole number")
+        for name in ("params", "exclude"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, str) and value.strip(" ,")):
+                raise ConfigError(f"--{name} {value!r} names no tensor", "it is a comma-separated list of globs",
+                                  f"write e.g. --{name} 'layer3.*,fc.*', or leave it out")
+
+    @property
+    def selects(self) -> bool:
+        """Whether only some tensors move (``params``, ``exclude`` or ``trainable_only``)."""
+        return self.params is not None or self.exclude is not None or self.trainable_only
 
     @property
     def y_norm(self) -> str:
@@ -237,6 +253,40 @@ class CurvatureSpec:
             raise ConfigError(f"curvature seed={self.seed!r} is invalid", "it must be a non-negative integer")
 
 
+#: BatchNorm policies: running statistics as stored, or re-estimated at every grid point
+BN_POLICIES = ("eval", "recompute")
+
+
+@dataclass(frozen=True)
+class BatchNormSpec:
+    """What BatchNorm layers use at each grid point (:mod:`lossgrid.engine.batchnorm`).
+
+    ``eval``: the running statistics stored with the model. ``recompute``: re-estimated
+    at every point from ``batches`` batches of ``batch_size`` samples of ``data`` (a data
+    spec; ``None``: the evaluation set), drawn once with ``seed``.
+    """
+
+    policy: str = "eval"
+    batches: int = 10
+    batch_size: int = 128
+    data: str | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_choice("BatchNorm policy", self.policy, BN_POLICIES)
+        for name in ("batches", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"BatchNorm {name}={value!r} is invalid", "it must be a whole number of at least 1",
+                                  f"pass --bn-{name.replace('_', '-')} 1 or more")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"BatchNorm seed={self.seed!r} is invalid", "it must be a non-negative integer")
+
+    @property
+    def recompute(self) -> bool:
+        return self.policy == "recompute"
+
+
 def to_json(obj: Any) -> str:
     """Serialise a (nested) config dataclass to canonical JSON."""
 
@@ -269,3 +319,7 @@ class SurfaceJob:
     trust_checkpoint: bool = False
     #: extreme Hessian eigenvalues at every point (``max_eig``/``min_eig`` datasets)
     curvature: CurvatureSpec | None = None
+    #: BatchNorm running statistics as stored (``eval``) or re-estimated per point
+    batchnorm: BatchNormSpec = BatchNormSpec()
+    #: ``module:function`` splitting the collated data set into ``(inputs, targets)``
+    batch: str | None = None

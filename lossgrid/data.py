@@ -5,7 +5,9 @@ Data specs:
 * ``digits``, ``digits:train``, ``digits:test`` -- scikit-learn's bundled 8x8
   handwritten digits (1,797 images, shape ``[N, 1, 8, 8]`` scaled to [0, 1];
   a fixed 80/20 split).
-* ``npz:FILE`` -- a NumPy archive with arrays ``x`` and ``y``.
+* ``npz:FILE`` -- a NumPy archive with arrays ``x`` and ``y``; an archive
+  without ``x`` is a record dict of all its arrays (``input_ids``,
+  ``attention_mask``, ``labels`` ...; see *Records* below).
 * ``cifar10:DIR[:test][:norm=NORM]`` -- the CIFAR-10 "python version" batches
   (``data_batch_1`` ... ``data_batch_5``, ``test_batch``), channels R, G, B,
   scaled to [0, 1] in float32 and normalized per channel exactly as the
@@ -18,11 +20,47 @@ Data specs:
   The batches are pickles: they are read with a restricted unpickler that
   resolves only what such files hold (numpy arrays), so a tampered batch
   cannot run code.
+* ``cifar100:DIR[:test][:label=fine|coarse][:norm=NORM]`` -- the CIFAR-100
+  "python version" (``train``, ``test`` in ``cifar-100-python``), read the same
+  way, with the 100 fine labels (default) or the 20 coarse ones. ``norm=``:
+  ``dataset`` (the default: CIFAR-100's usual statistics, mean
+  0.5071/0.4865/0.4409 and std 0.2673/0.2564/0.2762), ``reference`` (the
+  CIFAR-10 constants above), ``none`` or ``M1,M2,M3/S1,S2,S3``.
+* ``imagefolder:DIR[:size=H[xW]][:norm=NORM][:gray]`` -- one subdirectory of
+  images per class, labels by sorted class name (torchvision's ``ImageFolder``),
+  read with Pillow as RGB (one channel with ``:gray``), resized bilinearly to
+  ``H x W`` when ``size`` is given (otherwise all images must share a size),
+  scaled to [0, 1] and normalized: ``none`` (the default), ``imagenet``
+  (0.485/0.456/0.406 and 0.229/0.224/0.225), ``reference`` or numbers.
 * ``synthetic:SHAPE:N[:CLASSES]`` -- ``N`` seeded standard-normal inputs of
   shape ``SHAPE`` (e.g. ``3x32x32``) with uniformly random labels in
   ``[0, CLASSES)`` (default 10): for benchmarks and smoke tests, not landscapes.
 * ``package.module:function`` or ``file.py:function`` -- returns ``(x, y)``
-  tensors or arrays, or a ``torch.utils.data.Dataset`` of ``(x, y)`` pairs.
+  (``x`` a tensor/array, or a dict or tuple of them), a record dict of arrays,
+  a tuple of more than two arrays, or a ``torch.utils.data.Dataset`` whose
+  items are ``(x, y)`` pairs, longer tuples or dicts (stacked key by key).
+
+Inputs and targets (:mod:`lossgrid.inputs`): the inputs are one tensor
+(``model(x)``), a tuple of tensors (``model(*x)``) or a dict of tensors
+(``model(**x)``), every part with the ``N`` samples on axis 0; the targets are
+one tensor of ``N`` rows: class indices ``[N]``, token ids ``[N, T]`` (with an
+ignore index such as -100 at padding) or float regression targets. Integer
+targets become int64, floating ones float32.
+
+Records: a source that gives several arrays rather than ``(x, y)`` is split by
+convention. A dict: the targets are its first key among ``labels``, ``label``,
+``targets``, ``target``, ``y``, the other keys are keyword inputs (only ``x``
+left: a plain tensor input). A tuple: the last element is the targets, the
+others positional inputs (two elements: ``(x, y)``).
+
+Batch adapter: ``load_data(..., batch="module:function")`` (``--batch``, or
+``file.py:function``, or a callable) replaces the convention. It is called once
+with the whole collated set -- the record dict, the tuple, or ``(x, y)``, every
+array as a tensor with the ``N`` samples on axis 0 -- and returns
+``(inputs, targets)``::
+
+    def adapt(batch):                       # npz:tokens.npz --batch adapt.py:adapt
+        return {"input_ids": batch["ids"], "attention_mask": batch["mask"]}, batch["next_ids"]
 
 Example:
     >>> data = load_data("digits", samples=100)
@@ -32,66 +70,144 @@ Example:
 
 from __future__ import annotations
 
-import os
-import pickle
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from . import inputs as _inputs
+from ._cifar import (
+    CIFAR100_NORMS,
+    CIFAR_MEAN,
+    CIFAR_NORMS,
+    CIFAR_STD,
+    load_cifar10,
+    load_cifar100,
+    normalize_images,
+    parse_cifar_spec,
+    read_cifar_batch,
+)
 from ._files import input_file_problem
+from ._records import TARGET_KEYS, collate_dataset, is_dataset, split_records, tensors_of
 from .errors import DataLoadError
+from .inputs import Inputs
 
-#: per-channel (R, G, B) mean and std by name; ``reference`` is the loss-landscape reference code's
-CIFAR_NORMS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "reference": ((125.3 / 255, 123.0 / 255, 113.9 / 255), (63.0 / 255, 62.1 / 255, 66.7 / 255)),
-    "dataset": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
-}
-CIFAR_MEAN, CIFAR_STD = CIFAR_NORMS["reference"]
+__all__ = ["CIFAR100_NORMS", "CIFAR_MEAN", "CIFAR_NORMS", "CIFAR_STD", "TARGET_KEYS", "EvalData", "as_eval_data",
+           "load_data",
+           "normalize_images", "parse_cifar_spec", "read_cifar_batch", "synthetic"]
+
+#: a batch adapter: ``module:function``, ``file.py:function`` or the function itself
+BatchAdapter = str | Callable[[Any], Any]
 
 
 @dataclass(frozen=True)
 class EvalData:
-    """An evaluation set in memory."""
+    """An evaluation set in memory.
 
-    x: torch.Tensor
+    Attributes:
+        x: the model's inputs (:data:`lossgrid.inputs.Inputs`): a tensor, a tuple of
+            tensors (positional arguments) or a dict of tensors (keyword arguments),
+            each with the ``N`` samples on axis 0.
+        y: the targets, ``N`` rows: class indices (int64 ``[N]``), token ids (int64
+            ``[N, T]``, padding at an ignore index) or regression targets (float32).
+        description: the data spec (and subset) as written into result files.
+    """
+
+    x: Inputs
     y: torch.Tensor
     description: str
 
     def __len__(self) -> int:
-        return int(self.x.shape[0])
+        return _inputs.num_samples(self.x)
+
+    def subset(self, samples: int, seed: int = 0, name: str | None = None) -> EvalData:
+        """``samples`` of the samples drawn with ``seed`` (the same rows of every input part
+        and of the targets), in their original order; ``name`` is the set's spec in the
+        description (default: this set's description)."""
+        total = len(self)
+        if samples < 1 or samples > total:
+            raise DataLoadError(f"Cannot take {samples} samples from {name or self.description}",
+                                f"it has {total} samples", f"pass --samples between 1 and {total}")
+        idx = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:samples].sort().values
+        return EvalData(_inputs.take(self.x, idx), self.y[idx].contiguous(),
+                        f"{name or self.description} ({samples} of {total} samples, seed {seed})")
 
 
-def load_data(spec: str, samples: int | None = None, sample_seed: int = 0) -> EvalData:
-    """Load the evaluation set named by ``spec``; ``samples`` takes a seeded subset."""
-    spec = spec.strip()
-    if spec == "digits" or spec.startswith("digits:"):
-        x, y = _digits(spec.partition(":")[2] or "all")
-    elif spec.startswith("npz:"):
-        x, y = _npz(spec[4:])
-    elif spec.startswith("cifar10:"):
-        x, y = _cifar10(spec[len("cifar10:"):])
-    elif spec.startswith("synthetic:"):
-        x, y = synthetic(spec[len("synthetic:"):])
-    elif ":" in spec:
-        x, y = _from_object(spec)
+def as_eval_data(data: EvalData | tuple[Any, Any] | Any, description: str = "in-memory tensors") -> EvalData:
+    """``data`` as an :class:`EvalData`: itself, or ``(inputs, targets)`` with inputs a tensor,
+    an array, or a tuple or dict of them. Dtypes are kept as given (a float64 model gets
+    float64 data)."""
+    if isinstance(data, EvalData):
+        return data
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise DataLoadError(f"Cannot use {type(data).__name__} as evaluation data",
+                            "it is neither an EvalData nor an (inputs, targets) pair",
+                            "pass load_data(...) or (x, y)")
+    x, y = data
+    if isinstance(x, Mapping):
+        x = {str(k): torch.as_tensor(v) for k, v in x.items()}
+    elif isinstance(x, (tuple, list)):
+        x = tuple(torch.as_tensor(v) for v in x)
     else:
-        raise DataLoadError(f"Unknown data spec {spec!r}",
-                            "it is not a built-in set and not of the form module:function",
-                            "use digits, npz:FILE, cifar10:DIR, synthetic:SHAPE:N, or package.module:function")
-    x, y = _as_tensors(x, y, spec)
-    total = len(x)
-    if samples is None:
-        return EvalData(x, y, spec)
-    if samples < 1 or samples > total:
-        raise DataLoadError(f"Cannot take {samples} samples from {spec}", f"it has {total} samples",
-                            f"pass --samples between 1 and {total}")
-    gen = torch.Generator().manual_seed(sample_seed)
-    idx = torch.randperm(total, generator=gen)[:samples].sort().values
-    return EvalData(x[idx].contiguous(), y[idx].contiguous(),
-                    f"{spec} ({samples} of {total} samples, seed {sample_seed})")
+        x = torch.as_tensor(x)
+    return EvalData(x, torch.as_tensor(y), description)
+
+
+def load_data(spec: str, samples: int | None = None, sample_seed: int = 0,
+              batch: BatchAdapter | None = None) -> EvalData:
+    """Load the evaluation set named by ``spec``.
+
+    Args:
+        spec: a data spec (see the module docstring).
+        samples: take a seeded random subset of this many samples (every input part alike).
+        sample_seed: the seed of that subset.
+        batch: a batch adapter (``module:function``, ``file.py:function`` or a callable)
+            called once with the whole set, returning ``(inputs, targets)``; without
+            it, records are split by the convention in the module docstring.
+
+    Example:
+        >>> load_data("synthetic:4x6:10").y.shape
+        torch.Size([10])
+    """
+    spec = spec.strip()
+    raw = _source(spec)
+    if batch is None:
+        x, y = split_records(raw, spec)
+        source = spec
+    else:
+        fn, name = _resolve_adapter(batch)
+        x, y = _adapt(fn, name, raw)
+        source = f"{spec} --batch {name}"
+    x, y = _as_tensors(x, y, source)
+    data = EvalData(x, y, source)
+    return data if samples is None else data.subset(samples, sample_seed, source)
+
+
+def _source(spec: str) -> Any:
+    """What ``spec`` names, before inputs and targets are told apart: ``(x, y)``, a record
+    dict or tuple, each array still as the source gave it."""
+    if spec == "digits" or spec.startswith("digits:"):
+        return _digits(spec.partition(":")[2] or "all")
+    if spec.startswith("npz:"):
+        return _npz(spec[len("npz:"):])
+    if spec.startswith("cifar10:"):
+        return load_cifar10(spec[len("cifar10:"):])
+    if spec.startswith("cifar100:"):
+        return load_cifar100(spec[len("cifar100:"):])
+    if spec.startswith("imagefolder:"):
+        from ._images import load_imagefolder
+
+        return load_imagefolder(spec[len("imagefolder:"):])
+    if spec.startswith("synthetic:"):
+        return synthetic(spec[len("synthetic:"):])
+    if ":" in spec:
+        return _from_object(spec)
+    raise DataLoadError(f"Unknown data spec {spec!r}",
+                        "it is not a built-in set and not of the form module:function",
+                        "use digits, npz:FILE, cifar10:DIR, cifar100:DIR, imagefolder:DIR, synthetic:SHAPE:N, "
+                        "or package.module:function")
 
 
 def _digits(split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -110,16 +226,20 @@ def _digits(split: str) -> tuple[np.ndarray, np.ndarray]:
     return x[idx], y[idx]
 
 
-def _npz(path: str) -> tuple[np.ndarray, np.ndarray]:
+def _npz(path: str) -> tuple[np.ndarray, np.ndarray] | dict[str, np.ndarray]:
+    """``(x, y)`` of an archive with ``x``, else the record dict of all its arrays."""
     problem = input_file_problem(path)
     if problem:
         raise DataLoadError(f"Cannot read data file {path}", problem, "pass npz:FILE with an existing .npz archive")
     try:
         with np.load(path, allow_pickle=False) as f:
-            missing = [k for k in ("x", "y") if k not in f.files]
-            if missing:
-                raise DataLoadError(f"{path} has no array {missing[0]!r}",
-                                    f"it holds {', '.join(f.files) or 'nothing'}",
+            if "x" not in f.files:
+                if not f.files:
+                    raise DataLoadError(f"{path} holds no arrays", hint="save the inputs as x and the targets as y: "
+                                        "np.savez(path, x=..., y=...)")
+                return {name: f[name] for name in f.files}
+            if "y" not in f.files:
+                raise DataLoadError(f"{path} has no array 'y'", f"it holds {', '.join(f.files)}",
                                     "save the inputs as x and the targets as y: np.savez(path, x=..., y=...)")
             return f["x"], f["y"]
     except DataLoadError:
@@ -127,101 +247,6 @@ def _npz(path: str) -> tuple[np.ndarray, np.ndarray]:
     except (OSError, ValueError, EOFError) as e:
         raise DataLoadError(f"Cannot read data file {path}", str(e),
                             "pass an .npz archive written by numpy.savez") from None
-
-
-def _cifar10(arg: str) -> tuple[np.ndarray, np.ndarray]:
-    directory, split, (mean, std) = parse_cifar_spec(arg)
-    names = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}[split]
-    if not os.path.isdir(directory):
-        why = "it is a file, not a directory" if os.path.exists(directory) else "it does not exist"
-        raise DataLoadError(f"Cannot read CIFAR-10 directory {directory!r}", why,
-                            "point to the extracted cifar-10-batches-py directory")
-    xs, ys = [], []
-    for name in names:
-        data, labels = read_cifar_batch(os.path.join(directory, name))
-        xs.append(data.reshape(-1, 3, 32, 32))
-        ys.append(labels)
-    return normalize_images(np.concatenate(xs), mean, std), np.concatenate(ys)
-
-
-def normalize_images(images: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
-    """uint8 images ``[N, C, H, W]`` to float32 ``(x / 255 - mean) / std``, each step in float32
-    (as torchvision's ToTensor and Normalize compute it)."""
-    m = np.asarray(mean, dtype=np.float32)[None, :, None, None]
-    s = np.asarray(std, dtype=np.float32)[None, :, None, None]
-    x = images.astype(np.float32) / np.float32(255)
-    x -= m
-    x /= s
-    return x
-
-
-def parse_cifar_spec(arg: str) -> tuple[str, str, tuple[tuple[float, ...], tuple[float, ...]]]:
-    """``DIR[:train|:test][:norm=NORM]`` -> directory, split, (mean, std)."""
-    directory, *options = arg.split(":")
-    split, norm = "train", CIFAR_NORMS["reference"]
-    for option in options:
-        if option in ("train", "test"):
-            split = option
-        elif option.startswith("norm="):
-            norm = _parse_norm(option[len("norm="):])
-        else:
-            raise DataLoadError(f"Unknown CIFAR-10 option {option!r}",
-                                "after the directory come :train or :test and :norm=NORM",
-                                "use cifar10:DIR, cifar10:DIR:test or cifar10:DIR:test:norm=dataset")
-    return directory, split, norm
-
-
-def _parse_norm(text: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    if text in CIFAR_NORMS:
-        return CIFAR_NORMS[text]
-    hint = f"use norm={', norm='.join(CIFAR_NORMS)} or norm=M1,M2,M3/S1,S2,S3 (values for inputs in [0, 1])"
-    mean_text, slash, std_text = text.partition("/")
-    try:
-        mean = tuple(float(v) for v in mean_text.split(","))
-        std = tuple(float(v) for v in std_text.split(","))
-    except ValueError:
-        raise DataLoadError(f"Cannot read normalization {text!r}", "it is neither a name nor numbers",
-                            hint) from None
-    if not slash or len(mean) != 3 or len(std) != 3 or not all(np.isfinite(mean + std)) or min(std) <= 0:
-        raise DataLoadError(f"Cannot read normalization {text!r}",
-                            "it needs three means and three positive standard deviations", hint)
-    return mean, std
-
-
-def read_cifar_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """Images ``[N, 3072]`` (uint8) and labels ``[N]`` of one CIFAR python batch,
-    unpickled without running code (only numpy arrays are resolved)."""
-    from ._pickle import NUMPY_DATA_GLOBALS, restricted_load
-
-    def fail(why: str) -> DataLoadError:
-        return DataLoadError(f"Cannot read CIFAR-10 batch {path}", why,
-                             "point to the extracted cifar-10-batches-py directory, as downloaded")
-
-    problem = input_file_problem(path)
-    if problem:
-        raise fail(problem)
-    try:
-        with open(path, "rb") as fh:
-            batch = restricted_load(fh, NUMPY_DATA_GLOBALS, encoding="bytes")
-    except pickle.UnpicklingError as e:
-        raise fail(str(e)) from None
-    except (OSError, EOFError, ValueError, TypeError, AttributeError, IndexError, MemoryError) as e:
-        raise fail(f"{type(e).__name__}: {e}") from None
-    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
-        raise fail("it is not a dict with b'data' and b'labels' entries")
-    data, labels = batch[b"data"], batch[b"labels"]
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-        raise fail(f"b'data' is {type(data).__name__} {getattr(data, 'dtype', '')} {getattr(data, 'shape', '')}, "
-                   "expected a uint8 array of shape (N, 3072)")
-    try:
-        labels = np.asarray(labels, dtype=np.int64)
-    except (TypeError, ValueError):
-        raise fail("b'labels' is not a list of integers") from None
-    if labels.shape != (data.shape[0],):
-        raise fail(f"b'labels' holds {labels.shape} labels for {data.shape[0]} images")
-    if labels.size and (labels.min() < 0 or labels.max() > 9):
-        raise fail(f"b'labels' holds values from {labels.min()} to {labels.max()}, expected 0..9")
-    return data, labels
 
 
 #: at most this many input values in a synthetic set (16 GiB of float32)
@@ -249,7 +274,7 @@ def synthetic(arg: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn((n, *shape), generator=gen), torch.randint(0, classes, (n,), generator=gen)
 
 
-def _from_object(spec: str) -> tuple[Any, Any]:
+def _from_object(spec: str) -> Any:
     from ._spec import load_object
     from .errors import ConfigError
 
@@ -261,37 +286,69 @@ def _from_object(spec: str) -> tuple[Any, Any]:
     except Exception as e:  # user code
         raise DataLoadError(f"Data function {spec} failed", f"{type(e).__name__}: {e}",
                             "fix the function or pass another data spec") from None
-    if isinstance(result, tuple) and len(result) == 2:
+    if isinstance(result, (tuple, Mapping)):
         return result
-    if isinstance(result, torch.utils.data.Dataset) or hasattr(result, "__getitem__"):
-        try:
-            pairs = [result[i] for i in range(len(result))]
-            xs = torch.stack([torch.as_tensor(p[0]) for p in pairs])
-            ys = torch.as_tensor(np.asarray([np.asarray(p[1]) for p in pairs]))
-        except Exception as e:
-            raise DataLoadError(f"Cannot materialise the dataset returned by {spec}", f"{type(e).__name__}: {e}",
-                                "return a Dataset of (input, target) pairs of equal shapes") from None
-        return xs, ys
+    if is_dataset(result):
+        return collate_dataset(result, f"the dataset returned by {spec}")
     raise DataLoadError(f"Data function {spec} returned {type(result).__name__}",
-                        "it must return (x, y) or a Dataset of (x, y) pairs", "change its return value")
+                        "it must return (x, y), a dict of arrays, a tuple (inputs..., targets) or a Dataset",
+                        "change its return value")
 
 
-def _as_tensors(x: Any, y: Any, spec: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _resolve_adapter(batch: BatchAdapter) -> tuple[Callable[[Any], Any], str]:
+    if callable(batch):
+        module = getattr(batch, "__module__", None)
+        name = getattr(batch, "__qualname__", None) or type(batch).__name__
+        return batch, f"{module}:{name}" if module else name
+    from ._spec import load_object
+    from .errors import ConfigError
+
     try:
-        xt = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
-        yt = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y)
+        fn = load_object(str(batch), what="batch adapter")
+    except ConfigError as e:
+        raise DataLoadError(e.what, e.why, e.hint) from None
+    if not callable(fn):
+        raise DataLoadError(f"Batch adapter {batch} is a {type(fn).__name__}, not a function",
+                            hint="name a function that takes the collated set and returns (inputs, targets)")
+    return fn, str(batch)
+
+
+def _adapt(fn: Callable[[Any], Any], name: str, raw: Any) -> tuple[Any, Any]:
+    """``fn(raw)`` (with every array as a tensor), checked to be ``(inputs, targets)``."""
+    try:
+        result = fn(tensors_of(raw))
+    except Exception as e:  # user code
+        raise DataLoadError(f"Batch adapter {name} failed", f"{type(e).__name__}: {e}",
+                            "fix the function; it receives the whole set (a dict, a tuple or (x, y) of tensors "
+                            "with the samples on axis 0) and returns (inputs, targets)") from None
+    if not isinstance(result, (tuple, list)) or len(result) != 2:
+        got = f"a {type(result).__name__} of {len(result)}" if isinstance(result, (tuple, list)) \
+            else type(result).__name__
+        raise DataLoadError(f"Batch adapter {name} returned {got}",
+                            "it must return a pair (inputs, targets): inputs a tensor, a tuple or a dict of "
+                            "tensors, targets one tensor",
+                            "return e.g. ({'input_ids': ids, 'attention_mask': mask}, labels)")
+    return result[0], result[1]
+
+
+def _as_tensors(x: Any, y: Any, spec: str) -> tuple[Inputs, torch.Tensor]:
+    try:
+        xt = _inputs.as_inputs(x, what=f"the inputs of {spec}")
+    except DataLoadError as e:
+        raise DataLoadError(e.what[:1].upper() + e.what[1:], e.why, e.hint) from None
+    try:
+        yt = y if isinstance(y, torch.Tensor) else torch.as_tensor(np.asarray(y))
     except Exception as e:
-        raise DataLoadError(f"Data {spec} is not numeric", str(e), "return arrays or tensors") from None
-    if xt.dim() == 0 or yt.dim() == 0 or xt.shape[0] != yt.shape[0] or xt.shape[0] == 0:
-        raise DataLoadError(f"Data {spec} has inputs of shape {tuple(xt.shape)} and targets of shape {tuple(yt.shape)}",
-                            "x and y need the same, non-zero number of samples along the first axis",
+        raise DataLoadError(f"The targets of {spec} are not numeric", f"{type(e).__name__}: {e}",
+                            "return arrays or tensors") from None
+    n = _inputs.num_samples(xt)
+    if yt.dim() == 0 or yt.shape[0] != n or n == 0:
+        raise DataLoadError(f"Data {spec} has inputs {_inputs.sample_shape(xt)} with N = {n} and targets of "
+                            f"shape {tuple(yt.shape)}",
+                            "inputs and targets need the same, non-zero number of samples along the first axis",
                             "check the arrays")
-    if not torch.is_floating_point(xt) and xt.dtype not in (torch.int64, torch.int32):
-        xt = xt.float()
-    if torch.is_floating_point(xt) and xt.dtype != torch.float32:
-        xt = xt.float()
     if not torch.is_floating_point(yt):
         yt = yt.long()
     elif yt.dtype != torch.float32:
         yt = yt.float()
-    return xt.contiguous(), yt.contiguous()
+    return xt, yt.contiguous()

@@ -59,7 +59,7 @@ from torch import nn
 from ._files import atomic_output, os_reason
 from ._optional import require
 from .config import Axis, DirectionSpec, EvalSpec, GridSpec
-from .data import EvalData, load_data
+from .data import EvalData, as_eval_data, load_data
 from .engine.directions import Directions, create_directions
 from .engine.losses import LossFn, resolve_loss
 from .engine.surface import compute_surface
@@ -314,18 +314,13 @@ def _zero_index(coords: np.ndarray | None) -> int:
 
 def _subset(data: EvalData | tuple[torch.Tensor, torch.Tensor] | str, samples: int | None, seed: int) -> EvalData:
     """``samples`` of ``data`` drawn with ``seed``, in their original order (as ``load_data`` does)."""
-    if isinstance(data, str):
-        data = load_data(data)
-    elif not isinstance(data, EvalData):
-        data = EvalData(torch.as_tensor(data[0]), torch.as_tensor(data[1]), "in-memory tensors")
+    data = load_data(data) if isinstance(data, str) else as_eval_data(data)
     if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 1):
         raise ConfigError(f"samples={samples!r} is invalid", "it is a number of samples, 1 or more",
                           "pass samples=256, or None for all of the data")
     if samples is None or samples >= len(data):
         return data
-    idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:samples].sort().values
-    return EvalData(data.x[idx].contiguous(), data.y[idx].contiguous(),
-                    f"{data.description} ({samples} of {len(data)} samples, seed {seed})")
+    return data.subset(samples, seed)
 
 
 def _device_of(model: nn.Module) -> torch.device:

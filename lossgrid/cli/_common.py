@@ -70,8 +70,19 @@ def echo_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, sort_keys=True))
 
 
-DATA_HELP = ("digits[:train|:test], npz:FILE, cifar10:DIR[:test][:norm=...], synthetic:SHAPE:N[:CLASSES] "
+DATA_HELP = ("digits[:train|:test], npz:FILE (x and y, or records such as input_ids/attention_mask/labels), "
+             "cifar10:DIR[:test][:norm=...], cifar100:DIR[:test][:label=fine|coarse][:norm=...], "
+             "imagefolder:DIR[:size=H[xW]][:norm=imagenet|none|...][:gray], synthetic:SHAPE:N[:CLASSES] "
              "(e.g. 3x32x32:50000, seeded random images), or module:function.")
+
+
+MODEL_HELP = ("A zoo name (resnet56, resnet56_noshort, ...: lossgrid zoo) or a factory: path/to/file.py:fn or "
+              "package.module:fn.")
+LOSS_HELP = ("cross_entropy, mse, token_cross_entropy[:ignore=N] (sequence models: logits [B, T, V], token ids "
+             "[B, T], ignore index -100; the mean per token), or module:function returning per-sample losses.")
+BATCH_HELP = ("module:function splitting the collated data set into (inputs, targets), inputs a tensor, a tuple "
+              "(positional arguments) or a dict (keyword arguments). Without it: dicts with a 'labels' key, tuples "
+              "(..., target) and (x, y) pairs follow the documented convention.")
 
 
 def model_data_options(example: str, samples_help: str, data_note: str = "") -> Callable[[Any], Any]:
@@ -79,15 +90,15 @@ def model_data_options(example: str, samples_help: str, data_note: str = "") -> 
     ``--checkpoint``, ``--trust-checkpoint``, ``--data`` (required), ``--samples``, ``--loss``."""
     options = [
         click.option("--model", "model", required=True, metavar="SPEC",
-                     help=f"Factory: path/to/file.py:fn or package.module:fn (e.g. {example})."),
+                     help=f"{MODEL_HELP} E.g. {example}."),
         click.option("--checkpoint", metavar="FILE",
                      help="state_dict (or {'state_dict': ...}); random weights without it."),
         click.option("--trust-checkpoint", is_flag=True,
                      help="Allow checkpoints that are whole pickled models (loading them runs code from the file)."),
         click.option("--data", required=True, help=DATA_HELP + (" " + data_note if data_note else "")),
         click.option("--samples", type=click.IntRange(min=1), help=samples_help),
-        click.option("--loss", default="cross_entropy", show_default=True,
-                     help="cross_entropy, mse, or module:function returning per-sample losses."),
+        click.option("--loss", default="cross_entropy", show_default=True, help=LOSS_HELP),
+        click.option("--batch", "batch", metavar="SPEC", help=BATCH_HELP),
     ]
 
     def apply(fn: Any) -> Any:
@@ -103,7 +114,8 @@ def input_files(kw: dict[str, Any], **more: str | None) -> dict[str, str | None]
     from ..engine.jobs import spec_file
 
     return {"--checkpoint": kw.get("checkpoint"), "--model": spec_file(kw.get("model")),
-            "--data": spec_file(kw.get("data")), "--loss": spec_file(kw.get("loss")), **more}
+            "--data": spec_file(kw.get("data")), "--loss": spec_file(kw.get("loss")),
+            "--batch": spec_file(kw.get("batch")), **more}
 
 
 def check_outputs(outputs: dict[str, str | None], inputs: dict[str, str | None]) -> None:

@@ -96,7 +96,7 @@ def audit(**kw: Any) -> None:
     model2 = None
     if kw["model2"] is not None:
         model2, _ = load_model(kw["model"], kw["model2"], kw["trust_checkpoint"])
-    data = load_data(kw["data"], kw["samples"])
+    data = load_data(kw["data"], kw["samples"], batch=kw["batch"])
 
     report = run_with_progress("audit", not kw["quiet"], lambda bar: run_audit(
         model, data, kw["loss"], model2=model2, radii=kw["radii"], directions=kw["directions"], seed=kw["seed"],

@@ -67,7 +67,7 @@ def bench(**kw: Any) -> None:
     out = kw["out"]
     check_outputs({"--out": out}, input_files(kw))  # before any work
     model, description = load_model(kw["model"], kw["checkpoint"], kw["trust_checkpoint"])
-    data = load_data(kw["data"], kw["samples"])
+    data = load_data(kw["data"], kw["samples"], batch=kw["batch"])
 
     def progress(done: int, total: int) -> None:  # rows take seconds to minutes each: one line per row
         click.echo(f"bench: {done}/{total} rows done", err=True)

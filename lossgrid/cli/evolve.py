@@ -12,14 +12,14 @@ import click
 from ..config import AUTO_BUDGET, DIR_KINDS, DIR_TYPES, IGNORES, NORMS, PRECISIONS, DirectionSpec, EvalSpec, GridSpec
 from ..engine.runners import ALL_STRATEGIES, BACKENDS
 from ..errors import ConfigError
-from ._common import echo_json, parse_axis, run_with_progress
+from ._common import MODEL_HELP, echo_json, parse_axis, run_with_progress
 
 #: animation option -> the file extensions it writes
 ANIMATIONS = {"gif": (".gif",), "mp4": (".mp4",), "html": (".html", ".htm")}
 
 
 @click.command()
-@click.option("--model", "model", metavar="SPEC", help="Factory: path/to/file.py:fn or package.module:fn.")
+@click.option("--model", "model", metavar="SPEC", help=MODEL_HELP)
 @click.option("--checkpoints", "patterns", multiple=True, required=True, metavar="GLOB",
               help="Checkpoint files or quoted glob patterns ('run/epoch_*.pt'); repeatable. Sorted by the numbers "
               "in their names (epoch_2 before epoch_10).")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import click
 
-from ._common import echo_json
+from ._common import MODEL_HELP, echo_json
 
 
 @click.command()
-@click.option("--model", "model", metavar="SPEC", help="Factory: path/to/file.py:fn or package.module:fn.")
+@click.option("--model", "model", metavar="SPEC", help=MODEL_HELP)
 @click.option("--checkpoint", metavar="FILE", help="state_dict, {'state_dict': ...}, or a pickled module.")
 @click.option("--trust-checkpoint", is_flag=True,
               help="Allow a checkpoint that is a whole pickled model (loading it runs code named in the file).")
@@ -31,12 +31,13 @@ def export(model: str | None, checkpoint: str | None, trust_checkpoint: bool, ou
     from ..data import load_data
     from ..engine.jobs import spec_file
     from ..exporters.onnx import export_onnx
+    from ..inputs import require_tensor
     from ..models import load_model
 
     check_output_path(out, "ONNX file")
     refuse_input_as_output(out, {"--checkpoint": checkpoint, "--model": spec_file(model), "--data": spec_file(data)})
     net, desc = load_model(model, checkpoint, trust_checkpoint)
-    example = load_data(data).x[:4]
+    example = require_tensor(load_data(data).x, "The ONNX exporter")[:4]
     result = export_onnx(net, example, k=k, path=out, opset=opset, fold_bn=not no_fold_bn, tolerance=tolerance,
                          description=desc, with_loss=with_loss)
     summary = {"file": result.path, "points_per_call": k, "weight_inputs": len(result.manifest.inputs),

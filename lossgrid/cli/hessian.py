@@ -73,7 +73,7 @@ def hessian(**kw: Any) -> None:
     check_outputs({"--out": kw["out"], "--plot": kw["plot"]}, input_files(kw))  # before any work
     density = kw["density"] or kw["plot"] is not None
     model, description = load_model(kw["model"], kw["checkpoint"], kw["trust_checkpoint"])
-    data = load_data(kw["data"], kw["samples"])
+    data = load_data(kw["data"], kw["samples"], batch=kw["batch"])
     bar = _HvpProgress(not kw["quiet"])
     try:
         op = hessian_operator(model, data, kw["loss"], kw["params"], kw["batch_size"], kw["device"],

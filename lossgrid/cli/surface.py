@@ -8,11 +8,13 @@ import click
 
 from ..config import (
     AUTO_BUDGET,
+    BN_POLICIES,
     DIR_KINDS,
     DIR_TYPES,
     IGNORES,
     NORMS,
     PRECISIONS,
+    BatchNormSpec,
     CurvatureSpec,
     DirectionSpec,
     EvalSpec,
@@ -20,11 +22,11 @@ from ..config import (
     SurfaceJob,
 )
 from ..engine.runners import ALL_STRATEGIES, BACKENDS
-from ._common import echo_json, parse_axis, run_with_progress
+from ._common import BATCH_HELP, LOSS_HELP, MODEL_HELP, echo_json, parse_axis, run_with_progress
 
 
 @click.command()
-@click.option("--model", "model", metavar="SPEC", help="Factory: path/to/file.py:fn or package.module:fn.")
+@click.option("--model", "model", metavar="SPEC", help=MODEL_HELP)
 @click.option("--checkpoint", metavar="FILE",
               help="state_dict (or {'state_dict': ...}), pickled module or TorchScript.")
 @click.option("--model2", metavar="FILE", help="Second checkpoint: 1D interpolation, x=0 model, x=1 model2.")
@@ -32,12 +34,14 @@ from ._common import echo_json, parse_axis, run_with_progress
               help="Allow checkpoints that are whole pickled models: loading them runs code named in the file. "
               "Only for files you made or trust. State dicts, safetensors and TorchScript need no trust.")
 @click.option("--data", default="digits", show_default=True,
-              help="digits[:train|:test], npz:FILE, cifar10:DIR[:test][:norm=reference|dataset|none|M,M,M/S,S,S], "
+              help="digits[:train|:test], npz:FILE (x and y, or records such as input_ids/attention_mask/labels), "
+              "cifar10:DIR[:test][:norm=reference|dataset|none|M,M,M/S,S,S], "
+              "cifar100:DIR[:test][:label=fine|coarse][:norm=dataset|reference|none|M,M,M/S,S,S], "
+              "imagefolder:DIR[:size=H[xW]][:norm=none|imagenet|reference|M,M,M/S,S,S][:gray], "
               "synthetic:SHAPE:N[:CLASSES] (seeded random inputs, for benchmarks), or module:function.")
 @click.option("--samples", type=click.IntRange(min=1), help="Evaluate on a fixed, seeded subset of N samples.")
 @click.option("--samples-seed", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--loss", default="cross_entropy", show_default=True,
-              help="cross_entropy, mse, or module:function returning per-sample losses.")
+@click.option("--loss", default="cross_entropy", show_default=True, help=LOSS_HELP)
 @click.option("--x", "x", default="-1:1:51", show_default=True, callback=parse_axis, metavar="MIN:MAX:NUM")
 @click.option("--y", "y", default=None, callback=parse_axis, metavar="MIN:MAX:NUM", help="Second axis (2D).")
 @click.option("--dir-type", type=click.Choice(DIR_TYPES), default="weights", show_default=True)
@@ -50,6 +54,18 @@ from ._common import echo_json, parse_axis, run_with_progress
 @click.option("--xignore", type=click.Choice(IGNORES), default="biasbn", show_default=True)
 @click.option("--yignore", type=click.Choice(IGNORES), default=None, help="Default: same as --xignore.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Direction seed.")
+@click.option("--params", "params", metavar="GLOB",
+              help="Perturb only the tensors matching these fnmatch globs (comma-separated), e.g. 'layer3.*,fc.*'; "
+              "the others get zero directions.")
+@click.option("--exclude", metavar="GLOB", help="Do not perturb the tensors matching these globs, e.g. '*.bn*'.")
+@click.option("--trainable-only", is_flag=True, help="Perturb only parameters with requires_grad (frozen ones stay).")
+@click.option("--bn", "bn", type=click.Choice(BN_POLICIES), default="eval", show_default=True,
+              help="BatchNorm: eval uses the stored running statistics; recompute re-estimates them at every grid "
+              "point from --bn-batches batches of --bn-data (torch loop/static only).")
+@click.option("--bn-batches", type=click.IntRange(min=1), default=10, show_default=True, metavar="N")
+@click.option("--bn-batch-size", type=click.IntRange(min=1), default=128, show_default=True, metavar="B")
+@click.option("--bn-data", metavar="SPEC", help="Data for --bn recompute (default: --data), e.g. digits:train.")
+@click.option("--batch", "batch", metavar="SPEC", help=BATCH_HELP)
 @click.option("--dir-file", metavar="FILE", help="Directions file: read if it exists, else written.")
 @click.option("--out", required=True, metavar="FILE.h5", help="Surface file (resumed if it exists).")
 @click.option("--overwrite", is_flag=True,
@@ -95,13 +111,15 @@ def surface(**kw: Any) -> None:
         model2=kw["model2"], data=kw["data"], samples=kw["samples"], samples_seed=kw["samples_seed"],
         loss=kw["loss"],
         directions=DirectionSpec(kw["dir_type"], kw["xnorm"], kw["xignore"], kw["ynorm"], kw["yignore"], kw["seed"],
-                                 kw["dir_kind"]),
+                                 kw["dir_kind"], kw["params"], kw["exclude"], kw["trainable_only"]),
         dir_file=kw["dir_file"],
         evaluation=EvalSpec(kw["backend"], kw["strategy"], kw["points_per_call"], kw["batch_size"], kw["device"],
                             kw["auto_budget"], kw["precision"]),
         overwrite=kw["overwrite"], trust_checkpoint=kw["trust_checkpoint"],
         curvature=CurvatureSpec(iters=kw["curvature_iters"], params=kw["curvature_params"]) if kw["curvature"]
         else None,
+        batchnorm=BatchNormSpec(kw["bn"], kw["bn_batches"], kw["bn_batch_size"], kw["bn_data"]),
+        batch=kw["batch"],
     )
     from ..engine.jobs import run_surface_job
 

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .losses import LossFn, batch_loss_sum
+from .. import inputs as inp
+from .losses import LossFn, batch_loss_sum, loss_units
 from .params import ParamLayout
 
 #: two-sided 95% quantiles of Student's t for 1..30 degrees of freedom
@@ -126,23 +127,22 @@ class LossGradient:
     n: int
 
     @classmethod
-    def build(cls, model: nn.Module, layout: ParamLayout, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn,
+    def build(cls, model: nn.Module, layout: ParamLayout, x: inp.Inputs, y: torch.Tensor, loss_fn: LossFn,
               batch_size: int, device: torch.device) -> "LossGradient":
         net = copy.deepcopy(model).to(device).eval()
         for p in net.parameters():
             p.requires_grad_(False)  # gradients flow into the flat vector only
-        batches = list(zip(x.to(device).split(batch_size), y.to(device).split(batch_size)))
-        return cls(net, layout, batches, loss_fn, int(x.shape[0]))
+        batches = inp.batches(inp.to_device(x, device), y.to(device), batch_size)
+        return cls(net, layout, batches, loss_fn, loss_units(loss_fn, y))
 
     def __call__(self, w: torch.Tensor) -> tuple[float, torch.Tensor]:
-        from torch.func import functional_call
-
         w = w.detach().clone().requires_grad_(True)
         params = self.layout.unflatten(w)
         total = 0.0
         for xb, yb in self.batches:
             # the sum over the batch divided by n: the gradients of all batches add up to the mean's gradient
-            loss = batch_loss_sum(self.loss_fn, functional_call(self.model, params, (xb,)).float(), yb) / self.n
+            out = inp.model_output(inp.call_functional(self.model, params, xb))
+            loss = batch_loss_sum(self.loss_fn, out.float(), yb) / self.n
             loss.backward()
             total += float(loss.detach())
         grad = w.grad if w.grad is not None else torch.zeros_like(w)  # None: the loss ignores the weights

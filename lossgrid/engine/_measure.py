@@ -19,13 +19,15 @@ from ..errors import ConfigError, LossgridError
 from .precision import check_precision, precision_mode
 
 
-def flops_per_sample(model: nn.Module, x: torch.Tensor) -> float:
-    """Forward FLOPs of ``model`` on one sample ``x[:1]`` (``torch.utils.flop_counter``: convolutions
-    and matmuls, a multiply-add counted as two)."""
+def flops_per_sample(model: nn.Module, x: Any) -> float:
+    """Forward FLOPs of ``model`` on the first sample of inputs ``x`` (``torch.utils.flop_counter``:
+    convolutions and matmuls, a multiply-add counted as two)."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from .. import inputs as inp
+
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x[:1])
+        inp.call_model(model, inp.take(x, slice(0, 1)))
     return float(counter.get_total_flops())
 
 

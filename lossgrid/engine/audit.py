@@ -83,7 +83,7 @@ from torch import nn
 
 from .. import __version__
 from ..config import DirectionSpec, EvalSpec
-from ..data import EvalData
+from ..data import EvalData, as_eval_data
 from ..errors import ConfigError
 from . import _audit_measures as measures
 from ._audit_measures import finite_or_none
@@ -140,8 +140,7 @@ def audit(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch.Tensor], 
     from .surface import resolve_device
 
     t0 = time.perf_counter()
-    if not isinstance(data, EvalData):
-        data = EvalData(torch.as_tensor(data[0]), torch.as_tensor(data[1]), "in-memory tensors")
+    data = as_eval_data(data)
     radii = _check_settings(radii, directions, sharpness_radius, ascent_steps, trace_samples, seed, hessian)
     dev = resolve_device(device)
     loss_fn, loss_desc = resolve_loss(loss)

@@ -37,8 +37,9 @@ from torch import nn
 
 from .. import __version__
 from ..config import MAX_GRID_POINTS, PRECISIONS, DirectionSpec, EvalSpec
-from ..data import EvalData
+from ..data import EvalData, as_eval_data
 from ..errors import ConfigError, LossgridError, is_out_of_memory
+from ..inputs import take, to_device
 from . import preflight
 from ._measure import device_info, flops_per_sample, memory_peak, memory_reset, peak_gemm
 from .directions import create_directions
@@ -166,8 +167,7 @@ def run_bench(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch.Tenso
         if precision not in PRECISIONS:
             check_precision(precision, "cpu")  # raises the ConfigError naming the choices
     dev = resolve_device(device)
-    if not isinstance(data, EvalData):
-        data = EvalData(torch.as_tensor(data[0]), torch.as_tensor(data[1]), "in-memory tensors")
+    data = as_eval_data(data)
     loss_fn, loss_desc = resolve_loss(loss)
     preflight.check_finite_model(model)
     preflight.check_data(data, loss_fn)
@@ -177,7 +177,7 @@ def run_bench(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch.Tenso
     base = directions.layout.flatten(perturbed_tensors(model, "weights"))
     coeffs = grid_coefficients(points).to(dev, base.dtype)
     flat_dirs = directions.flat().to(dev)
-    fps = flops_per_sample(model, data.x[:1].to(dev))
+    fps = flops_per_sample(model, to_device(take(data.x, slice(0, 1)), dev))
     n = len(data)
     header: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION, "lossgrid_version": __version__, **device_info(dev),

@@ -25,11 +25,13 @@ from torch import nn
 from ..config import DIR_TYPES, DirectionSpec
 from ..errors import DirectionError
 from ..kernels import normalize_direction
-from .params import ParamLayout, perturbed_tensors
+from .params import ParamLayout, perturbed_tensors, select_names
 
 #: attributes read back with the directions (``explained_variance_ratio``: the PCA plane of a trajectory)
 META_KEYS = ("dir_type", "seed", "kind", "xnorm", "xignore", "ynorm", "yignore", "eigenvalues",
-             "explained_variance_ratio")
+             "explained_variance_ratio", "params", "exclude", "trainable_only")
+#: the direction settings that say which tensors move (stored only when set)
+SELECTION_KEYS = ("params", "exclude", "trainable_only")
 
 
 @dataclass
@@ -128,7 +130,41 @@ def create_directions(model: nn.Module, spec: DirectionSpec = DirectionSpec(), n
     if ndim == 2:
         y = random_direction(weights, spec.y_norm, spec.y_ignore, gen)
         meta.update(ynorm=spec.y_norm, yignore=spec.y_ignore)
+    if spec.selects:  # drawn for every tensor above: the moving ones get the values they would get anyway
+        moving = set(selected_tensors(model, spec))
+        for direction in (x, y):
+            for name, d in zip(weights, direction or []):
+                if name not in moving:
+                    d.zero_()
+        meta.update(selection_meta(spec))
     return Directions(layout, x, y, meta)
+
+
+def selected_tensors(model: nn.Module, spec: DirectionSpec) -> tuple[str, ...]:
+    """The tensors of ``model`` that directions of ``spec`` move (``--params``, ``--exclude``,
+    ``--trainable-only``), in layout order."""
+    names = list(perturbed_tensors(model, spec.dir_type))
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad} if spec.trainable_only else set()
+    return select_names(names, spec.params, spec.exclude, frozen)
+
+
+def check_selection(dirs: Directions, spec: DirectionSpec, source: str | os.PathLike) -> Directions:
+    """``dirs`` read from ``source`` if they move the tensors ``spec`` selects; else a
+    :class:`DirectionError` (a direction file made for another selection)."""
+    stored = {k: dirs.meta.get(k) for k in SELECTION_KEYS if dirs.meta.get(k) not in (None, False)}
+    if stored != selection_meta(spec):
+        raise DirectionError(f"The directions in {os.fspath(source)} were made for another selection of tensors",
+                             f"they were made with {stored or 'every tensor'}, this run asks for "
+                             f"{selection_meta(spec) or 'every tensor'}",
+                             "pass the same --params/--exclude/--trainable-only as when the file was written, "
+                             "or another --dir-file")
+    return dirs
+
+
+def selection_meta(spec: DirectionSpec) -> dict[str, Any]:
+    """The selection settings of ``spec`` that are set, as stored with the directions."""
+    values = {"params": spec.params, "exclude": spec.exclude, "trainable_only": spec.trainable_only or None}
+    return {k: v for k, v in values.items() if v is not None}
 
 
 def hessian_directions(model: nn.Module, spec: DirectionSpec, ndim: int, data: Any,
@@ -148,7 +184,12 @@ def hessian_directions(model: nn.Module, spec: DirectionSpec, ndim: int, data: A
     layout = ParamLayout.from_model(model, spec.dir_type)
     weights = perturbed_tensors(model, spec.dir_type)
     device = next(iter(weights.values())).device
-    op = hessian_operator(model, data, loss, device=str(device))
+    moving = selected_tensors(model, spec) if spec.selects else None
+    params = None if moving is None else tuple(n for n, _ in model.named_parameters() if n in set(moving))
+    if params == ():
+        raise DirectionError("Hessian directions need at least one selected parameter",
+                             "the selection keeps only buffers", "widen --params or --exclude")
+    op = hessian_operator(model, data, loss, device=str(device), params=params)
     eig = lanczos_eigs(op, k=ndim, which="top", seed=spec.seed)
     sizes = dict(zip(op.names, (int(weights[n].numel()) for n in op.names)))
     rules = [(spec.xnorm, spec.xignore), (spec.y_norm, spec.y_ignore)]
@@ -165,7 +206,8 @@ def hessian_directions(model: nn.Module, spec: DirectionSpec, ndim: int, data: A
             direction.append(d)
         made.append(direction)
     meta: dict[str, Any] = {"dir_type": spec.dir_type, "seed": spec.seed, "kind": "hessian", "xnorm": spec.xnorm,
-                            "xignore": spec.xignore, "eigenvalues": [float(v) for v in eig.values]}
+                            "xignore": spec.xignore, "eigenvalues": [float(v) for v in eig.values],
+                            **selection_meta(spec)}
     if ndim == 2:
         meta.update(ynorm=spec.y_norm, yignore=spec.y_ignore)
     return Directions(layout, made[0], made[1] if ndim == 2 else None, meta)

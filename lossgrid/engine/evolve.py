@@ -34,6 +34,7 @@ import numpy as np
 from .._files import input_file_problem
 from ..config import DirectionSpec, EvalSpec, GridSpec
 from ..errors import ConfigError, is_out_of_memory
+from ..inputs import tensors
 from ._evolve_file import GROUP, KIND, Evolution, EvolutionWriter, load_evolution  # noqa: F401 - re-exported
 from .surface_file import Surface
 from .trajectory import natural_key, sort_checkpoints  # noqa: F401 - natural_key: part of this API
@@ -89,7 +90,7 @@ def compute_evolution(model: str | None, checkpoints: Sequence[str], data: Any, 
     import torch
 
     from .. import __version__
-    from ..data import EvalData
+    from ..data import as_eval_data
     from ..models import load_model
     from . import preflight
     from .losses import resolve_loss
@@ -99,8 +100,7 @@ def compute_evolution(model: str | None, checkpoints: Sequence[str], data: Any, 
 
     if not checkpoints:
         raise ConfigError("No checkpoint given", hint="pass --checkpoints 'run/epoch_*.pt'")
-    if not isinstance(data, EvalData):
-        data = EvalData(torch.as_tensor(data[0]), torch.as_tensor(data[1]), "in-memory tensors")
+    data = as_eval_data(data)
     paths = [os.fspath(c) for c in checkpoints]
     labels = list(labels) if labels is not None else [checkpoint_label(p) for p in paths]
     out_path = os.fspath(out) if out is not None else None
@@ -140,7 +140,8 @@ def compute_evolution(model: str | None, checkpoints: Sequence[str], data: Any, 
                               "pass checkpoints of one architecture")
         fingerprints.append(_fingerprint(t for t in current.state_dict().values()))
     identity = {"file_kind": KIND, "model": model or "checkpoint", "checkpoint_fingerprints": fingerprints,
-                "data": data.description, "data_fingerprint": _fingerprint([data.x, data.y]), "samples": len(data),
+                "data": data.description, "data_fingerprint": _fingerprint([*tensors(data.x), data.y]),
+                "samples": len(data),
                 "loss": loss_desc, "directions": directions.fingerprint(), "x": str(grid.x),
                 "y": str(grid.y) if grid.y is not None else None,
                 **{k: directions.meta.get(k) for k in ("dir_type", "kind", "xnorm", "xignore", "ynorm", "yignore")}}

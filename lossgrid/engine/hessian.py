@@ -45,12 +45,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data import EvalData
+from .. import inputs as inp
+from ..data import EvalData, as_eval_data
 from ..errors import ConfigError, EvaluationError, ResourceError, is_out_of_memory
 from . import preflight
 from ._hessian_report import Density, curvature_summary, plot_density, spectral_density
 from ._lanczos import extreme_eigenpairs, hutch_plus_plus, hutchinson, planned_hvps
-from .losses import LossFn, batch_loss_sum, resolve_loss
+from .losses import LossFn, batch_loss_sum, loss_units, resolve_loss
 
 __all__ = ["EVAL_MODE_NOTE", "Density", "EigResult", "EigenResult", "HessianOperator", "TraceResult",
            "curvature_summary", "hessian_operator", "hessian_trace", "lanczos_eigs", "planned_hvps", "plot_density",
@@ -126,9 +127,7 @@ class HessianOperator:
 
     def _batch_loss(self, params: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         """This batch's share of the mean loss: its loss sum divided by ``N``."""
-        from torch.func import functional_call
-
-        out = functional_call(self._model, {**self._fixed, **params}, (xb,))
+        out = inp.model_output(inp.call_functional(self._model, {**self._fixed, **params}, xb))
         return batch_loss_sum(self._loss_fn, out, yb) / self._samples
 
     def _hvp(self, tangent: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -167,7 +166,7 @@ class HessianOperator:
 
 
 def hessian_operator(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch.Tensor],
-                     loss: str | LossFn = "cross_entropy", params: str | None = None,
+                     loss: str | LossFn = "cross_entropy", params: str | tuple[str, ...] | None = None,
                      batch_size: int | None = None, device: str = "cpu",
                      weights: dict[str, torch.Tensor] | None = None,
                      progress: Callable[[int], None] | None = None) -> HessianOperator:
@@ -198,8 +197,7 @@ def hessian_operator(model: nn.Module, data: EvalData | tuple[torch.Tensor, torc
     """
     from .surface import resolve_device
 
-    if not isinstance(data, EvalData):
-        data = EvalData(torch.as_tensor(data[0]), torch.as_tensor(data[1]), "in-memory tensors")
+    data = as_eval_data(data)
     if len(data) == 0:
         raise ConfigError("The evaluation set is empty", hint="pass data with at least one sample")
     dev = resolve_device(device)
@@ -210,7 +208,7 @@ def hessian_operator(model: nn.Module, data: EvalData | tuple[torch.Tensor, torc
     preflight.check_finite_model(model)
     names = select_parameters(model, params)
     dtype = dict(model.named_parameters())[names[0]].dtype
-    x = data.x.to(dtype) if torch.is_floating_point(data.x) and data.x.dtype != dtype else data.x
+    x = inp.map_tensors(lambda t: t.to(dtype) if torch.is_floating_point(t) and t.dtype != dtype else t, data.x)
     data = EvalData(x, data.y, data.description)
     preflight.check_data(data, loss_fn)
     model = model.to(dev)
@@ -218,15 +216,21 @@ def hessian_operator(model: nn.Module, data: EvalData | tuple[torch.Tensor, torc
     state = {n: t.detach() for n, t in model.named_parameters()}
     state.update({n: t.detach() for n, t in model.named_buffers()})
     chosen = {n: state.pop(n) for n in names}
-    size = batch_size or max(64, HVP_BATCH_VALUES // max(1, int(x[0].numel())))
-    batches = [(xb.to(dev), yb.to(dev)) for xb, yb in zip(x.split(size), data.y.split(size))]
-    return HessianOperator(model, batches, loss_fn, len(data), names, chosen, state, dev, progress)
+    size = batch_size or max(64, HVP_BATCH_VALUES // inp.values_per_sample(x))
+    batches = inp.batches(inp.to_device(x, dev), data.y.to(dev), size)
+    return HessianOperator(model, batches, loss_fn, loss_units(loss_fn, data.y), names, chosen, state, dev, progress)
 
 
-def select_parameters(model: nn.Module, params: str | None) -> tuple[str, ...]:
+def select_parameters(model: nn.Module, params: str | tuple[str, ...] | None) -> tuple[str, ...]:
     """Names of the parameters matched by comma-separated fnmatch globs, in model order;
-    ``None``: every parameter that requires grad. :class:`ConfigError` if none match."""
+    ``None``: every parameter that requires grad; a tuple: exactly those names.
+    :class:`ConfigError` if none match."""
     named = list(model.named_parameters())
+    if isinstance(params, tuple):
+        unknown = [n for n in params if n not in dict(named)]
+        if unknown or not params:
+            raise ConfigError(f"Not parameters of the model: {', '.join(unknown[:5]) or 'none given'}")
+        return tuple(n for n, _ in named if n in set(params))
     if params is None:
         names = tuple(n for n, p in named if p.requires_grad)
         if not names:

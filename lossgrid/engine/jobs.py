@@ -30,11 +30,14 @@ def run_surface_job(job: SurfaceJob, progress: Progress | None = None) -> dict[s
     if job.model2 is not None:
         model2, _ = load_model(job.model, job.model2, job.trust_checkpoint)
         model_desc += f" -> {job.model2}"
-    data = load_data(job.data, job.samples, job.samples_seed)
+    data = load_data(job.data, job.samples, job.samples_seed, batch=job.batch)
+    bn_data = None
+    if job.batchnorm.recompute and job.batchnorm.data is not None:
+        bn_data = load_data(job.batchnorm.data, batch=job.batch)
     surface = compute_surface(model, data, job.grid, job.out, direction_spec=job.directions, model2=model2,
                               dir_file=job.dir_file, loss=job.loss, eval_spec=job.evaluation,
                               overwrite=job.overwrite, progress=progress, model_description=model_desc,
-                              curvature=job.curvature)
+                              curvature=job.curvature, batchnorm=job.batchnorm, bn_data=bn_data)
     run = surface.attrs.get("last_run", {})
     return {**surface.summary(), "seconds": round(time.perf_counter() - t0, 3),
             "eval_seconds": run.get("seconds"), "points_computed": run.get("points"),
@@ -62,7 +65,8 @@ def _curvature_summary(surface: Any) -> dict[str, Any]:
 def input_files(job: SurfaceJob) -> dict[str, str | None]:
     """The files a job reads, by option: none of them may be its ``--out``."""
     return {"--checkpoint": job.checkpoint, "--model2": job.model2, "--model": spec_file(job.model),
-            "--data": spec_file(job.data), "--loss": spec_file(job.loss),
+            "--data": spec_file(job.data), "--loss": spec_file(job.loss), "--batch": spec_file(job.batch),
+            "--bn-data": spec_file(job.batchnorm.data),
             "--dir-file": job.dir_file if job.dir_file and os.path.exists(job.dir_file) else None}
 
 

@@ -9,6 +9,8 @@ that many grid points are one matrix product (:func:`lossgrid.kernels.perturb`).
 
 from __future__ import annotations
 
+import fnmatch
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -78,3 +80,28 @@ def full_states(layout: ParamLayout, weights: torch.Tensor, fixed: dict[str, tor
     k = weights.shape[0]
     moved = layout.unflatten(weights)
     return {n: moved[n] if n in moved else t.unsqueeze(0).expand(k, *t.shape) for n, t in fixed.items()}
+
+
+def parse_globs(text: str | None) -> tuple[str, ...]:
+    """Comma-separated fnmatch globs (``'layer3.*,fc.*'``) as a tuple; ``None`` or blank: ``()``."""
+    return tuple(g.strip() for g in (text or "").split(",") if g.strip())
+
+
+def select_names(names: Sequence[str], include: str | None = None, exclude: str | None = None,
+                 frozen: Collection[str] = (), what: str = "tensor") -> tuple[str, ...]:
+    """The ``names`` (in order) matched by the ``include`` globs (all when ``None``), minus those
+    matched by the ``exclude`` globs and those in ``frozen``; a :class:`ConfigError` naming the
+    candidates when nothing is left."""
+    wanted, unwanted = parse_globs(include), parse_globs(exclude)
+    chosen = tuple(n for n in names
+                   if (not wanted or any(fnmatch.fnmatchcase(n, g) for g in wanted))
+                   and not any(fnmatch.fnmatchcase(n, g) for g in unwanted) and n not in frozen)
+    if not chosen:
+        shown = ", ".join(list(names)[:8]) + (", ..." if len(names) > 8 else "")
+        rules = [f"--params {include!r}" if include else "", f"--exclude {exclude!r}" if exclude else "",
+                 "trainable only" if frozen else ""]
+        raise ConfigError(f"No {what} of the model is left to perturb ({', '.join(r for r in rules if r)})",
+                          f"its {what}s are {shown}" if names else f"the model has no {what}s",
+                          "pass fnmatch globs over these names, comma-separated, e.g. --params 'layer3.*,fc.*' "
+                          "or --exclude '*.bn*'")
+    return chosen

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import inputs as inp
 from ..data import EvalData
 from ..errors import DataLoadError, DirectionError, EvaluationError, ModelLoadError
 from .directions import Directions
@@ -57,7 +58,8 @@ def check_finite_directions(directions: Directions) -> None:
 
 def check_data(data: EvalData, loss_fn: LossFn) -> None:
     """Refuse non-finite inputs or targets and class labels of the wrong shape."""
-    for name, t in (("inputs", data.x), ("targets", data.y)):
+    named = [("inputs" if n == "x" else f"inputs {n[1:]}", t) for n, t in inp.named_tensors(data.x)]
+    for name, t in [*named, ("targets", data.y)]:
         if torch.is_floating_point(t):
             finite = torch.isfinite(t.reshape(len(t), -1)).all(dim=1)
             if not bool(finite.all()):
@@ -69,21 +71,19 @@ def check_data(data: EvalData, loss_fn: LossFn) -> None:
     if loss_fn is cross_entropy and not torch.is_floating_point(data.y) and data.y.dim() != 1:
         raise DataLoadError(f"The targets of {data.description} have shape {tuple(data.y.shape)}",
                             "cross_entropy needs one class index per sample, shape (N,)",
-                            "save the labels as a 1-D array (y.ravel()), or pass --loss mse for "
-                            "vector targets")
+                            "save the labels as a 1-D array (y.ravel()), pass --loss mse for vector targets, "
+                            "or --loss token_cross_entropy for token ids [N, T] of a sequence model")
 
 
 def probe(model: nn.Module, data: EvalData, loss_fn: LossFn, device: torch.device) -> None:
     """Run the model and loss on a few samples at the origin; errors name the likely cause."""
-    x, y = data.x[:PROBE_SAMPLES].to(device), data.y[:PROBE_SAMPLES].to(device)
+    x = inp.to_device(inp.take(data.x, slice(0, PROBE_SAMPLES)), device)
+    y = data.y[:PROBE_SAMPLES].to(device)
     modes = [(m, m.training) for m in model.modules()]  # per module: a frozen BatchNorm stays in eval
     model.eval()
     try:
         with torch.inference_mode():
-            out = model(x)
-            if not isinstance(out, torch.Tensor):
-                raise EvaluationError(f"The model returned {type(out).__name__}, not a tensor",
-                                      hint="return the logits (a tensor) from forward()")
+            out = inp.forward(model, x)
             values = loss_fn(out, y)
     except EvaluationError:
         raise
@@ -91,7 +91,7 @@ def probe(model: nn.Module, data: EvalData, loss_fn: LossFn, device: torch.devic
         raise EvaluationError(
             "The model and loss fail on the first samples of the data",
             f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}",
-            f"check that --data fits the model (inputs {_dims(data.x)}, targets {_dims(data.y)}) "
+            f"check that --data fits the model (inputs {inp.sample_shape(data.x)}, targets {_dims(data.y)}) "
             "and --loss fits its outputs") from None
     finally:
         for module, training in modes:

@@ -27,14 +27,24 @@ from torch import nn
 
 from .. import __version__
 from .._files import check_output_path, same_file
-from ..config import CurvatureSpec, DirectionSpec, EvalSpec, GridSpec
-from ..data import EvalData
+from ..config import BatchNormSpec, CurvatureSpec, DirectionSpec, EvalSpec, GridSpec
+from ..data import EvalData, as_eval_data
 from ..errors import ConfigError, MissingBackendError, ResourceError, SurfaceFileError, is_out_of_memory
+from ..inputs import tensors
 from ..kernels import perturb
 from . import preflight
+from .batchnorm import check_recompute, recompute_batches
+from .batchnorm import identity as bn_identity
 from .curvature import DATASETS as CURVATURE_DATASETS
 from .curvature import curvature_of_points
-from .directions import Directions, create_directions, load_directions, save_directions
+from .directions import (
+    SELECTION_KEYS,
+    Directions,
+    check_selection,
+    create_directions,
+    load_directions,
+    save_directions,
+)
 from .losses import LossFn, resolve_loss
 from .params import ParamLayout, perturbed_tensors
 from .precision import precision_error
@@ -55,7 +65,8 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
                     dir_file: str | os.PathLike | None = None, loss: str | LossFn = "cross_entropy",
                     eval_spec: EvalSpec = EvalSpec(), overwrite: bool = False,
                     progress: Progress | None = None, model_description: str | None = None,
-                    curvature: CurvatureSpec | None = None) -> Surface:
+                    curvature: CurvatureSpec | None = None, batchnorm: BatchNormSpec = BatchNormSpec(),
+                    bn_data: EvalData | None = None) -> Surface:
     """Evaluate loss and accuracy of ``model`` on a 1D or 2D grid around it.
 
     Args:
@@ -77,9 +88,12 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
         curvature: also compute the extreme Hessian eigenvalues at every point
             (``max_eig``/``min_eig``, :mod:`lossgrid.engine.curvature`); costs
             ``curvature.iters`` Hessian-vector products over the data per point.
+        batchnorm: ``eval`` (running statistics as stored) or ``recompute`` (re-estimated
+            at every point from batches of ``bn_data``, default ``data``;
+            :mod:`lossgrid.engine.batchnorm`). Stored in the file.
+        bn_data: the set whose batches re-estimate BatchNorm statistics (``recompute``).
     """
-    if not isinstance(data, EvalData):
-        data = EvalData(torch.as_tensor(data[0]), torch.as_tensor(data[1]), "in-memory tensors")
+    data = as_eval_data(data)
     out_path = os.fspath(out) if out is not None else None
     if out_path is not None:
         check_writable(out_path, dir_file)
@@ -93,7 +107,7 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
     if model2 is not None:
         model2 = model2.to(device)
     preflight.probe(model, data, loss_fn, device)
-    model_fp, data_fp = _fingerprint(t for t in model.state_dict().values()), _fingerprint([data.x, data.y])
+    model_fp, data_fp = _fingerprint(t for t in model.state_dict().values()), _fingerprint([*tensors(data.x), data.y])
     if directions is None and direction_spec.kind == "hessian" and dir_file is None and out_path is not None:
         # Hessian eigenvectors differ in the last bits between thread counts and devices: resume on the
         # directions the file holds rather than on new ones that would not match its fingerprint
@@ -105,7 +119,16 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
         raise ConfigError(f"The grid is {grid.ndim}D but {directions.ndim} direction(s) were given",
                           hint="give --y for two directions, or drop it for one")
     preflight.check_finite_directions(directions)
-    runner = make_runner(eval_spec, model, directions.layout, data, loss_fn, model_description or "")
+    bn_batches = None
+    if batchnorm.recompute:
+        check_recompute(model, directions.layout.dir_type)
+        if curvature is not None:
+            raise ConfigError("--curvature cannot be combined with --bn recompute",
+                              "the Hessian at each point would use the stored BatchNorm statistics, not the "
+                              "re-estimated ones", "compute the curvature map with --bn eval")
+        bn_data = data if bn_data is None else bn_data
+        bn_batches = recompute_batches(bn_data, batchnorm)
+    runner = make_runner(eval_spec, model, directions.layout, data, loss_fn, model_description or "", bn_batches)
 
     base = directions.layout.flatten(perturbed_tensors(model, directions.layout.dir_type)).to(device)
     dirs = directions.flat().to(device)
@@ -120,13 +143,17 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
         "x": str(grid.x),
         "y": str(grid.y) if grid.y is not None else None,
         **{k: directions.meta.get(k) for k in ("dir_type", "kind", "xnorm", "xignore", "ynorm", "yignore")},
+        # only when set: files written before the selection existed stay resumable
+        **{k: directions.meta[k] for k in SELECTION_KEYS if directions.meta.get(k) is not None},
     }
     if eval_spec.precision != "fp32":  # fp32 files written before precisions existed stay resumable
         identity["precision"] = eval_spec.precision
     if curvature is not None:
         identity["curvature"] = dataclasses.asdict(curvature)
+    if batchnorm.recompute and bn_data is not None:  # eval files (also those of older versions) stay resumable
+        identity["bn"] = bn_identity(batchnorm, bn_data)
     attrs = {k: v for k, v in identity.items() if v is not None}
-    attrs.update(precision=eval_spec.precision, lossgrid_version=__version__,
+    attrs.update(precision=eval_spec.precision, bn=batchnorm.policy, lossgrid_version=__version__,
                  seed=int(directions.meta.get("seed", direction_spec.seed)),
                  dir_file=os.fspath(dir_file) if dir_file else "")
     xs = grid.x.coordinates()
@@ -188,7 +215,7 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
             if eval_spec.precision != "fp32" and not precision_check:  # after the write: never costs a point
                 precision_check.update(_precision_check(
                     model, directions.layout, base, dirs, data, loss_fn, eval_spec,
-                    points[chunk[:PRECISION_CHECK_POINTS]].to(device), loss_k))
+                    points[chunk[:PRECISION_CHECK_POINTS]].to(device), loss_k, bn_batches))
             if progress:
                 progress(done_count, total)
     except BaseException:
@@ -204,13 +231,14 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
 
 
 def _precision_check(model: nn.Module, layout: ParamLayout, base: torch.Tensor, dirs: torch.Tensor, data: EvalData,
-                     loss_fn: LossFn, eval_spec: EvalSpec, coeffs: torch.Tensor, loss_k: np.ndarray) -> dict[str, Any]:
+                     loss_fn: LossFn, eval_spec: EvalSpec, coeffs: torch.Tensor, loss_k: np.ndarray,
+                     bn_batches: list[Any] | None = None) -> dict[str, Any]:
     """Loss error of the run's precision against IEEE fp32 (the per-point torch loop)
     at the first points of a run: stored with the run, never hidden."""
     reference = None
     try:
         reference = TorchRunner(model, layout, data.x, data.y, loss_fn, batch_size=eval_spec.batch_size,
-                                strategy="loop", device=base.device, precision="fp32")
+                                strategy="loop", device=base.device, precision="fp32", bn_batches=bn_batches)
         reference.set_directions(base, dirs)
         want, _ = reference.evaluate_points(coeffs)
     except Exception as e:  # a check must not end a run whose points are fine (e.g. no memory for a 2nd copy)
@@ -274,7 +302,7 @@ def _directions(model: nn.Module, spec: DirectionSpec, ndim: int, model2: nn.Mod
                 dir_file: str | os.PathLike | None, data: EvalData, loss_fn: LossFn) -> Directions:
     if dir_file is not None and os.path.exists(dir_file):
         log.info("reading directions from %s", dir_file)
-        return load_directions(dir_file, model, spec.dir_type, ndim)
+        return check_selection(load_directions(dir_file, model, spec.dir_type, ndim), spec, dir_file)
     dirs = create_directions(model, spec, ndim, model2, data=data, loss=loss_fn)
     if dir_file is not None and not save_directions(dir_file, dirs, exclusive=True):
         log.info("%s was written by another run meanwhile; using it", dir_file)

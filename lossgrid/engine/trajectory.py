@@ -48,6 +48,7 @@ from torch import nn
 from .._files import input_file_problem, same_file
 from ..config import DIR_TYPES, IGNORES, EvalSpec
 from ..errors import ConfigError
+from ..inputs import tensors
 from ..models import _read_state, load_state
 from ._trajectory_file import (  # noqa: F401 - the trajectory file, re-exported: part of this API
     TRAJECTORY_SCHEMA,
@@ -330,13 +331,12 @@ def path_losses(model: nn.Module, data: Any, traj: Trajectory, loss: Any = "cros
     Example:
         >>> losses = path_losses(model, load_data("digits"), traj)  # doctest: +SKIP
     """
-    from ..data import EvalData
+    from ..data import as_eval_data
     from .losses import resolve_loss
     from .runners import make_runner
     from .surface import _fingerprint, resolve_device
 
-    if not isinstance(data, EvalData):
-        data = EvalData(torch.as_tensor(data[0]), torch.as_tensor(data[1]), "in-memory tensors")
+    data = as_eval_data(data)
     loss_fn, loss_desc = resolve_loss(loss)
     layout = traj.directions.layout
     own = ParamLayout.from_model(model, layout.dir_type)
@@ -349,7 +349,7 @@ def path_losses(model: nn.Module, data: Any, traj: Trajectory, loss: Any = "cros
         attrs = (surface if isinstance(surface, Surface) else load_surface(os.fspath(surface))).attrs
         check_same_plane(attrs, traj)
         found = {"model": _fingerprint(t for t in model.state_dict().values()),
-                 "data": _fingerprint([data.x, data.y]), "loss": loss_desc}
+                 "data": _fingerprint([*tensors(data.x), data.y]), "loss": loss_desc}
         stored = {"model": attrs.get("model_fingerprint"), "data": attrs.get("data_fingerprint"),
                   "loss": attrs.get("loss")}
         differ = [k for k in found if stored[k] is not None and stored[k] != found[k]]

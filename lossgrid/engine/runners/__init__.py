@@ -26,6 +26,7 @@ import torch
 
 from ...errors import ConfigError
 from ...exporters.session import cuda_provider_available
+from ..batchnorm import refuse_recompute
 from ..precision import check_precision
 from .auto import AutoRunner
 from .base import Runner
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 
     from ...config import EvalSpec
     from ...data import EvalData
+    from ...inputs import Inputs
     from ..losses import LossFn
     from ..params import ParamLayout
 
@@ -53,13 +55,17 @@ __all__ = ["ALL_STRATEGIES", "BACKENDS", "STRATEGIES", "AutoRunner", "Runner", "
 
 
 def make_runner(eval_spec: EvalSpec, model: nn.Module, layout: ParamLayout, data: EvalData, loss_fn: LossFn,
-                description: str = "") -> Runner:
+                description: str = "", bn_batches: list[Inputs] | None = None) -> Runner:
     """Build the runner named by ``eval_spec.backend`` and ``eval_spec.strategy``.
 
     ``auto`` (as a backend, or as the torch backend's strategy) times the candidates
     that can run on the device at the requested precision; the first candidate is
     the default for jobs too small to repay timing: on a GPU the ``static`` torch
     runner (CUDA graphs), on the CPU the per-point ``loop``.
+
+    ``bn_batches`` (``--bn recompute``): inputs that re-estimate BatchNorm statistics at every
+    point; strategies that cannot (:data:`~lossgrid.engine.batchnorm.RECOMPUTE_STRATEGIES`)
+    refuse, and ``auto`` drops them with that reason.
     """
     backend, strategy = eval_spec.backend, eval_spec.strategy
     if backend not in BACKENDS:
@@ -76,13 +82,16 @@ def make_runner(eval_spec: EvalSpec, model: nn.Module, layout: ParamLayout, data
 
     def torch_runner(strat: str) -> Runner:
         if strat == "static":
-            return StaticRunner(model, layout, data.x, data.y, loss_fn, device=device, precision=precision, **common)
+            return StaticRunner(model, layout, data.x, data.y, loss_fn, device=device, precision=precision,
+                                bn_batches=bn_batches, **common)
         return TorchRunner(model, layout, data.x, data.y, loss_fn, strategy=strat, device=device, precision=precision,
-                           **common)
+                           bn_batches=bn_batches, **common)
 
     def ort_runner(strat: str) -> Runner:
         from .onnxruntime_runner import OnnxRuntimeRunner
 
+        if bn_batches:
+            refuse_recompute(f"onnxruntime {strat}")
         if precision != "fp32":
             raise ConfigError(f"The onnxruntime backend runs in fp32 only, not {precision}",
                               hint="use --precision fp32, or --backend torch for tf32/bf16")
@@ -92,6 +101,8 @@ def make_runner(eval_spec: EvalSpec, model: nn.Module, layout: ParamLayout, data
     def trt_runner(strat: str) -> Runner:
         from .tensorrt_runner import TensorRTRunner
 
+        if bn_batches:
+            refuse_recompute(f"tensorrt {strat}")
         return TensorRTRunner(model, layout, data.x, data.y, loss_fn, strategy=strat, device=str(device),
                               precision=precision, model_description=description, **common)
 

@@ -198,3 +198,9 @@ class AutoRunner(Runner):
         except LossgridError as e:
             log.info("%s unavailable: %s", label, e)
             return f"{label} unavailable ({e.what})"
+        except Exception as e:  # a strategy that cannot handle this model must never end the run
+            if weights is None:  # the default candidate: its failure is the model's, reported as such
+                raise
+            reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+            log.info("%s unavailable: %s: %s", label, type(e).__name__, reason)
+            return f"{label} unavailable ({type(e).__name__}: {reason})"

@@ -44,7 +44,7 @@ from torch import nn
 
 from ...errors import ConfigError, MissingBackendError
 from ...exporters.session import make_session
-from ..losses import LossFn, evaluate_batches
+from ..losses import LossFn, evaluate_batches, loss_units
 from ..params import ParamLayout, full_states
 from .base import Runner
 
@@ -72,7 +72,7 @@ class OnnxRuntimeRunner(Runner):
 
     name = "onnxruntime"
 
-    def __init__(self, model: nn.Module, layout: ParamLayout, x: torch.Tensor, y: torch.Tensor,
+    def __init__(self, model: nn.Module, layout: ParamLayout, x: Any, y: torch.Tensor,
                  loss_fn: LossFn, batch_size: int | None = None, strategy: str = "auto",
                  points_per_call: int | None = None, device: str = "cpu", model_description: str = "") -> None:
         from ...exporters.onnx import export_onnx, float_state
@@ -80,6 +80,9 @@ class OnnxRuntimeRunner(Runner):
 
         if strategy not in STRATEGIES:
             raise ConfigError(f"Unknown onnxruntime strategy {strategy!r}", hint=f"use one of {', '.join(STRATEGIES)}")
+        from ...inputs import require_tensor
+
+        x = require_tensor(x, "The onnxruntime backend")
         if isinstance(model, torch.jit.ScriptModule):
             raise ConfigError("The onnxruntime backend cannot export a TorchScript model",
                               hint="load the model from its Python factory, or use --backend torch")
@@ -94,7 +97,7 @@ class OnnxRuntimeRunner(Runner):
         self.layout = layout
         self.loss_fn = loss_fn
         self.model = copy.deepcopy(model).cpu().eval()
-        self.n = int(x.shape[0])
+        self.n = loss_units(loss_fn, y)
         self.batch_size = batch_size or auto_batch_size(x)
         self.fixed = {n: t.to(self.dev) for n, t in float_state(self.model).items()}
         self.points_per_call = points_per_call or DEFAULT_POINTS

@@ -34,9 +34,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from ... import inputs as inp
 from ... import kernels
 from ...errors import ConfigError, is_out_of_memory
-from ..losses import LossFn, finish_stats, point_batch_stats
+from ...inputs import Inputs
+from ..batchnorm import recalibrate
+from ..losses import LossFn, finish_stats, loss_units, point_batch_stats
 from ..params import ParamLayout, perturbed_tensors
 from ..precision import check_precision, precision_mode
 from .base import Runner
@@ -62,14 +65,17 @@ class StaticRunner(Runner):
         device: torch device.
         precision: ``fp32`` (IEEE), ``tf32`` (CUDA only) or ``bf16``.
         cuda_graphs: capture and replay CUDA graphs (default: on CUDA devices).
+        bn_batches: inputs of the batches that re-estimate BatchNorm running statistics at
+            every point (``--bn recompute``; run eagerly, in place, before each point's pass).
     """
 
     name = "torch"
     strategy = "static"
 
-    def __init__(self, model: nn.Module, layout: ParamLayout, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn,
+    def __init__(self, model: nn.Module, layout: ParamLayout, x: Inputs, y: torch.Tensor, loss_fn: LossFn,
                  batch_size: int | None = None, points_per_call: int | None = None,
-                 device: str | torch.device = "cpu", precision: str = "fp32", cuda_graphs: bool | None = None) -> None:
+                 device: str | torch.device = "cpu", precision: str = "fp32", cuda_graphs: bool | None = None,
+                 bn_batches: list[Inputs] | None = None) -> None:
         self.device = torch.device(device)
         check_precision(precision, self.device)
         if isinstance(model, torch.jit.ScriptModule):
@@ -83,13 +89,16 @@ class StaticRunner(Runner):
         self.layout = layout
         self.loss_fn = loss_fn
         self.model = copy.deepcopy(model).to(self.device).eval()
-        self.n = int(x.shape[0])
-        self.channels_last = x.dim() == 4 and any(isinstance(m, nn.Conv2d) for m in self.model.modules())
-        x, y = x.to(self.device), y.to(self.device)
+        self.n = loss_units(loss_fn, y)
+        self.channels_last = (inp.is_tensor(x) and x.dim() == 4
+                              and any(isinstance(m, nn.Conv2d) for m in self.model.modules()))
+        x, y = inp.to_device(x, self.device), y.to(self.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         self.batch_size = batch_size or (device_batch_size(x) if cuda else auto_batch_size(x))
-        self.batches = list(zip(x.split(self.batch_size), y.split(self.batch_size)))
+        self.batches = inp.batches(x, y, self.batch_size)
+        self.bn_batches = [inp.to_device(b, self.device) for b in bn_batches or []]
+        self.bn_note = {"bn": "recompute", "bn_batches": len(self.bn_batches)} if self.bn_batches else {}
         self.points_per_call = points_per_call or 8
         self.flat, self.perm = self._bind_flat()
         self.kern: Any = kernels.for_device(self.device) if cuda else kernels.cpu
@@ -172,12 +181,13 @@ class StaticRunner(Runner):
         return {"backend": self.name, "strategy": self.strategy, "device": str(self.device),
                 "strategy_reason": "static requested", "points_per_call": self.points_per_call,
                 "batch_size": self.batch_size, "precision": self.precision, "channels_last": self.channels_last,
-                "kernels": kernels.kernel_name(self.kern), "execution": self.graph_note}
+                "kernels": kernels.kernel_name(self.kern), "execution": self.graph_note,
+                **self.bn_note}
 
     def close(self) -> None:
         """Release the graphs, the data, the weight buffer and the model copy at once."""
         self._graphs.clear()
-        self.batches = []
+        self.batches, self.bn_batches = [], []
         self._dirs = self._base = self.perm = None
         self.flat = torch.empty(0, device=self.device)
         self.model = nn.Module()
@@ -192,6 +202,8 @@ class StaticRunner(Runner):
         with torch.no_grad(), self.guard("The model failed on the evaluation data"):
             for i in range(k):
                 write(i)  # in IEEE fp32 whatever the run's precision: the weights themselves are exact
+                if self.bn_batches:  # in place: a captured graph reads the new statistics
+                    recalibrate(self.model, self.bn_batches)
                 with precision_mode(self.precision, self.device):
                     total, right = self._replay() if self.use_graphs else self._pass(self.batches)
                 sums[i] = total
@@ -206,13 +218,13 @@ class StaticRunner(Runner):
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         correct: torch.Tensor | None = torch.zeros((), dtype=torch.int64, device=self.device)
         for xb, yb in batches:
-            part, right = point_batch_stats(self.loss_fn, self.model(xb), yb)
+            part, right = point_batch_stats(self.loss_fn, inp.forward(self.model, xb), yb)
             total += part
             correct = None if right is None or correct is None else correct + right
         return total, correct
 
     def _replay(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        key = tuple(id(xb) for xb, _ in self.batches)
+        key = tuple(id(yb) for _, yb in self.batches)
         if key not in self._graphs:
             captured = self._capture(self.batches)
             if captured is None:
@@ -250,10 +262,10 @@ class StaticRunner(Runner):
         return graph, total, correct
 
 
-def device_batch_size(x: torch.Tensor, budget: int = GPU_CHUNK_VALUES) -> int:
+def device_batch_size(x: Inputs, budget: int = GPU_CHUNK_VALUES) -> int:
     """Chunk size on a GPU: about ``budget`` input values (a power of two, at most the set)."""
-    per_sample = max(1, int(x[0].numel()) if x.dim() > 0 and len(x) else 1)
+    per_sample = inp.values_per_sample(x)
     size = 64
-    while size * 2 * per_sample <= budget and size < len(x):
+    while size * 2 * per_sample <= budget and size < inp.num_samples(x):
         size *= 2
     return size

@@ -50,7 +50,7 @@ import torch
 from torch import nn
 
 from ...errors import ConfigError, ExportError, MissingBackendError
-from ..losses import LossFn, evaluate_batches
+from ..losses import LossFn, evaluate_batches, loss_units
 from ..params import ParamLayout, full_states
 from ..precision import check_precision
 from ._trt_cache import EngineCache, cache_key, default_cache_dir
@@ -172,7 +172,7 @@ class TensorRTRunner(Runner):
 
     name = "tensorrt"
 
-    def __init__(self, model: nn.Module, layout: ParamLayout, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn,
+    def __init__(self, model: nn.Module, layout: ParamLayout, x: Any, y: torch.Tensor, loss_fn: LossFn,
                  batch_size: int | None = None, strategy: str = "inputs", points_per_call: int | None = None,
                  device: str | torch.device = "cuda", precision: str = "fp32", model_description: str = "",
                  cache_dir: str | os.PathLike | None = None) -> None:
@@ -190,6 +190,9 @@ class TensorRTRunner(Runner):
             raise ConfigError(f"The tensorrt backend cannot run on {device}", "TensorRT runs on NVIDIA GPUs only",
                               "use --device cuda, or --backend torch or onnxruntime on the CPU")
         check_precision(precision, self.device)
+        from ...inputs import require_tensor
+
+        x = require_tensor(x, "The tensorrt backend")
         if isinstance(model, torch.jit.ScriptModule):
             raise ConfigError("The tensorrt backend cannot export a TorchScript model",
                               hint="load the model from its Python factory, or use --backend torch")
@@ -204,7 +207,7 @@ class TensorRTRunner(Runner):
         self.model = copy.deepcopy(model).cpu().eval()
         if x.is_floating_point():
             x = x.float()  # TensorRT engines take fp32 data
-        self.n = int(x.shape[0])
+        self.n = loss_units(loss_fn, y)
         self.batch_size = int(batch_size or device_batch_size(x))
         self.points_per_call = points_per_call or DEFAULT_POINTS
         self.k = 1 if strategy == "refit" else self.points_per_call

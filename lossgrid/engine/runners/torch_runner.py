@@ -10,8 +10,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from ... import inputs as inp
 from ...errors import ConfigError
-from ..losses import LossFn, evaluate_batches
+from ...inputs import Inputs
+from ..batchnorm import recalibrate, refuse_recompute
+from ..losses import LossFn, evaluate_batches, loss_units
 from ..params import ParamLayout, full_states, perturbed_tensors
 from ..precision import check_precision, precision_mode
 from .base import Runner
@@ -25,7 +28,8 @@ class TorchRunner(Runner):
     Args:
         model: the model (copied; the caller's model is never modified).
         layout: which tensors the flat weights hold.
-        x, y: the whole evaluation set as tensors (moved to ``device`` once).
+        x, y: the whole evaluation set (moved to ``device`` once): inputs ``x`` as a tensor, a
+            tuple or a dict of tensors (:mod:`lossgrid.inputs`), targets ``y`` as a tensor.
         loss_fn: per-sample loss, see :mod:`lossgrid.engine.losses`.
         batch_size: samples per forward pass; ``None`` picks one from the input
             size (:func:`auto_batch_size`).
@@ -37,30 +41,39 @@ class TorchRunner(Runner):
         points_per_call: grid points per ``evaluate`` call the engine should use.
         device: torch device.
         precision: ``fp32`` (IEEE), ``tf32`` (CUDA only) or ``bf16`` (autocast).
+        bn_batches: inputs of the batches that re-estimate BatchNorm running statistics at
+            every point (``--bn recompute``, :mod:`lossgrid.engine.batchnorm`; ``loop`` only).
     """
 
     name = "torch"
 
-    def __init__(self, model: nn.Module, layout: ParamLayout, x: torch.Tensor, y: torch.Tensor,
+    def __init__(self, model: nn.Module, layout: ParamLayout, x: Inputs, y: torch.Tensor,
                  loss_fn: LossFn, batch_size: int | None = None, strategy: str = "loop",
                  points_per_call: int | None = None, device: str | torch.device = "cpu",
-                 precision: str = "fp32") -> None:
+                 precision: str = "fp32", bn_batches: list[Inputs] | None = None) -> None:
         if strategy not in STRATEGIES:
             raise ConfigError(f"Unknown torch strategy {strategy!r}", hint=f"use one of {', '.join(STRATEGIES)}")
+        if bn_batches and strategy != "loop":
+            refuse_recompute(f"torch {strategy}")
         self.device = torch.device(device)
         check_precision(precision, self.device)
         self.precision = precision
         self.layout = layout
         self.loss_fn = loss_fn
         self.model = copy.deepcopy(model).to(self.device).eval()
-        self.n = int(x.shape[0])
-        x, y = x.to(self.device), y.to(self.device)
-        self.channels_last = x.dim() == 4 and any(isinstance(m, nn.Conv2d) for m in self.model.modules())
+        if strategy == "wide":
+            inp.require_tensor(x, "The torch wide strategy")
+        self.n = loss_units(loss_fn, y)
+        x, y = inp.to_device(x, self.device), y.to(self.device)
+        self.channels_last = (inp.is_tensor(x) and x.dim() == 4
+                              and any(isinstance(m, nn.Conv2d) for m in self.model.modules()))
         if self.channels_last:  # measured 1.1-1.4x faster for CNNs on CPU (FACTS.md, benchmarks/)
             self.model = self.model.to(memory_format=torch.channels_last)
             x = x.contiguous(memory_format=torch.channels_last)
         self.batch_size = batch_size or auto_batch_size(x)
-        self.batches = list(zip(x.split(self.batch_size), y.split(self.batch_size)))
+        self.batches = inp.batches(x, y, self.batch_size)
+        self.bn_batches = [inp.to_device(b, self.device) for b in bn_batches or []]
+        self.bn_note = {"bn": "recompute", "bn_batches": len(self.bn_batches)} if self.bn_batches else {}
         self._targets = list(perturbed_tensors(self.model, layout.dir_type).values())
         scripted = isinstance(self.model, torch.jit.ScriptModule)
         if scripted and strategy in ("vmap", "wide"):
@@ -95,12 +108,13 @@ class TorchRunner(Runner):
             return self._loop(weights)
 
     def close(self) -> None:
-        self.batches, self._targets, self.wide = [], [], None
+        self.batches, self._targets, self.wide, self.bn_batches = [], [], None, []
 
     def describe(self) -> dict[str, object]:
         return {"backend": self.name, "strategy": self.strategy, "device": str(self.device),
                 "strategy_reason": self.reason, "points_per_call": self.points_per_call,
-                "batch_size": self.batch_size, "channels_last": self.channels_last, "precision": self.precision}
+                "batch_size": self.batch_size, "channels_last": self.channels_last, "precision": self.precision,
+                **self.bn_note}
 
     # -- strategies -------------------------------------------------------------
     def _loop(self, weights: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -108,18 +122,21 @@ class TorchRunner(Runner):
         loss, acc = np.empty(k), np.empty(k)
         for i in range(k):
             torch._foreach_copy_(self._targets, list(self.layout.unflatten(weights[i]).values()))
-            loss[i:i + 1], acc[i:i + 1] = evaluate_batches(self.batches, lambda xb: self.model(xb).unsqueeze(0),
+            if self.bn_batches:
+                recalibrate(self.model, self.bn_batches)
+            loss[i:i + 1], acc[i:i + 1] = evaluate_batches(self.batches,
+                                                           lambda xb: inp.forward(self.model, xb).unsqueeze(0),
                                                            self.loss_fn, 1, self.n, self.device)
         return loss, acc
 
     def _vmap(self, weights: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        from torch.func import functional_call, vmap
+        from torch.func import vmap
 
         params = self.layout.unflatten(weights)
         model = self.model
 
-        def forward(xb: torch.Tensor) -> torch.Tensor:
-            return vmap(lambda p: functional_call(model, p, (xb,)))(params)
+        def forward(xb: Inputs) -> torch.Tensor:
+            return vmap(lambda p: inp.model_output(inp.call_functional(model, p, xb)))(params)
 
         return evaluate_batches(self.batches, forward, self.loss_fn, weights.shape[0], self.n, self.device)
 
@@ -136,13 +153,13 @@ class TorchRunner(Runner):
         return np.concatenate([p[0] for p in parts])[:k], np.concatenate([p[1] for p in parts])[:k]
 
 
-def auto_batch_size(x: torch.Tensor, budget: int = 1 << 19) -> int:
+def auto_batch_size(x: Inputs, budget: int = 1 << 19) -> int:
     """A batch of about ``budget`` input values (a power of two in [64, 4096]).
 
     Small inputs (8x8 digits, tabular data) run best in large batches, 32x32 RGB
     images in batches of about 128 on a 2-core CPU (measured, see benchmarks/).
     """
-    per_sample = max(1, int(x[0].numel()) if x.dim() > 0 and len(x) else 1)
+    per_sample = inp.values_per_sample(x) if inp.num_samples(x) else 1
     size = 64
     while size * 2 * per_sample <= budget and size < 4096:
         size *= 2

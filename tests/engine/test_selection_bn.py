@@ -1,0 +1,167 @@
+"""``--params``/``--exclude``/``--trainable-only`` (perturb only some tensors) and the
+BatchNorm policy (``--bn recompute`` equals a hand-written per-point recalibration)."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim.swa_utils import update_bn
+
+from lossgrid import Axis, GridSpec, compute_surface
+from lossgrid.config import BatchNormSpec, DirectionSpec, EvalSpec
+from lossgrid.data import EvalData
+from lossgrid.engine.directions import create_directions, save_directions
+from lossgrid.errors import ConfigError, DirectionError
+from lossgrid.zoo import resnet_digits
+
+
+def small_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+                         nn.Conv2d(6, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+
+
+def data(n: int = 48) -> EvalData:
+    g = torch.Generator().manual_seed(1)
+    return EvalData(torch.randn(n, 1, 6, 6, generator=g), torch.randint(0, 4, (n,), generator=g), "random")
+
+
+# -- selection -----------------------------------------------------------------------------------
+def test_params_keep_the_full_directions_on_the_selected_tensors_only() -> None:
+    model = resnet_digits()
+    full = create_directions(model, DirectionSpec(seed=3), ndim=2)
+    part = create_directions(model, DirectionSpec(seed=3, params="fc.*,layers.2.*"), ndim=2)
+    assert part.meta["params"] == "fc.*,layers.2.*"
+    for name, a, b, c, d in zip(full.layout.names, full.x, part.x, full.y, part.y):
+        if name.startswith(("fc.", "layers.2.")):
+            assert torch.equal(a, b) and torch.equal(c, d)
+        else:
+            assert not b.any() and not d.any(), name
+    assert any(t.any() for t in part.x)
+
+
+def test_exclude_and_trainable_only() -> None:
+    model = resnet_digits()
+    model.conv1.weight.requires_grad_(False)
+    dirs = create_directions(model, DirectionSpec(exclude="fc.*", trainable_only=True), ndim=1)
+    moved = {n for n, t in zip(dirs.layout.names, dirs.x) if t.any()}
+    assert "fc.weight" not in moved and "conv1.weight" not in moved
+    assert "layers.0.conv1.weight" in moved
+    assert dirs.meta["trainable_only"] is True
+
+
+def test_a_selection_matching_nothing_names_the_tensors() -> None:
+    with pytest.raises(ConfigError, match="No tensor .* left to perturb") as e:
+        create_directions(resnet_digits(), DirectionSpec(params="nothing.*"), ndim=1)
+    assert "conv1.weight" in e.value.why
+
+
+def test_surface_on_one_block_equals_moving_that_block_by_hand(tmp_path) -> None:
+    model, d = small_cnn(), data()
+    grid = GridSpec(Axis(-1, 1, 3))
+    surf = compute_surface(model, d, grid, tmp_path / "s.h5", direction_spec=DirectionSpec(params="3.*"),
+                           eval_spec=EvalSpec(strategy="loop"))
+    dirs = create_directions(model, DirectionSpec(), ndim=1)
+    step = dict(zip(dirs.layout.names, dirs.x))["3.weight"]
+    for c, got in zip((-1.0, 0.0, 1.0), surf.loss):
+        m = copy.deepcopy(model).eval()
+        with torch.no_grad():
+            m[3].weight.add_(c * step)
+            want = float(F.cross_entropy(m(d.x), d.y))
+        assert got == pytest.approx(want, rel=1e-5)
+    with h5py.File(tmp_path / "s.h5", "r") as f:
+        assert json.loads(f.attrs["identity"])["params"] == "3.*"
+
+
+def test_a_direction_file_of_another_selection_is_refused(tmp_path) -> None:
+    model = small_cnn()
+    save_directions(tmp_path / "d.h5", create_directions(model, DirectionSpec(), ndim=1))
+    with pytest.raises(DirectionError, match="another selection"):
+        compute_surface(model, data(), GridSpec(Axis(-1, 1, 3)), tmp_path / "s.h5", dir_file=tmp_path / "d.h5",
+                        direction_spec=DirectionSpec(params="3.*"))
+
+
+def test_hessian_directions_live_on_the_selected_parameters() -> None:
+    model, d = small_cnn(), data(16)
+    dirs = create_directions(model, DirectionSpec(kind="hessian", params="8.*", xnorm="none"), ndim=1, data=d)
+    moved = {n for n, t in zip(dirs.layout.names, dirs.x) if t.any()}
+    assert moved == {"8.weight"}  # 8.bias is 1-D: zeroed by biasbn
+
+
+# -- BatchNorm policy ----------------------------------------------------------------------------
+def hand_recalibrated(model: nn.Module, d: EvalData, dirs, coeffs, spec: BatchNormSpec) -> np.ndarray:
+    """torch's own update_bn at every point on the same seeded batches, then an eval pass."""
+    order = torch.randperm(len(d), generator=torch.Generator().manual_seed(spec.seed))
+    order = order[:spec.batches * spec.batch_size]
+    loader = [d.x[order[i:i + spec.batch_size]] for i in range(0, len(order), spec.batch_size)]
+    out = []
+    for c in coeffs:
+        m = copy.deepcopy(model)
+        params = dict(m.named_parameters())
+        with torch.no_grad():
+            for name, t in zip(dirs.layout.names, dirs.x):
+                params[name].add_(float(c) * t)
+        update_bn(loader, m)  # resets, momentum None, train mode, forwards (no dropout in this model)
+        m.eval()
+        with torch.no_grad():
+            out.append(float(F.cross_entropy(m(d.x), d.y)))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("strategy", ["loop", "static"])
+def test_bn_recompute_equals_a_hand_written_per_point_recalibration(strategy: str) -> None:
+    model, d = small_cnn(), data()
+    model.train()
+    with torch.no_grad():  # stored statistics far from those of the data
+        for _ in range(3):
+            model(d.x * 3 + 1)
+    model.eval()
+    spec = BatchNormSpec("recompute", batches=2, batch_size=16, seed=4)
+    dirs = create_directions(model, DirectionSpec(seed=2), ndim=1)
+    coeffs = np.linspace(-1, 1, 5)
+    surf = compute_surface(model, d, GridSpec(Axis(-1, 1, 5)), directions=dirs, batchnorm=spec,
+                           eval_spec=EvalSpec(strategy=strategy, points_per_call=2))
+    want = hand_recalibrated(model, d, dirs, coeffs, spec)
+    np.testing.assert_allclose(surf.loss, want, rtol=1e-5)
+    stale = compute_surface(model, d, GridSpec(Axis(-1, 1, 5)), directions=dirs, eval_spec=EvalSpec(strategy="loop"))
+    assert np.abs(stale.loss - want).max() > 1e-2  # the policy matters on this model
+    assert surf.attrs["last_run"]["bn"] == "recompute"
+
+
+@pytest.mark.parametrize("backend,strategy", [("torch", "vmap"), ("torch", "wide"), ("onnxruntime", "baked")])
+def test_bn_recompute_refused_by_strategies_that_cannot(backend: str, strategy: str) -> None:
+    spec = BatchNormSpec("recompute", batches=1, batch_size=8)
+    with pytest.raises(ConfigError, match="cannot re-estimate BatchNorm") as e:
+        compute_surface(small_cnn(), data(), GridSpec(Axis(-1, 1, 3)), batchnorm=spec,
+                        eval_spec=EvalSpec(backend=backend, strategy=strategy))
+    assert "torch/loop" in e.value.hint
+
+
+def test_bn_recompute_with_auto_keeps_a_strategy_that_can(tmp_path) -> None:
+    spec = BatchNormSpec("recompute", batches=1, batch_size=8)
+    surf = compute_surface(small_cnn(), data(), GridSpec(Axis(-1, 1, 3)), tmp_path / "s.h5", batchnorm=spec,
+                           eval_spec=EvalSpec(backend="auto", auto_budget=1000.0))
+    assert surf.attrs["last_run"]["strategy"] in ("loop", "static")
+    with h5py.File(tmp_path / "s.h5", "r") as f:
+        assert f.attrs["bn"] == "recompute"
+        assert json.loads(f.attrs["identity"])["bn"]["batches"] == 1
+
+
+def test_bn_recompute_refusals() -> None:
+    spec = BatchNormSpec("recompute")
+    no_bn = nn.Sequential(nn.Flatten(), nn.Linear(36, 4))
+    with pytest.raises(ConfigError, match="no BatchNorm"):
+        compute_surface(no_bn, data(), GridSpec(Axis(-1, 1, 3)), batchnorm=spec)
+    with pytest.raises(ConfigError, match="states"):
+        compute_surface(small_cnn(), data(), GridSpec(Axis(-1, 1, 3)), batchnorm=spec,
+                        direction_spec=DirectionSpec(dir_type="states"))
+    with pytest.raises(ConfigError, match="policy"):
+        BatchNormSpec("train")
