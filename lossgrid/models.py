@@ -1,10 +1,17 @@
 """Load the model whose landscape is plotted.
 
 A model is a factory spec (``path/to/file.py:factory`` or
-``package.module:factory`` returning an ``nn.Module``) plus an optional
-checkpoint holding a state_dict -- or a dict with a ``state_dict`` key, as the
-reference implementation saves -- or, without a factory, a checkpoint that is a
-whole pickled module or a TorchScript file.
+``package.module:factory`` returning an ``nn.Module``), or the bare name of a
+zoo model (``resnet56``, ``wrn56_2_noshort``, ``vgg9``: see
+:data:`lossgrid.zoo.ZOO`), plus an optional checkpoint holding a state_dict --
+or a dict with a ``state_dict`` key, as the reference implementation saves its
+``.t7`` files -- or, without a factory, a checkpoint that is a whole pickled
+module or a TorchScript file.
+
+Checkpoints written by old PyTorch load as well: the legacy (non-zip) format,
+a ``module.`` prefix on every key (``nn.DataParallel``), and BatchNorm layers
+without ``num_batches_tracked`` buffers (PyTorch < 0.4.1; those buffers keep
+the model's value, as they play no part in evaluation).
 
 What is safe to load: state_dicts (read with ``torch.load(weights_only=True)``,
 numpy scalars and arrays allowed), safetensors files and TorchScript archives
@@ -16,12 +23,15 @@ Example:
     >>> model, desc = load_model("lossgrid.zoo:mlp_digits")
     >>> desc
     'lossgrid.zoo:mlp_digits'
+    >>> load_model("resnet56")[1]
+    'resnet56'
 """
 
 from __future__ import annotations
 
 import pickle
 import struct
+import warnings
 import zipfile
 from collections.abc import Mapping
 from typing import Any
@@ -33,6 +43,8 @@ from ._files import input_file_problem
 from .errors import ConfigError, ModelLoadError
 
 STATE_KEYS = ("state_dict", "model_state_dict", "model")
+#: buffers that checkpoints of old PyTorch lack and that loading may leave as they are
+OPTIONAL_BUFFERS = ("num_batches_tracked",)
 TRUST_HINT = "--trust-checkpoint"
 
 
@@ -44,7 +56,9 @@ def load_model(spec: str | None, checkpoint: str | None = None,
     loading runs code named in the file: only for files you made or trust.
     """
     if spec is None and checkpoint is None:
-        raise ModelLoadError("No model given", hint="pass --model file.py:factory and/or --checkpoint FILE")
+        raise ModelLoadError("No model given",
+                             hint="pass --model file.py:factory (or a zoo name such as resnet56) and/or "
+                                  "--checkpoint FILE")
     if spec is not None:
         model = _from_factory(spec)
         if checkpoint is not None:
@@ -60,6 +74,8 @@ def load_model(spec: str | None, checkpoint: str | None = None,
 
 
 def _from_factory(spec: str) -> nn.Module:
+    if ":" not in spec:
+        return _from_zoo(spec)
     from ._spec import load_object
 
     try:
@@ -82,6 +98,30 @@ def _from_factory(spec: str) -> nn.Module:
     return model
 
 
+def _from_zoo(name: str) -> nn.Module:
+    """The zoo model ``name`` (a ``--model`` without ':'), or an error naming close matches."""
+    from . import zoo
+
+    entry = zoo.ZOO.get(name)
+    if entry is not None:
+        return entry.build()
+    close = zoo.registry.close_names(name)
+    small = getattr(zoo.small, name, None)
+    listing = "list the zoo with: python -c \"import lossgrid.zoo as z; print(*z.zoo_names())\""
+    if name.endswith(".py"):
+        hint = f"name the factory after a ':', as in {name}:factory"
+    elif callable(small) and getattr(small, "__module__", None) == zoo.small.__name__:
+        hint = f"pass it as lossgrid.zoo:{name}"
+    elif close:
+        hint = f"the closest names are {', '.join(close)}; {listing}"
+    else:
+        hint = listing
+    raise ModelLoadError(f"No model named {name!r} in the zoo",
+                         "a --model without ':' names a model of lossgrid.zoo.ZOO (the reference's CIFAR-10 "
+                         "names: resnet56, resnet56_noshort, wrn56_2, vgg9, densenet121 ...)",
+                         f"{hint}; a model of your own is path/to/file.py:factory or package.module:factory")
+
+
 def read_checkpoint(path: str, trust: bool = False) -> Any:
     """The object stored in a checkpoint file, loaded without running code from it
     (unless ``trust``): a state_dict or dict, a TorchScript module, or -- trusted
@@ -101,7 +141,7 @@ def read_checkpoint(path: str, trust: bool = False) -> Any:
 
     try:
         with torch.serialization.safe_globals(numpy_safe_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return _torch_load(path, weights_only=True)
     except pickle.UnpicklingError as e:
         if "weights only" not in str(e).lower():
             raise ModelLoadError(f"Checkpoint {path} is corrupt or not a torch file", _first_line(e),
@@ -118,11 +158,27 @@ def read_checkpoint(path: str, trust: bool = False) -> Any:
             f"if you made this file or trust its source, pass {TRUST_HINT}; better, re-save the weights alone "
             "with torch.save(model.state_dict(), path) and pass the architecture with --model")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return _torch_load(path, weights_only=False)
     except Exception as e:
         raise ModelLoadError(f"Checkpoint {path} is corrupt or cannot be unpickled here", f"{type(e).__name__}: {e}",
                              "pass a file written by torch.save or torch.jit.save (with the classes it names "
                              "importable)") from None
+
+
+def _torch_load(path: str, weights_only: bool) -> Any:
+    """``torch.load`` to the CPU; files pickled by Python 2 are retried with latin-1 strings.
+
+    Python 2 pickled its byte strings (numpy scalars' raw data, for one) with the same
+    opcodes as text, which torch decodes as UTF-8 by default; latin-1 maps each byte to
+    one character, and numpy turns such strings back into the original bytes.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except UnicodeDecodeError:
+        with warnings.catch_warnings():
+            # torch warns that pickle arguments need weights_only=False, yet passes the encoding on
+            warnings.filterwarnings("ignore", message="pickle_load_args only works")
+            return torch.load(path, map_location="cpu", weights_only=weights_only, encoding="latin1")
 
 
 def _unsafe_globals(path: str, error: Exception) -> str:
@@ -204,11 +260,16 @@ def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str 
     """Load ``state`` into ``model`` strictly, naming the first mismatched keys on failure.
 
     A ``module.`` prefix on every key (as ``nn.DataParallel`` saves) is removed.
+    BatchNorm ``num_batches_tracked`` buffers missing from ``state`` (checkpoints of
+    PyTorch < 0.4.1) keep the model's value; any other missing key is an error.
     """
     keys = list(state)
     if keys and all(k.startswith("module.") for k in keys):
         state = {k[len("module."):]: v for k, v in state.items()}
     own = model.state_dict()
+    absent_optional = [k for k in own if k not in state and k.rpartition(".")[2] in OPTIONAL_BUFFERS]
+    if absent_optional:
+        state = {**state, **{k: own[k] for k in absent_optional}}
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own

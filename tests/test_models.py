@@ -1,8 +1,14 @@
+import pickle
+import struct
+import types
+import zipfile
+
+import numpy as np
 import pytest
 import torch
 
 from lossgrid.errors import ModelLoadError
-from lossgrid.models import load_model
+from lossgrid.models import _read_state, load_model, load_state, read_checkpoint
 from tests.conftest import small_cnn
 
 CONFTEST = __file__.replace("test_models.py", "conftest.py")
@@ -100,3 +106,87 @@ def test_bad_factories(tmp_path):
         load_model(str(tmp_path / "nofile.py") + ":fn")
     with pytest.raises(ModelLoadError, match="No model"):
         load_model(None, None)
+
+
+class _Py2StylePickler(pickle._Pickler):
+    """Writes ``str`` and ``bytes`` as Python 2 wrote its byte strings (SHORT_BINSTRING,
+    BINSTRING), as in checkpoints saved by Python 2 code like the reference's; numpy
+    scalars then hold raw bytes that UTF-8 cannot decode."""
+
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def _save_str(self, obj):
+        self._save_raw(obj.encode("ascii"), obj)
+
+    def _save_bytes(self, obj):
+        self._save_raw(obj, obj)
+
+    def _save_raw(self, data, obj):
+        if len(data) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(data)) + data)
+        self.memoize(obj)
+
+    dispatch[str] = _save_str
+    dispatch[bytes] = _save_bytes
+
+
+_PY2_STYLE = types.SimpleNamespace(__name__="py2_style", Pickler=_Py2StylePickler,
+                                   dump=lambda obj, f, protocol: _Py2StylePickler(f, protocol).dump(obj))
+
+
+def _old_torch_state(model, prefix=""):
+    """A state_dict as PyTorch < 0.4.1 wrote it: no BatchNorm ``num_batches_tracked``."""
+    return {prefix + k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+
+
+@pytest.mark.parametrize("writer", ["legacy", "py2_style"])
+def test_reference_t7_files(tmp_path, trained_cnn, writer):
+    """The reference's published files: legacy serialization, {'state_dict', 'acc', 'epoch'},
+    maybe a module. prefix, no num_batches_tracked; read with weights_only."""
+    obj = {"state_dict": _old_torch_state(trained_cnn, "module."), "acc": np.float64(93.39), "epoch": 300}
+    path = tmp_path / "model_300.t7"
+    extra = {"pickle_module": _PY2_STYLE} if writer == "py2_style" else {}
+    torch.save(obj, path, _use_new_zipfile_serialization=False, **extra)
+    assert not zipfile.is_zipfile(path)
+    stored = read_checkpoint(str(path))
+    assert stored["epoch"] == 300 and float(stored["acc"]) == pytest.approx(93.39)
+    fresh = small_cnn()
+    counters = {k: v.clone() for k, v in fresh.state_dict().items() if k.endswith("num_batches_tracked")}
+    load_state(fresh, _read_state(str(path)), str(path))
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in _old_torch_state(trained_cnn).items())
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in counters.items())  # left as they were
+    model, _ = load_model(f"{CONFTEST}:small_cnn", str(path))
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), trained_cnn.eval()(x))
+
+
+def test_only_num_batches_tracked_may_be_missing(tmp_path, trained_cnn):
+    state = _old_torch_state(trained_cnn)
+    del state["bn1.running_mean"]
+    path = tmp_path / "ck.t7"
+    torch.save({"state_dict": state}, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(ModelLoadError, match="missing in .*: bn1.running_mean") as e:
+        load_model(f"{CONFTEST}:small_cnn", str(path))
+    assert "bn1.num_batches_tracked" not in str(e.value) and "bn2.num_batches_tracked" not in str(e.value)
+    extra = _old_torch_state(trained_cnn)
+    extra["bn1.num_batches_tracked_x"] = torch.tensor(1)
+    with pytest.raises(ModelLoadError, match="not in the model: bn1.num_batches_tracked_x"):
+        load_state(small_cnn(), extra)
+
+
+def test_bare_zoo_names(tmp_path):
+    model, desc = load_model("resnet20")
+    assert desc == "resnet20" and type(model).__name__ == "CifarResNet"
+    path = tmp_path / "r20.t7"
+    torch.save({"state_dict": _old_torch_state(model)}, path, _use_new_zipfile_serialization=False)
+    _, desc = load_model("resnet20", str(path))
+    assert desc == f"resnet20 @ {path}"
+    with pytest.raises(ModelLoadError, match="No model named 'resnet56_noshortt'.*resnet56_noshort"):
+        load_model("resnet56_noshortt")
+    with pytest.raises(ModelLoadError, match="does not match"):
+        load_model("resnet56", str(path))
+    with pytest.raises(ModelLoadError, match="net.py:factory"):
+        load_model("net.py")

@@ -1,4 +1,4 @@
-"""Small reference architectures used by the demo, the tests and the benchmarks.
+"""Small architectures for the demo, the tests and the benchmarks (8x8 digits, tokens).
 
 All are plain ``nn.Module`` factories, usable as model specs such as
 ``lossgrid.zoo:resnet_digits``.
@@ -10,28 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-class BasicBlock(nn.Module):
-    """ResNet basic block (two 3x3 convs with BN) with an identity or 1x1 shortcut."""
-
-    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+from .cifar import BasicBlock
 
 
 class ResNet(nn.Module):
-    """CIFAR-style ResNet: a stem, three stages of basic blocks, global pooling."""
+    """A small CIFAR-style ResNet: a stem, three stages of basic blocks in one ``layers``
+    Sequential, global pooling, ``fc`` (the names :func:`resnet_digits` checkpoints use)."""
 
     def __init__(self, blocks_per_stage: int = 3, widths: tuple[int, int, int] = (16, 32, 64),
                  in_channels: int = 3, num_classes: int = 10) -> None:
@@ -52,17 +36,6 @@ class ResNet(nn.Module):
         out = self.layers(out)
         out = F.adaptive_avg_pool2d(out, 1).flatten(1)
         return self.fc(out)
-
-
-def resnet20(num_classes: int = 10) -> ResNet:
-    """ResNet-20 for 32x32 RGB images (He et al. 2016), about 272k parameters."""
-    return ResNet(3, (16, 32, 64), 3, num_classes)
-
-
-def resnet56(num_classes: int = 10) -> ResNet:
-    """ResNet-56 for 32x32 RGB images (He et al. 2016; the paper's CIFAR-10 surfaces), 9 blocks
-    per stage, about 855k parameters."""
-    return ResNet(9, (16, 32, 64), 3, num_classes)
 
 
 def resnet_digits() -> ResNet:
