@@ -144,3 +144,48 @@ def test_bn_recompute_stored_and_refused_where_it_cannot_run(mod, tmp_path) -> N
     r = CliRunner().invoke(cli, ["surface", "--model", f"{mod}:bn_model", "--data", "digits", "--samples", "64",
                                  "--x=-1:1:3", "-q", "--out", str(out)])
     assert r.exit_code == 1 and "--overwrite" in r.output
+
+
+PAIR = textwrap.dedent('''
+    import torch
+    from torch import nn
+
+
+    class Pair(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.a = nn.Linear(3, 4)
+            self.b = nn.Linear(2, 4)
+            self.out = nn.Linear(4, 1)
+
+        def forward(self, left, right):
+            return (self.out(torch.tanh(self.a(left) + self.b(right))), "aux")
+
+
+    def make():
+        return Pair()
+
+
+    def triples():
+        g = torch.Generator().manual_seed(0)
+        left, right = torch.randn(30, 3, generator=g), torch.randn(30, 2, generator=g)
+        return left, right, left[:, :1] - right[:, 1:]
+''')
+
+
+def test_positional_inputs_tuple_output_and_regression_without_accuracy(tmp_path) -> None:
+    path = tmp_path / "pair.py"
+    path.write_text(PAIR)
+    out = tmp_path / "r.h5"
+    r = run("surface", "--model", f"{path}:make", "--data", f"{path}:triples", "--loss", "mse", "--x=-1:1:3",
+            "--backend", "auto", "--auto-budget", "1000", "--out", str(out), "-q")
+    assert r.exit_code == 0, r.output
+    ns: dict = {}
+    exec(compile(PAIR, "pair", "exec"), ns)  # the test's own module text
+    left, right, y = ns["triples"]()
+    with torch.no_grad():
+        want = float(((ns["make"]().eval()(left, right)[0] - y) ** 2).mean())
+    with h5py.File(out, "r") as f:
+        assert f["train_loss"][1] == pytest.approx(want, rel=1e-5)
+        assert np.isnan(f["train_acc"][()]).all()  # regression: no accuracy
