@@ -28,6 +28,13 @@ def _ort_cuda() -> bool:
     return torch.cuda.is_available() and cuda_provider_available()
 
 
+def _cpu_bf16_reason() -> str | None:
+    from lossgrid.engine.precision import cpu_bf16
+
+    fast, why = cpu_bf16()
+    return None if fast else f"this CPU has no native bf16, so lossgrid refuses bf16 on it ({why})"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     reasons = {
         "gpu": None if _cuda_available() else "no CUDA GPU on this machine",
@@ -35,6 +42,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         "tensorrt": None if importlib.util.find_spec("tensorrt") else "TensorRT is not installed",
         "nvcc": None if shutil.which("nvcc") else "nvcc (the CUDA compiler) is not installed",
         "cxx": None if shutil.which("g++") else "g++ (the C++ compiler) is not installed",
+        "cpu_bf16": _cpu_bf16_reason(),
         "ort_cuda": None if _ort_cuda() else ("ONNX Runtime's CUDA provider with a GPU is not available "
                                               "(pip install \"lossgrid[gpu]\" installs onnxruntime-gpu)"),
     }

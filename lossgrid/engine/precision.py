@@ -7,7 +7,9 @@
 * ``tf32`` allows TF32 tensor cores for fp32 matmuls and convolutions (NVIDIA
   GPUs only; there is no TF32 on CPUs, so asking for it there is an error).
 * ``bf16`` runs matmuls and convolutions in bfloat16 under ``torch.autocast``
-  (weights and data stay fp32; losses are reduced in fp32).
+  (weights and data stay fp32; losses are reduced in fp32). On a CPU only where it
+  is native (AVX-512 BF16, AMX, ARM BF16: :func:`cpu_bf16`); elsewhere torch
+  emulates it far slower than fp32, so it is refused with the reason.
 
 Precision never changes on its own: ``--backend auto`` chooses among runners of
 the requested precision only. A non-fp32 surface stores its measured loss error
@@ -25,7 +27,7 @@ import torch
 from ..config import PRECISIONS
 from ..errors import ConfigError
 
-__all__ = ["PRECISIONS", "check_precision", "precision_error", "precision_mode"]
+__all__ = ["PRECISIONS", "check_precision", "cpu_bf16", "precision_error", "precision_mode"]
 
 
 def check_precision(precision: str, device: torch.device | str) -> None:
@@ -36,6 +38,70 @@ def check_precision(precision: str, device: torch.device | str) -> None:
         raise ConfigError(f"Precision tf32 cannot run on {device}",
                           "TF32 is a mode of NVIDIA tensor cores (Ampere and later); CPUs have no TF32",
                           "use --precision fp32 (or bf16) on the CPU, or --device cuda")
+    if precision == "bf16" and torch.device(device).type == "cpu":
+        fast, why = cpu_bf16()
+        if not fast:
+            raise ConfigError("Precision bf16 would be far slower than fp32 on this CPU", why,
+                              "use --precision fp32 here; bf16 pays on CPUs with AVX-512 BF16 or AMX (Intel Cooper "
+                              "Lake/Sapphire Rapids and later, AMD Zen 4 and later), ARM CPUs with BF16, and GPUs")
+
+
+#: a CPU counts as fast in bf16 when a bf16 matmul runs at least this share of the fp32 speed
+BF16_MIN_SPEED = 0.8
+_CPU_BF16: tuple[bool, str] | None = None
+
+
+def cpu_bf16() -> tuple[bool, str]:
+    """Whether this CPU runs bf16 matmuls natively (``(fast, why)``), decided once per process.
+
+    The CPU's feature flags decide where Linux reports them (``avx512_bf16`` or
+    ``amx_bf16`` on x86, ``bf16`` on ARM); elsewhere a 512x512 matmul is timed in both
+    precisions (a few milliseconds). Without native bf16 torch emulates it, measured
+    10-100x slower than fp32 on an AVX2-only AMD EPYC.
+    """
+    global _CPU_BF16
+    if _CPU_BF16 is None:
+        flags = _cpu_flags()
+        if flags is not None:
+            native = sorted(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+            _CPU_BF16 = (bool(native), f"the CPU reports {', '.join(native)}" if native
+                         else "the CPU reports neither avx512_bf16 nor amx_bf16 (nor ARM bf16) in /proc/cpuinfo: "
+                              "torch would emulate bf16 in software")
+        else:
+            ratio = _bf16_speed()
+            _CPU_BF16 = (ratio >= BF16_MIN_SPEED, f"a bf16 matmul ran at {ratio:.2f}x the fp32 speed here")
+    return _CPU_BF16
+
+
+def _cpu_flags() -> set[str] | None:
+    """The CPU feature flags Linux reports, or ``None`` where they cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return set(value.split())
+    except OSError:
+        return None
+    return None
+
+
+def _bf16_speed(n: int = 512, repeats: int = 3) -> float:
+    """bf16 matmul throughput over fp32's on this CPU (best of ``repeats``)."""
+    import time
+
+    a = torch.randn(n, n)
+
+    def best(x: torch.Tensor) -> float:
+        x @ x  # warm-up
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            x @ x
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    return best(a) / max(best(a.bfloat16()), 1e-9)
 
 
 def _tf32_settings() -> tuple[list[tuple[object, str]], bool]:

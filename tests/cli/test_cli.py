@@ -137,6 +137,7 @@ def test_backend_tensorrt_without_tensorrt_names_nvidia(tmp_path, ckpt, monkeypa
     assert not (tmp_path / "s.h5").exists()
 
 
+@pytest.mark.cpu_bf16
 def test_static_strategy_in_bf16_records_its_precision(tmp_path, ckpt):
     out = tmp_path / "s.h5"
     r = run(*base_args(ckpt, out), "--x=-1:1:3", "--strategy", "static", "--precision", "bf16", "--json")

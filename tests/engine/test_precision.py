@@ -38,9 +38,32 @@ def test_tf32_is_refused_on_the_cpu_and_unknown_precisions_everywhere():
         check_precision("tf32", "cpu")
     with pytest.raises(ConfigError, match="Unknown precision"):
         check_precision("fp8", "cuda")
+
+
+def test_bf16_on_a_cpu_without_native_bf16_is_refused_with_the_reason(monkeypatch):
+    from lossgrid.engine import precision
+
+    monkeypatch.setattr(precision, "_CPU_BF16", None)
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: {"fpu", "avx2", "fma"})
+    with pytest.raises(ConfigError, match="far slower than fp32") as e:
+        check_precision("bf16", "cpu")
+    assert "avx512_bf16" in e.value.why and "--precision fp32" in e.value.hint
+    monkeypatch.setattr(precision, "_CPU_BF16", None)
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: {"fpu", "avx512f", "avx512_bf16"})
     check_precision("bf16", "cpu")
+    # without readable flags the two precisions are timed
+    monkeypatch.setattr(precision, "_CPU_BF16", None)
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: None)
+    monkeypatch.setattr(precision, "_bf16_speed", lambda: 0.05)
+    with pytest.raises(ConfigError, match="0.05x the fp32 speed"):
+        check_precision("bf16", "cpu")
+    monkeypatch.setattr(precision, "_CPU_BF16", None)
+    monkeypatch.setattr(precision, "_bf16_speed", lambda: 2.4)
+    check_precision("bf16", "cpu")
+    check_precision("bf16", "cuda")  # a GPU decides for itself
 
 
+@pytest.mark.cpu_bf16
 def test_bf16_on_the_cpu_runs_matmuls_in_bf16():
     with precision_mode("bf16", "cpu"):
         assert (torch.ones(4, 4) @ torch.ones(4, 4)).dtype == torch.bfloat16

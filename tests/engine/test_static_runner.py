@@ -102,6 +102,7 @@ def test_tied_weights_and_mse_without_labels(digits_small):
     assert np.isnan(acc).all()
 
 
+@pytest.mark.cpu_bf16
 def test_bf16_is_close_to_fp32_and_tf32_is_refused_on_the_cpu(trained_cnn, digits_small):
     layout, base, dirs = _setup(trained_cnn)
     results = {}

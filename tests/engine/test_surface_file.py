@@ -108,6 +108,7 @@ def test_different_settings_refused_unless_overwrite(tmp_path, trained_cnn, digi
     assert surf.complete and load_surface(str(path)).attrs["x"] == "-2:2:4"
 
 
+@pytest.mark.cpu_bf16
 def test_precision_decides_identity_and_older_fp32_files_resume(tmp_path, trained_cnn, digits_small):
     path = tmp_path / "s.h5"
     make(trained_cnn, digits_small, path, grid="-1:1:3", y=None, eval_spec=EvalSpec(strategy="loop", points_per_call=1))
@@ -126,6 +127,7 @@ def test_precision_decides_identity_and_older_fp32_files_resume(tmp_path, traine
              eval_spec=EvalSpec(strategy="loop", precision="bf16"))
 
 
+@pytest.mark.cpu_bf16
 def test_a_failing_precision_check_keeps_the_points_and_says_why(tmp_path, trained_cnn, digits_small, monkeypatch):
     from lossgrid.engine import surface as surface_module
 
