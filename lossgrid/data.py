@@ -113,11 +113,15 @@ class EvalData:
         y: the targets, ``N`` rows: class indices (int64 ``[N]``), token ids (int64
             ``[N, T]``, padding at an ignore index) or regression targets (float32).
         description: the data spec (and subset) as written into result files.
+        population: the size of the set a ``--samples`` subset was drawn from.
     """
 
     x: Inputs
     y: torch.Tensor
     description: str
+    #: the size of the set these samples were drawn from (``--samples``), ``None`` for a whole set:
+    #: standard errors then estimate the error against that set's mean (finite population)
+    population: int | None = None
 
     def __len__(self) -> int:
         return _inputs.num_samples(self.x)
@@ -132,7 +136,7 @@ class EvalData:
                                 f"it has {total} samples", f"pass --samples between 1 and {total}")
         idx = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:samples].sort().values
         return EvalData(_inputs.take(self.x, idx), self.y[idx].contiguous(),
-                        f"{name or self.description} ({samples} of {total} samples, seed {seed})")
+                        f"{name or self.description} ({samples} of {total} samples, seed {seed})", total)
 
 
 def as_eval_data(data: EvalData | tuple[Any, Any] | Any, description: str = "in-memory tensors") -> EvalData:

@@ -282,7 +282,7 @@ def _evaluate(runner: Runner, base: torch.Tensor, dirs: torch.Tensor, coeffs: to
     step = runner.points_per_call
     for start in range(0, len(coeffs), step):
         chunk = coeffs[start:start + step].to(dirs.device)
-        losses[start:start + len(chunk)], accs[start:start + len(chunk)] = runner.evaluate_points(chunk)
+        losses[start:start + len(chunk)], accs[start:start + len(chunk)], _ = runner.evaluate_points(chunk)
         tick(len(chunk))
     return losses, accs
 

@@ -191,7 +191,7 @@ def compute_evolution(model: str | None, checkpoints: Sequence[str], data: Any, 
                 for start in range(0, len(todo), runner.points_per_call):
                     chunk = todo[start:start + runner.points_per_call]
                     try:
-                        loss_k, acc_k = runner.evaluate_points(points[chunk].to(device))
+                        loss_k, acc_k, _ = runner.evaluate_points(points[chunk].to(device))
                     except Exception as e:
                         if is_out_of_memory(e):
                             raise _out_of_memory(e, runner.describe()) from None

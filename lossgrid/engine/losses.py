@@ -15,7 +15,8 @@ right (an ignored position never matches: its target is negative).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -60,9 +61,13 @@ class TokenCrossEntropy:
                                ignore_index=self.ignore_index, reduction="none")
         return flat.reshape(targets.shape[0], -1).sum(dim=1)
 
+    def sample_units(self, targets: torch.Tensor) -> torch.Tensor:
+        """Tokens that count per sample (targets other than the ignore index), ``[B]``."""
+        return (targets != self.ignore_index).reshape(targets.shape[0], -1).sum(dim=1)
+
     def units(self, targets: torch.Tensor) -> int:
-        """Tokens that count (targets other than the ignore index)."""
-        return int((targets != self.ignore_index).sum())
+        """Tokens that count in all of ``targets``."""
+        return int(self.sample_units(targets).sum())
 
     def __repr__(self) -> str:
         return self.__qualname__
@@ -75,19 +80,9 @@ BUILTIN_LOSSES: dict[str, LossFn] = {"cross_entropy": cross_entropy, "mse": mse,
 
 
 def loss_units(loss_fn: LossFn, targets: torch.Tensor) -> int:
-    """What the summed per-sample losses are divided by: ``loss_fn.units(targets)`` if the loss
-    counts units of its own (tokens), else the number of samples."""
-    units = getattr(loss_fn, "units", None)
-    if units is None:
-        return int(targets.shape[0])
-    count = int(units(targets))
-    if count < 1:
-        from ..errors import DataLoadError
-
-        raise DataLoadError("The targets hold no unit the loss counts",
-                            f"{getattr(loss_fn, '__qualname__', loss_fn)} counts {count} (every target ignored?)",
-                            "check the targets and the ignore index")
-    return count
+    """What the summed per-sample losses are divided by: the units the loss counts in
+    ``targets`` (tokens), else the number of samples (:func:`unit_counts`)."""
+    return int(unit_counts(loss_fn, [targets]).units)
 
 
 def resolve_loss(loss: str | LossFn) -> tuple[LossFn, str]:
@@ -127,48 +122,154 @@ def batch_loss_sum(loss_fn: LossFn, outputs: torch.Tensor, targets: torch.Tensor
     return values.sum()
 
 
-def wide_batch_stats(loss_fn: LossFn, outputs: torch.Tensor, targets: torch.Tensor
-                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Loss sums ``[K]`` (float64) and correct counts ``[K]`` (or ``None`` without
-    class labels) of one batch evaluated at ``K`` grid points (``outputs[K, B, ...]``)."""
-    from torch.func import vmap
+class Stats(NamedTuple):
+    """What a runner returns for ``K`` grid points (float64 arrays of length ``K``)."""
 
-    outputs = outputs.float()  # losses of reduced-precision outputs are computed and reduced in fp32
-    sums = vmap(lambda o: batch_loss_sum(loss_fn, o, targets))(outputs).double()
-    if torch.is_floating_point(targets) or outputs.dim() < 3 or outputs.shape[-1] < 2:
-        return sums, None
-    return sums, (outputs.argmax(dim=-1) == targets).reshape(outputs.shape[0], -1).sum(dim=1)
+    #: mean loss per unit (sample, or token for token-level losses)
+    loss: np.ndarray
+    #: accuracy in percent; NaN without class labels
+    acc: np.ndarray
+    #: standard error of ``loss`` as an estimate of the mean over the population the samples
+    #: were drawn from (infinite; :func:`finite_population` corrects for a subset of a finite
+    #: set); NaN where it cannot be estimated (one sample, or a loss that returns batch means)
+    loss_se: np.ndarray
+
+
+@dataclass(frozen=True)
+class UnitCounts:
+    """How the evaluation set counts for a loss: ``samples``, ``units`` (their sum of
+    per-sample units: samples, or counted tokens) and ``units_sq`` (the sum of squared
+    per-sample units); ``per_sample`` is False for a loss that counts units only in total
+    (its standard errors are not estimated)."""
+
+    samples: int
+    units: float
+    units_sq: float
+    per_sample: bool = True
+
+
+def sample_units(loss_fn: LossFn, targets: torch.Tensor) -> torch.Tensor | None:
+    """Units per sample (``[B]``) of a loss that counts its own (tokens); ``None``: one per sample."""
+    fn = getattr(loss_fn, "sample_units", None)
+    return None if fn is None else fn(targets).double()
+
+
+def unit_counts(loss_fn: LossFn, targets: list[torch.Tensor]) -> UnitCounts:
+    """The :class:`UnitCounts` of a set given as target batches."""
+    samples = sum(int(t.shape[0]) for t in targets)
+    if getattr(loss_fn, "sample_units", None) is not None:
+        per = [sample_units(loss_fn, t) for t in targets]
+        units = float(sum(float(c.sum()) for c in per if c is not None))
+        units_sq = float(sum(float((c * c).sum()) for c in per if c is not None))
+        result = UnitCounts(samples, units, units_sq)
+    elif getattr(loss_fn, "units", None) is not None:
+        result = UnitCounts(samples, float(sum(int(loss_fn.units(t)) for t in targets)), float("nan"), False)
+    else:
+        return UnitCounts(samples, float(samples), float(samples))
+    if result.units < 1:
+        from ..errors import DataLoadError
+
+        raise DataLoadError("The targets hold no unit the loss counts",
+                            f"{getattr(loss_fn, '__qualname__', loss_fn)} counts {result.units:g} (every target "
+                            "ignored?)", "check the targets and the ignore index")
+    return result
+
+
+def _values(loss_fn: LossFn, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    values = loss_fn(outputs, targets)
+    if not isinstance(values, torch.Tensor):
+        raise TypeError(f"the loss returned {type(values).__name__}, not a tensor")
+    return values
 
 
 def point_batch_stats(loss_fn: LossFn, outputs: torch.Tensor, targets: torch.Tensor
-                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Loss sum (float64 scalar, computed from fp32 outputs) and correct count (or
-    ``None`` without class labels) of one batch at one grid point (``outputs[B, ...]``)."""
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Sums of one batch at one grid point (``outputs[B, ...]``, losses computed in fp32,
+    summed in float64): per-sample losses ``l``, their squares, ``l`` times the samples'
+    units, and the correct count (``None`` without class labels). A loss that returns the
+    batch mean gives NaN squares (no standard error)."""
     outputs = outputs.float()  # losses of reduced-precision outputs are computed and reduced in fp32
-    total = batch_loss_sum(loss_fn, outputs, targets).double()
+    values = _values(loss_fn, outputs, targets).double()
+    if values.dim() == 0:
+        total = values * outputs.shape[0]
+        sq = torch.full_like(total, float("nan"))
+        cross = total if sample_units(loss_fn, targets) is None else sq
+    else:
+        total, sq = values.sum(), (values * values).sum()
+        units = sample_units(loss_fn, targets)
+        cross = total if units is None else (values * units).sum()
     if torch.is_floating_point(targets) or outputs.dim() < 2 or outputs.shape[-1] < 2:
-        return total, None
-    return total, (outputs.argmax(dim=-1) == targets).sum()
+        return total, sq, cross, None
+    return total, sq, cross, (outputs.argmax(dim=-1) == targets).sum()
 
 
-def finish_stats(loss_sum: torch.Tensor, correct: torch.Tensor | None, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Mean loss and accuracy in percent (NaN without labels) as float64 arrays; ``n`` is the
-    set's number of units (:func:`loss_units`)."""
-    loss = (loss_sum.double() / n).cpu().numpy()
-    if correct is None:
-        return loss, np.full(loss.shape, np.nan)
-    return loss, (100.0 * correct.double() / n).cpu().numpy()
+def wide_batch_stats(loss_fn: LossFn, outputs: torch.Tensor, targets: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """:func:`point_batch_stats` of one batch at ``K`` grid points (``outputs[K, B, ...]``),
+    each sum ``[K]``."""
+    from torch.func import vmap
+
+    outputs = outputs.float()  # losses of reduced-precision outputs are computed and reduced in fp32
+    values = vmap(lambda o: _values(loss_fn, o, targets))(outputs).double()
+    if values.dim() == 1:  # batch means
+        total = values * outputs.shape[1]
+        sq = torch.full_like(total, float("nan"))
+        cross = total if sample_units(loss_fn, targets) is None else sq
+    else:
+        total, sq = values.sum(dim=1), (values * values).sum(dim=1)
+        units = sample_units(loss_fn, targets)
+        cross = total if units is None else (values * units).sum(dim=1)
+    if torch.is_floating_point(targets) or outputs.dim() < 3 or outputs.shape[-1] < 2:
+        return total, sq, cross, None
+    return total, sq, cross, (outputs.argmax(dim=-1) == targets).reshape(outputs.shape[0], -1).sum(dim=1)
+
+
+def finish_stats(total: torch.Tensor, sq: torch.Tensor, cross: torch.Tensor, correct: torch.Tensor | None,
+                 counts: UnitCounts) -> Stats:
+    """Mean loss per unit, accuracy and the loss's standard error from the sums over the set.
+
+    The mean is a ratio ``R = sum(l_i) / sum(c_i)`` of per-sample losses ``l_i`` and units
+    ``c_i`` (1 per sample unless the loss counts tokens); its standard error is the ratio
+    estimator's, ``sqrt(n / (n - 1) * sum((l_i - R c_i)^2)) / sum(c_i)``, which for one unit
+    per sample is the familiar ``std(l) / sqrt(n)``.
+    """
+    total, sq, cross = total.double(), sq.double(), cross.double()
+    units = counts.units
+    loss = (total / units).cpu().numpy()
+    n = counts.samples
+    if n > 1 and counts.per_sample:
+        resid = sq - 2 * (total / units) * cross + (total / units) ** 2 * counts.units_sq
+        se = (torch.clamp(resid, min=0) * n / (n - 1)).sqrt() / units
+        loss_se = se.cpu().numpy()
+    else:
+        loss_se = np.full(loss.shape, np.nan)
+    acc = np.full(loss.shape, np.nan) if correct is None else (100.0 * correct.double() / units).cpu().numpy()
+    return Stats(loss, acc, loss_se)
+
+
+def finite_population(se: np.ndarray, samples: int, population: int | None) -> np.ndarray:
+    """Standard errors of means over ``samples`` drawn without replacement from ``population``
+    as estimates of the population's mean (the finite population correction
+    ``sqrt(1 - n/N)``; 0 for the whole set). ``population=None``: unchanged (an infinite one)."""
+    if population is None:
+        return se
+    return se * np.sqrt(max(0.0, 1.0 - samples / population))
+
+
+def concat_stats(parts: list[Stats]) -> Stats:
+    """The stats of consecutive chunks of points as one."""
+    return Stats(*(np.concatenate([getattr(p, f) for p in parts]) for f in Stats._fields))
 
 
 def evaluate_batches(batches: list[tuple[Any, torch.Tensor]], forward: Callable[[Any], torch.Tensor],
-                     loss_fn: LossFn, k: int, n: int, device: torch.device | str = "cpu"
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """Mean loss and accuracy of ``k`` grid points over all ``batches``, where
-    ``forward(xb)`` returns the outputs of the ``k`` points as ``[k, B, ...]``."""
-    loss_sum = torch.zeros(k, dtype=torch.float64, device=device)
+                     loss_fn: LossFn, k: int, counts: UnitCounts, device: torch.device | str = "cpu") -> Stats:
+    """Mean loss, accuracy and standard error of ``k`` grid points over all ``batches``,
+    where ``forward(xb)`` returns the outputs of the ``k`` points as ``[k, B, ...]``."""
+    sums = [torch.zeros(k, dtype=torch.float64, device=device) for _ in range(3)]
     correct: torch.Tensor | None = torch.zeros(k, dtype=torch.int64, device=device)
     for xb, yb in batches:
-        sums, right = wide_batch_stats(loss_fn, forward(xb), yb)
-        loss_sum += sums
+        *parts, right = wide_batch_stats(loss_fn, forward(xb), yb)
+        for acc, part in zip(sums, parts):
+            acc += part
         correct = None if right is None or correct is None else correct + right
-    return finish_stats(loss_sum, correct, n)
+    return finish_stats(*sums, correct, counts)

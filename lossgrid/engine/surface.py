@@ -45,7 +45,7 @@ from .directions import (
     load_directions,
     save_directions,
 )
-from .losses import LossFn, resolve_loss
+from .losses import LossFn, finite_population, resolve_loss
 from .params import ParamLayout, perturbed_tensors
 from .precision import precision_error
 from .runners import TorchRunner, make_runner
@@ -57,6 +57,8 @@ Progress = Callable[[int, int], None]
 DEVICE_TYPES = ("cpu", "cuda")
 #: points of a run's first chunk evaluated again in IEEE fp32 when the run's precision is lower
 PRECISION_CHECK_POINTS = 3
+#: the dataset of every point's standard error of the loss
+SE = "train_loss_se"
 
 
 def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch.Tensor], grid: GridSpec,
@@ -153,13 +155,15 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
     if batchnorm.recompute and bn_data is not None:  # eval files (also those of older versions) stay resumable
         identity["bn"] = bn_identity(batchnorm, bn_data)
     attrs = {k: v for k, v in identity.items() if v is not None}
+    # train_loss_se estimates the error against this set's mean (0: an infinite population)
+    attrs.update(se_population=int(data.population or 0))
     attrs.update(precision=eval_spec.precision, bn=batchnorm.policy, lossgrid_version=__version__,
                  seed=int(directions.meta.get("seed", direction_spec.seed)),
                  dir_file=os.fspath(dir_file) if dir_file else "")
     xs = grid.x.coordinates()
     ys = grid.y.coordinates() if grid.y is not None else None
     points = torch.as_tensor(grid.points(), dtype=dirs.dtype)
-    extra_names = CURVATURE_DATASETS if curvature is not None else ()
+    extra_names = (SE, *(CURVATURE_DATASETS if curvature is not None else ()))
     writer = SurfaceWriter(out_path, xs, ys, identity, attrs, directions, overwrite, extra_names) if out_path else None
     surface = Surface(xs, ys, np.full(grid.shape, np.nan), np.full(grid.shape, np.nan),
                       np.zeros(grid.shape, dtype=bool), attrs, out_path,
@@ -196,10 +200,12 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
         for start in range(0, len(todo), step):
             chunk = todo[start:start + step]
             try:
-                loss_k, acc_k = runner.evaluate_points(points[chunk].to(device))
-                extra = {} if curvature is None else curvature_of_points(
-                    model, data, loss_fn, directions.layout, perturb(base, dirs, points[chunk].to(device)),
-                    curvature, device, eval_spec.batch_size)
+                loss_k, acc_k, se_k = runner.evaluate_points(points[chunk].to(device))
+                extra = {SE: finite_population(se_k, len(data), data.population)}
+                if curvature is not None:
+                    extra.update(curvature_of_points(
+                        model, data, loss_fn, directions.layout, perturb(base, dirs, points[chunk].to(device)),
+                        curvature, device, eval_spec.batch_size))
             except Exception as e:
                 if is_out_of_memory(e):
                     raise _out_of_memory(e, runner.describe()) from None
@@ -240,7 +246,7 @@ def _precision_check(model: nn.Module, layout: ParamLayout, base: torch.Tensor, 
         reference = TorchRunner(model, layout, data.x, data.y, loss_fn, batch_size=eval_spec.batch_size,
                                 strategy="loop", device=base.device, precision="fp32", bn_batches=bn_batches)
         reference.set_directions(base, dirs)
-        want, _ = reference.evaluate_points(coeffs)
+        want = reference.evaluate_points(coeffs).loss
     except Exception as e:  # a check must not end a run whose points are fine (e.g. no memory for a 2nd copy)
         log.warning("could not measure the %s loss error against fp32: %s", eval_spec.precision, e)
         return {"precision": eval_spec.precision, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}

@@ -61,7 +61,9 @@ LOSS, ACC, DONE = "train_loss", "train_acc", "done"
 #: bytes reserved for the ``runs`` log, a fixed-length string rewritten in place
 RUNS_CAPACITY = 16384
 #: optional per-point datasets a run may add (curvature maps), read whenever present
-EXTRA_DATASETS = ("max_eig", "min_eig")
+EXTRA_DATASETS = ("max_eig", "min_eig", "train_loss_se", "interpolated")
+#: datasets that new files get and resumed files of earlier versions go without
+OPTIONAL_DATASETS = ("train_loss_se",)
 #: identity entries that say how an input was spelled; fingerprints decide equality
 DESCRIPTIONS = ("model", "data")
 
@@ -239,6 +241,7 @@ class SurfaceWriter(_WriterLifecycle):
         if unknown:
             raise ValueError(f"unknown extra dataset(s) {unknown}")
         self.extra_names = tuple(extra)
+        self.required = tuple(name for name in extra if name not in OPTIONAL_DATASETS)
         self.extra: dict[str, np.ndarray] = {}
         self.shape = (len(xcoords),) if ycoords is None else (len(xcoords), len(ycoords))
         self.f: Any = None
@@ -299,9 +302,11 @@ class SurfaceWriter(_WriterLifecycle):
                 diff = [k for k in keys if a.get(k) != b.get(k)]
                 return (f"Surface file {path} was computed with different settings",
                         "differing: " + (", ".join(diff) if diff else "schema version"), True)
-            problem = check_layout(f, self.shape, xcoords, ycoords, self.extra_names)
+            problem = check_layout(f, self.shape, xcoords, ycoords, self.required)
             if problem:
                 return f"Surface file {path} is corrupt", problem, True
+            # a file of an earlier version lacks the optional datasets: it is resumed without them
+            self.extra_names = tuple(n for n in self.extra_names if n in self.required or n in f)
             self.loss = np.array(f[LOSS][...], dtype=np.float64)
             self.acc = np.array(f[ACC][...], dtype=np.float64)
             self.extra = {name: np.array(f[name][...], dtype=np.float64) for name in self.extra_names}
@@ -357,8 +362,9 @@ class SurfaceWriter(_WriterLifecycle):
         values (and the ``extra`` datasets the writer was made with) reach the
         disk before the ``done`` mask that marks them."""
         extra = extra or {}
-        if set(extra) != set(self.extra_names):
+        if not set(self.required) <= set(extra) <= set(self.extra_names) | set(OPTIONAL_DATASETS):
             raise ValueError(f"write() needs values for {self.extra_names}, got {sorted(extra)}")
+        extra = {name: values for name, values in extra.items() if name in self.extra_names}
         idx = np.unravel_index(flat_indices, self.shape)
         self.loss[idx] = loss
         self.acc[idx] = acc

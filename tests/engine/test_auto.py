@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from lossgrid.engine.losses import Stats
 from lossgrid.engine.runners import _timing, auto
 from lossgrid.engine.runners._timing import seconds_per_point
 from lossgrid.engine.runners.auto import AutoRunner
@@ -45,7 +46,7 @@ class Fake(Runner):
         self.calls += 1
         k = weights.shape[0]
         CLOCK.now += k * (self.fixed + self.per_batch * len(self.batches))
-        return np.full(k, self.mark), np.full(k, 100.0)
+        return Stats(np.full(k, self.mark), np.full(k, 100.0), np.full(k, np.nan))
 
     def describe(self):
         return {"backend": "fake", "strategy": self.strategy}
@@ -90,7 +91,7 @@ def _auto(candidates, budget=0.05):
 def test_small_job_keeps_the_default_without_building_the_others():
     auto, made = _auto([("torch/loop", (1, 0.002), {}), ("onnxruntime/baked", (2, 0.001), {"strategy": "baked"})])
     auto.expect(8)
-    loss, _ = auto.evaluate(W)
+    loss, _, _ = auto.evaluate(W)
     assert len(made) == 1 and auto.chosen.mark == 1 and list(loss) == [1, 1, 1, 1]
     assert "too small to repay" in auto.reason and auto.calibration_seconds == 0
 
@@ -100,7 +101,7 @@ def test_large_job_times_the_others_keeps_the_fastest_and_releases_the_rest():
                         ("torch/vmap", (3, 0.006), {"strategy": "vmap"})], budget=1.0)
     auto.expect(10_000)
     CLOSED.clear()
-    loss, _ = auto.evaluate(W)
+    loss, _, _ = auto.evaluate(W)
     assert sorted(CLOSED) == [1, 3]  # the losers were closed at once, the winner is not
     # the first point was real work of the default, the rest of the chunk is the winner's
     assert list(loss) == [1, 2, 2, 2] and auto.chosen.mark == 2

@@ -72,7 +72,7 @@ def test_surface_with_curvature_stores_resumes_and_refuses_other_settings(tmp_pa
     dirs = create_directions(trained_cnn, DirectionSpec(seed=2), 2)
     loop = EvalSpec(strategy="loop", points_per_call=2, batch_size=64)
     whole = compute_surface(trained_cnn, digits_small, grid, path, directions=dirs, eval_spec=loop, curvature=spec)
-    assert set(whole.extra) == {"max_eig", "min_eig"} and np.isfinite(whole.extra["max_eig"]).all()
+    assert set(whole.extra) == {"max_eig", "min_eig", "train_loss_se"} and np.isfinite(whole.extra["max_eig"]).all()
     assert (whole.extra["min_eig"] <= whole.extra["max_eig"]).all()
     # the point (0, y) of the grid: the eigenvalues at those weights, computed directly
     base = dirs.layout.flatten(perturbed_tensors(trained_cnn, "weights"))

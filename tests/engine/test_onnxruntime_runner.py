@@ -198,7 +198,7 @@ def test_wide_iobinding_matches_the_per_point_reference(trained_cnn, digits_smal
     # 150 samples in batches of 64: a partial last batch; 6 points with K=4: a padded last call
     with OnnxRuntimeRunner(model, layout, digits_small.x, digits_small.y, cross_entropy, batch_size=64,
                            strategy="wide", points_per_call=4) as runner:
-        loss, acc = runner.evaluate(weights)
+        loss, acc, _ = runner.evaluate(weights)
         info = runner.describe()
     ref_loss, ref_acc = _per_point_reference(model, layout, weights, digits_small)
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
@@ -221,7 +221,7 @@ def test_fixed_buffers_with_a_padded_last_batch(trained_cnn, digits_small):
     runner.batches = runner._place_batches(digits_small.x, digits_small.y)
     assert [b[0][0].shape[0] for b in runner.batches] == [64, 64, 64]
     assert [b[0][1] for b in runner.batches] == [64, 64, 22]
-    loss, acc = runner.evaluate(weights)
+    loss, acc, _ = runner.evaluate(weights)
     again = runner.evaluate(weights[:1])  # stale buffers from the previous call must not leak into this one
     ref_loss, ref_acc = _per_point_reference(trained_cnn, layout, weights, digits_small)
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
@@ -251,8 +251,8 @@ def test_wide_on_cuda_matches_the_torch_runner(trained_cnn, digits_small):
     layout, weights = _runner_case(trained_cnn, digits_small)
     with OnnxRuntimeRunner(trained_cnn, layout, digits_small.x, digits_small.y, cross_entropy, batch_size=64,
                            strategy="auto", points_per_call=4, device="cuda") as runner:
-        loss, _ = runner.evaluate(weights.cuda())
-        again, _ = runner.evaluate(weights.flip(0).cuda())  # new weights through the same (captured) buffers
+        loss, _, _ = runner.evaluate(weights.cuda())
+        again, _, _ = runner.evaluate(weights.flip(0).cuda())  # new weights through the same (captured) buffers
         info = runner.describe()
     ref_loss, _ = _per_point_reference(trained_cnn, layout, weights, digits_small)
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)  # also fails if the CUDA provider ran TF32

@@ -50,7 +50,7 @@ def test_wide_strategy_pads_partial_chunks(trained_cnn, digits_small, chunk):
     weights = base[None] + 0.01 * torch.randn(chunk, layout.size, generator=torch.Generator().manual_seed(chunk))
     runner = TorchRunner(trained_cnn, layout, digits_small.x, digits_small.y, cross_entropy, batch_size=64,
                          strategy="wide", points_per_call=4)
-    loss, acc = runner.evaluate(weights)
+    loss, acc, _ = runner.evaluate(weights)
     ref, ref_acc = evaluate_points_reference(trained_cnn, layout, weights, digits_small.x, digits_small.y)
     assert loss.shape == (chunk,)
     np.testing.assert_allclose(loss, ref, rtol=RTOL)
@@ -84,7 +84,7 @@ def test_mse_loss_on_float_targets_gives_nan_accuracy():
     base = layout.flatten(dict(model.named_parameters()))
     weights = base[None] + 0.1 * torch.randn(4, layout.size)
     for strategy in ("loop", "vmap"):
-        loss, acc = TorchRunner(model, layout, x, y, mse, batch_size=16, strategy=strategy).evaluate(weights)
+        loss, acc, _ = TorchRunner(model, layout, x, y, mse, batch_size=16, strategy=strategy).evaluate(weights)
         ref, _ = evaluate_points_reference(model, layout, weights, x, y, mse, batch_size=16)
         np.testing.assert_allclose(loss, ref, rtol=RTOL)
         assert np.isnan(acc).all()
@@ -97,8 +97,8 @@ def test_scalar_user_loss_is_taken_as_batch_mean(trained_cnn, digits_small):
     def mean_ce(out, y):
         return torch.nn.functional.cross_entropy(out, y)
 
-    a, _ = TorchRunner(trained_cnn, layout, digits_small.x, digits_small.y, mean_ce, batch_size=64).evaluate(w)
-    b, _ = TorchRunner(trained_cnn, layout, digits_small.x, digits_small.y, cross_entropy, batch_size=64).evaluate(w)
+    a, _, _ = TorchRunner(trained_cnn, layout, digits_small.x, digits_small.y, mean_ce, batch_size=64).evaluate(w)
+    b, _, _ = TorchRunner(trained_cnn, layout, digits_small.x, digits_small.y, cross_entropy, batch_size=64).evaluate(w)
     np.testing.assert_allclose(a, b, rtol=RTOL)
 
 

@@ -34,14 +34,14 @@ def test_points_match_the_per_point_reference(trained_cnn, digits_small, dir_typ
     layout, base, dirs = _setup(trained_cnn, dir_type)
     runner = StaticRunner(trained_cnn, layout, digits_small.x, digits_small.y, cross_entropy, batch_size=64)
     runner.set_directions(base, dirs)
-    loss, acc = runner.evaluate_points(COEFFS)
+    loss, acc, _ = runner.evaluate_points(COEFFS)
     ref, ref_acc = evaluate_points_reference(trained_cnn, layout, perturb(base, dirs, COEFFS), digits_small.x,
                                              digits_small.y)
     np.testing.assert_allclose(loss, ref, rtol=RTOL)
     np.testing.assert_array_equal(acc, ref_acc)
     assert np.ptp(ref) > 0.1  # the points differ: the check is not vacuous
     # ready-made weights (the auto runner's timing path) give the same
-    again, _ = runner.evaluate(perturb(base, dirs, COEFFS))
+    again, _, _ = runner.evaluate(perturb(base, dirs, COEFFS))
     np.testing.assert_allclose(again, loss, rtol=1e-6)
 
 
@@ -95,7 +95,7 @@ def test_tied_weights_and_mse_without_labels(digits_small):
     assert len(layout.names) == len(list(model.parameters()))  # the tied weight appears once
     runner = StaticRunner(model, layout, x, y, mse, batch_size=40)
     runner.set_directions(base, dirs)
-    loss, acc = runner.evaluate_points(COEFFS)
+    loss, acc, _ = runner.evaluate_points(COEFFS)
     assert runner.model.enc2.weight is runner.model.enc.weight
     ref, _ = evaluate_points_reference(model, layout, perturb(base, dirs, COEFFS), x, y, loss_fn=mse)
     np.testing.assert_allclose(loss, ref, rtol=RTOL)
@@ -132,7 +132,7 @@ def test_auto_considers_the_static_strategy(trained_cnn, digits_small):
     runner.expect(1000)
     base = dirs.layout.flatten(perturbed_tensors(trained_cnn, "weights"))
     runner.set_directions(base, dirs.flat())
-    loss, _ = runner.evaluate_points(COEFFS[:2])
+    loss, _, _ = runner.evaluate_points(COEFFS[:2])
     assert "torch/static" in runner.reason
     ref, _ = evaluate_points_reference(trained_cnn, dirs.layout, perturb(base, dirs.flat(), COEFFS[:2]),
                                        digits_small.x, digits_small.y)
@@ -150,13 +150,13 @@ def test_cuda_graph_replay_matches_the_cpu_reference(trained_cnn, digits_small, 
     runner = StaticRunner(trained_cnn, layout, digits_small.x, digits_small.y, cross_entropy, batch_size=64,
                           device="cuda")
     runner.set_directions(base, dirs)
-    loss, acc = runner.evaluate_points(COEFFS)
+    loss, acc, _ = runner.evaluate_points(COEFFS)
     assert runner.describe()["execution"] == "CUDA graphs"
     ref, ref_acc = evaluate_points_reference(trained_cnn, layout, perturb(base, dirs, COEFFS), digits_small.x,
                                              digits_small.y)
     np.testing.assert_allclose(loss, ref, rtol=1e-5)
     np.testing.assert_array_equal(acc, ref_acc)
-    again, _ = runner.evaluate_points(COEFFS.flip(0))  # replays with new weights, not stale results
+    again, _, _ = runner.evaluate_points(COEFFS.flip(0))  # replays with new weights, not stale results
     np.testing.assert_allclose(again, ref[::-1], rtol=1e-5)
 
 
@@ -168,7 +168,7 @@ def test_reduced_precisions_on_cuda_stay_close_and_restore_settings(trained_cnn,
     runner = StaticRunner(trained_cnn, layout, digits_small.x, digits_small.y, cross_entropy, device="cuda",
                           precision=precision)
     runner.set_directions(base, dirs)
-    loss, _ = runner.evaluate_points(COEFFS)
+    loss, _, _ = runner.evaluate_points(COEFFS)
     ref, _ = evaluate_points_reference(trained_cnn, layout, perturb(base, dirs, COEFFS), digits_small.x,
                                        digits_small.y)
     np.testing.assert_allclose(loss, ref, rtol=5e-2)

@@ -303,9 +303,9 @@ def test_tensorrt_matches_the_torch_runner_in_fp32(tmp_path, trained_cnn, digits
     layout, base = _setup(trained_cnn, digits_small)
     weights = _points(base, 6, seed=2)  # 6 points: with K=4 the last call is padded
     args = (trained_cnn, layout, digits_small.x, digits_small.y, cross_entropy)
-    ref_loss, ref_acc = TorchRunner(*args, device="cuda", precision="fp32").evaluate(weights)
+    ref_loss, ref_acc, _ = TorchRunner(*args, device="cuda", precision="fp32").evaluate(weights)
     with TensorRTRunner(*args, strategy=strategy, points_per_call=k, batch_size=64, cache_dir=tmp_path) as runner:
-        loss, acc = runner.evaluate(weights.cuda())
+        loss, acc, _ = runner.evaluate(weights.cuda())
         info = runner.describe()
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
     assert np.mean(acc == ref_acc) >= 0.99 or np.allclose(acc, ref_acc, atol=1.0)

@@ -30,6 +30,7 @@ import torch
 
 from ...config import AUTO_BUDGET
 from ...errors import ConfigError, LossgridError
+from ..losses import Stats, concat_stats
 from ._timing import pass_width, seconds_per_point, warm_up
 from .base import Runner
 
@@ -78,12 +79,12 @@ class AutoRunner(Runner):
         Without it, every candidate is timed."""
         self.remaining = int(points)
 
-    def evaluate(self, weights: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def evaluate(self, weights: torch.Tensor) -> Stats:
         if self.chosen is None:
             return self._first_call(weights)
         return self.chosen.evaluate(weights)
 
-    def evaluate_points(self, coeffs: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def evaluate_points(self, coeffs: torch.Tensor) -> Stats:
         if self.chosen is None:  # the choice times candidates on ready-made weights
             return super().evaluate_points(coeffs)
         return self.chosen.evaluate_points(coeffs)
@@ -104,7 +105,7 @@ class AutoRunner(Runner):
         return out
 
     # -- the choice ----------------------------------------------------------------
-    def _first_call(self, weights: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def _first_call(self, weights: torch.Tensor) -> Stats:
         k = weights.shape[0]
         default_label, default_factory = self.candidates[0]
         default = self._build(default_label, default_factory)
@@ -129,8 +130,7 @@ class AutoRunner(Runner):
         log.info("%s chose %s (%s)", self.backend, best, self.reason)
         if head == k:
             return first
-        rest = self.chosen.evaluate(weights[head:])
-        return np.concatenate([first[0], rest[0]]), np.concatenate([first[1], rest[1]])
+        return concat_stats([first, self.chosen.evaluate(weights[head:])])
 
     def _choose(self, runners: dict[str, Any], weights: torch.Tensor, per_point: float, job: float,
                 left: int | None) -> str:

@@ -5,9 +5,12 @@ set that it holds (on its device, in its batches). The surface loop only ever
 talks to a runner through this interface:
 
 * ``evaluate(weights)``: ``weights`` is ``[K, P]`` (flat, in the order of a
-  :class:`~lossgrid.engine.params.ParamLayout`; any device); returns
-  ``(loss, acc)``, float64 NumPy arrays of length ``K``: the mean loss over all
-  samples and the accuracy in percent (NaN when the task has no class labels).
+  :class:`~lossgrid.engine.params.ParamLayout`; any device); returns a
+  :class:`~lossgrid.engine.losses.Stats` ``(loss, acc, loss_se)`` of float64
+  NumPy arrays of length ``K``: the mean loss over all samples (or the loss's
+  units: tokens), the accuracy in percent (NaN when the task has no class
+  labels) and the loss's standard error over the samples (NaN where it cannot
+  be estimated).
 * ``set_directions(base, dirs)`` then ``evaluate_points(coeffs)``: the same for
   grid coefficients ``coeffs[K, D]`` around ``base[P]`` along ``dirs[D, P]``;
   by default the weights are built with :func:`lossgrid.kernels.perturb` and
@@ -34,10 +37,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-import numpy as np
 import torch
 
 from ...errors import ConfigError, EvaluationError, LossgridError, is_out_of_memory
+from ..losses import Stats
 
 T = TypeVar("T")
 
@@ -52,8 +55,8 @@ class Runner(abc.ABC):
     batch_size: int | None = None
 
     @abc.abstractmethod
-    def evaluate(self, weights: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """Loss (mean over samples) and accuracy (percent) for ``weights[K, P]``."""
+    def evaluate(self, weights: torch.Tensor) -> Stats:
+        """Loss (mean over samples), accuracy (percent) and the loss's standard error for ``weights[K, P]``."""
 
     @abc.abstractmethod
     def describe(self) -> dict[str, object]:
@@ -64,8 +67,8 @@ class Runner(abc.ABC):
         :meth:`evaluate_points` calls (flat, in layout order)."""
         self._origin, self._directions = base, dirs
 
-    def evaluate_points(self, coeffs: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """Loss and accuracy at grid coefficients ``coeffs[K, D]`` (see :meth:`set_directions`)."""
+    def evaluate_points(self, coeffs: torch.Tensor) -> Stats:
+        """Loss, accuracy and standard error at grid coefficients ``coeffs[K, D]`` (see :meth:`set_directions`)."""
         from ...kernels import perturb
 
         if getattr(self, "_directions", None) is None:

@@ -44,7 +44,7 @@ from torch import nn
 
 from ...errors import ConfigError, MissingBackendError
 from ...exporters.session import make_session
-from ..losses import LossFn, evaluate_batches, loss_units
+from ..losses import LossFn, Stats, concat_stats, evaluate_batches, unit_counts
 from ..params import ParamLayout, full_states
 from .base import Runner
 
@@ -97,7 +97,7 @@ class OnnxRuntimeRunner(Runner):
         self.layout = layout
         self.loss_fn = loss_fn
         self.model = copy.deepcopy(model).cpu().eval()
-        self.n = loss_units(loss_fn, y)
+        self.counts = unit_counts(loss_fn, [y])
         self.batch_size = batch_size or auto_batch_size(x)
         self.fixed = {n: t.to(self.dev) for n, t in float_state(self.model).items()}
         self.points_per_call = points_per_call or DEFAULT_POINTS
@@ -171,8 +171,8 @@ class OnnxRuntimeRunner(Runner):
                 "io_binding": self.strategy == "wide", "execution": self.graph_note or "eager"}
 
     # ------------------------------------------------------------------ public
-    def evaluate(self, weights: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """Loss (mean over samples) and accuracy (percent) for ``weights[K, P]``."""
+    def evaluate(self, weights: torch.Tensor) -> Stats:
+        """Loss (mean over samples), accuracy (percent) and the loss's standard error for ``weights[K, P]``."""
         threads = torch.get_num_threads()
         # torch's OpenMP workers spin after each op and would steal the cores ONNX
         # Runtime is using; the little torch work here (folding, losses) runs on one.
@@ -197,20 +197,20 @@ class OnnxRuntimeRunner(Runner):
         prepared = self.wide.prepare(full_states(self.layout, weights, self.fixed))
         return {n: prepared[n].float() for n in self.manifest.input_names}
 
-    def _wide(self, inputs: dict[str, torch.Tensor], k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _wide(self, inputs: dict[str, torch.Tensor], k: int) -> Stats:
         io = self._io
         assert io is not None, "a wide runner has its bindings"
         kk = self.manifest.k
-        loss, acc = np.empty(k), np.empty(k)
+        parts = []
         for start in range(0, k, kk):
             count = min(kk, k - start)
             io.set_weights({n: _pad(v[start:start + kk], kk) for n, v in inputs.items()})
-            loss[start:start + count], acc[start:start + count] = evaluate_batches(
-                self.batches, lambda xb, c=count: io.run(xb)[:c], self.loss_fn, count, self.n, self.dev)
-        return loss, acc
+            parts.append(evaluate_batches(self.batches, lambda xb, c=count: io.run(xb)[:c], self.loss_fn, count,
+                                          self.counts, self.dev))
+        return concat_stats(parts)
 
-    def _baked(self, inputs: dict[str, torch.Tensor], k: int) -> tuple[np.ndarray, np.ndarray]:
-        loss, acc = np.empty(k), np.empty(k)
+    def _baked(self, inputs: dict[str, torch.Tensor], k: int) -> Stats:
+        parts = []
         host = {n: v.cpu().numpy() for n, v in inputs.items()}
         for i in range(k):
             session = make_session(_bake(self._template, {n: v[i:i + 1] for n, v in host.items()}), self.device)
@@ -218,8 +218,8 @@ class OnnxRuntimeRunner(Runner):
             def run(xb: torch.Tensor, session: Any = session) -> torch.Tensor:
                 return torch.from_numpy(session.run([self.manifest.output], {self.manifest.data_input: xb.numpy()})[0])
 
-            loss[i:i + 1], acc[i:i + 1] = evaluate_batches(self.batches, run, self.loss_fn, 1, self.n)
-        return loss, acc
+            parts.append(evaluate_batches(self.batches, run, self.loss_fn, 1, self.counts))
+        return concat_stats(parts)
 
 
 class _Bound:

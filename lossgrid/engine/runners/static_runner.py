@@ -30,7 +30,6 @@ import copy
 import logging
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -39,7 +38,7 @@ from ... import kernels
 from ...errors import ConfigError, is_out_of_memory
 from ...inputs import Inputs
 from ..batchnorm import recalibrate
-from ..losses import LossFn, finish_stats, loss_units, point_batch_stats
+from ..losses import LossFn, Stats, finish_stats, point_batch_stats, unit_counts
 from ..params import ParamLayout, perturbed_tensors
 from ..precision import check_precision, precision_mode
 from .base import Runner
@@ -89,7 +88,6 @@ class StaticRunner(Runner):
         self.layout = layout
         self.loss_fn = loss_fn
         self.model = copy.deepcopy(model).to(self.device).eval()
-        self.n = loss_units(loss_fn, y)
         self.channels_last = (inp.is_tensor(x) and x.dim() == 4
                               and any(isinstance(m, nn.Conv2d) for m in self.model.modules()))
         x, y = inp.to_device(x, self.device), y.to(self.device)
@@ -97,6 +95,7 @@ class StaticRunner(Runner):
             x = x.contiguous(memory_format=torch.channels_last)
         self.batch_size = batch_size or (device_batch_size(x) if cuda else auto_batch_size(x))
         self.batches = inp.batches(x, y, self.batch_size)
+        self.counts = unit_counts(loss_fn, [yb for _, yb in self.batches])
         self.bn_batches = [inp.to_device(b, self.device) for b in bn_batches or []]
         self.bn_note = {"bn": "recompute", "bn_batches": len(self.bn_batches)} if self.bn_batches else {}
         self.points_per_call = points_per_call or 8
@@ -163,7 +162,7 @@ class StaticRunner(Runner):
         self._base = self._physical(base.to(self.device, torch.float32)).contiguous()
         self._dirs = self._physical(dirs.to(self.device, torch.float32)).contiguous()
 
-    def evaluate_points(self, coeffs: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def evaluate_points(self, coeffs: torch.Tensor) -> Stats:
         """Loss and accuracy at grid coefficients ``coeffs[K, D]``: the kernel writes each
         point's weights into the flat buffer in place."""
         if self._dirs is None:
@@ -172,7 +171,7 @@ class StaticRunner(Runner):
         out = self.flat.view(1, -1)
         return self._run(coeffs.shape[0], lambda i: self.kern.perturb(self._base, self._dirs, coeffs[i:i + 1], out=out))
 
-    def evaluate(self, weights: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def evaluate(self, weights: torch.Tensor) -> Stats:
         """Loss and accuracy for ready-made weights ``[K, P]`` (copied into the buffer)."""
         weights = weights.to(self.device, torch.float32)
         return self._run(weights.shape[0], lambda i: self.flat.copy_(self._physical(weights[i])))
@@ -195,8 +194,8 @@ class StaticRunner(Runner):
             torch.cuda.empty_cache()
 
     # -- evaluation -----------------------------------------------------------------
-    def _run(self, k: int, write: Any) -> tuple[np.ndarray, np.ndarray]:
-        sums = torch.empty(k, dtype=torch.float64, device=self.device)
+    def _run(self, k: int, write: Any) -> Stats:
+        sums = torch.empty(k, 3, dtype=torch.float64, device=self.device)  # losses, squares, loss x units
         correct = torch.zeros(k, dtype=torch.int64, device=self.device)
         labelled = True
         with torch.no_grad(), self.guard("The model failed on the evaluation data"):
@@ -211,15 +210,17 @@ class StaticRunner(Runner):
                     labelled = False
                 else:
                     correct[i] = right
-        return finish_stats(sums, correct if labelled else None, self.n)  # the one synchronisation
+        # the one synchronisation
+        return finish_stats(sums[:, 0], sums[:, 1], sums[:, 2], correct if labelled else None, self.counts)
 
-    def _pass(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Loss sum and correct count of the current weights over ``batches``, on the device."""
-        total = torch.zeros((), dtype=torch.float64, device=self.device)
+    def _pass(self, batches: list[tuple[Any, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Sums of losses, squared losses and losses x units (``[3]``) and the correct count of
+        the current weights over ``batches``, on the device."""
+        total = torch.zeros(3, dtype=torch.float64, device=self.device)
         correct: torch.Tensor | None = torch.zeros((), dtype=torch.int64, device=self.device)
         for xb, yb in batches:
-            part, right = point_batch_stats(self.loss_fn, inp.forward(self.model, xb), yb)
-            total += part
+            *parts, right = point_batch_stats(self.loss_fn, inp.forward(self.model, xb), yb)
+            total += torch.stack(parts)
             correct = None if right is None or correct is None else correct + right
         return total, correct
 

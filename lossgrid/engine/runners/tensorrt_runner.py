@@ -50,7 +50,7 @@ import torch
 from torch import nn
 
 from ...errors import ConfigError, ExportError, MissingBackendError
-from ..losses import LossFn, evaluate_batches, loss_units
+from ..losses import LossFn, Stats, concat_stats, evaluate_batches, unit_counts
 from ..params import ParamLayout, full_states
 from ..precision import check_precision
 from ._trt_cache import EngineCache, cache_key, default_cache_dir
@@ -207,7 +207,7 @@ class TensorRTRunner(Runner):
         self.model = copy.deepcopy(model).cpu().eval()
         if x.is_floating_point():
             x = x.float()  # TensorRT engines take fp32 data
-        self.n = loss_units(loss_fn, y)
+        self.counts = unit_counts(loss_fn, [y])
         self.batch_size = int(batch_size or device_batch_size(x))
         self.points_per_call = points_per_call or DEFAULT_POINTS
         self.k = 1 if strategy == "refit" else self.points_per_call
@@ -285,8 +285,8 @@ class TensorRTRunner(Runner):
                 "tensorrt_version": str(self.trt.__version__),
                 "onnx_parity_max_abs_diff": self.export.max_abs_diff}
 
-    def evaluate(self, weights: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """Loss (mean over samples) and accuracy (percent) for ``weights[K, P]``."""
+    def evaluate(self, weights: torch.Tensor) -> Stats:
+        """Loss (mean over samples), accuracy (percent) and the loss's standard error for ``weights[K, P]``."""
         k = weights.shape[0]
         with torch.cuda.device(self.device), torch.inference_mode(), \
                 self.guard("TensorRT failed on the evaluation data"):
@@ -294,12 +294,12 @@ class TensorRTRunner(Runner):
             with torch.cuda.stream(self.stream):
                 prepared = self.wide.prepare(full_states(self.layout, weights.to(self.device), self.fixed))
                 inputs = {n: prepared[n].float() for n in self.manifest.input_names}
-                loss, acc = np.empty(k), np.empty(k)
+                parts = []
                 for start in range(0, k, self.k):
                     count = min(self.k, k - start)
                     part = {n: v[start:start + count] for n, v in inputs.items()}
-                    loss[start:start + count], acc[start:start + count] = self._points(part, count)
-            return loss, acc
+                    parts.append(self._points(part, count))
+            return concat_stats(parts)
 
     def close(self) -> None:
         """Release the execution context, the refitter, the engine and every device buffer."""
@@ -310,8 +310,8 @@ class TensorRTRunner(Runner):
         self._weights, self._out, self.batches, self.fixed = {}, None, [], {}
 
     # -- evaluation -----------------------------------------------------------------------
-    def _points(self, part: dict[str, torch.Tensor], count: int) -> tuple[np.ndarray, np.ndarray]:
-        """Loss and accuracy of ``count`` points (at most the engine's K) whose inputs are ``part``."""
+    def _points(self, part: dict[str, torch.Tensor], count: int) -> Stats:
+        """Loss, accuracy and standard error of ``count`` points (at most the engine's K) whose inputs are ``part``."""
         held: list[torch.Tensor] = []  # device weights the refit reads: alive until the point's results are read back
         if self.strategy == "inputs":
             for name, buf in self._weights.items():
@@ -332,8 +332,8 @@ class TensorRTRunner(Runner):
                 raise RuntimeError(f"TensorRT refit is missing weights {missing[:5]}")
             if not self.refitter.refit_cuda_engine_async(self.stream.cuda_stream):
                 raise RuntimeError("TensorRT could not refit the engine")
-        result = evaluate_batches(self.batches, lambda xb: self._execute(xb)[:count], self.loss_fn, count, self.n,
-                                  self.device)
+        result = evaluate_batches(self.batches, lambda xb: self._execute(xb)[:count], self.loss_fn, count,
+                                  self.counts, self.device)
         del held  # evaluate_batches has synchronised: the refit is done
         return result
 

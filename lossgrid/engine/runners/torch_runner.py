@@ -6,7 +6,6 @@ import copy
 import warnings
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -14,7 +13,7 @@ from ... import inputs as inp
 from ...errors import ConfigError
 from ...inputs import Inputs
 from ..batchnorm import recalibrate, refuse_recompute
-from ..losses import LossFn, evaluate_batches, loss_units
+from ..losses import LossFn, Stats, concat_stats, evaluate_batches, unit_counts
 from ..params import ParamLayout, full_states, perturbed_tensors
 from ..precision import check_precision, precision_mode
 from .base import Runner
@@ -63,7 +62,6 @@ class TorchRunner(Runner):
         self.model = copy.deepcopy(model).to(self.device).eval()
         if strategy == "wide":
             inp.require_tensor(x, "The torch wide strategy")
-        self.n = loss_units(loss_fn, y)
         x, y = inp.to_device(x, self.device), y.to(self.device)
         self.channels_last = (inp.is_tensor(x) and x.dim() == 4
                               and any(isinstance(m, nn.Conv2d) for m in self.model.modules()))
@@ -72,6 +70,7 @@ class TorchRunner(Runner):
             x = x.contiguous(memory_format=torch.channels_last)
         self.batch_size = batch_size or auto_batch_size(x)
         self.batches = inp.batches(x, y, self.batch_size)
+        self.counts = unit_counts(loss_fn, [yb for _, yb in self.batches])
         self.bn_batches = [inp.to_device(b, self.device) for b in bn_batches or []]
         self.bn_note = {"bn": "recompute", "bn_batches": len(self.bn_batches)} if self.bn_batches else {}
         self._targets = list(perturbed_tensors(self.model, layout.dir_type).values())
@@ -94,8 +93,8 @@ class TorchRunner(Runner):
         self.fixed = float_state(self.model)
 
     # -- public -----------------------------------------------------------------
-    def evaluate(self, weights: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """Loss (mean over samples) and accuracy (percent) for ``weights[K, P]``."""
+    def evaluate(self, weights: torch.Tensor) -> Stats:
+        """Loss (mean over samples), accuracy (percent) and the loss's standard error for ``weights[K, P]``."""
         weights = weights.to(self.device)
         with torch.inference_mode(), warnings.catch_warnings(), precision_mode(self.precision, self.device), \
                 self.guard("The model failed on the evaluation data"):
@@ -117,19 +116,17 @@ class TorchRunner(Runner):
                 **self.bn_note}
 
     # -- strategies -------------------------------------------------------------
-    def _loop(self, weights: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        k = weights.shape[0]
-        loss, acc = np.empty(k), np.empty(k)
-        for i in range(k):
+    def _loop(self, weights: torch.Tensor) -> Stats:
+        parts = []
+        for i in range(weights.shape[0]):
             torch._foreach_copy_(self._targets, list(self.layout.unflatten(weights[i]).values()))
             if self.bn_batches:
                 recalibrate(self.model, self.bn_batches)
-            loss[i:i + 1], acc[i:i + 1] = evaluate_batches(self.batches,
-                                                           lambda xb: inp.forward(self.model, xb).unsqueeze(0),
-                                                           self.loss_fn, 1, self.n, self.device)
-        return loss, acc
+            parts.append(evaluate_batches(self.batches, lambda xb: inp.forward(self.model, xb).unsqueeze(0),
+                                          self.loss_fn, 1, self.counts, self.device))
+        return concat_stats(parts)
 
-    def _vmap(self, weights: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def _vmap(self, weights: torch.Tensor) -> Stats:
         from torch.func import vmap
 
         params = self.layout.unflatten(weights)
@@ -138,9 +135,9 @@ class TorchRunner(Runner):
         def forward(xb: Inputs) -> torch.Tensor:
             return vmap(lambda p: inp.model_output(inp.call_functional(model, p, xb)))(params)
 
-        return evaluate_batches(self.batches, forward, self.loss_fn, weights.shape[0], self.n, self.device)
+        return evaluate_batches(self.batches, forward, self.loss_fn, weights.shape[0], self.counts, self.device)
 
-    def _wide(self, weights: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def _wide(self, weights: torch.Tensor) -> Stats:
         assert self.wide is not None
         k, kk = weights.shape[0], self.wide.k
         if k % kk:  # pad to a multiple of K with copies of the last point
@@ -149,8 +146,8 @@ class TorchRunner(Runner):
         for start in range(0, weights.shape[0], kk):
             params = self.wide.prepare(full_states(self.layout, weights[start:start + kk], self.fixed))
             parts.append(evaluate_batches(self.batches, lambda xb, p=params: self.wide.run(xb, p), self.loss_fn,
-                                          kk, self.n, self.device))
-        return np.concatenate([p[0] for p in parts])[:k], np.concatenate([p[1] for p in parts])[:k]
+                                          kk, self.counts, self.device))
+        return Stats(*(values[:k] for values in concat_stats(parts)))
 
 
 def auto_batch_size(x: Inputs, budget: int = 1 << 19) -> int:
