@@ -323,3 +323,26 @@ class SurfaceJob:
     batchnorm: BatchNormSpec = BatchNormSpec()
     #: ``module:function`` splitting the collated data set into ``(inputs, targets)``
     batch: str | None = None
+    #: choose (and grow) the subset of --data until every point's standard error is at most this
+    target_se: float | None = None
+    #: direction pairs (seeds ``seed ... seed + repeats - 1``), summarized per point
+    repeats: int = 1
+
+    def __post_init__(self) -> None:
+        if self.target_se is not None and not (isinstance(self.target_se, (int, float))
+                                               and math.isfinite(self.target_se) and self.target_se > 0):
+            raise ConfigError(f"--target-se {self.target_se!r} is invalid", "it is a standard error above 0",
+                              "pass e.g. --target-se 0.01")
+        if self.target_se is not None and self.samples is not None:
+            raise ConfigError("--target-se and --samples both choose the subset", "give one of them",
+                              "drop --samples: --target-se picks the subset size (seeded by --samples-seed)")
+        if not isinstance(self.repeats, int) or self.repeats < 1:
+            raise ConfigError(f"--repeats {self.repeats!r} is invalid", "it is a number of direction pairs, 1 or more")
+        if self.repeats > 1 and (self.dir_file or self.model2 or self.directions.kind != "random"):
+            raise ConfigError("--repeats needs random directions drawn per seed",
+                              "a --dir-file, an interpolation (--model2) or Hessian directions give one pair only",
+                              "drop --repeats, or --dir-file/--model2/--dir-kind hessian")
+        if self.target_se is not None and self.directions.kind == "hessian":
+            raise ConfigError("--target-se cannot be combined with --dir-kind hessian",
+                              "the pilot and the surface would each compute the Hessian directions",
+                              "give --samples N instead, or use random directions")

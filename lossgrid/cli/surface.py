@@ -39,7 +39,15 @@ from ._common import BATCH_HELP, LOSS_HELP, MODEL_HELP, echo_json, parse_axis, r
               "cifar100:DIR[:test][:label=fine|coarse][:norm=dataset|reference|none|M,M,M/S,S,S], "
               "imagefolder:DIR[:size=H[xW]][:norm=none|imagenet|reference|M,M,M/S,S,S][:gray], "
               "synthetic:SHAPE:N[:CLASSES] (seeded random inputs, for benchmarks), or module:function.")
-@click.option("--samples", type=click.IntRange(min=1), help="Evaluate on a fixed, seeded subset of N samples.")
+@click.option("--samples", type=click.IntRange(min=1),
+              help="Evaluate on a fixed, seeded subset of N samples (the same at every point: differences between "
+              "points are far more precise than each value; every point's standard error is stored).")
+@click.option("--target-se", type=click.FloatRange(min=0, min_open=True), metavar="E",
+              help="Choose the subset by a pilot, and grow it, until every point's loss has a standard error of at "
+              "most E against the whole --data set.")
+@click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True, metavar="R",
+              help="R random direction pairs (seeds --seed ... --seed+R-1), each its own file OUT.seed<S>.h5; "
+              "--out holds the per-point mean, spread (train_loss_std) and standard error over them.")
 @click.option("--samples-seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--loss", default="cross_entropy", show_default=True, help=LOSS_HELP)
 @click.option("--x", "x", default="-1:1:51", show_default=True, callback=parse_axis, metavar="MIN:MAX:NUM")
@@ -119,7 +127,7 @@ def surface(**kw: Any) -> None:
         curvature=CurvatureSpec(iters=kw["curvature_iters"], params=kw["curvature_params"]) if kw["curvature"]
         else None,
         batchnorm=BatchNormSpec(kw["bn"], kw["bn_batches"], kw["bn_batch_size"], kw["bn_data"]),
-        batch=kw["batch"],
+        batch=kw["batch"], target_se=kw["target_se"], repeats=kw["repeats"],
     )
     from ..engine.jobs import run_surface_job
 
@@ -143,6 +151,15 @@ def _echo_summary(s: dict[str, Any]) -> None:
                + f" ({s['backend']}/{s['strategy']})")
     if s.get("backend_choice"):
         click.echo(s["backend_choice"])
+    if s.get("target_se"):
+        t = s["target_se"]
+        click.echo(f"target standard error {t['target_se']:g}: {t['samples']:,} of {t['population']:,} samples "
+                   f"(pilot: {t['pilot_points']} points on {t['pilot_samples']} samples)")
+    if s.get("loss_se_max") is not None:
+        click.echo(f"largest standard error of a point's loss: {s['loss_se_max']:.3g}")
+    if s.get("repeats"):
+        click.echo(f"{s['repeats']} direction pairs: per-point spread of the loss up to {s['loss_std_max']:.3g} "
+                   f"(mean {s['loss_std_mean']:.3g}); files {', '.join(s['repeat_files'])}")
     if s.get("max_eig_max") is not None:
         click.echo(f"curvature: max_eig up to {s['max_eig_max']:.4g}, min_eig down to {s['min_eig_min']:.4g}, "
                    f"|min/max| up to {s['convexity_ratio_max']:.3g}"

@@ -96,7 +96,7 @@ def compute_evolution(model: str | None, checkpoints: Sequence[str], data: Any, 
     from .losses import resolve_loss
     from .params import ParamLayout, perturbed_tensors
     from .runners import make_runner
-    from .surface import _directions, _fingerprint, _out_of_memory, check_writable, resolve_device
+    from .surface import _fingerprint, _out_of_memory, check_writable, prepare_directions, resolve_device
 
     if not checkpoints:
         raise ConfigError("No checkpoint given", hint="pass --checkpoints 'run/epoch_*.pt'")
@@ -123,7 +123,7 @@ def compute_evolution(model: str | None, checkpoints: Sequence[str], data: Any, 
         # run uses the directions the file holds (its identity check still compares everything else)
         directions = _stored_evolution_directions(out_path, last, direction_spec, grid.ndim)
     if directions is None:
-        directions = _directions(last, direction_spec, grid.ndim, None, dir_file, data, loss_fn)
+        directions = prepare_directions(last, direction_spec, grid.ndim, None, dir_file, data, loss_fn)
     if directions.ndim != grid.ndim:
         raise ConfigError(f"The grid is {grid.ndim}D but {directions.ndim} direction(s) were given",
                           hint="give --y for two directions, or drop it for one")

@@ -3,6 +3,9 @@ then :func:`~lossgrid.engine.surface.compute_surface`."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import logging
 import os
 import time
 from typing import Any
@@ -11,9 +14,17 @@ import numpy as np
 
 from .._files import refuse_input_as_output
 from ..config import SurfaceJob
-from ..data import load_data
+from ..data import EvalData, load_data
+from ..errors import SurfaceFileError
 from ..models import load_model
-from .surface import Progress, check_writable, compute_surface
+from .losses import resolve_loss
+from .repeats import KIND as REPEATS_KIND
+from .repeats import repeat_paths, spread_summary, write_summary
+from .sampling import SampleChoice, choose_samples, grown_samples
+from .surface import SE, Progress, check_writable, compute_surface, prepare_directions
+from .surface_file import Surface
+
+log = logging.getLogger(__name__)
 
 
 def run_surface_job(job: SurfaceJob, progress: Progress | None = None) -> dict[str, Any]:
@@ -21,10 +32,19 @@ def run_surface_job(job: SurfaceJob, progress: Progress | None = None) -> dict[s
 
     Inputs are validated (output path, model, checkpoint, data) before the
     surface file is touched, so bad input never damages an existing file.
+    With ``job.repeats > 1`` every direction pair is its own surface file beside
+    ``job.out`` (:mod:`lossgrid.engine.repeats`) and ``job.out`` their summary; with
+    ``job.target_se`` the subset is chosen by a pilot and grown until every point
+    meets it (:mod:`lossgrid.engine.sampling`).
     """
     t0 = time.perf_counter()
-    check_writable(job.out)
-    refuse_input_as_output(job.out, input_files(job))
+    seeds = [job.directions.seed + r for r in range(job.repeats)]
+    outs = [job.out] if job.repeats == 1 else repeat_paths(job.out, seeds)
+    for out in dict.fromkeys([job.out, *outs]):
+        check_writable(out)
+        refuse_input_as_output(out, input_files(job))
+    if job.repeats > 1:
+        _check_summary_target(job)
     model, model_desc = load_model(job.model, job.checkpoint, job.trust_checkpoint)
     model2 = None
     if job.model2 is not None:
@@ -34,17 +54,107 @@ def run_surface_job(job: SurfaceJob, progress: Progress | None = None) -> dict[s
     bn_data = None
     if job.batchnorm.recompute and job.batchnorm.data is not None:
         bn_data = load_data(job.batchnorm.data, batch=job.batch)
-    surface = compute_surface(model, data, job.grid, job.out, direction_spec=job.directions, model2=model2,
-                              dir_file=job.dir_file, loss=job.loss, eval_spec=job.evaluation,
-                              overwrite=job.overwrite, progress=progress, model_description=model_desc,
-                              curvature=job.curvature, batchnorm=job.batchnorm, bn_data=bn_data)
-    run = surface.attrs.get("last_run", {})
-    return {**surface.summary(), "seconds": round(time.perf_counter() - t0, 3),
-            "eval_seconds": run.get("seconds"), "points_computed": run.get("points"),
-            "points_x_samples_per_s": run.get("points_x_samples_per_s"), "samples": len(data),
-            "backend": run.get("backend"), "strategy": run.get("strategy"),
-            "strategy_reason": run.get("strategy_reason"), "backend_choice": run.get("backend_choice"),
-            **_curvature_summary(surface)}
+    common = dict(model2=model2, dir_file=job.dir_file, loss=job.loss, eval_spec=job.evaluation,
+                  overwrite=job.overwrite, progress=progress, model_description=model_desc,
+                  curvature=job.curvature, batchnorm=job.batchnorm, bn_data=bn_data)
+    choice: SampleChoice | None = None
+    runs = []
+    for seed, out in zip(seeds, outs):
+        spec = dataclasses.replace(job.directions, seed=seed)
+        if job.target_se is None:
+            surface = compute_surface(model, data, job.grid, out, direction_spec=spec, **common)
+        else:
+            surface, choice = _surface_at_target(job, model, data, spec, out, choice, common)
+        runs.append(surface.attrs.get("last_run", {}))
+    if job.repeats > 1:
+        surface = write_summary(job.out, outs, seeds)
+    run = runs[-1]
+    summary = {**surface.summary(), "seconds": round(time.perf_counter() - t0, 3),
+               "eval_seconds": round(sum(r.get("seconds") or 0 for r in runs), 4),
+               "points_computed": sum(r.get("points") or 0 for r in runs),
+               "points_x_samples_per_s": run.get("points_x_samples_per_s"), "samples": run.get("samples", len(data)),
+               "backend": run.get("backend"), "strategy": run.get("strategy"),
+               "strategy_reason": run.get("strategy_reason"), "backend_choice": run.get("backend_choice"),
+               **_curvature_summary(surface), **_se_summary(surface), **spread_summary(surface)}
+    if choice is not None:
+        summary["target_se"] = choice.as_dict()
+    if job.repeats > 1:
+        summary["repeat_files"] = outs
+    return summary
+
+
+def _surface_at_target(job: SurfaceJob, model: Any, data: EvalData, spec: Any, out: str,
+                       choice: SampleChoice | None, common: dict[str, Any]) -> tuple[Surface, SampleChoice]:
+    """The surface on the smallest seeded subset whose points all meet ``job.target_se``: a
+    pilot picks the size (or the output file's, when resuming), the run's standard errors
+    confirm it or grow it (the file is then computed again on the larger subset)."""
+    assert job.target_se is not None
+    loss_fn, _ = resolve_loss(job.loss)
+    directions = prepare_directions(model, spec, job.grid.ndim, common["model2"], job.dir_file, data, loss_fn)
+    population = len(data)
+    if choice is None:
+        choice = choose_samples(model, data, job.grid, directions, loss_fn, job.target_se, job.samples_seed,
+                                job.evaluation)
+    n = _stored_samples(out, job.target_se) or choice.samples
+    options = dict(common)
+    while True:
+        subset = data.subset(n, job.samples_seed) if n < population else dataclasses.replace(data,
+                                                                                            population=population)
+        surface = compute_surface(model, subset, job.grid, out, directions=directions,
+                                  tags={"target_se": job.target_se}, **options)
+        bigger = grown_samples(surface.extra.get(SE, np.full(1, np.nan)), n, population, job.target_se)
+        if bigger is None:
+            return surface, dataclasses.replace(choice, samples=n)
+        log.info("a point's standard error exceeds %g with %d samples: computing again on %d", job.target_se, n,
+                 bigger)
+        n, options["overwrite"] = bigger, True  # our own file of this run, on a larger subset
+
+
+def _stored_samples(out: str, target: float) -> int | None:
+    """The subset size of an existing surface file computed for the same target (to resume it)."""
+    import h5py
+
+    from .._files import is_hdf5
+
+    if not os.path.exists(out) or not is_hdf5(out):
+        return None
+    try:
+        with h5py.File(out, "r", locking=False) as f:
+            identity = json.loads(f.attrs.get("identity", "{}"))
+    except (OSError, ValueError):
+        return None
+    if identity.get("target_se") != target or not isinstance(identity.get("samples"), int):
+        return None
+    return int(identity["samples"])
+
+
+def _check_summary_target(job: SurfaceJob) -> None:
+    """A repeats run writes ``job.out`` as its summary: never over a file that is something else."""
+    import h5py
+
+    from .._files import is_hdf5
+
+    if not os.path.exists(job.out) or job.overwrite:
+        return
+    kind = None
+    if is_hdf5(job.out):
+        try:
+            with h5py.File(job.out, "r", locking=False) as f:
+                kind = json.loads(f.attrs.get("identity", "{}")).get("file_kind")
+        except (OSError, ValueError):
+            kind = None
+    if kind != REPEATS_KIND:
+        raise SurfaceFileError(f"Output {job.out} exists and is not a repeats summary",
+                               "--repeats writes its summary there, which would replace the file",
+                               "pass --overwrite to replace it, or choose another --out")
+
+
+def _se_summary(surface: Any) -> dict[str, Any]:
+    """The largest standard error of a point's loss."""
+    se = surface.extra.get(SE)
+    if se is None or not np.isfinite(se[surface.done.astype(bool)]).any():
+        return {}
+    return {"loss_se_max": float(np.nanmax(se[surface.done.astype(bool)]))}
 
 
 def _curvature_summary(surface: Any) -> dict[str, Any]:

@@ -68,7 +68,7 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
                     eval_spec: EvalSpec = EvalSpec(), overwrite: bool = False,
                     progress: Progress | None = None, model_description: str | None = None,
                     curvature: CurvatureSpec | None = None, batchnorm: BatchNormSpec = BatchNormSpec(),
-                    bn_data: EvalData | None = None) -> Surface:
+                    bn_data: EvalData | None = None, tags: dict[str, Any] | None = None) -> Surface:
     """Evaluate loss and accuracy of ``model`` on a 1D or 2D grid around it.
 
     Args:
@@ -94,6 +94,8 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
             at every point from batches of ``bn_data``, default ``data``;
             :mod:`lossgrid.engine.batchnorm`). Stored in the file.
         bn_data: the set whose batches re-estimate BatchNorm statistics (``recompute``).
+        tags: settings of the calling job that decide the values (``target_se``), stored in
+            the file's identity.
     """
     data = as_eval_data(data)
     out_path = os.fspath(out) if out is not None else None
@@ -116,7 +118,7 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
         directions = _stored_hessian_directions(out_path, model, direction_spec, grid.ndim, model_fp, data_fp,
                                                 loss_desc)
     if directions is None:
-        directions = _directions(model, direction_spec, grid.ndim, model2, dir_file, data, loss_fn)
+        directions = prepare_directions(model, direction_spec, grid.ndim, model2, dir_file, data, loss_fn)
     if directions.ndim != grid.ndim:
         raise ConfigError(f"The grid is {grid.ndim}D but {directions.ndim} direction(s) were given",
                           hint="give --y for two directions, or drop it for one")
@@ -154,6 +156,7 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
         identity["curvature"] = dataclasses.asdict(curvature)
     if batchnorm.recompute and bn_data is not None:  # eval files (also those of older versions) stay resumable
         identity["bn"] = bn_identity(batchnorm, bn_data)
+    identity.update(tags or {})
     attrs = {k: v for k, v in identity.items() if v is not None}
     # train_loss_se estimates the error against this set's mean (0: an infinite population)
     attrs.update(se_population=int(data.population or 0))
@@ -304,8 +307,11 @@ def check_writable(path: str, dir_file: str | os.PathLike | None = None, what: s
                           f"choose another --out (the {what} stores its directions anyway)")
 
 
-def _directions(model: nn.Module, spec: DirectionSpec, ndim: int, model2: nn.Module | None,
-                dir_file: str | os.PathLike | None, data: EvalData, loss_fn: LossFn) -> Directions:
+def prepare_directions(model: nn.Module, spec: DirectionSpec, ndim: int, model2: nn.Module | None = None,
+                       dir_file: str | os.PathLike | None = None, data: EvalData | None = None,
+                       loss_fn: LossFn | None = None) -> Directions:
+    """The directions of a surface: read from ``dir_file`` if it exists (and checked against
+    ``spec``'s selection), else made from ``spec`` (and written to ``dir_file``, if given)."""
     if dir_file is not None and os.path.exists(dir_file):
         log.info("reading directions from %s", dir_file)
         return check_selection(load_directions(dir_file, model, spec.dir_type, ndim), spec, dir_file)

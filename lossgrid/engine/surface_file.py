@@ -61,7 +61,7 @@ LOSS, ACC, DONE = "train_loss", "train_acc", "done"
 #: bytes reserved for the ``runs`` log, a fixed-length string rewritten in place
 RUNS_CAPACITY = 16384
 #: optional per-point datasets a run may add (curvature maps), read whenever present
-EXTRA_DATASETS = ("max_eig", "min_eig", "train_loss_se", "interpolated")
+EXTRA_DATASETS = ("max_eig", "min_eig", "train_loss_se", "interpolated", "train_loss_std")
 #: datasets that new files get and resumed files of earlier versions go without
 OPTIONAL_DATASETS = ("train_loss_se",)
 #: identity entries that say how an input was spelled; fingerprints decide equality
