@@ -104,7 +104,13 @@ def find_images(directory: str) -> tuple[list[str], list[tuple[str, int]]]:
     samples: list[tuple[str, int]] = []
     for label, name in enumerate(classes):
         walked = []
+        seen: set[str] = set()  # real paths: a symlink loop is walked once
         for root, dirs, files in os.walk(os.path.join(directory, name), followlinks=True):
+            real = os.path.realpath(root)
+            if real in seen:
+                dirs[:] = []
+                continue
+            seen.add(real)
             dirs[:] = [d for d in dirs if not d.startswith(".")]
             walked.append((root, sorted(f for f in files if not f.startswith(".")
                                         and f.lower().endswith(IMAGE_EXTENSIONS))))

@@ -22,7 +22,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -35,16 +35,19 @@ Inputs = torch.Tensor | tuple[torch.Tensor, ...] | dict[str, torch.Tensor]
 
 
 def as_inputs(x: Any, what: str = "the inputs") -> Inputs:
-    """``x`` as :data:`Inputs`: arrays become tensors (floating point as float32),
-    lists become tuples; every part must hold the same number of samples (first axis)."""
+    """``x`` as :data:`Inputs`: arrays become tensors (floating point as float32); a tuple is
+    several positional inputs, a list is one array (of samples); every part must hold the
+    same number of samples (first axis)."""
     if isinstance(x, Mapping):
         if not x:
             raise DataLoadError(f"{what} are an empty dict", hint="give at least one input tensor")
         out: Inputs = {str(k): _as_tensor(v, f"{what}[{k!r}]") for k, v in x.items()}
-    elif isinstance(x, (tuple, list)) and not _is_numeric_list(x):
+    elif isinstance(x, tuple):
         if not x:
             raise DataLoadError(f"{what} are an empty tuple", hint="give at least one input tensor")
         out = tuple(_as_tensor(v, f"{what}[{i}]") for i, v in enumerate(x))
+    elif isinstance(x, list) and x and all(isinstance(v, torch.Tensor) for v in x):
+        out = _as_tensor(torch.stack(x), what)  # a list of samples is one array, as NumPy reads it
     else:
         out = _as_tensor(x, what)
     sizes = {name: int(t.shape[0]) for name, t in named_tensors(out)}
@@ -53,11 +56,6 @@ def as_inputs(x: Any, what: str = "the inputs") -> Inputs:
                             ", ".join(f"{n}: {s}" for n, s in sizes.items()),
                             "every input needs the samples on its first axis, the same count in each")
     return out
-
-
-def _is_numeric_list(x: Sequence[Any]) -> bool:
-    """A plain (nested) list of numbers -- one array -- rather than a list of inputs."""
-    return len(x) > 0 and not isinstance(x[0], (torch.Tensor, np.ndarray, Mapping, tuple, list))
 
 
 def _as_tensor(v: Any, what: str) -> torch.Tensor:
@@ -190,7 +188,8 @@ def batches(x: Inputs, y: torch.Tensor, size: int) -> list[tuple[Inputs, torch.T
     return list(zip(split(x, size), y.split(size)))
 
 
-def require_tensor(x: Inputs, what: str) -> torch.Tensor:
+def require_tensor(x: Inputs, what: str, hint: str = "use --backend torch --strategy loop (or vmap/static), "
+                   "which accept several or named inputs") -> torch.Tensor:
     """``x`` if it is one tensor; otherwise a :class:`~lossgrid.errors.ConfigError` saying that
     ``what`` (a strategy, an exporter) needs a model with one tensor input."""
     if isinstance(x, torch.Tensor):
@@ -198,5 +197,4 @@ def require_tensor(x: Inputs, what: str) -> torch.Tensor:
     from .errors import ConfigError
 
     raise ConfigError(f"{what} needs a model with one tensor input; this one takes {sample_shape(x)}",
-                      "it traces or exports the model with a single input tensor",
-                      "use --backend torch --strategy loop (or vmap/static), which accept several or named inputs")
+                      "it traces or exports the model with a single input tensor", hint)

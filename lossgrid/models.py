@@ -282,8 +282,11 @@ def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str 
             parts.append(f"not in the model: {_first(unexpected)}")
         if shapes:
             parts.append(f"shape mismatch (checkpoint vs model): {', '.join(shapes[:3])}")
-        raise ModelLoadError(f"The state_dict in {source} does not match the model", "; ".join(parts),
-                             "pass the checkpoint of this architecture, or the factory it was trained with")
+        hint = "pass the checkpoint of this architecture, or the factory it was trained with"
+        if any(k.startswith("layers.") for k in unexpected) and any(k.startswith("layer1.") for k in missing):
+            hint += ("; checkpoints of lossgrid.zoo:resnet20/resnet56 saved before the zoo took the reference "
+                     "code's names load with --model lossgrid.zoo:resnet20_v0 (or resnet56_v0)")
+        raise ModelLoadError(f"The state_dict in {source} does not match the model", "; ".join(parts), hint)
     model.load_state_dict(state)
 
 

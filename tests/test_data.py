@@ -497,3 +497,18 @@ def test_imagefolder_without_pillow(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "PIL", None)
     with pytest.raises(MissingBackendError, match="Pillow.*pip install pillow"):
         load_data(f"imagefolder:{tmp_path}")
+
+
+def test_lists_are_one_array_of_samples_not_positional_inputs(tmp_path):
+    (tmp_path / "lists.py").write_text(
+        "import numpy as np\n"
+        "def nested():\n"
+        "    g = np.random.default_rng(0)\n"
+        "    return g.random((30, 64)).tolist(), [int(v) for v in g.integers(0, 3, 30)]\n"
+        "def arrays():\n"
+        "    g = np.random.default_rng(0)\n"
+        "    return [g.random(64) for _ in range(30)], g.integers(0, 3, 30)\n")
+    for name in ("nested", "arrays"):
+        data = load_data(f"{tmp_path / 'lists.py'}:{name}")
+        assert isinstance(data.x, torch.Tensor) and tuple(data.x.shape) == (30, 64)
+        assert data.x.dtype == torch.float32 and len(data) == 30

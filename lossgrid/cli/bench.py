@@ -26,7 +26,7 @@ def parse_project(ctx: click.Context, param: click.Parameter, value: str | None)
 
 
 @click.command()
-@model_data_options("lossgrid.zoo:resnet20", "Time on a fixed, seeded subset of N samples.")
+@model_data_options("resnet20", "Time on a fixed, seeded subset of N samples.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--backend", "backends", type=click.Choice(BACKENDS), multiple=True,
               help="Backend to time (repeatable; default: every backend but auto).")

@@ -37,7 +37,9 @@ def export(model: str | None, checkpoint: str | None, trust_checkpoint: bool, ou
     check_output_path(out, "ONNX file")
     refuse_input_as_output(out, {"--checkpoint": checkpoint, "--model": spec_file(model), "--data": spec_file(data)})
     net, desc = load_model(model, checkpoint, trust_checkpoint)
-    example = require_tensor(load_data(data).x, "The ONNX exporter")[:4]
+    example = require_tensor(load_data(data).x, "The ONNX exporter",
+                             "export a wrapper module that takes one tensor, or evaluate the model with "
+                             "lossgrid surface --backend torch")[:4]
     result = export_onnx(net, example, k=k, path=out, opset=opset, fold_bn=not no_fold_bn, tolerance=tolerance,
                          description=desc, with_loss=with_loss)
     summary = {"file": result.path, "points_per_call": k, "weight_inputs": len(result.manifest.inputs),

@@ -29,7 +29,7 @@ class _HvpProgress(Progress):
 
 
 @click.command()
-@model_data_options("lossgrid.zoo:resnet20", "Use a fixed, seeded subset of N samples.",
+@model_data_options("resnet20", "Use a fixed, seeded subset of N samples.",
                     "H is taken over ALL of it (or of --samples).")
 @click.option("--params", "params", metavar="GLOB",
               help="Parameters to differentiate: fnmatch globs over parameter names, comma-separated "

@@ -114,6 +114,12 @@ def surface(**kw: Any) -> None:
     """
     if kw["curvature_params"] and not kw["curvature"]:
         raise click.BadParameter("it applies to --curvature, which is not given", param_hint="--curvature-params")
+    ctx = click.get_current_context()
+    for name in ("bn_data", "bn_batches", "bn_batch_size"):
+        given = ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)
+        if given and kw["bn"] != "recompute":
+            raise click.BadParameter("it applies to --bn recompute, which is not given",
+                                     param_hint="--" + name.replace("_", "-"))
     job = SurfaceJob(
         out=kw["out"], grid=GridSpec(kw["x"], kw["y"]), model=kw["model"], checkpoint=kw["checkpoint"],
         model2=kw["model2"], data=kw["data"], samples=kw["samples"], samples_seed=kw["samples_seed"],

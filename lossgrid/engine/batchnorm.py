@@ -92,7 +92,8 @@ def check_recompute(model: nn.Module, dir_type: str) -> None:
 def refuse_recompute(strategy: str) -> None:
     """The error of a runner that cannot re-estimate BatchNorm statistics per point."""
     raise ConfigError(f"The {strategy} strategy cannot re-estimate BatchNorm statistics per point (--bn recompute)",
-                      "it evaluates a folded or exported graph, not the module in training mode",
+                      "it evaluates many weight sets at once (vmap, K-wide) or a folded, exported graph, never "
+                      "one module whose statistics can be reset and re-estimated between points",
                       f"use --backend torch --strategy loop or static with --bn recompute "
                       f"(supported: {', '.join(RECOMPUTE_STRATEGIES)})")
 
@@ -100,14 +101,30 @@ def refuse_recompute(strategy: str) -> None:
 def recompute_batches(data: EvalData, spec: BatchNormSpec) -> list[Inputs]:
     """The inputs of the ``spec.batches`` batches that re-estimate the statistics: a seeded
     draw (``spec.seed``) of ``batches x batch_size`` samples of ``data`` (all of them if it
-    holds fewer), the same at every point."""
+    holds fewer), the same at every point. A last batch of one sample joins the one before
+    (BatchNorm in training mode needs two samples per channel)."""
     n = len(data)
     gen = torch.Generator().manual_seed(spec.seed)
     order = torch.randperm(n, generator=gen)[:spec.batches * spec.batch_size]
-    return inp.split(inp.take(data.x, order), spec.batch_size)
+    if len(order) < 2:
+        raise ConfigError(f"--bn recompute needs at least 2 samples, {data.description} has {len(order)}",
+                          "BatchNorm estimates statistics over a batch", "pass --bn-data with more samples")
+    bounds = list(range(0, len(order), spec.batch_size)) + [len(order)]
+    if len(bounds) > 2 and bounds[-1] - bounds[-2] < 2:
+        del bounds[-2]
+    return [inp.take(data.x, order[a:b]) for a, b in zip(bounds, bounds[1:])]
 
 
-def identity(spec: BatchNormSpec, data: EvalData) -> dict[str, object]:
-    """What a surface file stores of a ``recompute`` policy (it changes every value)."""
+def identity(spec: BatchNormSpec, batches: list[Inputs]) -> dict[str, object]:
+    """What a surface file's identity holds of a ``recompute`` policy (it changes every value):
+    the settings and a fingerprint of the batches' contents (not how the data was spelled)."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=8)
+    for batch in batches:
+        for t in inp.tensors(batch):
+            t = t.detach().cpu().contiguous()
+            h.update(str((t.dtype, tuple(t.shape))).encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return {"policy": spec.policy, "batches": spec.batches, "batch_size": spec.batch_size, "seed": spec.seed,
-            "data": data.description}
+            "data_fingerprint": h.hexdigest()}

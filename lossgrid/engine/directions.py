@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..config import DIR_TYPES, DirectionSpec
-from ..errors import DirectionError
+from ..errors import ConfigError, DirectionError
 from ..kernels import normalize_direction
 from .params import ParamLayout, perturbed_tensors, select_names
 
@@ -131,11 +131,19 @@ def create_directions(model: nn.Module, spec: DirectionSpec = DirectionSpec(), n
         y = random_direction(weights, spec.y_norm, spec.y_ignore, gen)
         meta.update(ynorm=spec.y_norm, yignore=spec.y_ignore)
     if spec.selects:  # drawn for every tensor above: the moving ones get the values they would get anyway
+        if model2 is not None:
+            raise DirectionError("--params/--exclude/--trainable-only cannot be combined with an interpolation",
+                                 "x=1 would no longer be the second model", "drop the selection or --model2")
         moving = set(selected_tensors(model, spec))
         for direction in (x, y):
             for name, d in zip(weights, direction or []):
                 if name not in moving:
                     d.zero_()
+        if not any(bool(d.any()) for direction in (x, y) for d in direction or []):
+            raise DirectionError(f"The selected tensors ({', '.join(sorted(moving)[:5])}) get zero directions",
+                                 "with --xignore biasbn every tensor of at most one dimension (biases, norm "
+                                 "weights) gets a zero direction, so the surface would be flat",
+                                 "select weight matrices or filters too, or pass --xignore none")
         meta.update(selection_meta(spec))
     return Directions(layout, x, y, meta)
 
@@ -145,20 +153,48 @@ def selected_tensors(model: nn.Module, spec: DirectionSpec) -> tuple[str, ...]:
     ``--trainable-only``), in layout order."""
     names = list(perturbed_tensors(model, spec.dir_type))
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad} if spec.trainable_only else set()
-    return select_names(names, spec.params, spec.exclude, frozen)
+    return select_names(names, spec.params, spec.exclude, frozen, aliases=tensor_aliases(model))
 
 
-def check_selection(dirs: Directions, spec: DirectionSpec, source: str | os.PathLike) -> Directions:
-    """``dirs`` read from ``source`` if they move the tensors ``spec`` selects; else a
-    :class:`DirectionError` (a direction file made for another selection)."""
-    stored = {k: dirs.meta.get(k) for k in SELECTION_KEYS if dirs.meta.get(k) not in (None, False)}
-    if stored != selection_meta(spec):
+def tensor_aliases(model: nn.Module) -> dict[str, str]:
+    """Other names of tied tensors (``head.weight`` sharing ``embed.weight``) -> the name the
+    layout uses (the first in the state_dict), so that globs may name either."""
+    first: dict[int, str] = {}
+    aliases: dict[str, str] = {}
+    for name, t in model.state_dict(keep_vars=True).items():
+        if id(t) in first:
+            aliases[name] = first[id(t)]
+        else:
+            first[id(t)] = name
+    return aliases
+
+
+def check_selection(dirs: Directions, spec: DirectionSpec, source: str | os.PathLike,
+                    model: nn.Module) -> Directions:
+    """``dirs`` read from ``source`` if they move the tensors ``spec`` selects on ``model``;
+    else a :class:`DirectionError` (a direction file made for another selection)."""
+    if not same_selection(model, dirs, spec):
+        stored = {k: dirs.meta.get(k) for k in SELECTION_KEYS if dirs.meta.get(k) not in (None, False)}
         raise DirectionError(f"The directions in {os.fspath(source)} were made for another selection of tensors",
                              f"they were made with {stored or 'every tensor'}, this run asks for "
                              f"{selection_meta(spec) or 'every tensor'}",
                              "pass the same --params/--exclude/--trainable-only as when the file was written, "
                              "or another --dir-file")
     return dirs
+
+
+def same_selection(model: nn.Module, dirs: Directions, spec: DirectionSpec) -> bool:
+    """Whether ``dirs`` (by their stored selection settings) move the same tensors of ``model``
+    as ``spec`` selects (equal sets, however the globs are spelled)."""
+    stored = {k: dirs.meta.get(k) for k in SELECTION_KEYS if dirs.meta.get(k) not in (None, False)}
+    if stored == selection_meta(spec):
+        return True
+    made = DirectionSpec(dir_type=dirs.layout.dir_type, params=stored.get("params"), exclude=stored.get("exclude"),
+                         trainable_only=bool(stored.get("trainable_only", False)))
+    try:
+        return set(selected_tensors(model, made)) == set(selected_tensors(model, spec))
+    except ConfigError:
+        return False
 
 
 def selection_meta(spec: DirectionSpec) -> dict[str, Any]:

@@ -34,7 +34,6 @@ import numpy as np
 from .._files import input_file_problem
 from ..config import DirectionSpec, EvalSpec, GridSpec
 from ..errors import ConfigError, is_out_of_memory
-from ..inputs import tensors
 from ._evolve_file import GROUP, KIND, Evolution, EvolutionWriter, load_evolution  # noqa: F401 - re-exported
 from .surface_file import Surface
 from .trajectory import natural_key, sort_checkpoints  # noqa: F401 - natural_key: part of this API
@@ -96,7 +95,14 @@ def compute_evolution(model: str | None, checkpoints: Sequence[str], data: Any, 
     from .losses import resolve_loss
     from .params import ParamLayout, perturbed_tensors
     from .runners import make_runner
-    from .surface import _fingerprint, _out_of_memory, check_writable, prepare_directions, resolve_device
+    from .surface import (
+        _fingerprint,
+        _out_of_memory,
+        check_writable,
+        data_fingerprint,
+        prepare_directions,
+        resolve_device,
+    )
 
     if not checkpoints:
         raise ConfigError("No checkpoint given", hint="pass --checkpoints 'run/epoch_*.pt'")
@@ -140,7 +146,7 @@ def compute_evolution(model: str | None, checkpoints: Sequence[str], data: Any, 
                               "pass checkpoints of one architecture")
         fingerprints.append(_fingerprint(t for t in current.state_dict().values()))
     identity = {"file_kind": KIND, "model": model or "checkpoint", "checkpoint_fingerprints": fingerprints,
-                "data": data.description, "data_fingerprint": _fingerprint([*tensors(data.x), data.y]),
+                "data": data.description, "data_fingerprint": data_fingerprint(data),
                 "samples": len(data),
                 "loss": loss_desc, "directions": directions.fingerprint(), "x": str(grid.x),
                 "y": str(grid.y) if grid.y is not None else None,

@@ -229,7 +229,9 @@ def select_parameters(model: nn.Module, params: str | tuple[str, ...] | None) ->
     if isinstance(params, tuple):
         unknown = [n for n in params if n not in dict(named)]
         if unknown or not params:
-            raise ConfigError(f"Not parameters of the model: {', '.join(unknown[:5]) or 'none given'}")
+            raise ConfigError(f"Not parameters of the model: {', '.join(unknown[:5]) or 'none given'}",
+                              "the Hessian is taken over named parameters (buffers have no derivative)",
+                              "name parameters of model.named_parameters()")
         return tuple(n for n, _ in named if n in set(params))
     if params is None:
         names = tuple(n for n, p in named if p.requires_grad)

@@ -3,6 +3,11 @@
 A loss is a callable ``loss(outputs, targets)`` returning one value per sample
 (shape ``[B]``); a callable that returns a scalar is taken as the batch mean.
 
+Accuracy: a loss may say what counts as correct with ``correct(outputs, targets)``
+(a count per sample; :class:`TokenCrossEntropy` counts tokens predicted right,
+never an ignored one); otherwise accuracy is the share of argmax matches for class
+labels (one per sample) and NaN for anything else (regression, sequences).
+
 Units: the reported loss is the sum of the per-sample values over the whole
 set divided by the set's number of *units* -- its samples, unless the loss has
 a ``units(targets)`` method. Token-level losses (:class:`TokenCrossEntropy`)
@@ -68,6 +73,12 @@ class TokenCrossEntropy:
     def units(self, targets: torch.Tensor) -> int:
         """Tokens that count in all of ``targets``."""
         return int(self.sample_units(targets).sum())
+
+    def correct(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Tokens predicted right per sample, ``[B]``, ignored positions never counted (the
+        ignore index may be a real token id, such as a padding id 0)."""
+        right = (outputs.argmax(dim=-1) == targets) & (targets != self.ignore_index)
+        return right.reshape(targets.shape[0], -1).sum(dim=1)
 
     def __repr__(self) -> str:
         return self.__qualname__
@@ -198,9 +209,7 @@ def point_batch_stats(loss_fn: LossFn, outputs: torch.Tensor, targets: torch.Ten
         total, sq = values.sum(), (values * values).sum()
         units = sample_units(loss_fn, targets)
         cross = total if units is None else (values * units).sum()
-    if torch.is_floating_point(targets) or outputs.dim() < 2 or outputs.shape[-1] < 2:
-        return total, sq, cross, None
-    return total, sq, cross, (outputs.argmax(dim=-1) == targets).sum()
+    return total, sq, cross, _correct(loss_fn, outputs, targets)
 
 
 def wide_batch_stats(loss_fn: LossFn, outputs: torch.Tensor, targets: torch.Tensor
@@ -219,9 +228,30 @@ def wide_batch_stats(loss_fn: LossFn, outputs: torch.Tensor, targets: torch.Tens
         total, sq = values.sum(dim=1), (values * values).sum(dim=1)
         units = sample_units(loss_fn, targets)
         cross = total if units is None else (values * units).sum(dim=1)
-    if torch.is_floating_point(targets) or outputs.dim() < 3 or outputs.shape[-1] < 2:
+    hook = getattr(loss_fn, "correct", None)
+    if hook is not None:
+        return total, sq, cross, vmap(lambda o: hook(o, targets).sum())(outputs)
+    if not _class_labels(outputs[0], targets):
         return total, sq, cross, None
-    return total, sq, cross, (outputs.argmax(dim=-1) == targets).reshape(outputs.shape[0], -1).sum(dim=1)
+    return total, sq, cross, (outputs.argmax(dim=-1) == targets).sum(dim=1)
+
+
+def _class_labels(outputs: torch.Tensor, targets: torch.Tensor) -> bool:
+    """Whether ``targets`` are one class index per sample for logits ``outputs[B, C]``."""
+    return (not torch.is_floating_point(targets) and targets.dim() == 1 and outputs.dim() == 2
+            and outputs.shape[-1] >= 2)
+
+
+def _correct(loss_fn: LossFn, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
+    """Correct count of one batch at one point: the loss's own ``correct(outputs, targets)``
+    (per sample) if it has one, else argmax matches for class labels, else ``None``
+    (regression, or sequence targets of a loss that does not say what is correct)."""
+    hook = getattr(loss_fn, "correct", None)
+    if hook is not None:
+        return hook(outputs, targets).sum()
+    if not _class_labels(outputs, targets):
+        return None
+    return (outputs.argmax(dim=-1) == targets).sum()
 
 
 def finish_stats(total: torch.Tensor, sq: torch.Tensor, cross: torch.Tensor, correct: torch.Tensor | None,

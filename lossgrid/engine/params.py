@@ -10,7 +10,7 @@ that many grid points are one matrix product (:func:`lossgrid.kernels.perturb`).
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -88,16 +88,34 @@ def parse_globs(text: str | None) -> tuple[str, ...]:
 
 
 def select_names(names: Sequence[str], include: str | None = None, exclude: str | None = None,
-                 frozen: Collection[str] = (), what: str = "tensor") -> tuple[str, ...]:
+                 frozen: Collection[str] = (), what: str = "tensor",
+                 aliases: Mapping[str, str] | None = None) -> tuple[str, ...]:
     """The ``names`` (in order) matched by the ``include`` globs (all when ``None``), minus those
-    matched by the ``exclude`` globs and those in ``frozen``; a :class:`ConfigError` naming the
-    candidates when nothing is left."""
+    matched by the ``exclude`` globs and those in ``frozen``. A glob may also name an alias of
+    a tied tensor (``aliases``: other name -> the name in ``names``). A glob that matches no
+    name, or a selection that leaves nothing, is a :class:`ConfigError` naming the candidates."""
+    aliases = dict(aliases or {})
+    spelled = {n: [n] for n in names}
+    for other, target in aliases.items():
+        if target in spelled:
+            spelled[target].append(other)
     wanted, unwanted = parse_globs(include), parse_globs(exclude)
-    chosen = tuple(n for n in names
-                   if (not wanted or any(fnmatch.fnmatchcase(n, g) for g in wanted))
-                   and not any(fnmatch.fnmatchcase(n, g) for g in unwanted) and n not in frozen)
+
+    def hits(glob: str) -> set[str]:
+        return {n for n, forms in spelled.items() if any(fnmatch.fnmatchcase(f, glob) for f in forms)}
+
+    shown = ", ".join(list(names)[:8]) + (", ..." if len(names) > 8 else "")
+    for option, globs in (("--params", wanted), ("--exclude", unwanted)):
+        for glob in globs:
+            if not hits(glob):
+                raise ConfigError(f"{option} {glob!r} matches no {what} of the model",
+                                  f"its {what}s are {shown}" if names else f"the model has no {what}s",
+                                  "check the spelling: globs are fnmatch patterns over state_dict names, "
+                                  "comma-separated")
+    keep = set().union(*(hits(g) for g in wanted)) if wanted else set(names)
+    drop = set().union(*(hits(g) for g in unwanted)) if unwanted else set()
+    chosen = tuple(n for n in names if n in keep and n not in drop and n not in frozen)
     if not chosen:
-        shown = ", ".join(list(names)[:8]) + (", ..." if len(names) > 8 else "")
         rules = [f"--params {include!r}" if include else "", f"--exclude {exclude!r}" if exclude else "",
                  "trainable only" if frozen else ""]
         raise ConfigError(f"No {what} of the model is left to perturb ({', '.join(r for r in rules if r)})",

@@ -139,8 +139,9 @@ def precision_mode(precision: str, device: torch.device | str) -> Iterator[None]
         if device.type == "cuda":
             for obj, attr in settings:
                 setattr(obj, attr, ("tf32" if tf32 else "ieee") if modern else tf32)
-        with (torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
-              if precision == "bf16" else contextlib.nullcontext()):
+        # fp32/tf32 also switch off an enclosing autocast: fp32 means fp32 inside a bf16 region too
+        with (torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False) if precision == "bf16"
+              else torch.autocast(device.type, enabled=False)):
             yield
     finally:
         for (obj, attr), value in zip(settings, saved):

@@ -21,7 +21,7 @@ from .. import inputs as inp
 from ..data import EvalData
 from ..errors import DataLoadError, DirectionError, EvaluationError, ModelLoadError
 from .directions import Directions
-from .losses import LossFn, cross_entropy
+from .losses import LossFn, cross_entropy, loss_units
 
 PROBE_SAMPLES = 4
 
@@ -68,6 +68,7 @@ def check_data(data: EvalData, loss_fn: LossFn) -> None:
                                     f"({int((~finite).sum())} of {len(t)} samples, the first at index {first})",
                                     "every point of the surface would be NaN",
                                     "clean the data set or pass --samples to a clean subset")
+    loss_units(loss_fn, data.y)  # a set whose targets the loss does not count at all is refused here
     if loss_fn is cross_entropy and not torch.is_floating_point(data.y) and data.y.dim() != 1:
         raise DataLoadError(f"The targets of {data.description} have shape {tuple(data.y.shape)}",
                             "cross_entropy needs one class index per sample, shape (N,)",

@@ -43,6 +43,7 @@ from .directions import (
     check_selection,
     create_directions,
     load_directions,
+    same_selection,
     save_directions,
 )
 from .losses import LossFn, finite_population, resolve_loss
@@ -111,7 +112,7 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
     if model2 is not None:
         model2 = model2.to(device)
     preflight.probe(model, data, loss_fn, device)
-    model_fp, data_fp = _fingerprint(t for t in model.state_dict().values()), _fingerprint([*tensors(data.x), data.y])
+    model_fp, data_fp = _fingerprint(t for t in model.state_dict().values()), data_fingerprint(data)
     if directions is None and direction_spec.kind == "hessian" and dir_file is None and out_path is not None:
         # Hessian eigenvectors differ in the last bits between thread counts and devices: resume on the
         # directions the file holds rather than on new ones that would not match its fingerprint
@@ -154,12 +155,14 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
         identity["precision"] = eval_spec.precision
     if curvature is not None:
         identity["curvature"] = dataclasses.asdict(curvature)
-    if batchnorm.recompute and bn_data is not None:  # eval files (also those of older versions) stay resumable
-        identity["bn"] = bn_identity(batchnorm, bn_data)
+    if bn_batches is not None:  # eval files (also those of older versions) stay resumable
+        identity["bn"] = bn_identity(batchnorm, bn_batches)
     identity.update(tags or {})
     attrs = {k: v for k, v in identity.items() if v is not None}
     # train_loss_se estimates the error against this set's mean (0: an infinite population)
     attrs.update(se_population=int(data.population or 0))
+    if bn_data is not None and bn_batches is not None:
+        attrs.update(bn_data=bn_data.description)
     attrs.update(precision=eval_spec.precision, bn=batchnorm.policy, lossgrid_version=__version__,
                  seed=int(directions.meta.get("seed", direction_spec.seed)),
                  dir_file=os.fspath(dir_file) if dir_file else "")
@@ -314,11 +317,11 @@ def prepare_directions(model: nn.Module, spec: DirectionSpec, ndim: int, model2:
     ``spec``'s selection), else made from ``spec`` (and written to ``dir_file``, if given)."""
     if dir_file is not None and os.path.exists(dir_file):
         log.info("reading directions from %s", dir_file)
-        return check_selection(load_directions(dir_file, model, spec.dir_type, ndim), spec, dir_file)
+        return check_selection(load_directions(dir_file, model, spec.dir_type, ndim), spec, dir_file, model)
     dirs = create_directions(model, spec, ndim, model2, data=data, loss=loss_fn)
     if dir_file is not None and not save_directions(dir_file, dirs, exclusive=True):
         log.info("%s was written by another run meanwhile; using it", dir_file)
-        return load_directions(dir_file, model, spec.dir_type, ndim)
+        return check_selection(load_directions(dir_file, model, spec.dir_type, ndim), spec, dir_file, model)
     return dirs
 
 
@@ -346,8 +349,22 @@ def _stored_hessian_directions(path: str, model: nn.Module, spec: DirectionSpec,
         return None
     if dirs.meta.get("kind") != "hessian" or int(dirs.meta.get("seed", -1)) != spec.seed:
         return None
+    if not same_selection(model, dirs, spec):  # made for other tensors: this run computes its own
+        return None
     log.info("resuming on the Hessian directions stored in %s", path)
     return dirs
+
+
+def data_fingerprint(data: EvalData) -> str:
+    """A hash of an evaluation set's values; for several or named inputs also of their
+    structure (which argument is which), so that swapping two inputs is a different set."""
+    from ..inputs import is_tensor, named_tensors
+
+    digest = _fingerprint([*tensors(data.x), data.y])
+    if is_tensor(data.x):  # as before inputs could be tuples or dicts: such files stay resumable
+        return digest
+    names = [name for name, _ in named_tensors(data.x)]
+    return f"{digest}:{hashlib.blake2b(repr(names).encode(), digest_size=4).hexdigest()}"
 
 
 def _fingerprint(tensors: Any) -> str:

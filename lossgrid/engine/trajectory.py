@@ -48,7 +48,6 @@ from torch import nn
 from .._files import input_file_problem, same_file
 from ..config import DIR_TYPES, IGNORES, EvalSpec
 from ..errors import ConfigError
-from ..inputs import tensors
 from ..models import _read_state, load_state
 from ._trajectory_file import (  # noqa: F401 - the trajectory file, re-exported: part of this API
     TRAJECTORY_SCHEMA,
@@ -334,7 +333,7 @@ def path_losses(model: nn.Module, data: Any, traj: Trajectory, loss: Any = "cros
     from ..data import as_eval_data
     from .losses import resolve_loss
     from .runners import make_runner
-    from .surface import _fingerprint, resolve_device
+    from .surface import _fingerprint, data_fingerprint, resolve_device
 
     data = as_eval_data(data)
     loss_fn, loss_desc = resolve_loss(loss)
@@ -349,7 +348,7 @@ def path_losses(model: nn.Module, data: Any, traj: Trajectory, loss: Any = "cros
         attrs = (surface if isinstance(surface, Surface) else load_surface(os.fspath(surface))).attrs
         check_same_plane(attrs, traj)
         found = {"model": _fingerprint(t for t in model.state_dict().values()),
-                 "data": _fingerprint([*tensors(data.x), data.y]), "loss": loss_desc}
+                 "data": data_fingerprint(data), "loss": loss_desc}
         stored = {"model": attrs.get("model_fingerprint"), "data": attrs.get("data_fingerprint"),
                   "loss": attrs.get("loss")}
         differ = [k for k in found if stored[k] is not None and stored[k] != found[k]]

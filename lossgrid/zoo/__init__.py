@@ -45,6 +45,8 @@ from .small import (
     mlp,
     mlp_digits,
     mlp_mnist,
+    resnet20_v0,
+    resnet56_v0,
     resnet_digits,
     transformer_tokens,
     vgg_digits,
@@ -55,5 +57,5 @@ __all__ = [
     "BasicBlock", "Bottleneck", "CifarResNet", "DenseLayer", "DenseNet", "ResNet4Stage", "Transition", "VGG",
     "densenet121", "resnet20", "resnet56", "resnet_4stage", "resnet_cifar", "vgg9",
     "Conv1dNet", "DenseBlock", "DenseNetSmall", "ResNet", "TokenTransformer", "conv1d_digits", "densenet_digits",
-    "mlp", "mlp_digits", "mlp_mnist", "resnet_digits", "transformer_tokens", "vgg_digits",
+    "mlp", "mlp_digits", "mlp_mnist", "resnet20_v0", "resnet56_v0", "resnet_digits", "transformer_tokens", "vgg_digits",
 ]

@@ -38,6 +38,17 @@ class ResNet(nn.Module):
         return self.fc(out)
 
 
+def resnet20_v0() -> ResNet:
+    """ResNet-20 as ``lossgrid.zoo:resnet20`` was before the zoo took the reference code's names
+    (``layers.*``, ``fc.*``): loads checkpoints saved from it."""
+    return ResNet(3, (16, 32, 64), 3, 10)
+
+
+def resnet56_v0() -> ResNet:
+    """ResNet-56 as ``lossgrid.zoo:resnet56`` was before the zoo took the reference code's names."""
+    return ResNet(9, (16, 32, 64), 3, 10)
+
+
 def resnet_digits() -> ResNet:
     """A small residual CNN for scikit-learn's 8x8 digits (1 channel, 10 classes)."""
     return ResNet(1, (8, 16, 32), 1, 10)

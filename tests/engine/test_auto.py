@@ -121,3 +121,23 @@ def test_candidates_that_cannot_run_are_skipped_with_the_reason():
     auto.expect(10_000)
     auto.evaluate(W)
     assert auto.chosen.mark == 1 and "onnxruntime/wide unavailable (Unsupported layer Foo)" in auto.reason
+
+
+def test_a_default_that_cannot_run_the_model_passes_to_the_next_candidate():
+    from lossgrid.errors import ConfigError
+
+    def refuse():
+        raise ConfigError("The static strategy cannot run a TorchScript model")
+
+    def broken():
+        raise TypeError("an internal failure of this strategy")
+
+    auto = AutoRunner([("torch/static", refuse), ("torch/wide", broken), ("torch/loop", lambda: Fake(7, 0.001))],
+                      points_per_call=4)
+    auto.expect(4)
+    loss, _, _ = auto.evaluate(W)
+    assert list(loss) == [7, 7, 7, 7] and auto.chosen.mark == 7
+    assert "torch/static unavailable" in auto.reason and "TypeError" in auto.reason
+    nobody = AutoRunner([("torch/static", refuse)], points_per_call=4)
+    with pytest.raises(ConfigError, match="No runner can run this model"):
+        nobody.evaluate(W)

@@ -206,3 +206,38 @@ def test_token_loss_counts_tokens_not_sequences() -> None:
     assert other.units(torch.tensor([[0, 1, 2]])) == 2 and desc == "token_cross_entropy:ignore=0"
     with pytest.raises(ConfigError, match="ignore=N"):
         resolve_loss("token_cross_entropy:skip=3")
+
+
+def test_token_accuracy_never_counts_ignored_positions_even_a_real_token_id() -> None:
+    class Zeros(nn.Module):  # always predicts token 0, which is also the padding id
+        def __init__(self) -> None:
+            super().__init__()
+            self.bias = nn.Parameter(torch.tensor([5.0, 0.0, 0.0]))
+
+        def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+            return self.bias.expand(*tokens.shape, 3) + 0 * tokens.unsqueeze(-1)
+
+    tokens = torch.zeros(4, 3, dtype=torch.long)
+    targets = torch.tensor([[1, 2, 0], [1, 0, 0], [2, 1, 0], [1, 1, 1]])
+    surf = surface(Zeros(), EvalData(tokens, targets, "pad0"), "token_cross_entropy:ignore=0",
+                   EvalSpec(strategy="loop"), create_directions(Zeros(), DirectionSpec(xignore="none"), ndim=1))
+    assert (surf.acc == 0).all()  # no counted token is 0
+
+
+def test_sequence_targets_without_a_correct_rule_have_no_accuracy() -> None:
+    model, data, _ = lm_case()
+    plain = torch.where(data.y < 0, 0, data.y)
+
+    def summed(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(outputs.transpose(1, 2), targets, reduction="none").mean(1)
+
+    surf = surface(model, EvalData(data.x, plain, "lm"), summed, EvalSpec(strategy="loop"))
+    assert np.isnan(surf.acc).all() and np.isfinite(surf.loss).all()
+
+
+def test_targets_the_loss_does_not_count_are_refused_before_any_file(tmp_path) -> None:
+    model, data, _ = lm_case()
+    ignored = EvalData(data.x, torch.full_like(data.y, -100), "all padding")
+    with pytest.raises(LossgridError, match="no unit the loss counts"):
+        compute_surface(model, ignored, GridSpec(Axis(-1, 1, 3)), tmp_path / "s.h5", loss="token_cross_entropy")
+    assert not (tmp_path / "s.h5").exists()

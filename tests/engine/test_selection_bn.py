@@ -59,9 +59,11 @@ def test_exclude_and_trainable_only() -> None:
 
 
 def test_a_selection_matching_nothing_names_the_tensors() -> None:
-    with pytest.raises(ConfigError, match="No tensor .* left to perturb") as e:
+    with pytest.raises(ConfigError, match="--params 'nothing.\\*' matches no tensor") as e:
         create_directions(resnet_digits(), DirectionSpec(params="nothing.*"), ndim=1)
     assert "conv1.weight" in e.value.why
+    with pytest.raises(ConfigError, match="No tensor .* left to perturb"):
+        create_directions(resnet_digits(), DirectionSpec(params="fc.*", exclude="fc.*"), ndim=1)
 
 
 def test_surface_on_one_block_equals_moving_that_block_by_hand(tmp_path) -> None:
@@ -165,3 +167,74 @@ def test_bn_recompute_refusals() -> None:
                         direction_spec=DirectionSpec(dir_type="states"))
     with pytest.raises(ConfigError, match="policy"):
         BatchNormSpec("train")
+
+
+# -- edge cases ------------------------------------------------------------------------------------
+def test_globs_that_match_nothing_are_refused_and_tied_names_count() -> None:
+    with pytest.raises(ConfigError, match="--exclude 'fcc.\\*' matches no tensor"):
+        create_directions(resnet_digits(), DirectionSpec(exclude="fcc.*"), ndim=1)
+
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(7, 4)
+            self.mix = nn.Linear(4, 4)
+            self.head = nn.Linear(4, 7, bias=False)
+            self.head.weight = self.embed.weight  # tied, as language models do
+
+    dirs = create_directions(Tied(), DirectionSpec(exclude="head.*"), ndim=1)  # the alias names the tied tensor
+    moved = {n for n, t in zip(dirs.layout.names, dirs.x) if t.any()}
+    assert moved == {"mix.weight"}
+
+
+def test_a_selection_of_biases_only_would_be_flat_and_is_refused() -> None:
+    with pytest.raises(DirectionError, match="zero directions"):
+        create_directions(small_cnn(), DirectionSpec(params="*.bias"), ndim=1)
+    create_directions(small_cnn(), DirectionSpec(params="*.bias", xignore="none"), ndim=1)
+
+
+def test_equivalent_selections_share_a_direction_file(tmp_path) -> None:
+    model = small_cnn()
+    save_directions(tmp_path / "d.h5", create_directions(model, DirectionSpec(params="8.*"), ndim=1))
+    compute_surface(model, data(), GridSpec(Axis(-1, 1, 3)), dir_file=tmp_path / "d.h5",
+                    direction_spec=DirectionSpec(params="8.weight,8.bias"))
+
+
+def test_stored_hessian_directions_are_not_reused_for_another_selection(tmp_path) -> None:
+    model, d = small_cnn(), data(16)
+    grid = GridSpec(Axis(-1, 1, 3))
+    a = compute_surface(model, d, grid, tmp_path / "s.h5", direction_spec=DirectionSpec(kind="hessian", params="8.*"))
+    b = compute_surface(model, d, grid, tmp_path / "s.h5", overwrite=True,
+                        direction_spec=DirectionSpec(kind="hessian", params="3.*"))
+    with h5py.File(tmp_path / "s.h5", "r") as f:
+        assert json.loads(f.attrs["identity"])["params"] == "3.*"
+    assert not np.allclose(a.loss, b.loss)
+
+
+def test_bn_recompute_takes_a_last_batch_of_one_sample() -> None:
+    spec = BatchNormSpec("recompute", batches=3, batch_size=8, seed=0)
+    surf = compute_surface(small_cnn(), data(17), GridSpec(Axis(-1, 1, 3)), batchnorm=spec,
+                           eval_spec=EvalSpec(strategy="loop"))
+    assert np.isfinite(surf.loss).all()
+
+
+def test_bn_recompute_identity_follows_the_data_not_its_spelling(tmp_path) -> None:
+    spec = BatchNormSpec("recompute", batches=1, batch_size=8)
+    model, grid = small_cnn(), GridSpec(Axis(-1, 1, 3))
+    compute_surface(model, data(), grid, tmp_path / "s.h5", batchnorm=spec, bn_data=data(32))
+    renamed = EvalData(data(32).x, data(32).y, "spelled another way")
+    again = compute_surface(model, data(), grid, tmp_path / "s.h5", batchnorm=spec, bn_data=renamed)
+    assert again.attrs["last_run"]["points"] == 0  # resumed: nothing to do
+
+
+@pytest.mark.cpu_bf16
+def test_bn_recompute_is_the_same_in_loop_and_static_under_bf16() -> None:
+    spec = BatchNormSpec("recompute", batches=2, batch_size=16)
+    results = [compute_surface(small_cnn(), data(), GridSpec(Axis(-1, 1, 3)), batchnorm=spec,
+                               eval_spec=EvalSpec(strategy=s, precision="bf16")).loss for s in ("loop", "static")]
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-6)
+
+
+def test_a_selection_cannot_cut_an_interpolation() -> None:
+    with pytest.raises(DirectionError, match="interpolation"):
+        create_directions(small_cnn(), DirectionSpec(params="8.*"), ndim=1, model2=small_cnn())

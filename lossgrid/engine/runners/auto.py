@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ...config import AUTO_BUDGET
-from ...errors import ConfigError, LossgridError
+from ...errors import ConfigError, LossgridError, is_out_of_memory
 from ..losses import Stats, concat_stats
 from ._timing import pass_width, seconds_per_point, warm_up
 from .base import Runner
@@ -107,17 +107,23 @@ class AutoRunner(Runner):
     # -- the choice ----------------------------------------------------------------
     def _first_call(self, weights: torch.Tensor) -> Stats:
         k = weights.shape[0]
-        default_label, default_factory = self.candidates[0]
-        default = self._build(default_label, default_factory)
-        if isinstance(default, str):
-            raise ConfigError("The default runner cannot run this model", default,
-                              "use --backend torch --strategy loop")
+        refused: list[str] = []
+        for position, (default_label, default_factory) in enumerate(self.candidates):
+            default = self._build(default_label, default_factory)
+            if not isinstance(default, str):  # the first candidate that can run this model is the default
+                self.candidates = self.candidates[position:]
+                break
+            refused.append(default)
+        else:
+            raise ConfigError("No runner can run this model", "; ".join(refused),
+                              "check the model and data with --backend torch --strategy loop")
         head = pass_width(default_label.partition("/")[2], k)
         t0 = time.perf_counter()
         first = default.evaluate(weights[:head])  # real work, kept: it measures what a point costs
         per_point = (time.perf_counter() - t0) / head
         left = None if self.remaining is None else max(self.remaining - head, 0)
         job = per_point * left if left is not None else float("inf")
+        self._refused = refused
         runners = {default_label: default}
         best = self._choose(runners, weights, per_point, job, left)
         self.chosen = runners.pop(best)
@@ -176,7 +182,7 @@ class AutoRunner(Runner):
             else:
                 reason = (f"{default_label} without timing the others: the rest of this job (about {job:.1f} s at "
                           f"{per_point * 1e3:.1f} ms/point) is too small to repay timing them")
-        self.reason = "; ".join([reason, *unavailable])
+        self.reason = "; ".join([reason, *getattr(self, "_refused", []), *unavailable])
         self.calibration_seconds = spent
         return best
 
@@ -199,7 +205,7 @@ class AutoRunner(Runner):
             log.info("%s unavailable: %s", label, e)
             return f"{label} unavailable ({e.what})"
         except Exception as e:  # a strategy that cannot handle this model must never end the run
-            if weights is None:  # the default candidate: its failure is the model's, reported as such
+            if is_out_of_memory(e) and weights is None:  # the default: the surface loop names what to lower
                 raise
             reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
             log.info("%s unavailable: %s: %s", label, type(e).__name__, reason)

@@ -120,8 +120,9 @@ class TorchRunner(Runner):
         parts = []
         for i in range(weights.shape[0]):
             torch._foreach_copy_(self._targets, list(self.layout.unflatten(weights[i]).values()))
-            if self.bn_batches:
-                recalibrate(self.model, self.bn_batches)
+            if self.bn_batches:  # in IEEE fp32 whatever the run's precision, as the static runner does
+                with precision_mode("fp32", self.device):
+                    recalibrate(self.model, self.bn_batches)
             parts.append(evaluate_batches(self.batches, lambda xb: inp.forward(self.model, xb).unsqueeze(0),
                                           self.loss_fn, 1, self.counts, self.device))
         return concat_stats(parts)
