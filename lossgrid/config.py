@@ -253,6 +253,39 @@ class CurvatureSpec:
             raise ConfigError(f"curvature seed={self.seed!r} is invalid", "it must be a non-negative integer")
 
 
+@dataclass(frozen=True)
+class AdaptiveSpec:
+    """Settings of an adaptive grid.
+
+    Args:
+        tol: largest accepted measured interpolation error, as a share of the loss
+            range (max - min of the finite losses of the first two levels); the filled
+            surface is then within ``2 * tol`` of the range everywhere, within ``tol``
+            where the surface is smooth at the check spacing (module docstring).
+        coarse: stride of the first grid on each axis (the last index is always in it).
+            Larger strides evaluate fewer points on smooth surfaces, need more rounds, and
+            can miss features narrower than ``coarse / 2`` points.
+    """
+
+    tol: float = 0.01
+    coarse: int = 4
+
+    def __post_init__(self) -> None:
+        tol = self.tol
+        if isinstance(tol, bool) or not isinstance(tol, (int, float, np.floating, np.integer)) \
+                or not math.isfinite(float(tol)) or not 0.0 < float(tol) < 1.0:
+            raise ConfigError(f"Adaptive tolerance {tol!r} is out of range",
+                              "it is a share of the loss range, above 0 and below 1",
+                              "use for example 0.01: fill errors are then measured within 1% of the range")
+        coarse = self.coarse
+        if isinstance(coarse, bool) or not isinstance(coarse, (int, np.integer)) or coarse < 1:
+            raise ConfigError(f"Adaptive coarse stride {coarse!r} is not a positive whole number",
+                              "it is the stride of the first grid on each axis",
+                              "use for example 4 or 8 (1 evaluates every point)")
+        object.__setattr__(self, "tol", float(tol))
+        object.__setattr__(self, "coarse", int(coarse))
+
+
 #: BatchNorm policies: running statistics as stored, or re-estimated at every grid point
 BN_POLICIES = ("eval", "recompute")
 
@@ -327,6 +360,8 @@ class SurfaceJob:
     target_se: float | None = None
     #: direction pairs (seeds ``seed ... seed + repeats - 1``), summarized per point
     repeats: int = 1
+    #: evaluate a coarse grid and refine only where interpolation is off (``None``: every point)
+    adaptive: AdaptiveSpec | None = None
 
     def __post_init__(self) -> None:
         if self.target_se is not None and not (isinstance(self.target_se, (int, float))

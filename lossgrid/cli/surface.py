@@ -14,6 +14,7 @@ from ..config import (
     IGNORES,
     NORMS,
     PRECISIONS,
+    AdaptiveSpec,
     BatchNormSpec,
     CurvatureSpec,
     DirectionSpec,
@@ -45,6 +46,15 @@ from ._common import BATCH_HELP, LOSS_HELP, MODEL_HELP, echo_json, parse_axis, r
 @click.option("--target-se", type=click.FloatRange(min=0, min_open=True), metavar="E",
               help="Choose the subset by a pilot, and grow it, until every point's loss has a standard error of at "
               "most E against the whole --data set.")
+@click.option("--adaptive", is_flag=True,
+              help="Evaluate a coarse grid, then only where interpolation is measured to be off by more than "
+              "--adaptive-tol of the loss range; fill the rest by that interpolation (marked in the file and "
+              "plots).")
+@click.option("--adaptive-tol", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.01,
+              show_default=True, metavar="SHARE", help="Accepted interpolation error, a share of the loss range.")
+@click.option("--adaptive-coarse", type=click.IntRange(min=1), default=4, show_default=True, metavar="STRIDE",
+              help="Stride of the first grid: larger evaluates fewer points on smooth surfaces but can miss features "
+              "narrower than STRIDE/2 points.")
 @click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True, metavar="R",
               help="R random direction pairs (seeds --seed ... --seed+R-1), each its own file OUT.seed<S>.h5; "
               "--out holds the per-point mean, spread (train_loss_std) and standard error over them.")
@@ -115,10 +125,14 @@ def surface(**kw: Any) -> None:
     if kw["curvature_params"] and not kw["curvature"]:
         raise click.BadParameter("it applies to --curvature, which is not given", param_hint="--curvature-params")
     ctx = click.get_current_context()
-    for name in ("bn_data", "bn_batches", "bn_batch_size"):
+    for name, flag, on in (("bn_data", "--bn recompute", kw["bn"] == "recompute"),
+                           ("bn_batches", "--bn recompute", kw["bn"] == "recompute"),
+                           ("bn_batch_size", "--bn recompute", kw["bn"] == "recompute"),
+                           ("adaptive_tol", "--adaptive", kw["adaptive"]),
+                           ("adaptive_coarse", "--adaptive", kw["adaptive"])):
         given = ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)
-        if given and kw["bn"] != "recompute":
-            raise click.BadParameter("it applies to --bn recompute, which is not given",
+        if given and not on:
+            raise click.BadParameter(f"it applies to {flag}, which is not given",
                                      param_hint="--" + name.replace("_", "-"))
     job = SurfaceJob(
         out=kw["out"], grid=GridSpec(kw["x"], kw["y"]), model=kw["model"], checkpoint=kw["checkpoint"],
@@ -134,6 +148,7 @@ def surface(**kw: Any) -> None:
         else None,
         batchnorm=BatchNormSpec(kw["bn"], kw["bn_batches"], kw["bn_batch_size"], kw["bn_data"]),
         batch=kw["batch"], target_se=kw["target_se"], repeats=kw["repeats"],
+        adaptive=AdaptiveSpec(kw["adaptive_tol"], kw["adaptive_coarse"]) if kw["adaptive"] else None,
     )
     from ..engine.jobs import run_surface_job
 
@@ -161,6 +176,13 @@ def _echo_summary(s: dict[str, Any]) -> None:
         t = s["target_se"]
         click.echo(f"target standard error {t['target_se']:g}: {t['samples']:,} of {t['population']:,} samples "
                    f"(pilot: {t['pilot_points']} points on {t['pilot_samples']} samples)")
+    if s.get("adaptive"):
+        a = s["adaptive"]
+        err = a.get("max_check_error")
+        click.echo(f"adaptive grid: {a['points_evaluated']:,} of {a['points_total']:,} points evaluated "
+                   f"({100 * a['share_evaluated']:.1f}%), the rest interpolated; largest measured interpolation "
+                   f"error {'-' if err is None else f'{100 * err:.2g}%'} of the loss range "
+                   f"(tolerance {100 * a['tol']:g}%)")
     if s.get("loss_se_max") is not None:
         click.echo(f"largest standard error of a point's loss: {s['loss_se_max']:.3g}")
     if s.get("repeats"):

@@ -56,7 +56,7 @@ def run_surface_job(job: SurfaceJob, progress: Progress | None = None) -> dict[s
         bn_data = load_data(job.batchnorm.data, batch=job.batch)
     common = dict(model2=model2, dir_file=job.dir_file, loss=job.loss, eval_spec=job.evaluation,
                   overwrite=job.overwrite, progress=progress, model_description=model_desc,
-                  curvature=job.curvature, batchnorm=job.batchnorm, bn_data=bn_data)
+                  curvature=job.curvature, batchnorm=job.batchnorm, bn_data=bn_data, adaptive=job.adaptive)
     choice: SampleChoice | None = None
     runs = []
     for seed, out in zip(seeds, outs):
@@ -78,6 +78,8 @@ def run_surface_job(job: SurfaceJob, progress: Progress | None = None) -> dict[s
                **_curvature_summary(surface), **_se_summary(surface), **spread_summary(surface)}
     if choice is not None:
         summary["target_se"] = choice.as_dict()
+    if run.get("adaptive"):
+        summary["adaptive"] = run["adaptive"]
     if job.repeats > 1:
         summary["repeat_files"] = outs
     return summary

@@ -27,12 +27,13 @@ from torch import nn
 
 from .. import __version__
 from .._files import check_output_path, same_file
-from ..config import BatchNormSpec, CurvatureSpec, DirectionSpec, EvalSpec, GridSpec
+from ..config import AdaptiveSpec, BatchNormSpec, CurvatureSpec, DirectionSpec, EvalSpec, GridSpec
 from ..data import EvalData, as_eval_data
 from ..errors import ConfigError, MissingBackendError, ResourceError, SurfaceFileError, is_out_of_memory
 from ..inputs import tensors
 from ..kernels import perturb
 from . import preflight
+from .adaptive import AdaptiveGrid
 from .batchnorm import check_recompute, recompute_batches
 from .batchnorm import identity as bn_identity
 from .curvature import DATASETS as CURVATURE_DATASETS
@@ -60,6 +61,8 @@ DEVICE_TYPES = ("cpu", "cuda")
 PRECISION_CHECK_POINTS = 3
 #: the dataset of every point's standard error of the loss
 SE = "train_loss_se"
+#: the dataset marking the points an adaptive grid filled by interpolation (1) rather than evaluated (0)
+INTERPOLATED = "interpolated"
 
 
 def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch.Tensor], grid: GridSpec,
@@ -69,7 +72,8 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
                     eval_spec: EvalSpec = EvalSpec(), overwrite: bool = False,
                     progress: Progress | None = None, model_description: str | None = None,
                     curvature: CurvatureSpec | None = None, batchnorm: BatchNormSpec = BatchNormSpec(),
-                    bn_data: EvalData | None = None, tags: dict[str, Any] | None = None) -> Surface:
+                    bn_data: EvalData | None = None, tags: dict[str, Any] | None = None,
+                    adaptive: AdaptiveSpec | None = None) -> Surface:
     """Evaluate loss and accuracy of ``model`` on a 1D or 2D grid around it.
 
     Args:
@@ -97,6 +101,9 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
         bn_data: the set whose batches re-estimate BatchNorm statistics (``recompute``).
         tags: settings of the calling job that decide the values (``target_se``), stored in
             the file's identity.
+        adaptive: evaluate a coarse grid and refine only where interpolation is measured to be
+            off (:mod:`lossgrid.engine.adaptive`); the other points are filled by interpolation
+            and marked in the ``interpolated`` dataset (they are not ``done``).
     """
     data = as_eval_data(data)
     out_path = os.fspath(out) if out is not None else None
@@ -124,6 +131,10 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
         raise ConfigError(f"The grid is {grid.ndim}D but {directions.ndim} direction(s) were given",
                           hint="give --y for two directions, or drop it for one")
     preflight.check_finite_directions(directions)
+    if adaptive is not None and curvature is not None:
+        raise ConfigError("--adaptive cannot be combined with --curvature",
+                          "eigenvalues are not interpolated: every point of a curvature map is evaluated",
+                          "drop one of them")
     bn_batches = None
     if batchnorm.recompute:
         check_recompute(model, directions.layout.dir_type)
@@ -155,6 +166,8 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
         identity["precision"] = eval_spec.precision
     if curvature is not None:
         identity["curvature"] = dataclasses.asdict(curvature)
+    if adaptive is not None:
+        identity["adaptive"] = dataclasses.asdict(adaptive)
     if bn_batches is not None:  # eval files (also those of older versions) stay resumable
         identity["bn"] = bn_identity(batchnorm, bn_batches)
     identity.update(tags or {})
@@ -169,7 +182,8 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
     xs = grid.x.coordinates()
     ys = grid.y.coordinates() if grid.y is not None else None
     points = torch.as_tensor(grid.points(), dtype=dirs.dtype)
-    extra_names = (SE, *(CURVATURE_DATASETS if curvature is not None else ()))
+    extra_names = (SE, *(CURVATURE_DATASETS if curvature is not None else ()),
+                   *((INTERPOLATED,) if adaptive is not None else ()))
     writer = SurfaceWriter(out_path, xs, ys, identity, attrs, directions, overwrite, extra_names) if out_path else None
     surface = Surface(xs, ys, np.full(grid.shape, np.nan), np.full(grid.shape, np.nan),
                       np.zeros(grid.shape, dtype=bool), attrs, out_path,
@@ -180,11 +194,14 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
         if writer.resumed:
             log.info("resuming %s: %d of %d points done", out_path, int(writer.done.sum()), writer.done.size)
 
-    todo = np.flatnonzero(~surface.done.ravel())
     total = surface.done.size
-    done_count = total - len(todo)
+    start_done = done_count = int(surface.done.sum())
+    policy = AdaptiveGrid(grid.shape, adaptive, surface.done) if adaptive is not None else None
+    todo = (np.flatnonzero(~surface.done.ravel()) if policy is None
+            else policy.next_points(surface.loss, surface.done))
     runner.set_directions(base, dirs)
-    runner.expect(len(todo))  # auto runners size their timing to the job
+    # auto runners size their timing to the job (an adaptive one: about twice its first round)
+    runner.expect(len(todo) if policy is None else min(total - done_count, 2 * len(todo)))
     # with curvature every point costs many passes over the data: write each one as soon as it is done
     step = 1 if curvature is not None else runner.points_per_call
     precision_check: dict[str, Any] = {}
@@ -192,19 +209,20 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
 
     def run_info() -> dict[str, Any]:
         seconds = time.perf_counter() - t0
-        run = {**runner.describe(), "seconds": round(seconds, 4), "points": int(done_count - (total - len(todo))),
+        run = {**runner.describe(), "seconds": round(seconds, 4), "points": done_count - start_done,
                "samples": len(data)}
         run["points_x_samples_per_s"] = round(run["points"] * len(data) / seconds, 1) if seconds > 0 else None
         if precision_check:
             run["precision_check"] = precision_check
+        if policy is not None:
+            run["adaptive"] = policy.report()
         surface.attrs["last_run"] = run
         return run
 
-    try:
-        if progress:
-            progress(done_count, total)
-        for start in range(0, len(todo), step):
-            chunk = todo[start:start + step]
+    def evaluate(indices: np.ndarray) -> None:
+        nonlocal done_count
+        for start in range(0, len(indices), step):
+            chunk = indices[start:start + step]
             try:
                 loss_k, acc_k, se_k = runner.evaluate_points(points[chunk].to(device))
                 extra = {SE: finite_population(se_k, len(data), data.population)}
@@ -230,6 +248,15 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
                     points[chunk[:PRECISION_CHECK_POINTS]].to(device), loss_k, bn_batches))
             if progress:
                 progress(done_count, total)
+
+    try:
+        if progress:
+            progress(done_count, total)
+        evaluate(todo)
+        if policy is not None:
+            while len(todo := policy.next_points(surface.loss, surface.done)):
+                evaluate(todo)
+            _fill_adaptive(policy, surface, writer)
     except BaseException:
         if writer is not None:
             writer.abort(run_info())  # logs the partial run where it can; every flushed chunk stays
@@ -240,6 +267,19 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
     if writer is not None:
         writer.finish(info)
     return surface
+
+
+def _fill_adaptive(policy: AdaptiveGrid, surface: Surface, writer: SurfaceWriter | None) -> None:
+    """Fill the points an adaptive grid left unevaluated by its interpolation and mark them."""
+    acc, _ = policy.fill(surface.acc, surface.done)
+    loss, interpolated = policy.fill(surface.loss, surface.done)  # last: the report describes the loss
+    if writer is not None:
+        writer.store_filled(loss, acc, interpolated)
+    else:
+        surface.loss[interpolated], surface.acc[interpolated] = loss[interpolated], acc[interpolated]
+        surface.extra[INTERPOLATED] = interpolated.astype(np.float64)
+    log.info("adaptive grid: %d of %d points evaluated, %d interpolated", int(surface.done.sum()),
+             surface.done.size, int(interpolated.sum()))
 
 
 def _precision_check(model: nn.Module, layout: ParamLayout, base: torch.Tensor, dirs: torch.Tensor, data: EvalData,

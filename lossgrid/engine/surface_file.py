@@ -63,7 +63,7 @@ RUNS_CAPACITY = 16384
 #: optional per-point datasets a run may add (curvature maps), read whenever present
 EXTRA_DATASETS = ("max_eig", "min_eig", "train_loss_se", "interpolated", "train_loss_std")
 #: datasets that new files get and resumed files of earlier versions go without
-OPTIONAL_DATASETS = ("train_loss_se",)
+OPTIONAL_DATASETS = ("train_loss_se", "interpolated")
 #: identity entries that say how an input was spelled; fingerprints decide equality
 DESCRIPTIONS = ("model", "data")
 
@@ -371,6 +371,24 @@ class SurfaceWriter(_WriterLifecycle):
         for name, values in extra.items():
             self.extra[name][idx] = values
         self._commit(self.f, idx, {LOSS: self.loss, ACC: self.acc, **self.extra}, self.done, "surface file")
+
+    def store_filled(self, loss: np.ndarray, acc: np.ndarray, interpolated: np.ndarray) -> None:
+        """Store the values an adaptive grid filled in by interpolation at the points
+        ``interpolated`` (never marked done: a resumed run may evaluate them) and the
+        ``interpolated`` mask, values first."""
+        self.loss[interpolated] = loss[interpolated]
+        self.acc[interpolated] = acc[interpolated]
+        self.extra["interpolated"] = interpolated.astype(np.float64)
+        try:
+            self.f[LOSS][...] = self.loss
+            self.f[ACC][...] = self.acc
+            self.f.flush()
+            self.f["interpolated"][...] = self.extra["interpolated"]
+            self.f.flush()
+        except (OSError, RuntimeError) as e:
+            raise SurfaceFileError(f"Cannot write to surface file {self.path}", _h5_reason(e),
+                                   "free some space, then run the same command again: the evaluated points "
+                                   "are kept") from None
 
     def finish(self, run_info: dict[str, Any]) -> None:
         """Append this run's backend and timings to the ``runs`` log and close.

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..engine.surface_file import Surface, load_surface
-from ..errors import ConfigError
+from ..errors import ConfigError, SurfaceFileError
 
 METRICS = ("loss", "acc", "err")
 
@@ -40,7 +40,7 @@ def metric_values(surface: Surface, metric: str, log: bool = False, vmax: float 
         values, label = 100.0 - surface.acc, "error (%)"
     else:
         raise ConfigError(f"Unknown metric {metric!r}", hint=f"use one of {', '.join(METRICS)}")
-    z = np.where(surface.done, values, np.nan).astype(np.float64)
+    z = np.where(shown_mask(surface), values, np.nan).astype(np.float64)
     if vmax is not None:
         z = np.minimum(z, vmax)
     if log:
@@ -147,3 +147,46 @@ def check_same_axes(surfaces: list[Surface], allow_mismatch: bool) -> None:
             raise ConfigError(f"Cannot compare {name_of(first)} and {name_of(other)}: {', '.join(problems)}",
                               "surfaces are comparable only on the same directions and grid",
                               "compute them with the same --dir-file and --x/--y, or pass --allow-mismatch")
+
+
+def interpolated_mask(surface: Surface) -> np.ndarray | None:
+    """The points an adaptive run filled by interpolation (``extra["interpolated"]``), or
+    ``None`` for a surface evaluated point by point."""
+    mask = surface.extra.get("interpolated")
+    if mask is None:
+        return None
+    mask = np.asarray(mask)
+    if mask.shape != surface.loss.shape:
+        raise SurfaceFileError(f"{name_of(surface)} has an interpolated mask of shape {mask.shape}",
+                               f"its loss has shape {surface.loss.shape}",
+                               "recompute the file; it was not written by lossgrid or was damaged")
+    if mask.dtype.kind == "f":
+        mask = np.nan_to_num(mask, nan=0.0)
+    return mask.astype(bool)
+
+
+def shown_mask(surface: Surface) -> np.ndarray:
+    """Points that have a value to draw: evaluated (``done``) or filled by interpolation."""
+    interpolated = interpolated_mask(surface)
+    done = surface.done.astype(bool)
+    return done if interpolated is None else done | interpolated
+
+
+def evaluated_mask(surface: Surface) -> np.ndarray | None:
+    """Points of an adaptive surface that were evaluated, not interpolated; ``None`` for a plain one."""
+    interpolated = interpolated_mask(surface)
+    return None if interpolated is None else surface.done.astype(bool) & ~interpolated
+
+
+def adaptive_note(surface: Surface) -> str | None:
+    """``adaptive: 731 of 2,601 points evaluated`` for an adaptive surface, else ``None``."""
+    evaluated = evaluated_mask(surface)
+    if evaluated is None:
+        return None
+    return f"adaptive: {int(evaluated.sum()):,} of {evaluated.size:,} points evaluated"
+
+
+def with_note(text: str, surface: Surface, sep: str = "\n") -> str:
+    """``text`` with :func:`adaptive_note` appended (unchanged for a plain surface)."""
+    note = adaptive_note(surface)
+    return f"{text}{sep}{note}" if note else text

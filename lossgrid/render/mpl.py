@@ -11,11 +11,13 @@ from ..engine.surface_file import Surface
 from ._common import (
     axis_label,
     curvature_values,
+    evaluated_mask,
     metric_values,
     minimum_index,
     name_of,
     resolve_levels,
     title_of,
+    with_note,
 )
 
 if TYPE_CHECKING:
@@ -62,6 +64,11 @@ def curve(surfaces: list[Surface], out: str, log: bool = False, vmax: float | No
         loss, _ = metric_values(s, "loss", vmax=vmax)
         label = name_of(s) if len(surfaces) > 1 else "loss"
         ax.plot(s.xcoordinates, loss, "-", color=color, lw=1.5, label=f"{label} loss" if len(surfaces) > 1 else label)
+        evaluated = evaluated_mask(s)
+        if evaluated is not None:  # adaptive: the line runs through interpolated points, dots where evaluated
+            ax.plot(s.xcoordinates[evaluated], loss[evaluated], "o", color=color, ms=3.5, mec="k", mew=0.4,
+                    label=f"{label + ' ' if len(surfaces) > 1 else ''}evaluated ({int(evaluated.sum())} of "
+                          f"{evaluated.size})")
         acc, _ = metric_values(s, "acc")
         if np.isfinite(acc).any():
             ax2 = ax2 or ax.twinx()
@@ -78,7 +85,8 @@ def curve(surfaces: list[Surface], out: str, log: bool = False, vmax: float | No
         h2, l2 = ax2.get_legend_handles_labels()
         handles, labels = handles + h2, labels + l2
     ax.legend(handles, labels, loc="best", fontsize=8)
-    ax.set_title(title_of(surfaces[0], title, "loss and accuracy"))
+    heading = title_of(surfaces[0], title, "loss and accuracy")
+    ax.set_title(with_note(heading, surfaces[0]) if len(surfaces) == 1 else heading)
     fig.tight_layout()
     _save(fig, out, dpi)
 
@@ -102,7 +110,7 @@ def plane(surface: Surface, out: str, kind: str = "contour", metric: str = "loss
         points = draw_path(ax, trajectory, values, cmap=artist.get_cmap(), norm=artist.norm)
         if values is not None and kind == "contour":
             fig.colorbar(points, ax=ax, label=f"{label} (path)")
-    ax.set_title(title_of(surface, title, label))
+    ax.set_title(_heading(surface, title_of(surface, title, label)))
     fig.tight_layout()
     _save(fig, out, dpi)
 
@@ -122,12 +130,34 @@ def _draw_plane(ax: Any, surface: Surface, z: np.ndarray, kind: str, levels: np.
     else:
         artist = ax.contour(X, Y, z, levels=levels, cmap="viridis", linewidths=1.0)
         ax.clabel(artist, artist.levels[::3], inline=True, fontsize=7, fmt="%.3g")
+    _mark_evaluated(ax, surface)
     idx = minimum_index(z)
     if idx is not None:
         ax.plot(xs[idx[0]], ys[idx[1]], "r*", ms=11, label="minimum")
     ax.set_xlabel(_plane_label(surface.attrs, "x"))
     ax.set_ylabel(_plane_label(surface.attrs, "y"))
     return artist
+
+
+def _heading(surface: Surface, text: str) -> str:
+    """``text``, and for an adaptive surface a line saying how many points the dots mark."""
+    return with_note(text, surface) + (" (dots)" if evaluated_mask(surface) is not None else "")
+
+
+def _mark_evaluated(ax: Any, surface: Surface, z: np.ndarray | None = None) -> None:
+    """Small dots on the evaluated points of an adaptive surface (interpolated areas stay bare);
+    with ``z``, on a 3D axis at those heights."""
+    evaluated = evaluated_mask(surface)
+    if evaluated is None or not evaluated.any():
+        return
+    X, Y = np.meshgrid(surface.xcoordinates, surface.ycoordinates, indexing="ij")
+    size = float(np.clip(6000.0 / evaluated.size, 0.8, 8.0))  # points^2: fewer, larger dots on small grids
+    style = {"s": size, "c": "white", "edgecolors": "black", "linewidths": 0.3, "zorder": 3}
+    if z is None:
+        ax.scatter(X[evaluated], Y[evaluated], label="evaluated", **style)
+    else:
+        keep = evaluated & np.isfinite(z)
+        ax.scatter(X[keep], Y[keep], z[keep], depthshade=False, label="evaluated", **style)
 
 
 def _plane_label(attrs: dict[str, Any], axis: str) -> str:
@@ -156,8 +186,9 @@ def surface3d(surface: Surface, out: str, metric: str = "loss", log: bool = Fals
     ax.set_xlabel(axis_label(surface.attrs, "x"), fontsize=8)
     ax.set_ylabel(axis_label(surface.attrs, "y"), fontsize=8)
     ax.set_zlabel(label, fontsize=8)
+    _mark_evaluated(ax, surface, z)
     ax.view_init(elev=35, azim=-60)
-    ax.set_title(title_of(surface, title, label))
+    ax.set_title(_heading(surface, title_of(surface, title, label)))
     _save(fig, out, dpi)
 
 
@@ -179,7 +210,7 @@ def compare(surfaces: list[Surface], out: str, kind: str = "contourf", metric: s
     artist = None
     for ax, s, (z, _) in zip(axes[0], surfaces, values):
         artist = _draw_plane(ax, s, z, "heatmap" if kind == "heatmap" else "contourf", lv, vmin_all, vmax_all)
-        ax.set_title(name_of(s), fontsize=9)
+        ax.set_title(with_note(name_of(s), s), fontsize=9)
     fig.colorbar(artist, ax=list(axes[0]), label=label, shrink=0.9)
     fig.suptitle(title_of(surfaces[0], title, f"{label}, shared scale"), fontsize=10)
     _save(fig, out, dpi)
