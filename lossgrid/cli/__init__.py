@@ -21,7 +21,8 @@ from ._signals import (
 # makes torch CPU code slow and noisy; these thresholds keep them (FACTS.md:
 # 1.4-1.6x on the per-point loop, measured again in benchmarks/).
 MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=68719476736"
-HEAVY_COMMANDS = {"surface", "demo", "export", "bench", "hessian", "audit", "evolve", "trajectory"}
+HEAVY_COMMANDS = {"surface", "demo", "export", "bench", "hessian", "audit", "evolve", "trajectory", "train",
+                  "gallery"}
 
 
 def _should_reexec(argv: list[str], environ: dict[str, str]) -> bool:
@@ -58,10 +59,17 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(code)
 
 
+#: the arguments of the running command (``lossgrid surface --nproc`` starts its processes with them)
+ARGS: list[str] | None = None
+
+
 def _run(args: list[str]) -> int:
     import click
 
     from .group import cli
+
+    global ARGS
+    ARGS = list(args)
 
     try:
         rv = cli.main(args=args, prog_name="lossgrid", standalone_mode=False)

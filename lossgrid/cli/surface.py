@@ -112,6 +112,9 @@ from ._common import BATCH_HELP, LOSS_HELP, MODEL_HELP, echo_json, parse_axis, r
               help="Lanczos steps per point for --curvature (both ends of the spectrum from one run).")
 @click.option("--curvature-params", metavar="GLOB",
               help="--curvature on the parameters matching fnmatch globs only (comma-separated), e.g. 'fc.*'.")
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
+              help="Shard the grid over N processes on this machine (as torchrun --standalone --nproc-per-node N "
+              "-m lossgrid surface ... does; with --device cuda one GPU each). Across nodes: torchrun.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def surface(**kw: Any) -> None:
@@ -150,13 +153,49 @@ def surface(**kw: Any) -> None:
         batch=kw["batch"], target_se=kw["target_se"], repeats=kw["repeats"],
         adaptive=AdaptiveSpec(kw["adaptive_tol"], kw["adaptive_coarse"]) if kw["adaptive"] else None,
     )
+    from ..engine import distributed
     from ..engine.jobs import run_surface_job
 
-    summary = run_with_progress("surface", not kw["quiet"], lambda bar: run_surface_job(job, bar))
+    if kw["nproc"] > 1:
+        if distributed.launched():
+            raise click.BadParameter("this process is already one of a torchrun job", param_hint="--nproc")
+        ctx.exit(distributed.launch_local(kw["nproc"], _without_nproc(_arguments())))
+    cluster = distributed.Cluster.join(job.evaluation.device) if distributed.launched() else None
+    try:
+        summary = run_with_progress("surface", not kw["quiet"] and (cluster is None or cluster.leader),
+                                    lambda bar: run_surface_job(job, bar, cluster))
+    finally:
+        if cluster is not None:
+            cluster.leave()
+    if cluster is not None and not cluster.leader:
+        return  # rank 0 reports for the job
+    if cluster is not None:
+        summary["processes"] = cluster.world
     if kw["as_json"]:
         echo_json(summary)
     else:
         _echo_summary(summary)
+
+
+def _arguments() -> list[str]:
+    """The command's own arguments (``surface ...``), as given."""
+    import sys
+
+    from . import ARGS
+
+    return list(ARGS) if ARGS is not None else sys.argv[1:]
+
+
+def _without_nproc(args: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
 
 
 def _echo_summary(s: dict[str, Any]) -> None:

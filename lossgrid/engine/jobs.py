@@ -17,6 +17,7 @@ from ..config import SurfaceJob
 from ..data import EvalData, load_data
 from ..errors import SurfaceFileError
 from ..models import load_model
+from .distributed import Cluster, share_directions
 from .losses import resolve_loss
 from .repeats import KIND as REPEATS_KIND
 from .repeats import repeat_paths, spread_summary, write_summary
@@ -27,7 +28,8 @@ from .surface_file import Surface
 log = logging.getLogger(__name__)
 
 
-def run_surface_job(job: SurfaceJob, progress: Progress | None = None) -> dict[str, Any]:
+def run_surface_job(job: SurfaceJob, progress: Progress | None = None, cluster: Cluster | None = None
+                    ) -> dict[str, Any]:
     """Compute the surface described by ``job``; returns a JSON-ready summary.
 
     Inputs are validated (output path, model, checkpoint, data) before the
@@ -35,7 +37,8 @@ def run_surface_job(job: SurfaceJob, progress: Progress | None = None) -> dict[s
     With ``job.repeats > 1`` every direction pair is its own surface file beside
     ``job.out`` (:mod:`lossgrid.engine.repeats`) and ``job.out`` their summary; with
     ``job.target_se`` the subset is chosen by a pilot and grown until every point
-    meets it (:mod:`lossgrid.engine.sampling`).
+    meets it (:mod:`lossgrid.engine.sampling`). With a ``cluster`` (torchrun) every rank runs
+    this; rank 0 alone writes files and its summary is the one that counts.
     """
     t0 = time.perf_counter()
     seeds = [job.directions.seed + r for r in range(job.repeats)]
@@ -43,7 +46,7 @@ def run_surface_job(job: SurfaceJob, progress: Progress | None = None) -> dict[s
     for out in dict.fromkeys([job.out, *outs]):
         check_writable(out)
         refuse_input_as_output(out, input_files(job))
-    if job.repeats > 1:
+    if job.repeats > 1 and (cluster is None or cluster.leader):
         _check_summary_target(job)
     model, model_desc = load_model(job.model, job.checkpoint, job.trust_checkpoint)
     model2 = None
@@ -56,7 +59,8 @@ def run_surface_job(job: SurfaceJob, progress: Progress | None = None) -> dict[s
         bn_data = load_data(job.batchnorm.data, batch=job.batch)
     common = dict(model2=model2, dir_file=job.dir_file, loss=job.loss, eval_spec=job.evaluation,
                   overwrite=job.overwrite, progress=progress, model_description=model_desc,
-                  curvature=job.curvature, batchnorm=job.batchnorm, bn_data=bn_data, adaptive=job.adaptive)
+                  curvature=job.curvature, batchnorm=job.batchnorm, bn_data=bn_data, adaptive=job.adaptive,
+                  cluster=cluster)
     choice: SampleChoice | None = None
     runs = []
     for seed, out in zip(seeds, outs):
@@ -66,7 +70,7 @@ def run_surface_job(job: SurfaceJob, progress: Progress | None = None) -> dict[s
         else:
             surface, choice = _surface_at_target(job, model, data, spec, out, choice, common)
         runs.append(surface.attrs.get("last_run", {}))
-    if job.repeats > 1:
+    if job.repeats > 1 and (cluster is None or cluster.leader):
         surface = write_summary(job.out, outs, seeds)
     run = runs[-1]
     summary = {**surface.summary(), "seconds": round(time.perf_counter() - t0, 3),
@@ -92,19 +96,30 @@ def _surface_at_target(job: SurfaceJob, model: Any, data: EvalData, spec: Any, o
     confirm it or grow it (the file is then computed again on the larger subset)."""
     assert job.target_se is not None
     loss_fn, _ = resolve_loss(job.loss)
-    directions = prepare_directions(model, spec, job.grid.ndim, common["model2"], job.dir_file, data, loss_fn)
+    cluster = common["cluster"]
+    leader = cluster is None or cluster.leader
+    directions = prepare_directions(model, spec, job.grid.ndim, common["model2"], job.dir_file, data, loss_fn) \
+        if leader else None
+    if cluster is not None:
+        directions = share_directions(cluster, directions, model, spec.dir_type)
     population = len(data)
-    if choice is None:
+    if choice is None and leader:
         choice = choose_samples(model, data, job.grid, directions, loss_fn, job.target_se, job.samples_seed,
                                 job.evaluation)
-    n = _stored_samples(out, job.target_se) or choice.samples
+    n = (_stored_samples(out, job.target_se) or choice.samples) if leader and choice is not None else 0
+    if cluster is not None:  # rank 0 decides the subset, from its pilot and its file
+        choice, n = cluster.share((choice, n) if leader else None)
+    assert choice is not None
     options = dict(common)
     while True:
         subset = data.subset(n, job.samples_seed) if n < population else dataclasses.replace(data,
                                                                                             population=population)
         surface = compute_surface(model, subset, job.grid, out, directions=directions,
                                   tags={"target_se": job.target_se}, **options)
-        bigger = grown_samples(surface.extra.get(SE, np.full(1, np.nan)), n, population, job.target_se)
+        bigger = grown_samples(surface.extra.get(SE, np.full(1, np.nan)), n, population, job.target_se) \
+            if leader else None
+        if cluster is not None:
+            bigger = cluster.share(bigger)
         if bigger is None:
             return surface, dataclasses.replace(choice, samples=n)
         log.info("a point's standard error exceeds %g with %d samples: computing again on %d", job.target_se, n,

@@ -47,6 +47,7 @@ from .directions import (
     same_selection,
     save_directions,
 )
+from .distributed import Cluster, share_directions
 from .losses import LossFn, finite_population, resolve_loss
 from .params import ParamLayout, perturbed_tensors
 from .precision import precision_error
@@ -73,7 +74,7 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
                     progress: Progress | None = None, model_description: str | None = None,
                     curvature: CurvatureSpec | None = None, batchnorm: BatchNormSpec = BatchNormSpec(),
                     bn_data: EvalData | None = None, tags: dict[str, Any] | None = None,
-                    adaptive: AdaptiveSpec | None = None) -> Surface:
+                    adaptive: AdaptiveSpec | None = None, cluster: Cluster | None = None) -> Surface:
     """Evaluate loss and accuracy of ``model`` on a 1D or 2D grid around it.
 
     Args:
@@ -104,11 +105,18 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
         adaptive: evaluate a coarse grid and refine only where interpolation is measured to be
             off (:mod:`lossgrid.engine.adaptive`); the other points are filled by interpolation
             and marked in the ``interpolated`` dataset (they are not ``done``).
+        cluster: this process's place in a sharded job (:mod:`lossgrid.engine.distributed`):
+            every rank evaluates chunks it claims; rank 0 makes the directions, holds ``out``
+            and writes every result. ``None``: this process alone.
     """
     data = as_eval_data(data)
-    out_path = os.fspath(out) if out is not None else None
+    leader = cluster is None or cluster.leader
+    out_path = os.fspath(out) if out is not None and leader else None  # rank 0 alone writes the file
     if out_path is not None:
         check_writable(out_path, dir_file)
+    if cluster is not None:
+        eval_spec = dataclasses.replace(eval_spec, device=cluster.device(eval_spec.device))
+        progress = progress if leader else None
     device = resolve_device(eval_spec.device)
     loss_fn, loss_desc = resolve_loss(loss)
     preflight.check_finite_model(model)
@@ -120,13 +128,15 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
         model2 = model2.to(device)
     preflight.probe(model, data, loss_fn, device)
     model_fp, data_fp = _fingerprint(t for t in model.state_dict().values()), data_fingerprint(data)
-    if directions is None and direction_spec.kind == "hessian" and dir_file is None and out_path is not None:
+    if directions is None and direction_spec.kind == "hessian" and dir_file is None and out_path is not None and leader:
         # Hessian eigenvectors differ in the last bits between thread counts and devices: resume on the
         # directions the file holds rather than on new ones that would not match its fingerprint
         directions = _stored_hessian_directions(out_path, model, direction_spec, grid.ndim, model_fp, data_fp,
                                                 loss_desc)
-    if directions is None:
+    if directions is None and leader:
         directions = prepare_directions(model, direction_spec, grid.ndim, model2, dir_file, data, loss_fn)
+    if cluster is not None:  # every rank evaluates rank 0's directions, bit for bit
+        directions = share_directions(cluster, directions, model, direction_spec.dir_type)
     if directions.ndim != grid.ndim:
         raise ConfigError(f"The grid is {grid.ndim}D but {directions.ndim} direction(s) were given",
                           hint="give --y for two directions, or drop it for one")
@@ -195,10 +205,14 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
             log.info("resuming %s: %d of %d points done", out_path, int(writer.done.sum()), writer.done.size)
 
     total = surface.done.size
-    start_done = done_count = int(surface.done.sum())
-    policy = AdaptiveGrid(grid.shape, adaptive, surface.done) if adaptive is not None else None
-    todo = (np.flatnonzero(~surface.done.ravel()) if policy is None
-            else policy.next_points(surface.loss, surface.done))
+    policy = AdaptiveGrid(grid.shape, adaptive, surface.done) if adaptive is not None and leader else None
+    if leader:
+        todo = (np.flatnonzero(~surface.done.ravel()) if policy is None
+                else policy.next_points(surface.loss, surface.done))
+        start_done = int(surface.done.sum())
+    if cluster is not None:  # rank 0 holds the file: it says what is left
+        todo, start_done = cluster.share((todo, start_done) if leader else None)
+    done_count = start_done
     runner.set_directions(base, dirs)
     # auto runners size their timing to the job (an adaptive one: about twice its first round)
     runner.expect(len(todo) if policy is None else min(total - done_count, 2 * len(todo)))
@@ -216,47 +230,66 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
             run["precision_check"] = precision_check
         if policy is not None:
             run["adaptive"] = policy.report()
+        if cluster is not None:
+            run["processes"] = cluster.world
+            run["chunks_by_rank"] = {str(r): n for r, n in sorted(cluster.chunks.items())}
         surface.attrs["last_run"] = run
         return run
 
-    def evaluate(indices: np.ndarray) -> None:
-        nonlocal done_count
-        for start in range(0, len(indices), step):
-            chunk = indices[start:start + step]
-            try:
-                loss_k, acc_k, se_k = runner.evaluate_points(points[chunk].to(device))
-                extra = {SE: finite_population(se_k, len(data), data.population)}
-                if curvature is not None:
-                    extra.update(curvature_of_points(
-                        model, data, loss_fn, directions.layout, perturb(base, dirs, points[chunk].to(device)),
-                        curvature, device, eval_spec.batch_size))
-            except Exception as e:
-                if is_out_of_memory(e):
-                    raise _out_of_memory(e, runner.describe()) from None
-                raise
-            if writer is not None:
-                writer.write(chunk, loss_k, acc_k, extra)
-            else:
-                idx = np.unravel_index(chunk, grid.shape)
-                surface.loss[idx], surface.acc[idx], surface.done[idx] = loss_k, acc_k, True
-                for name, values in extra.items():
-                    surface.extra[name][idx] = values
-            done_count += len(chunk)
-            if eval_spec.precision != "fp32" and not precision_check:  # after the write: never costs a point
-                precision_check.update(_precision_check(
-                    model, directions.layout, base, dirs, data, loss_fn, eval_spec,
-                    points[chunk[:PRECISION_CHECK_POINTS]].to(device), loss_k, bn_batches))
-            if progress:
-                progress(done_count, total)
+    def compute(chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        try:
+            loss_k, acc_k, se_k = runner.evaluate_points(points[chunk].to(device))
+            extra = {SE: finite_population(se_k, len(data), data.population)}
+            if curvature is not None:
+                extra.update(curvature_of_points(
+                    model, data, loss_fn, directions.layout, perturb(base, dirs, points[chunk].to(device)),
+                    curvature, device, eval_spec.batch_size))
+        except Exception as e:
+            if is_out_of_memory(e):
+                raise _out_of_memory(e, runner.describe()) from None
+            raise
+        return loss_k, acc_k, extra
 
-    try:
+    def commit(chunk: np.ndarray, result: tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]) -> None:
+        nonlocal done_count
+        loss_k, acc_k, extra = result
+        if writer is not None:
+            writer.write(chunk, loss_k, acc_k, extra)
+        else:
+            idx = np.unravel_index(chunk, grid.shape)
+            surface.loss[idx], surface.acc[idx], surface.done[idx] = loss_k, acc_k, True
+            for name, values in extra.items():
+                surface.extra[name][idx] = values
+        done_count += len(chunk)
+        if eval_spec.precision != "fp32" and not precision_check:  # after the write: never costs a point
+            precision_check.update(_precision_check(
+                model, directions.layout, base, dirs, data, loss_fn, eval_spec,
+                points[chunk[:PRECISION_CHECK_POINTS]].to(device), loss_k, bn_batches))
         if progress:
             progress(done_count, total)
+
+    def evaluate(indices: np.ndarray) -> None:
+        if cluster is not None:  # chunks claimed by every rank, committed by rank 0
+            cluster.evaluate(indices, step, compute, commit, [n for n in extra_names if n != INTERPOLATED])
+            return
+        for start in range(0, len(indices), step):
+            chunk = indices[start:start + step]
+            commit(chunk, compute(chunk))
+
+    def next_round() -> np.ndarray:
+        assert policy is not None
+        todo = policy.next_points(surface.loss, surface.done) if leader else None
+        return todo if cluster is None else cluster.share(todo)
+
+    try:
+        if progress and leader:
+            progress(done_count, total)
         evaluate(todo)
-        if policy is not None:
-            while len(todo := policy.next_points(surface.loss, surface.done)):
+        if adaptive is not None:
+            while len(todo := next_round()):
                 evaluate(todo)
-            _fill_adaptive(policy, surface, writer)
+            if leader:
+                _fill_adaptive(policy, surface, writer)
     except BaseException:
         if writer is not None:
             writer.abort(run_info())  # logs the partial run where it can; every flushed chunk stays

@@ -1,0 +1,119 @@
+"""Sharded surfaces (``--nproc``, torchrun): bit-identical to one process, dynamic claiming
+with a slow rank and an odd number of chunks, a killed rank resumed from the file."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from lossgrid import load_surface
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT, "LOSSGRID_NO_MALLOC_TUNING": "1"}
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    from tests.engine._dist_model import RankModel
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ck") / "net.pt"
+    torch.save(RankModel().state_dict(), path)
+    return str(path)
+
+
+def surface_args(ckpt: str, out, *extra: str) -> list[str]:
+    return ["surface", "--model", "tests.engine._dist_model:make", "--checkpoint", ckpt, "--data", "digits",
+            "--samples", "120", "--x=-1:1:7", "--y=-1:1:5", "--strategy", "loop", "--points-per-call", "3",
+            "--out", str(out), "-q", *extra]
+
+
+def lossgrid(*args: str, env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lossgrid", *args], cwd=ROOT, env=env or ENV, timeout=timeout,
+                          capture_output=True, text=True)
+
+
+def arrays(path) -> dict[str, np.ndarray]:
+    with h5py.File(path, "r") as f:
+        return {name: f[name][()] for name in ("train_loss", "train_acc", "train_loss_se", "done")}
+
+
+def last_run(path) -> dict:
+    with h5py.File(path, "r") as f:
+        return json.loads(f.attrs["runs"])[-1]
+
+
+@pytest.fixture(scope="module")
+def single(ckpt, tmp_path_factory):
+    out = tmp_path_factory.mktemp("one") / "s.h5"
+    r = lossgrid(*surface_args(ckpt, out))
+    assert r.returncode == 0, r.stderr
+    return arrays(out)
+
+
+def test_two_processes_equal_one_bit_for_bit(ckpt, single, tmp_path) -> None:
+    out = tmp_path / "s.h5"
+    r = lossgrid(*surface_args(ckpt, out, "--nproc", "2", "--json"))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["processes"] == 2
+    got = arrays(out)
+    for name, values in single.items():
+        np.testing.assert_array_equal(got[name], values, err_msg=name)  # 35 points, 12 chunks of 3 (odd)
+    run = last_run(out)
+    assert run["processes"] == 2 and sum(run["chunks_by_rank"].values()) == 12
+
+
+def test_torchrun_launches_the_same_job(ckpt, single, tmp_path) -> None:
+    out = tmp_path / "s.h5"
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                        "-m", "lossgrid", *surface_args(ckpt, out)], cwd=ROOT, env=ENV, timeout=240,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    for name, values in arrays(out).items():
+        np.testing.assert_array_equal(values, single[name], err_msg=name)
+
+
+def test_a_slow_rank_takes_fewer_chunks(ckpt, single, tmp_path) -> None:
+    out = tmp_path / "s.h5"
+    env = {**ENV, "LOSSGRID_TEST_SLOW_RANK": "1", "LOSSGRID_TEST_SLEEP": "0.15"}
+    r = lossgrid(*surface_args(ckpt, out, "--nproc", "2"), env=env)
+    assert r.returncode == 0, r.stderr
+    chunks = last_run(out)["chunks_by_rank"]
+    assert chunks.get("0", 0) > 2 * chunks.get("1", 0)  # the fast rank claimed most of the work
+    np.testing.assert_array_equal(arrays(out)["train_loss"], single["train_loss"])
+
+
+def test_killing_a_rank_mid_run_then_resuming(ckpt, single, tmp_path) -> None:
+    out, pids = tmp_path / "s.h5", tmp_path / "pids"
+    pids.mkdir()
+    env = {**ENV, "LOSSGRID_TEST_SLOW_RANK": "all", "LOSSGRID_TEST_SLEEP": "0.2", "LOSSGRID_TEST_PIDS": str(pids)}
+    proc = subprocess.Popen([sys.executable, "-m", "lossgrid", *surface_args(ckpt, out, "--nproc", "2")], cwd=ROOT,
+                            env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if out.exists() and (pids / "rank1").exists():
+            try:
+                if load_surface(str(out)).done.sum() >= 6:
+                    break
+            except Exception:  # the file is being created
+                pass
+        time.sleep(0.05)
+    os.kill(int((pids / "rank1").read_text()), signal.SIGKILL)  # a worker dies mid-run
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    part = load_surface(str(out))
+    assert 6 <= part.done.sum() < part.done.size, err
+    np.testing.assert_array_equal(part.loss[part.done], single["train_loss"][part.done])  # saved points are whole
+    r = lossgrid(*surface_args(ckpt, out, "--nproc", "2"))  # the same command resumes the file
+    assert r.returncode == 0, r.stderr
+    for name, values in arrays(out).items():
+        np.testing.assert_array_equal(values, single[name], err_msg=name)
