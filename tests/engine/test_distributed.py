@@ -117,3 +117,42 @@ def test_killing_a_rank_mid_run_then_resuming(ckpt, single, tmp_path) -> None:
     assert r.returncode == 0, r.stderr
     for name, values in arrays(out).items():
         np.testing.assert_array_equal(values, single[name], err_msg=name)
+
+
+def test_torchrun_elastic_restart_resumes_after_a_killed_rank(ckpt, single, tmp_path) -> None:
+    out, pids = tmp_path / "s.h5", tmp_path / "pids"
+    pids.mkdir()
+    env = {**ENV, "LOSSGRID_TEST_SLOW_RANK": "all", "LOSSGRID_TEST_SLEEP": "0.2", "LOSSGRID_TEST_PIDS": str(pids)}
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                             "--max-restarts", "1", "-m", "lossgrid", *surface_args(ckpt, out)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if out.exists() and (pids / "rank1").exists():
+            try:
+                if load_surface(str(out)).done.sum() >= 6:
+                    break
+            except Exception:  # the file is being created
+                pass
+        time.sleep(0.05)
+    os.kill(int((pids / "rank1").read_text()), signal.SIGKILL)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err[-3000:]  # torchrun restarted the ranks; they resumed the file
+    for name, values in arrays(out).items():
+        np.testing.assert_array_equal(values, single[name], err_msg=name)
+
+
+def test_the_slurm_example_is_valid(tmp_path) -> None:
+    import shlex
+
+    from lossgrid.cli.surface import surface
+
+    script = os.path.join(ROOT, "docs", "slurm-surface.sbatch")
+    subprocess.run(["bash", "-n", script], check=True)  # shell syntax
+    text = open(script).read().replace("\\\n", " ")
+    line = next(ln for ln in text.splitlines() if ln.strip().startswith("srun torchrun"))
+    words = shlex.split(line)
+    assert words[:2] == ["srun", "torchrun"] and "--max-restarts" in words
+    args = words[words.index("lossgrid") + 2:]  # after "-m lossgrid surface"
+    ctx = surface.make_context("surface", args)  # every option of the example parses
+    assert ctx.params["device"] == "cuda" and ctx.params["out"] == "surface.h5"
