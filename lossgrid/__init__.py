@@ -57,6 +57,10 @@ _EXPORTS = {
     "load_evolution": "lossgrid.engine.evolve",
     "run_bench": "lossgrid.engine.bench",
     "Tracker": "lossgrid.track",
+    "train_model": "lossgrid.engine.train",
+    "run_gallery": "lossgrid.gallery",
+    "AdaptiveSpec": "lossgrid.config",
+    "BatchNormSpec": "lossgrid.config",
 }
 
 __all__ = ["__version__", *_EXPORTS]

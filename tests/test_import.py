@@ -24,7 +24,8 @@ def test_lazy_exports_resolve():
 
 
 @pytest.mark.parametrize("args", [[], ["surface"], ["plot"], ["demo"], ["export"], ["inspect"], ["bench"],
-                                  ["hessian"], ["audit"], ["evolve"], ["trajectory"], ["demo", "--trajectory"]])
+                                  ["hessian"], ["audit"], ["evolve"], ["trajectory"], ["demo", "--trajectory"],
+                                  ["train"], ["gallery"], ["zoo"]])
 def test_help_works(args):
     result = CliRunner().invoke(cli, [*args, "--help"])
     assert result.exit_code == 0, result.output

@@ -44,12 +44,16 @@ def _register() -> None:
     from .demo import demo
     from .evolve import evolve
     from .export import export, inspect
+    from .gallery import gallery
     from .hessian import hessian
     from .plot import plot
     from .surface import surface
+    from .train import train
     from .trajectory import trajectory
+    from .zoo import zoo
 
-    for command in (surface, plot, demo, export, inspect, bench, hessian, audit, evolve, trajectory):
+    for command in (surface, plot, demo, export, inspect, bench, hessian, audit, evolve, trajectory, train,
+                    gallery, zoo):
         cli.add_command(command)
 
 
