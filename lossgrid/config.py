@@ -23,7 +23,7 @@ AUTO_BUDGET = 0.03
 #: the largest grid lossgrid accepts (2048 x 2048): its arrays take ~100 MB in memory
 MAX_GRID_POINTS = 2048 * 2048
 #: numeric precisions of an evaluation (see :mod:`lossgrid.engine.precision`)
-PRECISIONS = ("fp32", "tf32", "bf16")
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 
 NORMS = ("filter", "layer", "weight", "none")
 IGNORES = ("biasbn", "none")

@@ -155,7 +155,7 @@ def run_gpu_bench(points: int, samples: int, budget_s: float) -> dict[str, Any]:
     def progress(done: int, total: int) -> None:
         print(f"  bench row {done}/{total}", flush=True)
 
-    result = run_bench(model, (x, y), device="cuda", precisions=("fp32", "tf32", "bf16"), points=points,
+    result = run_bench(model, (x, y), device="cuda", precisions=("fp32", "tf32", "bf16", "fp16"), points=points,
                        project="51x51:50000", progress=progress, budget_s=budget_s,
                        model_description="lossgrid.zoo:resnet56 (random weights, seed 0)")
     result["data"] = f"{samples} synthetic 32x32x3 images (torch.randn on the GPU, seed 0, random labels)"

@@ -96,7 +96,8 @@ from ._common import BATCH_HELP, LOSS_HELP, MODEL_HELP, echo_json, parse_axis, r
               "written in place, CUDA graphs on a GPU); onnxruntime: wide (K-wide graph) | baked (per-point "
               "sessions, CPU); tensorrt: inputs | refit; auto: timed.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
-              help="fp32: IEEE (TF32 off); tf32: TF32 tensor cores (NVIDIA GPUs); bf16: bfloat16 autocast. A lower "
+              help="fp32: IEEE (TF32 off); tf32: TF32 tensor cores (NVIDIA GPUs); bf16: bfloat16 autocast (GPUs, CPUs "
+              "with native bf16); fp16: float16 autocast (NVIDIA GPUs). A lower "
               "precision stores its loss error against fp32 at the first points; auto never lowers it.")
 @click.option("--auto-budget", type=click.FloatRange(min=0), default=AUTO_BUDGET, show_default=True, metavar="SHARE",
               help="auto: the share of the job's time that timing candidates may cost; a smaller job keeps the "

@@ -77,7 +77,7 @@ def peak_gemm(precision: str, device: torch.device) -> dict[str, Any]:
         check_precision(precision, device)
     except ConfigError as e:
         return {"tflops": None, "torch_tflops": None, "onnxruntime_tflops": None, "reason": str(e)}
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     gen = torch.Generator(device=device).manual_seed(0)
     # square GEMMs, doubled in size until one takes 20 ms (a slow bf16 CPU stops small), then timed

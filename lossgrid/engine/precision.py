@@ -10,6 +10,8 @@
   (weights and data stay fp32; losses are reduced in fp32). On a CPU only where it
   is native (AVX-512 BF16, AMX, ARM BF16: :func:`cpu_bf16`); elsewhere torch
   emulates it far slower than fp32, so it is refused with the reason.
+* ``fp16`` runs matmuls and convolutions in float16 under ``torch.autocast`` on
+  NVIDIA GPUs (refused on CPUs); losses are reduced in fp32.
 
 Precision never changes on its own: ``--backend auto`` chooses among runners of
 the requested precision only. A non-fp32 surface stores its measured loss error
@@ -38,6 +40,10 @@ def check_precision(precision: str, device: torch.device | str) -> None:
         raise ConfigError(f"Precision tf32 cannot run on {device}",
                           "TF32 is a mode of NVIDIA tensor cores (Ampere and later); CPUs have no TF32",
                           "use --precision fp32 (or bf16) on the CPU, or --device cuda")
+    if precision == "fp16" and torch.device(device).type != "cuda":
+        raise ConfigError(f"Precision fp16 cannot run fast on {device}",
+                          "CPUs have no fast fp16 matrix units that torch uses (it would be emulated)",
+                          "use --precision fp32, or bf16 on a CPU with native bf16, or --device cuda")
     if precision == "bf16" and torch.device(device).type == "cpu":
         fast, why = cpu_bf16()
         if not fast:
@@ -140,7 +146,8 @@ def precision_mode(precision: str, device: torch.device | str) -> Iterator[None]
             for obj, attr in settings:
                 setattr(obj, attr, ("tf32" if tf32 else "ieee") if modern else tf32)
         # fp32/tf32 also switch off an enclosing autocast: fp32 means fp32 inside a bf16 region too
-        with (torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False) if precision == "bf16"
+        half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        with (torch.autocast(device.type, dtype=half, cache_enabled=False) if half is not None
               else torch.autocast(device.type, enabled=False)):
             yield
     finally:

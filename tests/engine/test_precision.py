@@ -74,3 +74,13 @@ def test_precision_error():
     err = precision_error(np.array([1.0, 2.2]), np.array([1.0, 2.0]))
     assert err["points"] == 2 and err["max_abs_loss_error"] == pytest.approx(0.2)
     assert err["max_rel_loss_error"] == pytest.approx(0.1)
+
+
+def test_fp16_runs_on_gpus_only():
+    with pytest.raises(ConfigError, match="fp16 cannot run fast on cpu"):
+        check_precision("fp16", "cpu")
+    check_precision("fp16", "cuda")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # autocast warns that CUDA is absent on this machine
+        with precision_mode("fp16", "cuda"):
+            assert torch.get_autocast_dtype("cuda") == torch.float16

@@ -123,6 +123,13 @@ def apply_precision(trt: ModuleType, config: Any, precision: str) -> None:
                               "typed) graph, which lossgrid does not export yet",
                               "use --precision fp32 or tf32 with TensorRT 11, or --backend torch --precision bf16")
         config.set_flag(flags.BF16)
+    if precision == "fp16":
+        if not hasattr(flags, "FP16"):
+            raise ConfigError(f"TensorRT {getattr(trt, '__version__', '?')} has no FP16 builder flag",
+                              "TensorRT 11 takes precision from tensor types: an fp16 engine needs an fp16 "
+                              "(strongly typed) graph, which lossgrid does not export yet",
+                              "use --precision fp32 or tf32 with TensorRT 11, or --backend torch --precision fp16")
+        config.set_flag(flags.FP16)
 
 
 def build_engine(trt: ModuleType, onnx_bytes: bytes, data_input: str, sample_shape: tuple[int, ...],
