@@ -44,7 +44,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import html
 import json
 import logging
 import os
@@ -53,11 +52,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
 from . import __version__
 from ._files import atomic_output, os_reason
+from .engine.slice_metrics import (  # noqa: F401 - VMAX re-exported: part of the gallery's API
+    VMAX,
+    convexity,
+    loss_rise,
+    negative_curvature_ratio,
+    shared_scale,
+    slice_hessian,
+)
 from .engine.surface_file import Surface
 from .errors import ConfigError
 
@@ -65,7 +71,6 @@ log = logging.getLogger(__name__)
 
 SIZES = ("ci", "full")
 #: contour levels and 3D z range stop here (the reference's plot_2D default vmax), or at the data's maximum
-VMAX = 10.0
 #: ``progress(stage, done, total)``: ``stage`` names the model and step (``train resnet20, seed 0``)
 StageProgress = Callable[[str, int, int], None]
 
@@ -164,77 +169,6 @@ def gallery_config(size: str = "full", data_dir: str | os.PathLike | None = None
     return GalleryConfig(size=size, span=1.0, radius=0.5, convexity_radius=1.0, device=device, **base, **cfg)
 
 
-def slice_hessian(surface: Surface) -> tuple[np.ndarray, np.ndarray]:
-    """``(lmin, lmax)``: eigenvalues of the 2x2 Hessian of the loss in the plane at every grid
-    point, by central differences (NaN on the border and where a neighbour is missing)."""
-    xs, ys = surface.xcoordinates, surface.ycoordinates
-    if ys is None or len(xs) < 3 or len(ys) < 3:
-        raise ConfigError("Curvature of a slice needs a 2D surface of at least 3x3 points")
-    z = np.where(surface.done, surface.loss, np.nan).astype(np.float64)
-    hx, hy = float(xs[1] - xs[0]), float(ys[1] - ys[0])
-    c = z[1:-1, 1:-1]
-    lxx = (z[2:, 1:-1] - 2 * c + z[:-2, 1:-1]) / hx ** 2
-    lyy = (z[1:-1, 2:] - 2 * c + z[1:-1, :-2]) / hy ** 2
-    lxy = (z[2:, 2:] - z[2:, :-2] - z[:-2, 2:] + z[:-2, :-2]) / (4 * hx * hy)
-    mean, half = (lxx + lyy) / 2, np.sqrt(((lxx - lyy) / 2) ** 2 + lxy ** 2)
-    lmin, lmax = np.full(z.shape, np.nan), np.full(z.shape, np.nan)
-    lmin[1:-1, 1:-1], lmax[1:-1, 1:-1] = mean - half, mean + half
-    return lmin, lmax
-
-
-def negative_curvature_ratio(lmin: np.ndarray, lmax: np.ndarray) -> np.ndarray:
-    """``max(-lmin, 0) / max(|lmin|, |lmax|)`` in [0, 1] (NaN where undefined)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.maximum(-lmin, 0.0) / np.maximum(np.abs(lmin), np.abs(lmax))
-    return np.where(np.isfinite(ratio), ratio, np.nan)
-
-
-def convexity(surface: Surface, radius: float) -> dict[str, Any]:
-    """``nonconvex_share``, ``negative_curvature`` (mean ratio) and ``points`` within ``radius``."""
-    lmin, lmax = slice_hessian(surface)
-    X, Y = np.meshgrid(surface.xcoordinates, surface.ycoordinates, indexing="ij")
-    inside = (X ** 2 + Y ** 2 <= radius ** 2 * (1 + 1e-9)) & np.isfinite(lmin) & np.isfinite(lmax)
-    if not inside.any():
-        return {"nonconvex_share": None, "negative_curvature": None, "points": 0}
-    tol = 1e-3 * float(np.median(np.abs(lmax[inside])))
-    ratio = negative_curvature_ratio(lmin, lmax)
-    return {"nonconvex_share": float(np.mean(lmin[inside] < -tol)),
-            "negative_curvature": float(np.nanmean(ratio[inside])), "points": int(inside.sum())}
-
-
-def loss_rise(surface: Surface, radius: float, angles: int = 72) -> float:
-    """Mean loss on the circle of ``radius`` around the origin (bilinear) minus the loss at the origin."""
-    xs, ys = surface.xcoordinates, surface.ycoordinates
-    z = np.where(surface.done, surface.loss, np.nan).astype(np.float64)
-    t = np.linspace(0.0, 2 * np.pi, angles, endpoint=False)
-    ring = [_bilinear(xs, ys, z, radius * np.cos(a), radius * np.sin(a)) for a in t]
-    return float(np.mean(ring) - _bilinear(xs, ys, z, 0.0, 0.0))
-
-
-def _bilinear(xs: np.ndarray, ys: np.ndarray, z: np.ndarray, x: float, y: float) -> float:
-    i = int(np.clip(np.searchsorted(xs, x) - 1, 0, len(xs) - 2))
-    j = int(np.clip(np.searchsorted(ys, y) - 1, 0, len(ys) - 2))
-    tx, ty = (x - xs[i]) / (xs[i + 1] - xs[i]), (y - ys[j]) / (ys[j + 1] - ys[j])
-    return float((1 - tx) * (1 - ty) * z[i, j] + tx * (1 - ty) * z[i + 1, j] + (1 - tx) * ty * z[i, j + 1]
-                 + tx * ty * z[i + 1, j + 1])
-
-
-def shared_scale(surfaces: Sequence[Surface], vmax: float = VMAX, count: int = 30) -> dict[str, Any]:
-    """One scale for compared panels: ``zlim``, the joint minimum to ``min(vmax, joint maximum)``
-    (the 3D z range), and ``count`` contour ``levels`` spaced geometrically from the joint minimum
-    (or ``zlim[1] / 1000`` if that is more) to ``zlim[1]``, so that basins get fine lines."""
-    joint = np.concatenate([np.where(s.done, s.loss, np.nan).ravel() for s in surfaces])
-    joint = joint[np.isfinite(joint)]
-    lo = float(joint.min()) if joint.size else 0.0
-    hi = min(vmax, float(joint.max())) if joint.size else 1.0
-    hi = hi if hi > lo else lo + 1.0
-    if hi > 0:
-        levels = np.geomspace(max(lo, hi / 1000), hi, count)
-    else:  # a loss that is negative everywhere (a custom loss): evenly spaced
-        levels = np.linspace(lo, hi, count)
-    return {"levels": [float(v) for v in levels], "zlim": [lo, hi]}
-
-
 def run_gallery(out_dir: str | os.PathLike, *, size: str = "full", data_dir: str | os.PathLike | None = None,
                 seeds: int | Sequence[int] = 1, epochs: int | None = None, device: str = "cpu",
                 progress: StageProgress | None = None, config: GalleryConfig | None = None) -> dict[str, Any]:
@@ -265,6 +199,8 @@ def run_gallery(out_dir: str | os.PathLike, *, size: str = "full", data_dir: str
         json.dump(result, fh, indent=2, sort_keys=True)
         fh.write("\n")
     with atomic_output(result["paths"]["index"], "gallery page") as tmp, open(tmp, "w") as fh:
+        from .render.gallery import index_html
+
         fh.write(index_html(result))
     return result
 
@@ -405,59 +341,6 @@ def _figures(cfg: GalleryConfig, models: dict[str, dict[str, Any]], surfaces: di
     draw.slice_curves([surfaces[n] for n in batch], batch, p["batch_1d"], bt["zlim"][1],
                       "loss through the minimum along both filter-normalized directions")
     return p, scales
-
-
-COLUMNS = ("name", "depth", "shortcuts", "batch_size", "train_loss", "train_acc", "test_acc", "center_loss",
-           "nonconvex_share", "negative_curvature", "loss_rise", "center_curvature", "top_eig", "train_seconds",
-           "surface_seconds")
-
-
-def index_html(result: dict[str, Any]) -> str:
-    """The gallery page: verdicts per seed, then per seed the figures and the table of numbers."""
-    esc = html.escape
-    cfg = result["config"]
-    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>lossgrid gallery</title><style>"
-             "body{font-family:sans-serif;max-width:1200px;margin:auto}td,th{padding:2px 8px;text-align:right}"
-             "img{max-width:100%}table{border-collapse:collapse}tr:nth-child(even){background:#f3f3f3}"
-             "</style></head><body><h1>lossgrid gallery</h1>",
-             f"<p>{esc(cfg['train_data'])}, size {esc(cfg['size'])}, seeds {esc(str(result['seeds']))}, "
-             f"{cfg['epochs']} epochs (SGD lr {cfg['lr']}, momentum {cfg['momentum']}, weight decay "
-             f"{cfg['weight_decay']}, decay x{cfg['gamma']} at {cfg['milestones']} of the run); 2D surfaces "
-             f"{cfg['grid']}x{cfg['grid']} on [-{cfg['span']}, {cfg['span']}] over {cfg['surface_samples']} training "
-             f"samples, filter-normalized random directions, biases and BatchNorm ignored. {result['seconds']} s "
-             f"with {result['torch_threads']} torch thread(s).</p><h2>The paper's orderings</h2><table><tr>"
-             "<th>seed</th><th>deep net without shortcuts less convex</th><th>large batch sharper</th></tr>"]
-    for seed in result["seeds"]:
-        v = result["runs"][str(seed)]["verdicts"]
-        cells = "".join(f"<td>{_verdict_text(v[k])}</td>" for k in ("deep_noshort_less_convex",
-                                                                       "large_batch_sharper"))
-        parts.append(f"<tr><td>{seed}</td>{cells}</tr>")
-    parts.append("</table><p>Convexity: share of grid points within the radius where the slice's 2x2 Hessian "
-                 "has a negative eigenvalue. Sharpness: mean loss rise on the circle of the radius. "
-                 "See gallery.json for every number.</p>")
-    for seed in result["seeds"]:
-        run = result["runs"][str(seed)]
-        parts.append(f"<h2>Seed {seed}</h2><table><tr>" + "".join(f"<th>{esc(c)}</th>" for c in COLUMNS) + "</tr>")
-        for m in run["models"].values():
-            parts.append("<tr>" + "".join(f"<td>{esc(_fmt(m.get(c)))}</td>" for c in COLUMNS) + "</tr>")
-        parts.append("</table>")
-        for key, path in run["figures"].items():
-            rel = os.path.relpath(path, result["out"])
-            parts.append(f"<h3>{esc(key)}</h3><img src='{esc(rel)}' alt='{esc(key)}'>")
-    parts.append("</body></html>\n")
-    return "\n".join(parts)
-
-
-def _verdict_text(v: dict[str, Any]) -> str:
-    holds = {True: "yes", False: "no", None: "n/a"}[v["holds"]]
-    values = ", ".join(f"{k} {_fmt(x)}" for k, x in v["values"].items())
-    return html.escape(f"{holds} ({v['measure']}: {values})")
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return "" if value is None else str(value)
 
 
 def _make_dir(path: str) -> None:

@@ -10,6 +10,7 @@ numbers in ``gallery.json`` and the figures agree.
 
 from __future__ import annotations
 
+import html
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -135,3 +136,56 @@ def curvature_panels(maps: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], 
     if title:
         fig.suptitle(title, fontsize=10)
     return _save(fig, out, dpi)
+
+
+COLUMNS = ("name", "depth", "shortcuts", "batch_size", "train_loss", "train_acc", "test_acc", "center_loss",
+           "nonconvex_share", "negative_curvature", "loss_rise", "center_curvature", "top_eig", "train_seconds",
+           "surface_seconds")
+
+
+def index_html(result: dict[str, Any]) -> str:
+    """The gallery page: verdicts per seed, then per seed the figures and the table of numbers."""
+    esc = html.escape
+    cfg = result["config"]
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>lossgrid gallery</title><style>"
+             "body{font-family:sans-serif;max-width:1200px;margin:auto}td,th{padding:2px 8px;text-align:right}"
+             "img{max-width:100%}table{border-collapse:collapse}tr:nth-child(even){background:#f3f3f3}"
+             "</style></head><body><h1>lossgrid gallery</h1>",
+             f"<p>{esc(cfg['train_data'])}, size {esc(cfg['size'])}, seeds {esc(str(result['seeds']))}, "
+             f"{cfg['epochs']} epochs (SGD lr {cfg['lr']}, momentum {cfg['momentum']}, weight decay "
+             f"{cfg['weight_decay']}, decay x{cfg['gamma']} at {cfg['milestones']} of the run); 2D surfaces "
+             f"{cfg['grid']}x{cfg['grid']} on [-{cfg['span']}, {cfg['span']}] over {cfg['surface_samples']} training "
+             f"samples, filter-normalized random directions, biases and BatchNorm ignored. {result['seconds']} s "
+             f"with {result['torch_threads']} torch thread(s).</p><h2>The paper's orderings</h2><table><tr>"
+             "<th>seed</th><th>deep net without shortcuts less convex</th><th>large batch sharper</th></tr>"]
+    for seed in result["seeds"]:
+        v = result["runs"][str(seed)]["verdicts"]
+        cells = "".join(f"<td>{_verdict_text(v[k])}</td>" for k in ("deep_noshort_less_convex",
+                                                                       "large_batch_sharper"))
+        parts.append(f"<tr><td>{seed}</td>{cells}</tr>")
+    parts.append("</table><p>Convexity: share of grid points within the radius where the slice's 2x2 Hessian "
+                 "has a negative eigenvalue. Sharpness: mean loss rise on the circle of the radius. "
+                 "See gallery.json for every number.</p>")
+    for seed in result["seeds"]:
+        run = result["runs"][str(seed)]
+        parts.append(f"<h2>Seed {seed}</h2><table><tr>" + "".join(f"<th>{esc(c)}</th>" for c in COLUMNS) + "</tr>")
+        for m in run["models"].values():
+            parts.append("<tr>" + "".join(f"<td>{esc(_fmt(m.get(c)))}</td>" for c in COLUMNS) + "</tr>")
+        parts.append("</table>")
+        for key, path in run["figures"].items():
+            rel = os.path.relpath(path, result["out"])
+            parts.append(f"<h3>{esc(key)}</h3><img src='{esc(rel)}' alt='{esc(key)}'>")
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def _verdict_text(v: dict[str, Any]) -> str:
+    holds = {True: "yes", False: "no", None: "n/a"}[v["holds"]]
+    values = ", ".join(f"{k} {_fmt(x)}" for k, x in v["values"].items())
+    return html.escape(f"{holds} ({v['measure']}: {values})")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
