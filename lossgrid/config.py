@@ -377,6 +377,14 @@ class SurfaceJob:
             raise ConfigError("--repeats needs random directions drawn per seed",
                               "a --dir-file, an interpolation (--model2) or Hessian directions give one pair only",
                               "drop --repeats, or --dir-file/--model2/--dir-kind hessian")
+        if self.repeats > 1 and self.adaptive is not None:
+            raise ConfigError("--repeats cannot be combined with --adaptive",
+                              "each direction pair would evaluate other points, and a per-point mean would mix "
+                              "evaluated and interpolated values", "drop one of them")
+        if self.adaptive is not None and self.curvature is not None:
+            raise ConfigError("--adaptive cannot be combined with --curvature",
+                              "eigenvalues are not interpolated: every point of a curvature map is evaluated",
+                              "drop one of them")
         if self.target_se is not None and self.directions.kind == "hessian":
             raise ConfigError("--target-se cannot be combined with --dir-kind hessian",
                               "the pilot and the surface would each compute the Hessian directions",

@@ -180,11 +180,12 @@ def surface(**kw: Any) -> None:
 
 def _arguments() -> list[str]:
     """The command's own arguments (``surface ...``), as given."""
-    import sys
-
     from . import ARGS
 
-    return list(ARGS) if ARGS is not None else sys.argv[1:]
+    if ARGS is None or "surface" not in ARGS:
+        raise click.UsageError("--nproc starts the lossgrid command again in each process: run it as "
+                               "`lossgrid surface ... --nproc N` (or use torchrun)")
+    return list(ARGS)
 
 
 def _without_nproc(args: list[str]) -> list[str]:

@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 
 #: seconds rank 0 waits for a claimed chunk's results before it says which are missing
 RESULT_TIMEOUT = 3600.0
+#: seconds a collective may wait (the others wait while rank 0 makes Hessian directions or runs a pilot)
+COLLECTIVE_TIMEOUT = 6 * 3600
 #: seconds between rank 0's looks at the store while it waits for results
 POLL = 0.005
 
@@ -98,19 +100,48 @@ class Cluster:
     def join(cls, device: str) -> Cluster:
         """Join the job torchrun started (``env://``: RANK, WORLD_SIZE, MASTER_ADDR/PORT): gloo on
         CPUs, NCCL on GPUs. Returns the cluster; the process group lives until :meth:`leave`."""
+        import datetime
+
         import torch.distributed as dist
 
-        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-        local = int(os.environ.get("LOCAL_RANK", rank))
-        cuda = torch.device(device).type == "cuda"
+        from .surface import resolve_device
+
+        try:
+            rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+            local = int(os.environ.get("LOCAL_RANK", rank))
+        except (KeyError, ValueError) as e:
+            raise ConfigError("This process is one of a sharded job but the launcher's settings are incomplete",
+                              f"RANK, WORLD_SIZE and LOCAL_RANK must be whole numbers ({type(e).__name__}: {e})",
+                              "start the job with torchrun or lossgrid surface --nproc N") from None
+        cuda = resolve_device(device).type == "cuda"  # a bad or missing device says so before any rendezvous
+        if cuda and local >= torch.cuda.device_count():
+            raise ConfigError(f"Rank {rank} would use GPU {local}, but {torch.cuda.device_count()} GPU(s) are "
+                              "visible on this node", "a sharded GPU job runs one process per GPU (LOCAL_RANK)",
+                              "start at most as many processes per node as it has GPUs")
         backend = "nccl" if cuda and dist.is_nccl_available() else "gloo"
-        if not dist.is_initialized():
+        restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        # rank 0 may work alone for a long time (Hessian directions, a pilot) while the others wait
+        timeout = datetime.timedelta(seconds=COLLECTIVE_TIMEOUT)
+        try:
             if cuda:
                 torch.cuda.set_device(local)
-            dist.init_process_group(backend)
-        store = dist.distributed_c10d._get_default_store()
-        prefix = f"lossgrid/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
-        return cls(rank, world, local, store, prefix, backend)
+            # the job's store: torchrun's agent hosts it (TORCHELASTIC_USE_AGENT_STORE), else rank 0 does;
+            # every restart of the job gets its own key space, so no rank reads the addresses or the
+            # counters of an attempt before it
+            agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
+            base = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                                 is_master=rank == 0 and not agent, timeout=timeout)
+            store = dist.PrefixStore(f"lossgrid/attempt{restart}", base)
+            if not dist.is_initialized():
+                dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
+            job = int(store.add("jobs", 1)) if rank == 0 else 0
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise ConfigError("Cannot join the sharded job", str(e).strip().splitlines()[0][:300],
+                              "check the launcher (torchrun) settings and that every rank can reach MASTER_ADDR") \
+                from None
+        cluster = cls(rank, world, local, store, "", backend)
+        cluster.prefix = f"job{cluster.share(job)}"  # a fresh key space per job (and, by the store, per attempt)
+        return cluster
 
     @property
     def leader(self) -> bool:
@@ -121,6 +152,18 @@ class Cluster:
         if torch.device(requested).type == "cuda":
             return f"cuda:{self.local_rank}"
         return requested
+
+    def check_same(self, model_fingerprint: str, data_fingerprint: str) -> None:
+        """Refuse a job whose ranks hold different weights or data (a factory without a checkpoint
+        draws new weights in every process; a data function may not be deterministic)."""
+        mine = (model_fingerprint, data_fingerprint)
+        leaders = self.share(mine if self.leader else None)
+        if leaders != mine:
+            what = "weights" if leaders[0] != mine[0] else "evaluation data"
+            raise ConfigError(f"Rank {self.rank} holds other {what} than rank 0",
+                              "every rank must evaluate the same model on the same data, or the surface would mix "
+                              "them", "pass a --checkpoint (a factory alone draws new weights in every process) and "
+                              "data that loads the same everywhere")
 
     def leave(self) -> None:
         import torch.distributed as dist
@@ -194,13 +237,17 @@ class Cluster:
                  names: Sequence[str]) -> int:
         """Commit the workers' results posted since the last look; returns how many."""
         posted = int(self.store.add(f"{key}/posted", 0))
+        got = 0
         for post in range(self._read, posted):
             name = f"{key}/post/{post}"
-            claimed, rank, result = _decode(self.store.get(name), chunks, names)  # waits for a post being set
+            if not self.store.check([name]):  # numbered but not yet set (or its worker died): later; never
+                break                          # block in the store, so that SIGTERM reaches rank 0 at once
+            claimed, rank, result = _decode(self.store.get(name), chunks, names)
             self.chunks[rank] = self.chunks.get(rank, 0) + 1
             commit(chunks[claimed], result)
             self.store.delete_key(name)
-        got, self._read = posted - self._read, posted
+            got += 1
+        self._read += got
         return got
 
 

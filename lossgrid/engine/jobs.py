@@ -43,10 +43,11 @@ def run_surface_job(job: SurfaceJob, progress: Progress | None = None, cluster: 
     t0 = time.perf_counter()
     seeds = [job.directions.seed + r for r in range(job.repeats)]
     outs = [job.out] if job.repeats == 1 else repeat_paths(job.out, seeds)
-    for out in dict.fromkeys([job.out, *outs]):
+    leader = cluster is None or cluster.leader
+    for out in dict.fromkeys([job.out, *outs]) if leader else ():  # rank 0 alone writes files
         check_writable(out)
         refuse_input_as_output(out, input_files(job))
-    if job.repeats > 1 and (cluster is None or cluster.leader):
+    if job.repeats > 1 and leader:
         _check_summary_target(job)
     model, model_desc = load_model(job.model, job.checkpoint, job.trust_checkpoint)
     model2 = None
@@ -70,7 +71,7 @@ def run_surface_job(job: SurfaceJob, progress: Progress | None = None, cluster: 
         else:
             surface, choice = _surface_at_target(job, model, data, spec, out, choice, common)
         runs.append(surface.attrs.get("last_run", {}))
-    if job.repeats > 1 and (cluster is None or cluster.leader):
+    if job.repeats > 1 and leader:
         surface = write_summary(job.out, outs, seeds)
     run = runs[-1]
     summary = {**surface.summary(), "seconds": round(time.perf_counter() - t0, 3),
@@ -146,23 +147,35 @@ def _stored_samples(out: str, target: float) -> int | None:
 
 
 def _check_summary_target(job: SurfaceJob) -> None:
-    """A repeats run writes ``job.out`` as its summary: never over a file that is something else."""
+    """A repeats run writes ``job.out`` as its summary: over an earlier summary, or -- with
+    ``--overwrite`` -- over a surface file; never over anything else. A summary there now is
+    removed (it is rewritten from the repeat files at the end, never left stale)."""
     import h5py
 
-    from .._files import is_hdf5
+    from .._files import is_hdf5, remove_quietly
 
-    if not os.path.exists(job.out) or job.overwrite:
+    if not os.path.exists(job.out):
         return
-    kind = None
+    identity = None
     if is_hdf5(job.out):
         try:
             with h5py.File(job.out, "r", locking=False) as f:
-                kind = json.loads(f.attrs.get("identity", "{}")).get("file_kind")
+                identity = json.loads(f.attrs.get("identity", "{}")) if "identity" in f.attrs else None
+                surface_like = identity is not None or "train_loss" in f
         except (OSError, ValueError):
-            kind = None
-    if kind != REPEATS_KIND:
-        raise SurfaceFileError(f"Output {job.out} exists and is not a repeats summary",
+            surface_like = False
+    else:
+        surface_like = False
+    if identity is not None and identity.get("file_kind") == REPEATS_KIND:
+        remove_quietly(job.out)
+        return
+    if not surface_like:
+        raise SurfaceFileError(f"Output {job.out} exists and is not a surface file",
                                "--repeats writes its summary there, which would replace the file",
+                               "choose another --out; lossgrid replaces only its own surface files")
+    if not job.overwrite:
+        raise SurfaceFileError(f"Output {job.out} exists and is not a repeats summary",
+                               "--repeats writes its summary there, which would replace the surface file",
                                "pass --overwrite to replace it, or choose another --out")
 
 

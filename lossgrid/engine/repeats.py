@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from .._files import atomic_output
+from .lock import WriterLock
 from .surface_file import SCHEMA_VERSION, Surface, load_surface
 
 KIND = "repeats"
@@ -58,7 +59,7 @@ def write_summary(out: str | os.PathLike, paths: Sequence[str], seeds: Sequence[
                 "directions": [json.loads(s.attrs.get("identity", "{}")).get("directions") for s in surfaces]}
     attrs = {k: first.attrs[k] for k in ("precision", "bn", "se_population") if k in first.attrs}
     out = os.fspath(out)
-    with atomic_output(out, "repeat summary") as tmp, h5py.File(tmp, "w") as f:
+    with WriterLock(out), atomic_output(out, "repeat summary") as tmp, h5py.File(tmp, "w") as f:
         f.attrs["schema_version"] = SCHEMA_VERSION
         f.attrs["identity"] = json.dumps(identity, sort_keys=True)
         f.attrs["repeats"] = len(paths)

@@ -128,6 +128,9 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
         model2 = model2.to(device)
     preflight.probe(model, data, loss_fn, device)
     model_fp, data_fp = _fingerprint(t for t in model.state_dict().values()), data_fingerprint(data)
+    if cluster is not None:
+        cluster.chunks.clear()
+        cluster.check_same(model_fp, data_fp)
     if directions is None and direction_spec.kind == "hessian" and dir_file is None and out_path is not None and leader:
         # Hessian eigenvectors differ in the last bits between thread counts and devices: resume on the
         # directions the file holds rather than on new ones that would not match its fingerprint
@@ -182,8 +185,11 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
         identity["bn"] = bn_identity(batchnorm, bn_batches)
     identity.update(tags or {})
     attrs = {k: v for k, v in identity.items() if v is not None}
+    if data.population is not None:  # the standard errors are against this set (files of other runs differ)
+        identity["se_population"] = int(data.population)
+        attrs["se_population"] = int(data.population)
     # train_loss_se estimates the error against this set's mean (0: an infinite population)
-    attrs.update(se_population=int(data.population or 0))
+    attrs.setdefault("se_population", 0)
     if bn_data is not None and bn_batches is not None:
         attrs.update(bn_data=bn_data.description)
     attrs.update(precision=eval_spec.precision, bn=batchnorm.policy, lossgrid_version=__version__,
@@ -277,8 +283,7 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
             commit(chunk, compute(chunk))
 
     def next_round() -> np.ndarray:
-        assert policy is not None
-        todo = policy.next_points(surface.loss, surface.done) if leader else None
+        todo = policy.next_points(surface.loss, surface.done) if policy is not None else None  # rank 0's
         return todo if cluster is None else cluster.share(todo)
 
     try:

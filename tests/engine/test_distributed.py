@@ -156,3 +156,21 @@ def test_the_slurm_example_is_valid(tmp_path) -> None:
     args = words[words.index("lossgrid") + 2:]  # after "-m lossgrid surface"
     ctx = surface.make_context("surface", args)  # every option of the example parses
     assert ctx.params["device"] == "cuda" and ctx.params["out"] == "surface.h5"
+
+
+def test_adaptive_and_a_repeat_summary_shard_like_one_process(ckpt, tmp_path) -> None:
+    one, two = tmp_path / "one.h5", tmp_path / "two.h5"
+    extra = ["--adaptive", "--adaptive-coarse", "2"]
+    assert lossgrid(*surface_args(ckpt, one, *extra)).returncode == 0
+    r = lossgrid(*surface_args(ckpt, two, *extra, "--nproc", "2"))
+    assert r.returncode == 0, r.stderr
+    with h5py.File(one, "r") as a, h5py.File(two, "r") as b:
+        for name in ("train_loss", "done", "interpolated"):
+            np.testing.assert_array_equal(a[name][()], b[name][()], err_msg=name)
+
+
+def test_ranks_with_different_weights_are_refused(tmp_path) -> None:
+    r = lossgrid("surface", "--model", "lossgrid.zoo:mlp_digits", "--data", "digits", "--samples", "50",
+                 "--x=-1:1:3", "--nproc", "2", "--out", str(tmp_path / "s.h5"), "-q")
+    assert r.returncode != 0 and "holds other weights than rank 0" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -109,3 +109,18 @@ def test_repeats_never_replace_another_file(tmp_path, ckpt) -> None:
     with pytest.raises(SurfaceFileError, match="not a repeats summary"):
         run_surface_job(job(tmp_path, ckpt, samples=100, repeats=2))
     assert (tmp_path / "s.h5").read_bytes() == before
+
+
+def test_repeats_with_overwrite_never_replace_a_foreign_file(tmp_path, ckpt) -> None:
+    (tmp_path / "s.h5").write_text("my notes")
+    with pytest.raises(SurfaceFileError, match="not a surface file"):
+        run_surface_job(job(tmp_path, ckpt, samples=50, repeats=2, overwrite=True))
+    assert (tmp_path / "s.h5").read_text() == "my notes"
+
+
+def test_the_population_decides_the_identity(tmp_path, ckpt) -> None:
+    whole = job(tmp_path, ckpt, samples=1797)  # the whole set drawn as a subset: standard errors 0
+    run_surface_job(whole)
+    assert np.nanmax(load_surface(whole.out).extra["train_loss_se"]) == 0
+    with pytest.raises(SurfaceFileError, match="se_population"):
+        run_surface_job(job(tmp_path, ckpt))  # the same rows as a population of their own: not the same file

@@ -174,7 +174,7 @@ class TensorRTRunner(Runner):
 
     Example:
         >>> runner = TensorRTRunner(model, layout, x, y, cross_entropy)  # doctest: +SKIP
-        >>> loss, acc = runner.evaluate(weights)                           # doctest: +SKIP
+        >>> loss, acc, se = runner.evaluate(weights)                       # doctest: +SKIP
     """
 
     name = "tensorrt"
