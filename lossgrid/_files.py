@@ -211,3 +211,18 @@ def os_reason(e: OSError) -> str:
         return e.strerror if not e.filename else f"{e.strerror}: {e.filename}"
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+def output_dir(path: str | os.PathLike, what: str, hint: str = "pass --out with a new or existing directory") -> None:
+    """Create the directory ``path`` that a command writes several files into (``what``: the
+    demo, the gallery...), or fail with a :class:`ConfigError` saying why."""
+    path = os.fspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"The {what} output {path} is a file", f"the {what} writes several files into a directory",
+                          hint)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"Cannot create the {what} directory {path}", os_reason(e),
+                          "choose a writable directory") from None
+

@@ -20,10 +20,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._files import atomic_output, os_reason
+from ._files import atomic_output, output_dir
 from .config import DirectionSpec, EvalSpec, GridSpec
 from .data import EvalData, load_data
-from .errors import ConfigError, MissingBackendError
+from .errors import MissingBackendError
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def run_demo(out_dir: str | os.PathLike, grid: str = "-1:1:31", epochs: int = 12
     from .engine.surface import compute_surface
     from .render import plot_surface
 
-    _make_out_dir(out_dir)
+    output_dir(out_dir, "demo")
     t0 = time.perf_counter()
     train = load_data("digits:train")
     model = train_demo_model(train, epochs=epochs, seed=seed)
@@ -130,7 +130,7 @@ def run_trajectory_demo(out_dir: str | os.PathLike, num: int = 31, grid: str | N
     from .track import Tracker
     from .zoo import resnet_digits
 
-    _make_out_dir(out_dir)
+    output_dir(out_dir, "demo")
     out_dir = os.fspath(out_dir)
     t0 = time.perf_counter()
     train = load_data("digits:train")
@@ -183,14 +183,3 @@ def run_trajectory_demo(out_dir: str | os.PathLike, num: int = 31, grid: str | N
             "total_seconds": round(time.perf_counter() - t0, 2), "summary": surface.summary(),
             "run": surface.attrs.get("last_run"), "tracked": tracker.history}
 
-
-def _make_out_dir(out_dir: str | os.PathLike) -> None:
-    """Create the demo's output directory, or fail with a :class:`ConfigError`."""
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise ConfigError(f"Demo output {out_dir} is a file", "the demo writes several files into a directory",
-                          "pass --out with a new or existing directory")
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"Cannot create the demo directory {out_dir}", os_reason(e),
-                          "choose a writable --out directory") from None

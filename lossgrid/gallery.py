@@ -55,7 +55,7 @@ from typing import Any
 import torch
 
 from . import __version__
-from ._files import atomic_output, os_reason
+from ._files import atomic_output, output_dir
 from .engine.slice_metrics import (  # noqa: F401 - VMAX re-exported: part of the gallery's API
     VMAX,
     convexity,
@@ -186,7 +186,7 @@ def run_gallery(out_dir: str | os.PathLike, *, size: str = "full", data_dir: str
     if not seed_list or any(s < 0 for s in seed_list):
         raise ConfigError(f"Seeds {seeds!r} are invalid", hint="pass --seeds 1 or more")
     out = os.fspath(out_dir)
-    _make_dir(out)
+    output_dir(out, "gallery")
     t0 = time.perf_counter()
     runs = {str(seed): _run_seed(cfg, seed, os.path.join(out, f"seed_{seed}"), progress) for seed in seed_list}
     verdicts = {key: [runs[str(s)]["verdicts"][key]["holds"] for s in seed_list]
@@ -247,14 +247,14 @@ def _one_model(cfg: GalleryConfig, spec: dict[str, Any], seed: int, train: Any, 
                          gamma=cfg.gamma, seed=seed, test_data=test, progress=bar, augment=cfg.augment,
                          device=cfg.device)
     model_dir = os.path.join(out, "models", name)
-    _make_dir(model_dir)
+    output_dir(model_dir, "gallery")
     with atomic_output(os.path.join(model_dir, "final.pt"), "checkpoint") as tmp:
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
     record = {"model": f"lossgrid.zoo.resnet_cifar({spec['depth']}, shortcuts={spec['shortcuts']}, "
                        f"in_channels={cfg.in_channels})", "data": train.description, **result.as_dict()}
     with atomic_output(os.path.join(model_dir, "train.json"), "training record") as tmp, open(tmp, "w") as fh:
         json.dump(record, fh, indent=2, sort_keys=True)
-    _make_dir(os.path.join(out, "surfaces"))
+    output_dir(os.path.join(out, "surfaces"), "gallery")
     axis = Axis(-cfg.span, cfg.span, cfg.grid)
     t = time.perf_counter()
     surface = compute_surface(model, subset, GridSpec(axis, axis), os.path.join(out, "surfaces", f"{name}.h5"),
@@ -342,13 +342,3 @@ def _figures(cfg: GalleryConfig, models: dict[str, dict[str, Any]], surfaces: di
                       "loss through the minimum along both filter-normalized directions")
     return p, scales
 
-
-def _make_dir(path: str) -> None:
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise ConfigError(f"Gallery output {path} is a file", "the gallery writes several files into a directory",
-                          "pass --out with a new or existing directory")
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"Cannot create the gallery directory {path}", os_reason(e),
-                          "choose a writable --out directory") from None

@@ -92,22 +92,27 @@ def test_a_slow_rank_takes_fewer_chunks(ckpt, single, tmp_path) -> None:
     np.testing.assert_array_equal(arrays(out)["train_loss"], single["train_loss"])
 
 
+def kill_rank1_after(out, pids, points: int) -> None:
+    """SIGKILL rank 1 once the surface file holds ``points`` points."""
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if out.exists() and (pids / "rank1").exists():
+            try:
+                if load_surface(str(out)).done.sum() >= points:
+                    break
+            except Exception:  # the file is being created
+                pass
+        time.sleep(0.05)
+    os.kill(int((pids / "rank1").read_text()), signal.SIGKILL)  # a worker dies mid-run
+
+
 def test_killing_a_rank_mid_run_then_resuming(ckpt, single, tmp_path) -> None:
     out, pids = tmp_path / "s.h5", tmp_path / "pids"
     pids.mkdir()
     env = {**ENV, "LOSSGRID_TEST_SLOW_RANK": "all", "LOSSGRID_TEST_SLEEP": "0.2", "LOSSGRID_TEST_PIDS": str(pids)}
     proc = subprocess.Popen([sys.executable, "-m", "lossgrid", *surface_args(ckpt, out, "--nproc", "2")], cwd=ROOT,
                             env=env, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if out.exists() and (pids / "rank1").exists():
-            try:
-                if load_surface(str(out)).done.sum() >= 6:
-                    break
-            except Exception:  # the file is being created
-                pass
-        time.sleep(0.05)
-    os.kill(int((pids / "rank1").read_text()), signal.SIGKILL)  # a worker dies mid-run
+    kill_rank1_after(out, pids, points=6)  # a worker dies mid-run
     _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0
     part = load_surface(str(out))
@@ -126,16 +131,7 @@ def test_torchrun_elastic_restart_resumes_after_a_killed_rank(ckpt, single, tmp_
     proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                              "--max-restarts", "1", "-m", "lossgrid", *surface_args(ckpt, out)], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if out.exists() and (pids / "rank1").exists():
-            try:
-                if load_surface(str(out)).done.sum() >= 6:
-                    break
-            except Exception:  # the file is being created
-                pass
-        time.sleep(0.05)
-    os.kill(int((pids / "rank1").read_text()), signal.SIGKILL)
+    kill_rank1_after(out, pids, points=6)
     _, err = proc.communicate(timeout=240)
     assert proc.returncode == 0, err[-3000:]  # torchrun restarted the ranks; they resumed the file
     for name, values in arrays(out).items():

@@ -116,20 +116,15 @@ def apply_precision(trt: ModuleType, config: Any, precision: str) -> None:
         config.set_flag(flags.TF32)
         return
     config.clear_flag(flags.TF32)  # strict IEEE fp32 (TF32 is on by default); bf16 keeps fp32 layers IEEE too
-    if precision == "bf16":
-        if not hasattr(flags, "BF16"):
-            raise ConfigError(f"TensorRT {getattr(trt, '__version__', '?')} has no BF16 builder flag",
-                              "TensorRT 11 takes precision from tensor types: a bf16 engine needs a bf16 (strongly "
-                              "typed) graph, which lossgrid does not export yet",
-                              "use --precision fp32 or tf32 with TensorRT 11, or --backend torch --precision bf16")
-        config.set_flag(flags.BF16)
-    if precision == "fp16":
-        if not hasattr(flags, "FP16"):
-            raise ConfigError(f"TensorRT {getattr(trt, '__version__', '?')} has no FP16 builder flag",
-                              "TensorRT 11 takes precision from tensor types: an fp16 engine needs an fp16 "
-                              "(strongly typed) graph, which lossgrid does not export yet",
-                              "use --precision fp32 or tf32 with TensorRT 11, or --backend torch --precision fp16")
-        config.set_flag(flags.FP16)
+    half = {"bf16": "BF16", "fp16": "FP16"}.get(precision)
+    if half is not None:
+        if not hasattr(flags, half):
+            raise ConfigError(f"TensorRT {getattr(trt, '__version__', '?')} has no {half} builder flag",
+                              f"TensorRT 11 takes precision from tensor types: a {precision} engine needs a "
+                              f"{precision} (strongly typed) graph, which lossgrid does not export yet",
+                              f"use --precision fp32 or tf32 with TensorRT 11, or --backend torch --precision "
+                              f"{precision}")
+        config.set_flag(getattr(flags, half))
 
 
 def build_engine(trt: ModuleType, onnx_bytes: bytes, data_input: str, sample_shape: tuple[int, ...],
