@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 PIP := $(PY) -m pip install -q --disable-pip-version-check $(FIND_LINKS) -c constraints.txt
 
-.PHONY: install demo test lint bench bench-reference faults gpu-check clean
+.PHONY: install demo test lint bench bench-strategies bench-reference faults gpu-check clean
 
 $(VENV)/.installed: setup.py constraints.txt
 	python3 -m venv $(VENV)
@@ -24,7 +24,13 @@ test: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check lossgrid tests benchmarks scripts
 
+# fast modes (--samples, --adaptive, --target-se, bf16) against the reference method and the exact surface:
+# ResNet-20 and an MLP, 21x21 grids; writes benchmarks/baseline/fast-surfaces-<date>.{json,md} (about an hour on 2 cores)
 bench: $(VENV)/.installed
+	$(PY) benchmarks/fast_surfaces.py --out-dir benchmarks/baseline
+
+# every backend/strategy against the plain per-point loop, in memory
+bench-strategies: $(VENV)/.installed
 	$(PY) benchmarks/bench_surface.py --out benchmarks/results.json
 
 bench-reference: $(VENV)/.installed
