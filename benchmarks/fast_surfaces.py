@@ -137,48 +137,13 @@ class NpzSamples:
 
 def run_mlp_reference(args: argparse.Namespace) -> None:
     """``reference_method.run`` on an ``.npz`` file: the same per-point method, the same JSON line."""
-    import h5py
-    import torch
+    from reference_method import per_point_surface
 
-    from lossgrid.config import GridSpec
-    from lossgrid.models import load_model
+    def npz() -> NpzSamples:
+        with np.load(args.npz) as f:
+            return NpzSamples(f["x"], f["y"])
 
-    t_start = time.perf_counter()
-    net, _ = load_model(args.model, args.checkpoint)
-    net.eval()
-    with np.load(args.npz) as f:
-        dataset = NpzSamples(f["x"], f["y"])
-    grid = GridSpec.parse(args.x, args.y)
-    xs, ys = grid.x.coordinates(), grid.y.coordinates()
-    origin = [p.data.clone() for p in net.parameters()]
-    losses, accs = -np.ones((len(xs), len(ys))), -np.ones((len(xs), len(ys)))
-    with h5py.File(args.out, "w") as f:
-        f["xcoordinates"], f["ycoordinates"] = xs, ys
-        f["train_loss"], f["train_acc"] = losses, accs
-    criterion = torch.nn.CrossEntropyLoss()
-    t_eval = time.perf_counter()
-    for ix, iy in np.ndindex(len(xs), len(ys)):
-        with h5py.File(args.dir_file, "r") as f:  # per point, as the reference does
-            dx = [torch.from_numpy(f["xdirection"][str(i)][...]) for i in range(len(origin))]
-            dy = [torch.from_numpy(f["ydirection"][str(i)][...]) for i in range(len(origin))]
-        for p, w, a, b in zip(net.parameters(), origin, dx, dy):
-            p.data = w + a.to(w.dtype) * xs[ix] + b.to(w.dtype) * ys[iy]
-        loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=False,
-                                             num_workers=args.workers)
-        total, correct, n = 0.0, 0, 0
-        with torch.no_grad():
-            for inputs, targets in loader:
-                outputs = net(inputs)
-                total += criterion(outputs, targets).item() * len(targets)
-                correct += int((outputs.argmax(1) == targets).sum())
-                n += len(targets)
-        losses[ix, iy], accs[ix, iy] = total / n, 100.0 * correct / n
-        with h5py.File(args.out, "r+") as f:  # the whole arrays, every point
-            f["train_loss"][:] = losses
-            f["train_acc"][:] = accs
-    t_end = time.perf_counter()
-    print(json.dumps({"points": grid.x.num * grid.y.num, "samples": len(dataset), "eval_seconds": t_end - t_eval,
-                      "setup_seconds": t_eval - t_start}))
+    per_point_surface(args, npz)
 
 
 # -- timing whole commands ---------------------------------------------------------------------

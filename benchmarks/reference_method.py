@@ -73,6 +73,13 @@ def load_cifar_hwc(directory: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def run_reference(args: argparse.Namespace) -> None:
+    per_point_surface(args, lambda: CifarImages(*load_cifar_hwc(args.cifar)))
+
+
+def per_point_surface(args: argparse.Namespace, make_dataset) -> None:
+    """The reference method on the Dataset ``make_dataset()`` returns (loaded after the model, as
+    the reference does): per point, read the directions, set the weights, a DataLoader over the
+    set; prints one JSON line with the evaluation and set-up seconds."""
     import h5py
     import torch
 
@@ -82,7 +89,7 @@ def run_reference(args: argparse.Namespace) -> None:
     t_start = time.perf_counter()
     net, _ = load_model(args.model, args.checkpoint)
     net.eval()
-    dataset = CifarImages(*load_cifar_hwc(args.cifar))
+    dataset = make_dataset()
     grid = GridSpec.parse(args.x, args.y)
     xs, ys = grid.x.coordinates(), grid.y.coordinates()
     origin = [p.data.clone() for p in net.parameters()]
