@@ -4,7 +4,6 @@ then :func:`~lossgrid.engine.surface.compute_surface`."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -23,7 +22,7 @@ from .repeats import KIND as REPEATS_KIND
 from .repeats import repeat_paths, spread_summary, write_summary
 from .sampling import SampleChoice, choose_samples, grown_samples
 from .surface import SE, Progress, check_writable, compute_surface, prepare_directions
-from .surface_file import Surface
+from .surface_file import Surface, stored_identity
 
 log = logging.getLogger(__name__)
 
@@ -130,17 +129,7 @@ def _surface_at_target(job: SurfaceJob, model: Any, data: EvalData, spec: Any, o
 
 def _stored_samples(out: str, target: float) -> int | None:
     """The subset size of an existing surface file computed for the same target (to resume it)."""
-    import h5py
-
-    from .._files import is_hdf5
-
-    if not os.path.exists(out) or not is_hdf5(out):
-        return None
-    try:
-        with h5py.File(out, "r", locking=False) as f:
-            identity = json.loads(f.attrs.get("identity", "{}"))
-    except (OSError, ValueError):
-        return None
+    identity = stored_identity(out) or {}
     if identity.get("target_se") != target or not isinstance(identity.get("samples"), int):
         return None
     return int(identity["samples"])
@@ -150,26 +139,15 @@ def _check_summary_target(job: SurfaceJob) -> None:
     """A repeats run writes ``job.out`` as its summary: over an earlier summary, or -- with
     ``--overwrite`` -- over a surface file; never over anything else. A summary there now is
     removed (it is rewritten from the repeat files at the end, never left stale)."""
-    import h5py
-
-    from .._files import is_hdf5, remove_quietly
+    from .._files import remove_quietly
 
     if not os.path.exists(job.out):
         return
-    identity = None
-    if is_hdf5(job.out):
-        try:
-            with h5py.File(job.out, "r", locking=False) as f:
-                identity = json.loads(f.attrs.get("identity", "{}")) if "identity" in f.attrs else None
-                surface_like = identity is not None or "train_loss" in f
-        except (OSError, ValueError):
-            surface_like = False
-    else:
-        surface_like = False
+    identity = stored_identity(job.out)
     if identity is not None and identity.get("file_kind") == REPEATS_KIND:
         remove_quietly(job.out)
         return
-    if not surface_like:
+    if identity is None:
         raise SurfaceFileError(f"Output {job.out} exists and is not a surface file",
                                "--repeats writes its summary there, which would replace the file",
                                "choose another --out; lossgrid replaces only its own surface files")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import os
 import time
@@ -52,7 +51,7 @@ from .losses import LossFn, finite_population, resolve_loss
 from .params import ParamLayout, perturbed_tensors
 from .precision import precision_error
 from .runners import TorchRunner, make_runner
-from .surface_file import Surface, SurfaceWriter
+from .surface_file import Surface, SurfaceWriter, stored_identity
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +109,7 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
             and writes every result. ``None``: this process alone.
     """
     data = as_eval_data(data)
+    given = directions is not None  # by the caller, on every rank
     leader = cluster is None or cluster.leader
     out_path = os.fspath(out) if out is not None and leader else None  # rank 0 alone writes the file
     if out_path is not None:
@@ -138,7 +138,7 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
                                                 loss_desc)
     if directions is None and leader:
         directions = prepare_directions(model, direction_spec, grid.ndim, model2, dir_file, data, loss_fn)
-    if cluster is not None:  # every rank evaluates rank 0's directions, bit for bit
+    if cluster is not None and not given:  # every rank evaluates rank 0's directions, bit for bit
         directions = share_directions(cluster, directions, model, direction_spec.dir_type)
     if directions.ndim != grid.ndim:
         raise ConfigError(f"The grid is {grid.ndim}D but {directions.ndim} direction(s) were given",
@@ -407,15 +407,10 @@ def _stored_hessian_directions(path: str, model: nn.Module, spec: DirectionSpec,
                                data_fp: str, loss_desc: str) -> Directions | None:
     """The Hessian directions an existing surface file of the same model, data and direction
     settings holds, or ``None`` (no such file: the caller computes them)."""
-    import h5py
-
-    from .._files import is_hdf5
-
-    if not os.path.exists(path) or not is_hdf5(path):
+    stored = stored_identity(path)
+    if not stored:
         return None
     try:
-        with h5py.File(path, "r", locking=False) as f:
-            stored = json.loads(f.attrs.get("identity", "{}"))
         wanted = {"model_fingerprint": model_fp, "data_fingerprint": data_fp, "loss": loss_desc, "kind": "hessian",
                   "dir_type": spec.dir_type, "xnorm": spec.xnorm, "xignore": spec.xignore,
                   "ynorm": spec.y_norm if ndim == 2 else None, "yignore": spec.y_ignore if ndim == 2 else None}

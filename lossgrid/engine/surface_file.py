@@ -388,6 +388,25 @@ def check_layout(f: Any, shape: tuple[int, ...] | None = None, xcoords: np.ndarr
     return None
 
 
+def stored_identity(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The identity of an existing lossgrid HDF5 file (surface, summary), read without HDF5's
+    lock; ``None`` if there is no such file, it is not HDF5, cannot be read or has no identity.
+    An empty dict: an HDF5 file with ``train_loss`` but no identity (the reference code's)."""
+    import h5py
+
+    path = os.fspath(path)
+    if not os.path.exists(path) or not is_hdf5(path):
+        return None
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            if "identity" in f.attrs:
+                identity = _json_attr(f.attrs["identity"], None)
+                return identity if isinstance(identity, dict) else None
+            return {} if LOSS in f else None
+    except (OSError, ValueError):
+        return None
+
+
 def load_surface(path: str | os.PathLike) -> Surface:
     """Read a surface file (ours, or the reference implementation's).
 
