@@ -171,13 +171,19 @@ def _cpu_model() -> str:
     return name + (", AVX-512" if " avx512f" in info else ", no AVX-512")
 
 
-def fast_modes(n: int) -> list[tuple[str, list[str]]]:
+#: groups of fast modes ``--without`` can leave out (each costs minutes on the ResNet-20 case)
+GROUPS = ("samples", "anchors", "adaptive", "target-se", "bf16")
+
+
+def fast_modes(n: int, without: tuple[str, ...] = ()) -> list[tuple[str, list[str]]]:
     quarter, eighth = str(n // 4), str(n // 8)
-    return [(f"--samples {quarter}", ["--samples", quarter]), (f"--samples {eighth}", ["--samples", eighth]),
-            ("--adaptive --adaptive-coarse 8", ["--adaptive", "--adaptive-coarse", "8"]),
-            ("--adaptive --adaptive-coarse 4", ["--adaptive", "--adaptive-coarse", "4"]),
-            (f"--adaptive --adaptive-coarse 8 --samples {quarter}", ["--adaptive", "--adaptive-coarse", "8",
-                                                                      "--samples", quarter])]
+    groups = {
+        "samples": [["--samples", quarter], ["--samples", eighth]],
+        "anchors": [["--samples", eighth, "--anchor-stride", "3"], ["--samples", eighth, "--anchor-stride", "2"],
+                    ["--samples", quarter, "--anchor-stride", "3"]],
+        "adaptive": [["--adaptive", "--adaptive-coarse", "8"], ["--adaptive", "--adaptive-coarse", "4"],
+                     ["--adaptive", "--adaptive-coarse", "8", "--samples", quarter]]}
+    return [(" ".join(extra), extra) for group, modes in groups.items() if group not in without for extra in modes]
 
 
 def compare(surf, exact: np.ndarray, loss_range: float) -> dict:
@@ -266,7 +272,7 @@ def run_case(case: dict, work: str, env: dict[str, str], args: argparse.Namespac
                "eval_seconds": s["eval_seconds"], "points_evaluated": s["points_computed"], "samples": s["samples"],
                "points_x_samples_per_s": s["points_x_samples_per_s"],
                "runner": f"{s['backend']}/{s['strategy']}", "backend_choice": s.get("backend_choice")}
-        for key in ("target_se", "adaptive"):
+        for key in ("target_se", "adaptive", "anchors"):
             if key in s:
                 row[key] = s[key]
         surf = load_surface(out_path)
@@ -291,12 +297,18 @@ def run_case(case: dict, work: str, env: dict[str, str], args: argparse.Namespac
         exact_row["agrees_with_reference_all"] = bool(np.allclose(exact_loss, ref.pop("full_loss"), rtol=1e-4, atol=0))
     loss_range = float(np.max(exact_loss) - np.min(exact_loss))
     target_se = round(args.target_se_share * loss_range, 6)
-    modes = fast_modes(case["samples"])
-    modes.append((f"--target-se {target_se:g}", ["--target-se", f"{target_se:g}"]))
+    modes = fast_modes(case["samples"], args.without)
+    if "target-se" not in args.without:
+        modes.append((f"--target-se {target_se:g}", ["--target-se", f"{target_se:g}"]))
     bf16_ok, bf16_why = cpu_bf16()
-    bf16_modes = [("--precision bf16", ["--precision", "bf16"]),
-                  ("--precision bf16 --adaptive --adaptive-coarse 8",
-                   ["--precision", "bf16", "--adaptive", "--adaptive-coarse", "8"])]
+    eighth = str(case["samples"] // 8)
+    bf16_modes = [] if "bf16" in args.without else [
+        ("--precision bf16", ["--precision", "bf16"]),
+        *([] if "adaptive" in args.without else [("--precision bf16 --adaptive --adaptive-coarse 8",
+                                                  ["--precision", "bf16", "--adaptive", "--adaptive-coarse", "8"])]),
+        *([] if "anchors" in args.without else [
+            (f"--precision bf16 --samples {eighth} --anchor-stride 3",
+             ["--precision", "bf16", "--samples", eighth, "--anchor-stride", "3"])])]
     for label, extra in modes + (bf16_modes if bf16_ok else []):
         row, surf = lossgrid_row(label, extra)
         row.update(compare(surf, exact_loss, loss_range))
@@ -354,6 +366,8 @@ def markdown(report: dict) -> str:
              f"error of at most {100 * MAX_ERROR_TARGET:g}% of the exact surface's loss range, and its stated 95% "
              f"intervals (1.96 x train_loss_se) contain the exact value at {100 * COVERAGE_RANGE[0]:.0f}-"
              f"{100 * COVERAGE_RANGE[1]:.0f}% of the evaluated points.", ""]
+    if report.get("groups_left_out"):
+        lines += [f"Left out of this run (--without): {', '.join(report['groups_left_out'])}.", ""]
     for case in report["cases"]:
         ref = case["reference"]
         t = case["training"]
@@ -466,6 +480,7 @@ def bench(args: argparse.Namespace) -> dict:
     bf16_ok, bf16_why = cpu_bf16()
     report = {
         "date": datetime.date.today().isoformat(), "quick": args.quick, "seed": args.seed,
+        "groups_left_out": list(args.without),
         "machine": {"platform": platform.platform(), "cpu": _cpu_model(), "cores": os.cpu_count(),
                     "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
                     "fp32_gemm_peak_gflops": round(1000 * peak["tflops"], 1),
@@ -493,6 +508,9 @@ def bench(args: argparse.Namespace) -> dict:
             "points x samples/s counts the points actually evaluated (an adaptive run's filled points are free) "
             "over the run's evaluation seconds (from the --json summary); % fp32 peak is that times the model's "
             "forward FLOPs per sample over the fp32 GEMM peak measured in this run (bf16 rows too).",
+            "--anchor-stride K (with --samples n): every K-th point per axis and the last evaluated on the whole "
+            "set, the other points on the subset with those anchors interpolated sample by sample as control "
+            "variates (lossgrid.engine.control); the anchors' standard error is 0, so coverage counts the others.",
             "Adaptive modes use the default --adaptive-tol 0.01; --target-se E is "
             f"{100 * args.target_se_share:g}% of the exact surface's loss range, fixed before the run (a third of "
             "the 1% error target, so that the largest of ~441 errors of about one standard error stays inside it); "
@@ -516,6 +534,8 @@ def main() -> None:
                         help="seconds: a longer whole-grid reference run is extrapolated from one row")
     parser.add_argument("--target-se-share", type=float, default=0.003, help="--target-se as a share of the range")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (data, checkpoints, surfaces)")
+    parser.add_argument("--without", nargs="+", default=(), choices=GROUPS,
+                        help="leave out these groups of fast modes (the report lists what ran)")
     sub = parser.add_subparsers(dest="command")
     r = sub.add_parser("mlp-reference", help="the reference method on an .npz set (used by the benchmark)")
     r.add_argument("--model", required=True)

@@ -331,9 +331,34 @@ def to_json(obj: Any) -> str:
     return json.dumps(obj, default=default, sort_keys=True)
 
 
+def check_anchor_stride(stride: object) -> int:
+    """``stride`` (``--anchor-stride``) as a whole number of at least 2, or a :class:`ConfigError`."""
+    if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or stride < 2:
+        raise ConfigError(f"--anchor-stride {stride!r} is invalid",
+                          "it is the spacing of the exactly evaluated anchor points on each axis, 2 or more",
+                          "use for example --anchor-stride 4 (every 4th point on each axis is an anchor)")
+    return int(stride)
+
+
 @dataclass(frozen=True)
 class SurfaceJob:
     """Everything a ``lossgrid surface`` run needs, as data (specs, not objects)."""
+
+    def _check_anchors(self) -> None:
+        check_anchor_stride(self.anchor_stride)
+        if self.target_se is not None:
+            raise ConfigError("--anchor-stride cannot be combined with --target-se",
+                              "the pilot that sizes the subset measures the spread of the losses, not of the "
+                              "residuals the anchors leave", "give --samples N with --anchor-stride")
+        if self.samples is None:
+            raise ConfigError("--anchor-stride needs --samples N",
+                              "anchors correct the estimates of points evaluated on a subset; without one every "
+                              "point is exact already", "add --samples N (for example a quarter of the set)")
+        for name, given in (("--adaptive", self.adaptive is not None), ("--curvature", self.curvature is not None)):
+            if given:
+                raise ConfigError(f"--anchor-stride cannot be combined with {name}",
+                                  "anchors correct subset estimates at every point, which the other option does "
+                                  "not evaluate as such", "drop one of them")
 
     out: str
     grid: GridSpec
@@ -362,6 +387,9 @@ class SurfaceJob:
     repeats: int = 1
     #: evaluate a coarse grid and refine only where interpolation is off (``None``: every point)
     adaptive: AdaptiveSpec | None = None
+    #: with ``samples``: every this-many-th point per axis exact on all of --data, the control
+    #: variates of the subset's points (``None``: no anchors)
+    anchor_stride: int | None = None
 
     def __post_init__(self) -> None:
         if self.target_se is not None and not (isinstance(self.target_se, (int, float))
@@ -385,6 +413,8 @@ class SurfaceJob:
             raise ConfigError("--adaptive cannot be combined with --curvature",
                               "eigenvalues are not interpolated: every point of a curvature map is evaluated",
                               "drop one of them")
+        if self.anchor_stride is not None:
+            self._check_anchors()
         if self.target_se is not None and self.directions.kind == "hessian":
             raise ConfigError("--target-se cannot be combined with --dir-kind hessian",
                               "the pilot and the surface would each compute the Hessian directions",

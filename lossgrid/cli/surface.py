@@ -43,6 +43,10 @@ from ._common import BATCH_HELP, LOSS_HELP, MODEL_HELP, echo_json, parse_axis, r
 @click.option("--samples", type=click.IntRange(min=1),
               help="Evaluate on a fixed, seeded subset of N samples (the same at every point: differences between "
               "points are far more precise than each value; every point's standard error is stored).")
+@click.option("--anchor-stride", type=click.IntRange(min=2), metavar="K",
+              help="With --samples: evaluate every K-th point on each axis (and the last) exactly on all of --data "
+              "and use these anchors, interpolated sample by sample, as control variates for the other points "
+              "(unbiased; far smaller standard errors where the loss is large and spread).")
 @click.option("--target-se", type=click.FloatRange(min=0, min_open=True), metavar="E",
               help="Choose the subset by a pilot, and grow it, until every point's loss has a standard error of at "
               "most E against the whole --data set.")
@@ -151,7 +155,7 @@ def surface(**kw: Any) -> None:
         curvature=CurvatureSpec(iters=kw["curvature_iters"], params=kw["curvature_params"]) if kw["curvature"]
         else None,
         batchnorm=BatchNormSpec(kw["bn"], kw["bn_batches"], kw["bn_batch_size"], kw["bn_data"]),
-        batch=kw["batch"], target_se=kw["target_se"], repeats=kw["repeats"],
+        batch=kw["batch"], target_se=kw["target_se"], repeats=kw["repeats"], anchor_stride=kw["anchor_stride"],
         adaptive=AdaptiveSpec(kw["adaptive_tol"], kw["adaptive_coarse"]) if kw["adaptive"] else None,
     )
     from ..engine import distributed
@@ -224,6 +228,11 @@ def _echo_summary(s: dict[str, Any]) -> None:
                    f"({100 * a['share_evaluated']:.1f}%), the rest interpolated; largest measured interpolation "
                    f"error {'-' if err is None else f'{100 * err:.2g}%'} of the loss range "
                    f"(tolerance {100 * a['tol']:g}%)")
+    if s.get("anchors"):
+        a = s["anchors"]
+        click.echo(f"anchors: {a['anchors']:,} points (every K-th per axis, K={a['stride']}) exact on all "
+                   f"samples ({a['evaluated_exactly']:,} evaluated in this run), the others on the subset with them "
+                   "as control variates")
     if s.get("loss_se_max") is not None:
         click.echo(f"largest standard error of a point's loss: {s['loss_se_max']:.3g}")
     if s.get("repeats"):

@@ -92,17 +92,13 @@ def compute_evolution(model: str | None, checkpoints: Sequence[str], data: Any, 
     from ..data import as_eval_data
     from ..models import load_model
     from . import preflight
+    from ._surface_setup import check_writable, data_fingerprint, resolve_device
+    from ._surface_setup import fingerprint as _fingerprint
+    from ._surface_setup import out_of_memory as _out_of_memory
     from .losses import resolve_loss
     from .params import ParamLayout, perturbed_tensors
     from .runners import make_runner
-    from .surface import (
-        _fingerprint,
-        _out_of_memory,
-        check_writable,
-        data_fingerprint,
-        prepare_directions,
-        resolve_device,
-    )
+    from .surface import prepare_directions
 
     if not checkpoints:
         raise ConfigError("No checkpoint given", hint="pass --checkpoints 'run/epoch_*.pt'")

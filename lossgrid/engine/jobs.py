@@ -53,14 +53,19 @@ def run_surface_job(job: SurfaceJob, progress: Progress | None = None, cluster: 
     if job.model2 is not None:
         model2, _ = load_model(job.model, job.model2, job.trust_checkpoint)
         model_desc += f" -> {job.model2}"
-    data = load_data(job.data, job.samples, job.samples_seed, batch=job.batch)
+    population = None
+    if job.anchor_stride is None:
+        data = load_data(job.data, job.samples, job.samples_seed, batch=job.batch)
+    else:  # the same subset as above, and the whole set for the anchors
+        population = load_data(job.data, batch=job.batch)
+        data = population.subset(job.samples, job.samples_seed) if job.samples is not None else population
     bn_data = None
     if job.batchnorm.recompute and job.batchnorm.data is not None:
         bn_data = load_data(job.batchnorm.data, batch=job.batch)
     common = dict(model2=model2, dir_file=job.dir_file, loss=job.loss, eval_spec=job.evaluation,
                   overwrite=job.overwrite, progress=progress, model_description=model_desc,
                   curvature=job.curvature, batchnorm=job.batchnorm, bn_data=bn_data, adaptive=job.adaptive,
-                  cluster=cluster)
+                  cluster=cluster, anchor_stride=job.anchor_stride, population=population)
     choice: SampleChoice | None = None
     runs = []
     for seed, out in zip(seeds, outs):
@@ -84,6 +89,8 @@ def run_surface_job(job: SurfaceJob, progress: Progress | None = None, cluster: 
         summary["target_se"] = choice.as_dict()
     if run.get("adaptive"):
         summary["adaptive"] = run["adaptive"]
+    if run.get("anchors"):
+        summary["anchors"] = {k: v for k, v in run["anchors"].items() if k != "runner"}
     if job.repeats > 1:
         summary["repeat_files"] = outs
     return summary

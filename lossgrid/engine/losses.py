@@ -193,14 +193,18 @@ def _values(loss_fn: LossFn, outputs: torch.Tensor, targets: torch.Tensor) -> to
     return values
 
 
-def point_batch_stats(loss_fn: LossFn, outputs: torch.Tensor, targets: torch.Tensor
+def point_batch_stats(loss_fn: LossFn, outputs: torch.Tensor, targets: torch.Tensor,
+                      keep: list[SampleValues] | None = None
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Sums of one batch at one grid point (``outputs[B, ...]``, losses computed in fp32,
     summed in float64): per-sample losses ``l``, their squares, ``l`` times the samples'
     units, and the correct count (``None`` without class labels). A loss that returns the
-    batch mean gives NaN squares (no standard error)."""
+    batch mean gives NaN squares (no standard error). ``keep``: the batch's per-sample
+    values are appended to it as a :class:`SampleValues` of one point."""
     outputs = outputs.float()  # losses of reduced-precision outputs are computed and reduced in fp32
     values = _values(loss_fn, outputs, targets).double()
+    if keep is not None:
+        _keep(keep, loss_fn, values.unsqueeze(0), outputs.unsqueeze(0), targets)
     if values.dim() == 0:
         total = values * outputs.shape[0]
         sq = torch.full_like(total, float("nan"))
@@ -212,7 +216,8 @@ def point_batch_stats(loss_fn: LossFn, outputs: torch.Tensor, targets: torch.Ten
     return total, sq, cross, _correct(loss_fn, outputs, targets)
 
 
-def wide_batch_stats(loss_fn: LossFn, outputs: torch.Tensor, targets: torch.Tensor
+def wide_batch_stats(loss_fn: LossFn, outputs: torch.Tensor, targets: torch.Tensor,
+                     keep: list[SampleValues] | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """:func:`point_batch_stats` of one batch at ``K`` grid points (``outputs[K, B, ...]``),
     each sum ``[K]``."""
@@ -220,6 +225,8 @@ def wide_batch_stats(loss_fn: LossFn, outputs: torch.Tensor, targets: torch.Tens
 
     outputs = outputs.float()  # losses of reduced-precision outputs are computed and reduced in fp32
     values = vmap(lambda o: _values(loss_fn, o, targets))(outputs).double()
+    if keep is not None:
+        _keep(keep, loss_fn, values, outputs, targets)
     if values.dim() == 1:  # batch means
         total = values * outputs.shape[1]
         sq = torch.full_like(total, float("nan"))
@@ -292,14 +299,74 @@ def concat_stats(parts: list[Stats]) -> Stats:
 
 
 def evaluate_batches(batches: list[tuple[Any, torch.Tensor]], forward: Callable[[Any], torch.Tensor],
-                     loss_fn: LossFn, k: int, counts: UnitCounts, device: torch.device | str = "cpu") -> Stats:
+                     loss_fn: LossFn, k: int, counts: UnitCounts, device: torch.device | str = "cpu",
+                     keep: list[SampleValues] | None = None) -> Stats:
     """Mean loss, accuracy and standard error of ``k`` grid points over all ``batches``,
-    where ``forward(xb)`` returns the outputs of the ``k`` points as ``[k, B, ...]``."""
+    where ``forward(xb)`` returns the outputs of the ``k`` points as ``[k, B, ...]``.
+    ``keep``: the per-sample values of the ``k`` points over all batches are appended to it
+    (one :class:`SampleValues`)."""
     sums = [torch.zeros(k, dtype=torch.float64, device=device) for _ in range(3)]
     correct: torch.Tensor | None = torch.zeros(k, dtype=torch.int64, device=device)
+    kept: list[SampleValues] | None = [] if keep is not None else None
     for xb, yb in batches:
-        *parts, right = wide_batch_stats(loss_fn, forward(xb), yb)
+        *parts, right = wide_batch_stats(loss_fn, forward(xb), yb, kept)
         for acc, part in zip(sums, parts):
             acc += part
         correct = None if right is None or correct is None else correct + right
+    if keep is not None and kept is not None:
+        keep.append(SampleValues.along_samples(kept))
     return finish_stats(*sums, correct, counts)
+
+
+class SampleValues(NamedTuple):
+    """Per-sample values of ``K`` grid points over ``n`` samples (float64 NumPy ``[K, n]``):
+    the loss of every sample (a token-level loss: its sum over the sample's tokens) and
+    how much of it is correct (``None`` without class labels or a ``correct`` hook)."""
+
+    loss: np.ndarray
+    correct: np.ndarray | None
+
+    @staticmethod
+    def along_samples(parts: list[SampleValues]) -> SampleValues:
+        """Batches of the same points, one after the other."""
+        return SampleValues._join(parts, axis=1)
+
+    @staticmethod
+    def along_points(parts: list[SampleValues], k: int | None = None) -> SampleValues:
+        """Chunks of points over the same samples, one after the other (the first ``k``)."""
+        joined = SampleValues._join(parts, axis=0)
+        return joined if k is None else SampleValues(joined.loss[:k],
+                                                     None if joined.correct is None else joined.correct[:k])
+
+    @staticmethod
+    def _join(parts: list[SampleValues], axis: int) -> SampleValues:
+        """One set of values (NumPy) from parts in NumPy or, batch by batch, as device tensors
+        (copied to the host here, once per call, not once per batch)."""
+        if not parts:
+            raise ValueError("no per-sample values were kept")
+
+        def join(arrays: list[Any]) -> np.ndarray:
+            if isinstance(arrays[0], torch.Tensor):
+                return torch.cat([a.double() for a in arrays], dim=axis).cpu().numpy()
+            return np.concatenate(arrays, axis=axis)
+
+        labelled = all(p.correct is not None for p in parts)
+        return SampleValues(join([p.loss for p in parts]), join([p.correct for p in parts]) if labelled else None)
+
+
+def _keep(keep: list[SampleValues], loss_fn: LossFn, values: torch.Tensor, outputs: torch.Tensor,
+          targets: torch.Tensor) -> None:
+    """Append one batch's per-sample losses ``values[K, B]`` and correct counts of the
+    outputs ``[K, B, ...]`` to ``keep``."""
+    if values.dim() != 2:
+        raise ConfigError("Per-sample losses are needed but the loss returns one value per batch",
+                          f"{getattr(loss_fn, '__qualname__', loss_fn)} returned shape {tuple(values.shape[1:])} per "
+                          "point", "give a loss that returns one value per sample (reduction='none')")
+    hook = getattr(loss_fn, "correct", None)
+    if hook is not None:
+        right: torch.Tensor | None = torch.stack([hook(o, targets) for o in outputs])
+    elif _class_labels(outputs[0], targets):
+        right = outputs.argmax(dim=-1) == targets
+    else:
+        right = None
+    keep.append(SampleValues(values, right))  # on the device: joined and copied once per call

@@ -19,7 +19,7 @@ from torch import nn
 
 from .. import inputs as inp
 from ..data import EvalData
-from ..errors import DataLoadError, DirectionError, EvaluationError, ModelLoadError
+from ..errors import ConfigError, DataLoadError, DirectionError, EvaluationError, ModelLoadError
 from .directions import Directions
 from .losses import LossFn, cross_entropy, loss_units
 
@@ -76,8 +76,9 @@ def check_data(data: EvalData, loss_fn: LossFn) -> None:
                             "or --loss token_cross_entropy for token ids [N, T] of a sequence model")
 
 
-def probe(model: nn.Module, data: EvalData, loss_fn: LossFn, device: torch.device) -> None:
-    """Run the model and loss on a few samples at the origin; errors name the likely cause."""
+def probe(model: nn.Module, data: EvalData, loss_fn: LossFn, device: torch.device, per_sample: bool = False) -> None:
+    """Run the model and loss on a few samples at the origin; errors name the likely cause.
+    ``per_sample``: the run needs every sample's loss (a loss returning the batch mean is refused)."""
     x = inp.to_device(inp.take(data.x, slice(0, PROBE_SAMPLES)), device)
     y = data.y[:PROBE_SAMPLES].to(device)
     modes = [(m, m.training) for m in model.modules()]  # per module: a frozen BatchNorm stays in eval
@@ -102,6 +103,10 @@ def probe(model: nn.Module, data: EvalData, loss_fn: LossFn, device: torch.devic
                               f"of shape {tuple(getattr(values, 'shape', ()))}",
                               "a loss returns one value per sample (shape [B]) or the batch mean",
                               "fix the loss function")
+    if per_sample and values.dim() == 0:
+        raise ConfigError("--anchor-stride needs per-sample losses but the loss returns the batch mean",
+                          "anchors correct each point sample by sample",
+                          "give a loss that returns one value per sample (reduction='none'), or drop --anchor-stride")
     if loss_fn is cross_entropy and not torch.is_floating_point(data.y) and out.dim() == 2:
         classes = out.shape[-1]
         lo, hi = int(data.y.min()), int(data.y.max())

@@ -13,7 +13,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 import time
@@ -25,16 +24,25 @@ import torch
 from torch import nn
 
 from .. import __version__
-from .._files import check_output_path, same_file
 from ..config import AdaptiveSpec, BatchNormSpec, CurvatureSpec, DirectionSpec, EvalSpec, GridSpec
 from ..data import EvalData, as_eval_data
-from ..errors import ConfigError, MissingBackendError, ResourceError, SurfaceFileError, is_out_of_memory
-from ..inputs import tensors
+from ..errors import ConfigError, is_out_of_memory
 from ..kernels import perturb
 from . import preflight
+from ._surface_setup import (  # noqa: F401 - check_writable, data_fingerprint, resolve_device: re-exported
+    DEVICE_TYPES,
+    check_precision_error,
+    check_writable,
+    data_fingerprint,
+    fingerprint,
+    out_of_memory,
+    resolve_device,
+    stored_hessian_directions,
+)
 from .adaptive import AdaptiveGrid
 from .batchnorm import check_recompute, recompute_batches
 from .batchnorm import identity as bn_identity
+from .control import AnchorGrid, ControlVariate, check_population
 from .curvature import DATASETS as CURVATURE_DATASETS
 from .curvature import curvature_of_points
 from .directions import (
@@ -43,20 +51,17 @@ from .directions import (
     check_selection,
     create_directions,
     load_directions,
-    same_selection,
     save_directions,
 )
 from .distributed import Cluster, share_directions
-from .losses import LossFn, finite_population, resolve_loss
-from .params import ParamLayout, perturbed_tensors
-from .precision import precision_error
-from .runners import TorchRunner, make_runner
-from .surface_file import Surface, SurfaceWriter, stored_identity
+from .losses import LossFn, SampleValues, finite_population, resolve_loss, unit_counts
+from .params import perturbed_tensors
+from .runners import make_runner
+from .surface_file import Surface, SurfaceWriter
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
-DEVICE_TYPES = ("cpu", "cuda")
 #: points of a run's first chunk evaluated again in IEEE fp32 when the run's precision is lower
 PRECISION_CHECK_POINTS = 3
 #: the dataset of every point's standard error of the loss
@@ -73,7 +78,8 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
                     progress: Progress | None = None, model_description: str | None = None,
                     curvature: CurvatureSpec | None = None, batchnorm: BatchNormSpec = BatchNormSpec(),
                     bn_data: EvalData | None = None, tags: dict[str, Any] | None = None,
-                    adaptive: AdaptiveSpec | None = None, cluster: Cluster | None = None) -> Surface:
+                    adaptive: AdaptiveSpec | None = None, cluster: Cluster | None = None,
+                    anchor_stride: int | None = None, population: EvalData | None = None) -> Surface:
     """Evaluate loss and accuracy of ``model`` on a 1D or 2D grid around it.
 
     Args:
@@ -107,6 +113,10 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
         cluster: this process's place in a sharded job (:mod:`lossgrid.engine.distributed`):
             every rank evaluates chunks it claims; rank 0 makes the directions, holds ``out``
             and writes every result. ``None``: this process alone.
+        anchor_stride: every ``anchor_stride``-th point on each axis (and the last) is evaluated
+            exactly on ``population``, the others on ``data`` (a subset of it) with those anchors
+            as control variates (:mod:`lossgrid.engine.control`).
+        population: the whole set ``data`` was drawn from (``anchor_stride`` only).
     """
     data = as_eval_data(data)
     given = directions is not None  # by the caller, on every rank
@@ -126,15 +136,15 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
     model = model.to(device)
     if model2 is not None:
         model2 = model2.to(device)
-    preflight.probe(model, data, loss_fn, device)
-    model_fp, data_fp = _fingerprint(t for t in model.state_dict().values()), data_fingerprint(data)
+    preflight.probe(model, data, loss_fn, device, per_sample=anchor_stride is not None)
+    model_fp, data_fp = fingerprint(t for t in model.state_dict().values()), data_fingerprint(data)
     if cluster is not None:
         cluster.chunks.clear()
         cluster.check_same(model_fp, data_fp)
     if directions is None and direction_spec.kind == "hessian" and dir_file is None and out_path is not None and leader:
         # Hessian eigenvectors differ in the last bits between thread counts and devices: resume on the
         # directions the file holds rather than on new ones that would not match its fingerprint
-        directions = _stored_hessian_directions(out_path, model, direction_spec, grid.ndim, model_fp, data_fp,
+        directions = stored_hessian_directions(out_path, model, direction_spec, grid.ndim, model_fp, data_fp,
                                                 loss_desc)
     if directions is None and leader:
         directions = prepare_directions(model, direction_spec, grid.ndim, model2, dir_file, data, loss_fn)
@@ -157,7 +167,15 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
                               "re-estimated ones", "compute the curvature map with --bn eval")
         bn_data = data if bn_data is None else bn_data
         bn_batches = recompute_batches(bn_data, batchnorm)
+    anchors = None if anchor_stride is None else AnchorGrid(grid.shape, anchor_stride)
+    if anchors is not None:
+        population = check_population(data, population, loss_fn)
+        if adaptive is not None or curvature is not None:
+            raise ConfigError("--anchor-stride cannot be combined with --adaptive or --curvature",
+                              "anchors correct subset estimates at every point; the others evaluate some points "
+                              "(or each point) on their own terms", "drop one of them")
     runner = make_runner(eval_spec, model, directions.layout, data, loss_fn, model_description or "", bn_batches)
+    exact_runner = None  # the anchors' runner on the whole set, while anchors are left to evaluate
 
     base = directions.layout.flatten(perturbed_tensors(model, directions.layout.dir_type)).to(device)
     dirs = directions.flat().to(device)
@@ -181,6 +199,8 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
         identity["curvature"] = dataclasses.asdict(curvature)
     if adaptive is not None:
         identity["adaptive"] = dataclasses.asdict(adaptive)
+    if anchors is not None:
+        identity["anchor_stride"] = anchors.stride
     if bn_batches is not None:  # eval files (also those of older versions) stay resumable
         identity["bn"] = bn_identity(batchnorm, bn_batches)
     identity.update(tags or {})
@@ -220,18 +240,29 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
         todo, start_done = cluster.share((todo, start_done) if leader else None)
     done_count = start_done
     runner.set_directions(base, dirs)
-    # auto runners size their timing to the job (an adaptive one: about twice its first round)
-    runner.expect(len(todo) if policy is None else min(total - done_count, 2 * len(todo)))
+    anchor_todo = np.intersect1d(todo, anchors.flat()) if anchors is not None else todo[:0]
+    if anchors is not None:
+        todo = np.setdiff1d(todo, anchors.flat())
+    # auto runners size their timing to the job (an adaptive one: about twice its first round; with
+    # anchors, the anchors on the subset too)
+    runner.expect(len(todo) + (len(anchors.flat()) if anchors is not None and len(todo) else 0) if policy is None
+                  else min(total - done_count, 2 * len(todo)))
     # with curvature every point costs many passes over the data: write each one as soon as it is done
     step = 1 if curvature is not None else runner.points_per_call
     precision_check: dict[str, Any] = {}
+    check_data: EvalData | None = data  # what the precision check evaluates the first chunk on (None: no check)
+    sample_evals, per_point = 0, len(data)  # samples evaluated in all, and per point of the current phase
+    anchor_note: dict[str, Any] = {}
     t0 = time.perf_counter()
 
     def run_info() -> dict[str, Any]:
         seconds = time.perf_counter() - t0
         run = {**runner.describe(), "seconds": round(seconds, 4), "points": done_count - start_done,
                "samples": len(data)}
-        run["points_x_samples_per_s"] = round(run["points"] * len(data) / seconds, 1) if seconds > 0 else None
+        run["points_x_samples_per_s"] = round(sample_evals / seconds, 1) if seconds > 0 else None
+        if anchors is not None:
+            run["anchors"] = {"stride": anchors.stride, "anchors": len(anchors.flat()),
+                              "evaluated_exactly": int(len(anchor_todo)), **anchor_note}
         if precision_check:
             run["precision_check"] = precision_check
         if policy is not None:
@@ -242,22 +273,28 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
         surface.attrs["last_run"] = run
         return run
 
+    def on_subset(chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        loss_k, acc_k, se_k = runner.evaluate_points(points[chunk].to(device))
+        return loss_k, acc_k, finite_population(se_k, len(data), data.population)
+
+    measure: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]] = on_subset
+
     def compute(chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
         try:
-            loss_k, acc_k, se_k = runner.evaluate_points(points[chunk].to(device))
-            extra = {SE: finite_population(se_k, len(data), data.population)}
+            loss_k, acc_k, se_k = measure(chunk)
+            extra = {SE: se_k}
             if curvature is not None:
                 extra.update(curvature_of_points(
                     model, data, loss_fn, directions.layout, perturb(base, dirs, points[chunk].to(device)),
                     curvature, device, eval_spec.batch_size))
         except Exception as e:
             if is_out_of_memory(e):
-                raise _out_of_memory(e, runner.describe()) from None
+                raise out_of_memory(e, (exact_runner or runner).describe()) from None
             raise
         return loss_k, acc_k, extra
 
     def commit(chunk: np.ndarray, result: tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]) -> None:
-        nonlocal done_count
+        nonlocal done_count, sample_evals
         loss_k, acc_k, extra = result
         if writer is not None:
             writer.write(chunk, loss_k, acc_k, extra)
@@ -267,9 +304,10 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
             for name, values in extra.items():
                 surface.extra[name][idx] = values
         done_count += len(chunk)
-        if eval_spec.precision != "fp32" and not precision_check:  # after the write: never costs a point
-            precision_check.update(_precision_check(
-                model, directions.layout, base, dirs, data, loss_fn, eval_spec,
+        sample_evals += len(chunk) * per_point
+        if eval_spec.precision != "fp32" and not precision_check and check_data is not None:  # after the write
+            precision_check.update(check_precision_error(
+                model, directions.layout, base, dirs, check_data, loss_fn, eval_spec,
                 points[chunk[:PRECISION_CHECK_POINTS]].to(device), loss_k, bn_batches))
         if progress:
             progress(done_count, total)
@@ -286,10 +324,60 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
         todo = policy.next_points(surface.loss, surface.done) if policy is not None else None  # rank 0's
         return todo if cluster is None else cluster.share(todo)
 
+    def exactly(chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        assert exact_runner is not None and population is not None
+        loss_k, acc_k, se_k = exact_runner.evaluate_points(points[chunk].to(device))
+        return loss_k, acc_k, finite_population(se_k, len(population), len(population))
+
+    def with_anchors() -> None:
+        nonlocal measure, check_data, sample_evals, per_point, exact_runner
+        assert anchors is not None and population is not None
+        if len(anchor_todo):
+            exact_runner = make_runner(eval_spec, model, directions.layout, population, loss_fn,
+                                       model_description or "", bn_batches)
+            try:
+                exact_runner.set_directions(base, dirs)
+                exact_runner.expect(len(anchor_todo))
+                measure, check_data, per_point = exactly, population, len(population)
+                evaluate(anchor_todo)
+            finally:
+                anchor_note["runner"] = exact_runner.describe()
+                exact_runner.close()
+                exact_runner = None
+        elif eval_spec.precision != "fp32":
+            anchor_note["precision_check"] = "not run: the anchors (checked on the whole set) were done before"
+        rows = anchors.flat()
+        exact = (surface.loss.ravel()[rows], surface.acc.ravel()[rows]) if leader else None
+        if cluster is not None:  # rank 0 holds the anchors' values
+            exact = cluster.share(exact)
+        if not len(todo):
+            return
+        assert exact is not None
+        try:  # every rank evaluates the anchors on the subset itself: a few points, no transfer
+            kept = SampleValues.along_points([runner.evaluate_point_samples(points[rows[i:i + step]].to(device))[1]
+                                              for i in range(0, len(rows), step)])
+        except Exception as e:
+            if is_out_of_memory(e):
+                raise out_of_memory(e, runner.describe()) from None
+            raise
+        sample_evals += len(rows) * len(data)
+        control = ControlVariate(anchors, *exact, kept, len(population), unit_counts(loss_fn, [population.y]).units)
+
+        def estimated(chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            _, values = runner.evaluate_point_samples(points[chunk].to(device))
+            return control.estimate(chunk, values)
+
+        # estimates are not the runner's losses: nothing for the precision check to compare
+        measure, check_data, per_point = estimated, None, len(data)
+        evaluate(todo)
+
     try:
         if progress and leader:
             progress(done_count, total)
-        evaluate(todo)
+        if anchors is not None:
+            with_anchors()
+        else:
+            evaluate(todo)
         if adaptive is not None:
             while len(todo := next_round()):
                 evaluate(todo)
@@ -320,74 +408,6 @@ def _fill_adaptive(policy: AdaptiveGrid, surface: Surface, writer: SurfaceWriter
              surface.done.size, int(interpolated.sum()))
 
 
-def _precision_check(model: nn.Module, layout: ParamLayout, base: torch.Tensor, dirs: torch.Tensor, data: EvalData,
-                     loss_fn: LossFn, eval_spec: EvalSpec, coeffs: torch.Tensor, loss_k: np.ndarray,
-                     bn_batches: list[Any] | None = None) -> dict[str, Any]:
-    """Loss error of the run's precision against IEEE fp32 (the per-point torch loop)
-    at the first points of a run: stored with the run, never hidden."""
-    reference = None
-    try:
-        reference = TorchRunner(model, layout, data.x, data.y, loss_fn, batch_size=eval_spec.batch_size,
-                                strategy="loop", device=base.device, precision="fp32", bn_batches=bn_batches)
-        reference.set_directions(base, dirs)
-        want = reference.evaluate_points(coeffs).loss
-    except Exception as e:  # a check must not end a run whose points are fine (e.g. no memory for a 2nd copy)
-        log.warning("could not measure the %s loss error against fp32: %s", eval_spec.precision, e)
-        return {"precision": eval_spec.precision, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
-    finally:
-        if reference is not None:
-            reference.close()
-    check = {"precision": eval_spec.precision, **precision_error(loss_k[:len(want)], want)}
-    log.info("precision %s: max relative loss error %.3g against fp32 at %d point(s)", eval_spec.precision,
-             check["max_rel_loss_error"], check["points"])
-    return check
-
-
-def _out_of_memory(e: BaseException, described: dict[str, Any]) -> ResourceError:
-    k, batch = described.get("points_per_call"), described.get("batch_size")
-    what = f"Out of memory while evaluating {k} grid point(s) per call"
-    lower = f"lower --points-per-call (now {k})"
-    if batch:
-        what += f" in batches of {batch} samples"
-        lower += f" or --batch-size (now {batch})"
-    reason = str(e).strip().splitlines()[0] if str(e).strip() else "no memory left"
-    return ResourceError(what, f"{type(e).__name__}: {reason}",
-                         f"{lower}; the points done so far are saved: the same command with a lower setting resumes")
-
-
-def resolve_device(name: str) -> torch.device:
-    """A torch device that exists on this machine, or a :class:`ConfigError`."""
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError) as e:
-        raise ConfigError(f"Unknown device {name!r}", str(e), "pass --device cpu, cuda or cuda:N") from None
-    if device.type not in DEVICE_TYPES:
-        raise ConfigError(f"Device {name!r} cannot evaluate a surface",
-                          f"lossgrid runs on {', '.join(DEVICE_TYPES)} devices; {device.type} holds no data",
-                          "pass --device cpu, cuda or cuda:N")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        why = ("this torch is a CPU-only build" if torch.version.cuda is None
-               else "torch.cuda.is_available() is False: no GPU or no NVIDIA driver is visible")
-        raise MissingBackendError(f"Device {name} was requested but no CUDA GPU is usable here", why,
-                                  "pass --device cpu, or run on a machine with an NVIDIA GPU and driver, a CUDA "
-                                  'build of torch (see pytorch.org) and, for the CUDA kernels, pip install '
-                                  '"lossgrid[gpu]"')
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ConfigError(f"Device {name} does not exist", f"{torch.cuda.device_count()} GPU(s) visible",
-                          "pick an index below the GPU count")
-    return device
-
-
-def check_writable(path: str, dir_file: str | os.PathLike | None = None, what: str = "surface file") -> None:
-    """Fail early (before any work) if ``path`` cannot be written, or is the ``dir_file`` it
-    would be computed on."""
-    check_output_path(path, what, SurfaceFileError)
-    if dir_file is not None and same_file(path, dir_file):
-        raise ConfigError(f"--out {path} is the same file as --dir-file {os.fspath(dir_file)}",
-                          f"the {what} would replace the directions it is computed on",
-                          f"choose another --out (the {what} stores its directions anyway)")
-
-
 def prepare_directions(model: nn.Module, spec: DirectionSpec, ndim: int, model2: nn.Module | None = None,
                        dir_file: str | os.PathLike | None = None, data: EvalData | None = None,
                        loss_fn: LossFn | None = None) -> Directions:
@@ -403,47 +423,3 @@ def prepare_directions(model: nn.Module, spec: DirectionSpec, ndim: int, model2:
     return dirs
 
 
-def _stored_hessian_directions(path: str, model: nn.Module, spec: DirectionSpec, ndim: int, model_fp: str,
-                               data_fp: str, loss_desc: str) -> Directions | None:
-    """The Hessian directions an existing surface file of the same model, data and direction
-    settings holds, or ``None`` (no such file: the caller computes them)."""
-    stored = stored_identity(path)
-    if not stored:
-        return None
-    try:
-        wanted = {"model_fingerprint": model_fp, "data_fingerprint": data_fp, "loss": loss_desc, "kind": "hessian",
-                  "dir_type": spec.dir_type, "xnorm": spec.xnorm, "xignore": spec.xignore,
-                  "ynorm": spec.y_norm if ndim == 2 else None, "yignore": spec.y_ignore if ndim == 2 else None}
-        if any(stored.get(k) != v for k, v in wanted.items()):
-            return None
-        dirs = load_directions(path, model, spec.dir_type, ndim)
-    except Exception as e:  # unreadable or foreign: the surface writer reports it properly
-        log.info("not reusing the directions of %s: %s", path, e)
-        return None
-    if dirs.meta.get("kind") != "hessian" or int(dirs.meta.get("seed", -1)) != spec.seed:
-        return None
-    if not same_selection(model, dirs, spec):  # made for other tensors: this run computes its own
-        return None
-    log.info("resuming on the Hessian directions stored in %s", path)
-    return dirs
-
-
-def data_fingerprint(data: EvalData) -> str:
-    """A hash of an evaluation set's values; for several or named inputs also of their
-    structure (which argument is which), so that swapping two inputs is a different set."""
-    from ..inputs import is_tensor, named_tensors
-
-    digest = _fingerprint([*tensors(data.x), data.y])
-    if is_tensor(data.x):  # as before inputs could be tuples or dicts: such files stay resumable
-        return digest
-    names = [name for name, _ in named_tensors(data.x)]
-    return f"{digest}:{hashlib.blake2b(repr(names).encode(), digest_size=4).hexdigest()}"
-
-
-def _fingerprint(tensors: Any) -> str:
-    h = hashlib.blake2b(digest_size=8)
-    for t in tensors:
-        t = t.detach().cpu().contiguous()
-        h.update(str((t.dtype, tuple(t.shape))).encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()

@@ -198,7 +198,7 @@ def compute_trajectory(model: nn.Module, checkpoints: Sequence[str], final: str 
     rows = _Rows(model, dir_type, ignore, trust_checkpoint, progress)
     final_state = _read_state(final, trust_checkpoint)
     load_state(model, final_state, final)
-    from .surface import _fingerprint
+    from ._surface_setup import fingerprint as _fingerprint
 
     final_fingerprint = _fingerprint(t for t in model.state_dict().values())
     rows.fill(rows.final)
@@ -331,9 +331,10 @@ def path_losses(model: nn.Module, data: Any, traj: Trajectory, loss: Any = "cros
         >>> losses = path_losses(model, load_data("digits"), traj)  # doctest: +SKIP
     """
     from ..data import as_eval_data
+    from ._surface_setup import data_fingerprint, resolve_device
+    from ._surface_setup import fingerprint as _fingerprint
     from .losses import resolve_loss
     from .runners import make_runner
-    from .surface import _fingerprint, data_fingerprint, resolve_device
 
     data = as_eval_data(data)
     loss_fn, loss_desc = resolve_loss(loss)

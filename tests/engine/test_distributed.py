@@ -165,6 +165,18 @@ def test_adaptive_and_a_repeat_summary_shard_like_one_process(ckpt, tmp_path) ->
             np.testing.assert_array_equal(a[name][()], b[name][()], err_msg=name)
 
 
+def test_anchors_shard_like_one_process(ckpt, tmp_path) -> None:
+    one, two = tmp_path / "one.h5", tmp_path / "two.h5"
+    extra = ["--anchor-stride", "3"]  # anchors at x 0, 3, 6 and y 0, 3, 4: 9 of 35 points
+    assert lossgrid(*surface_args(ckpt, one, *extra)).returncode == 0
+    r = lossgrid(*surface_args(ckpt, two, *extra, "--nproc", "2"))
+    assert r.returncode == 0, r.stderr
+    a, b = arrays(one), arrays(two)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    assert (b["train_loss_se"] == 0).sum() == 9 and b["done"].all()
+
+
 def test_ranks_with_different_weights_are_refused(tmp_path) -> None:
     r = lossgrid("surface", "--model", "lossgrid.zoo:mlp_digits", "--data", "digits", "--samples", "50",
                  "--x=-1:1:3", "--nproc", "2", "--out", str(tmp_path / "s.h5"), "-q")

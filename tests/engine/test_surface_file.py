@@ -129,13 +129,13 @@ def test_precision_decides_identity_and_older_fp32_files_resume(tmp_path, traine
 
 @pytest.mark.cpu_bf16
 def test_a_failing_precision_check_keeps_the_points_and_says_why(tmp_path, trained_cnn, digits_small, monkeypatch):
-    from lossgrid.engine import surface as surface_module
+    from lossgrid.engine import _surface_setup as setup_module
 
-    class Broken(surface_module.TorchRunner):
+    class Broken(setup_module.TorchRunner):
         def evaluate_points(self, coeffs):
             raise RuntimeError("CUDA out of memory (simulated, in the fp32 check)")
 
-    monkeypatch.setattr(surface_module, "TorchRunner", Broken)
+    monkeypatch.setattr(setup_module, "TorchRunner", Broken)
     path = tmp_path / "s.h5"
     surf = make(trained_cnn, digits_small, path, grid="-1:1:3", y=None, eval_spec=EvalSpec(strategy="static",
                                                                                          precision="bf16"))

@@ -30,7 +30,7 @@ import torch
 
 from ...config import AUTO_BUDGET
 from ...errors import ConfigError, LossgridError, is_out_of_memory
-from ..losses import Stats, concat_stats
+from ..losses import SampleValues, Stats, concat_stats
 from ._timing import pass_width, seconds_per_point, warm_up
 from .base import Runner
 
@@ -88,6 +88,11 @@ class AutoRunner(Runner):
         if self.chosen is None:  # the choice times candidates on ready-made weights
             return super().evaluate_points(coeffs)
         return self.chosen.evaluate_points(coeffs)
+
+    def evaluate_point_samples(self, coeffs: torch.Tensor) -> tuple[Stats, SampleValues]:
+        if self.chosen is None:  # choose on a first chunk (that result is dropped); the winner keeps the values
+            super().evaluate_points(coeffs[:self.points_per_call])
+        return self.chosen.evaluate_point_samples(coeffs)
 
     def close(self) -> None:
         if self.chosen is not None:

@@ -15,6 +15,10 @@ talks to a runner through this interface:
   grid coefficients ``coeffs[K, D]`` around ``base[P]`` along ``dirs[D, P]``;
   by default the weights are built with :func:`lossgrid.kernels.perturb` and
   passed to ``evaluate``, a runner with its own weight buffers writes them there.
+* ``evaluate_point_samples(coeffs)``: the same and every sample's values
+  (:class:`~lossgrid.engine.losses.SampleValues`), for estimators that combine
+  points sample by sample (:mod:`lossgrid.engine.control`). Runners pass their
+  ``_keep`` list to the batch functions of :mod:`lossgrid.engine.losses`.
 * ``points_per_call``: how many points per ``evaluate`` call suit the runner
   (the surface loop's chunk size); ``batch_size``: samples per forward pass.
 * ``describe()``: a JSON-able dict with at least ``backend``, ``strategy``,
@@ -40,7 +44,7 @@ from typing import Any, TypeVar
 import torch
 
 from ...errors import ConfigError, EvaluationError, LossgridError, is_out_of_memory
-from ..losses import Stats
+from ..losses import SampleValues, Stats
 
 T = TypeVar("T")
 
@@ -53,6 +57,8 @@ class Runner(abc.ABC):
     strategy: str = ""
     points_per_call: int = 1
     batch_size: int | None = None
+    #: where the batch functions append per-sample values during evaluate_point_samples
+    _keep: list[SampleValues] | None = None
 
     @abc.abstractmethod
     def evaluate(self, weights: torch.Tensor) -> Stats:
@@ -74,6 +80,16 @@ class Runner(abc.ABC):
         if getattr(self, "_directions", None) is None:
             raise ConfigError("set_directions() must be called before evaluate_points()")
         return self.evaluate(perturb(self._origin, self._directions, coeffs.to(self._directions.device)))
+
+    def evaluate_point_samples(self, coeffs: torch.Tensor) -> tuple[Stats, SampleValues]:
+        """:meth:`evaluate_points` and the per-sample losses and correct counts of every point."""
+        self._keep = []
+        try:
+            stats = self.evaluate_points(coeffs)
+            kept = self._keep
+        finally:
+            self._keep = None
+        return stats, SampleValues.along_points(kept, coeffs.shape[0])
 
     def expect(self, points: int) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Told how many grid points are left before the first :meth:`evaluate`."""

@@ -206,7 +206,7 @@ class OnnxRuntimeRunner(Runner):
             count = min(kk, k - start)
             io.set_weights({n: _pad(v[start:start + kk], kk) for n, v in inputs.items()})
             parts.append(evaluate_batches(self.batches, lambda xb, c=count: io.run(xb)[:c], self.loss_fn, count,
-                                          self.counts, self.dev))
+                                          self.counts, self.dev, self._keep))
         return concat_stats(parts)
 
     def _baked(self, inputs: dict[str, torch.Tensor], k: int) -> Stats:
@@ -218,7 +218,7 @@ class OnnxRuntimeRunner(Runner):
             def run(xb: torch.Tensor, session: Any = session) -> torch.Tensor:
                 return torch.from_numpy(session.run([self.manifest.output], {self.manifest.data_input: xb.numpy()})[0])
 
-            parts.append(evaluate_batches(self.batches, run, self.loss_fn, 1, self.counts))
+            parts.append(evaluate_batches(self.batches, run, self.loss_fn, 1, self.counts, keep=self._keep))
         return concat_stats(parts)
 
 

@@ -38,7 +38,7 @@ from ... import kernels
 from ...errors import ConfigError, is_out_of_memory
 from ...inputs import Inputs
 from ..batchnorm import recalibrate
-from ..losses import LossFn, Stats, finish_stats, point_batch_stats, unit_counts
+from ..losses import LossFn, SampleValues, Stats, finish_stats, point_batch_stats, unit_counts
 from ..params import ParamLayout, perturbed_tensors
 from ..precision import check_precision, precision_mode
 from .base import Runner
@@ -204,7 +204,10 @@ class StaticRunner(Runner):
                 if self.bn_batches:  # in place: a captured graph reads the new statistics
                     recalibrate(self.model, self.bn_batches)
                 with precision_mode(self.precision, self.device):
-                    total, right = self._replay() if self.use_graphs else self._pass(self.batches)
+                    if self._keep is not None:  # per-sample values: eager, outside any graph
+                        total, right = self._pass(self.batches, self._keep)
+                    else:
+                        total, right = self._replay() if self.use_graphs else self._pass(self.batches)
                 sums[i] = total
                 if right is None:
                     labelled = False
@@ -213,15 +216,20 @@ class StaticRunner(Runner):
         # the one synchronisation
         return finish_stats(sums[:, 0], sums[:, 1], sums[:, 2], correct if labelled else None, self.counts)
 
-    def _pass(self, batches: list[tuple[Any, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _pass(self, batches: list[tuple[Any, torch.Tensor]], keep: list[SampleValues] | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Sums of losses, squared losses and losses x units (``[3]``) and the correct count of
-        the current weights over ``batches``, on the device."""
+        the current weights over ``batches``, on the device (``keep``: the point's per-sample
+        values appended to it)."""
         total = torch.zeros(3, dtype=torch.float64, device=self.device)
         correct: torch.Tensor | None = torch.zeros((), dtype=torch.int64, device=self.device)
+        kept: list[SampleValues] | None = [] if keep is not None else None
         for xb, yb in batches:
-            *parts, right = point_batch_stats(self.loss_fn, inp.forward(self.model, xb), yb)
+            *parts, right = point_batch_stats(self.loss_fn, inp.forward(self.model, xb), yb, kept)
             total += torch.stack(parts)
             correct = None if right is None or correct is None else correct + right
+        if keep is not None and kept is not None:
+            keep.append(SampleValues.along_samples(kept))
         return total, correct
 
     def _replay(self) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -335,7 +335,7 @@ class TensorRTRunner(Runner):
             if not self.refitter.refit_cuda_engine_async(self.stream.cuda_stream):
                 raise RuntimeError("TensorRT could not refit the engine")
         result = evaluate_batches(self.batches, lambda xb: self._execute(xb)[:count], self.loss_fn, count,
-                                  self.counts, self.device)
+                                  self.counts, self.device, self._keep)
         del held  # evaluate_batches has synchronised: the refit is done
         return result
 

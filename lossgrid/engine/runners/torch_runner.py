@@ -124,7 +124,7 @@ class TorchRunner(Runner):
                 with precision_mode("fp32", self.device):
                     recalibrate(self.model, self.bn_batches)
             parts.append(evaluate_batches(self.batches, lambda xb: inp.forward(self.model, xb).unsqueeze(0),
-                                          self.loss_fn, 1, self.counts, self.device))
+                                          self.loss_fn, 1, self.counts, self.device, self._keep))
         return concat_stats(parts)
 
     def _vmap(self, weights: torch.Tensor) -> Stats:
@@ -136,7 +136,8 @@ class TorchRunner(Runner):
         def forward(xb: Inputs) -> torch.Tensor:
             return vmap(lambda p: inp.model_output(inp.call_functional(model, p, xb)))(params)
 
-        return evaluate_batches(self.batches, forward, self.loss_fn, weights.shape[0], self.counts, self.device)
+        return evaluate_batches(self.batches, forward, self.loss_fn, weights.shape[0], self.counts, self.device,
+                                self._keep)
 
     def _wide(self, weights: torch.Tensor) -> Stats:
         assert self.wide is not None
@@ -147,7 +148,7 @@ class TorchRunner(Runner):
         for start in range(0, weights.shape[0], kk):
             params = self.wide.prepare(full_states(self.layout, weights[start:start + kk], self.fixed))
             parts.append(evaluate_batches(self.batches, lambda xb, p=params: self.wide.run(xb, p), self.loss_fn,
-                                          kk, self.counts, self.device))
+                                          kk, self.counts, self.device, self._keep))
         return Stats(*(values[:k] for values in concat_stats(parts)))
 
 
