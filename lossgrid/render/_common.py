@@ -186,7 +186,19 @@ def adaptive_note(surface: Surface) -> str | None:
     return f"adaptive: {int(evaluated.sum()):,} of {evaluated.size:,} points evaluated"
 
 
+def anchor_note(surface: Surface) -> str | None:
+    """``anchors every 3: 250 of 2,000 samples elsewhere`` for a surface estimated with
+    anchors (``--anchor-stride``), else ``None``."""
+    stride = surface.attrs.get("anchor_stride")
+    if not stride:
+        return None
+    samples, population = surface.attrs.get("samples"), surface.attrs.get("se_population")
+    rest = f": {int(samples):,} of {int(population):,} samples elsewhere" if samples and population else ""
+    return f"anchors every {int(stride)} exact{rest}"
+
+
 def with_note(text: str, surface: Surface, sep: str = "\n") -> str:
-    """``text`` with :func:`adaptive_note` appended (unchanged for a plain surface)."""
-    note = adaptive_note(surface)
-    return f"{text}{sep}{note}" if note else text
+    """``text`` with :func:`adaptive_note` and :func:`anchor_note` appended (unchanged for a
+    plain surface)."""
+    notes = [n for n in (adaptive_note(surface), anchor_note(surface)) if n]
+    return sep.join([text, *notes])

@@ -297,6 +297,12 @@ def test_cli_anchor_stride(tmp_path) -> None:
     assert summary["points_computed"] == 25 and summary["loss_se_max"] > 0
     stored = load_surface(str(tmp_path / "a.h5"))
     assert stored.attrs["anchor_stride"] == 2 and summary["anchors"]["anchors"] == 9
+    from lossgrid.render._common import with_note
+
+    assert with_note("t", stored) == "t\nanchors every 2 exact: 200 of 1,797 samples elsewhere"
+    plotted = runner.invoke(cli, ["plot", str(tmp_path / "a.h5"), "--out", str(tmp_path / "a.png")])
+    assert plotted.exit_code == 0, plotted.output
+    assert (tmp_path / "a.png").stat().st_size > 1000
     bad = runner.invoke(cli, [*base, "--out", str(tmp_path / "b.h5"), "--anchor-stride", "2"])
     assert bad.exit_code != 0 and "needs --samples" in bad.output and "Traceback" not in bad.output
     assert not (tmp_path / "b.h5").exists()
