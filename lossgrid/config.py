@@ -346,14 +346,11 @@ class SurfaceJob:
 
     def _check_anchors(self) -> None:
         check_anchor_stride(self.anchor_stride)
-        if self.target_se is not None:
-            raise ConfigError("--anchor-stride cannot be combined with --target-se",
-                              "the pilot that sizes the subset measures the spread of the losses, not of the "
-                              "residuals the anchors leave", "give --samples N with --anchor-stride")
-        if self.samples is None:
-            raise ConfigError("--anchor-stride needs --samples N",
+        if self.samples is None and self.target_se is None:
+            raise ConfigError("--anchor-stride needs --samples N or --target-se E",
                               "anchors correct the estimates of points evaluated on a subset; without one every "
-                              "point is exact already", "add --samples N (for example a quarter of the set)")
+                              "point is exact already",
+                              "add --samples N (for example an eighth of the set), or --target-se E to size it")
         for name, given in (("--adaptive", self.adaptive is not None), ("--curvature", self.curvature is not None)):
             if given:
                 raise ConfigError(f"--anchor-stride cannot be combined with {name}",

@@ -44,7 +44,8 @@ from ._common import BATCH_HELP, LOSS_HELP, MODEL_HELP, echo_json, parse_axis, r
               help="Evaluate on a fixed, seeded subset of N samples (the same at every point: differences between "
               "points are far more precise than each value; every point's standard error is stored).")
 @click.option("--anchor-stride", type=click.IntRange(min=2), metavar="K",
-              help="With --samples: evaluate every K-th point on each axis (and the last) exactly on all of --data "
+              help="With --samples or --target-se: evaluate every K-th point on each axis (and the last) exactly on "
+              "all of --data "
               "and use these anchors, interpolated sample by sample, as control variates for the other points "
               "(unbiased; far smaller standard errors where the loss is large and spread).")
 @click.option("--target-se", type=click.FloatRange(min=0, min_open=True), metavar="E",

@@ -94,6 +94,21 @@ class AnchorGrid:
             return axes[0].copy()
         return (axes[0][:, None] * self.shape[1] + axes[1][None, :]).ravel()
 
+    def pilot_points(self) -> np.ndarray:
+        """Flat indices of points between anchors where residuals spread most in practice: in
+        the cells at the grid's corners, edge midpoints and centre, each cell's middle point
+        (the farthest from its anchors); an axis without points between anchors gives its first."""
+        picks = []
+        for axis in self.axes:
+            cells = [(lo, hi) for lo, hi in zip(axis[:-1], axis[1:]) if hi - lo >= 2]  # with a point inside
+            chosen = {cells[0], cells[len(cells) // 2], cells[-1]} if cells else set()
+            picks.append(sorted({int((lo + hi) // 2) for lo, hi in chosen} or {0}))
+        if len(picks) == 1:
+            flat = np.array(picks[0], dtype=np.int64)
+        else:
+            flat = np.array([i * self.shape[1] + j for i in picks[0] for j in picks[1]], dtype=np.int64)
+        return flat
+
     def weights(self, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """For points ``flat`` (``[m]``): the anchor rows ``[m, c]`` around each and their
         interpolation weights ``[m, c]`` (``c`` = 2 in 1D, 4 in 2D; weights sum to 1; an anchor
@@ -119,6 +134,17 @@ def _bracket(index: np.ndarray, axis: np.ndarray) -> tuple[np.ndarray, np.ndarra
     hi = np.where(on, lo, hi)
     span = np.where(on, 1, axis[hi] - axis[lo])
     return lo, hi, np.where(on, 0.0, (index - axis[lo]) / span)
+
+
+def residual_std(grid: AnchorGrid, points: np.ndarray, values: SampleValues, anchors: SampleValues,
+                 units_per_sample: float = 1.0) -> np.ndarray:
+    """Per-sample spread of the residuals ``l_p - sum_j w_j l_{a_j}`` at ``points`` from
+    their values and all anchors' values on the same samples, in units of the loss per unit
+    (``units_per_sample``: the set's mean units per sample); what the standard error of an
+    anchored estimate is made of (:mod:`lossgrid.engine.sampling`)."""
+    rows, w = grid.weights(points)
+    resid = values.loss - np.einsum("mc,mcn->mn", w, anchors.loss[rows])
+    return resid.std(axis=1, ddof=1) / units_per_sample
 
 
 @dataclass

@@ -112,7 +112,7 @@ def _surface_at_target(job: SurfaceJob, model: Any, data: EvalData, spec: Any, o
     population = len(data)
     if choice is None and leader:
         choice = choose_samples(model, data, job.grid, directions, loss_fn, job.target_se, job.samples_seed,
-                                job.evaluation)
+                                job.evaluation, job.anchor_stride)
     n = (_stored_samples(out, job.target_se) or choice.samples) if leader and choice is not None else 0
     if cluster is not None:  # rank 0 decides the subset, from its pilot and its file
         choice, n = cluster.share((choice, n) if leader else None)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,8 +33,9 @@ from torch import nn
 from ..config import EvalSpec, GridSpec
 from ..data import EvalData
 from ..errors import ConfigError
+from .control import AnchorGrid, residual_std
 from .directions import Directions
-from .losses import LossFn
+from .losses import LossFn, SampleValues
 from .params import perturbed_tensors
 
 #: samples of the pilot run
@@ -85,9 +87,12 @@ def pilot_indices(grid: GridSpec) -> np.ndarray:
 
 
 def choose_samples(model: nn.Module, data: EvalData, grid: GridSpec, directions: Directions, loss_fn: LossFn,
-                   target: float, seed: int = 0, eval_spec: EvalSpec = EvalSpec()) -> SampleChoice:
+                   target: float, seed: int = 0, eval_spec: EvalSpec = EvalSpec(),
+                   anchor_stride: int | None = None) -> SampleChoice:
     """The subset of ``data`` (drawn with ``seed``) that meets ``target`` at the pilot points,
-    with :data:`SAFETY` to spare."""
+    with :data:`SAFETY` to spare. With ``anchor_stride`` the pilot measures the spread of the
+    residuals the anchors leave (:mod:`lossgrid.engine.control`) between anchors, which is
+    what an anchored surface's standard errors are made of."""
     from .runners import make_runner
 
     population = len(data)
@@ -95,17 +100,20 @@ def choose_samples(model: nn.Module, data: EvalData, grid: GridSpec, directions:
     n0 = min(population, PILOT_SAMPLES)
     pilot = data if n0 == population else data.subset(n0, seed)
     device = torch.device(eval_spec.device)
-    index = pilot_indices(grid)
-    coeffs = torch.as_tensor(grid.points()[index], dtype=torch.float32)
+    anchors = None if anchor_stride is None else AnchorGrid(grid.shape, anchor_stride)
+    index = pilot_indices(grid) if anchors is None else anchors.pilot_points()
     spec = EvalSpec(strategy="loop", batch_size=eval_spec.batch_size, device=eval_spec.device)
     base = directions.layout.flatten(perturbed_tensors(model, directions.layout.dir_type)).to(device)
     runner = make_runner(spec, model, directions.layout, pilot, loss_fn)
     try:
         runner.set_directions(base, directions.flat().to(device))
-        stats = runner.evaluate_points(coeffs.to(device, base.dtype))
+        if anchors is None:
+            coeffs = torch.as_tensor(grid.points()[index], dtype=torch.float32)
+            std = per_sample_std(runner.evaluate_points(coeffs.to(device, base.dtype)).loss_se, n0)
+        else:
+            std = _residual_std(runner, anchors, index, grid, base, loss_fn, pilot)
     finally:
         runner.close()
-    std = per_sample_std(stats.loss_se, n0)
     worst = float(np.nanmax(std)) if np.isfinite(std).any() else float("nan")
     if not math.isfinite(worst):
         raise ConfigError("A target standard error cannot be met with this loss",
@@ -113,6 +121,23 @@ def choose_samples(model: nn.Module, data: EvalData, grid: GridSpec, directions:
                           "diverged points everywhere)", "pass --samples N instead of --target-se")
     n = min(population, math.ceil(required_samples(worst, target, population) * SAFETY))
     return SampleChoice(max(n, 2), population, target, n0, len(index), worst)
+
+
+def _residual_std(runner: Any, anchors: AnchorGrid, index: np.ndarray, grid: GridSpec, base: torch.Tensor,
+                  loss_fn: LossFn, pilot: EvalData) -> np.ndarray:
+    """The residuals' per-sample spread at the pilot points ``index`` (their anchors evaluated
+    on the same samples), per unit of the loss."""
+    from .losses import unit_counts
+
+    rows = np.unique(anchors.weights(index)[0])
+    need = anchors.flat()[rows]  # only the anchors around the pilot points
+    coeffs = torch.as_tensor(grid.points()[np.concatenate([index, need])], dtype=torch.float32)
+    _, values = runner.evaluate_point_samples(coeffs.to(base.device, base.dtype))
+    kept = np.full((len(anchors.flat()), values.loss.shape[1]), np.nan)
+    kept[rows] = values.loss[len(index):]
+    counts = unit_counts(loss_fn, [pilot.y])
+    return residual_std(anchors, index, SampleValues(values.loss[:len(index)], None), SampleValues(kept, None),
+                        counts.units / counts.samples)
 
 
 def per_sample_std(se: np.ndarray, samples: int, population: int | None = None) -> np.ndarray:

@@ -269,7 +269,6 @@ def test_anchor_stride_needs_a_population(trained_cnn, digits_all) -> None:
 @pytest.mark.parametrize("options,message", [
     (dict(), "needs --samples"),
     (dict(samples=100, anchor_stride=1), "invalid"),
-    (dict(target_se=0.01), "--target-se"),
     (dict(samples=100, curvature=True), "--curvature"),
 ])
 def test_job_refuses_what_anchors_cannot_do(options, message) -> None:
@@ -306,3 +305,32 @@ def test_cli_anchor_stride(tmp_path) -> None:
     bad = runner.invoke(cli, [*base, "--out", str(tmp_path / "b.h5"), "--anchor-stride", "2"])
     assert bad.exit_code != 0 and "needs --samples" in bad.output and "Traceback" not in bad.output
     assert not (tmp_path / "b.h5").exists()
+
+
+def test_pilot_points_lie_between_anchors() -> None:
+    grid = AnchorGrid((21, 21), 3)
+    pilot = grid.pilot_points()
+    assert len(pilot) == 9 and not np.isin(pilot, grid.flat()).any()
+    assert sorted({int(i) for i in np.unravel_index(pilot, grid.shape)[0]}) == [1, 10, 19]
+    assert AnchorGrid((12,), 5).pilot_points().tolist() == [2, 7]  # cells (0,5), (5,10), (10,11): 10 is an anchor
+    assert AnchorGrid((1, 5), 2).pilot_points().tolist() == [1, 3]
+
+
+def test_target_se_with_anchors_needs_fewer_samples_and_meets_it(tmp_path) -> None:
+    from lossgrid.engine.jobs import run_surface_job
+    from tests.conftest import trained_small_cnn
+
+    ckpt = tmp_path / "net.pt"
+    torch.save(trained_small_cnn(20).state_dict(), ckpt)
+    base = dict(grid=GridSpec.parse("-1:1:7", "-1:1:7"), model="tests.conftest:SmallCNN", checkpoint=str(ckpt),
+                data="digits", evaluation=EvalSpec(strategy="vmap"), target_se=0.02)
+    plain = run_surface_job(SurfaceJob(out=str(tmp_path / "p.h5"), **base))
+    job = SurfaceJob(out=str(tmp_path / "a.h5"), anchor_stride=3, **base)
+    anchored = run_surface_job(job)
+    n_plain, n_anchored = plain["target_se"]["samples"], anchored["target_se"]["samples"]
+    assert n_anchored < 0.7 * n_plain, (n_plain, n_anchored)
+    surf = load_surface(job.out)
+    assert surf.done.all() and np.nanmax(surf.extra["train_loss_se"]) <= 0.02
+    assert surf.attrs["anchor_stride"] == 3 and surf.attrs["samples"] == n_anchored
+    again = run_surface_job(job)  # resumes the stored subset: nothing to compute
+    assert again["points_computed"] == 0 and again["target_se"]["samples"] == n_anchored
