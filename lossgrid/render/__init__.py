@@ -100,6 +100,8 @@ def plot_surfaces(surfaces: list[Surface | str | os.PathLike], out: str | os.Pat
         ext = os.path.splitext(out)[1].lower()
         kind = ("html" if ext in (".html", ".htm") else "vtk" if ext in (".vts", ".vtp", ".vtk")
                 else "compare" if len(loaded) > 1 and first.ndim == 2 else "curve" if first.ndim == 1 else "contour")
+        if kind == "contour" and _flat_axis(first):  # a 2D grid one point wide: a strip of cells
+            kind = "heatmap"
     if len(loaded) > 1 and kind not in ("curve", "compare"):
         raise ConfigError(f"Plot kind {kind} draws one surface, got {len(loaded)}",
                           hint="use --kind compare for several 2D surfaces, or --kind curve for 1D ones")
@@ -112,6 +114,11 @@ def plot_surfaces(surfaces: list[Surface | str | os.PathLike], out: str | os.Pat
     if kind in KINDS_1D and any(s.ndim != 1 for s in loaded) or kind in KINDS_2D and first.ndim != 2:
         raise ConfigError(f"Plot kind {kind} does not fit a {first.ndim}D surface",
                           hint="use curve for 1D surfaces; contour, contourf, heatmap or surface3d for 2D ones")
+    if kind in ("contour", "contourf", "surface3d", "compare", "curvature") and any(_flat_axis(s) for s in loaded):
+        shape = "x".join(str(n) for n in first.loss.shape)
+        raise ConfigError(f"Plot kind {kind} needs at least 2 points on each axis; the surface is {shape}",
+                          "contour lines and 3D surfaces are drawn between points of both axes",
+                          "use --kind heatmap (or compute the surface with more points on that axis)")
     from . import mpl
 
     if kind not in ("html", "vtk"):
@@ -159,3 +166,7 @@ def _check_trajectory(surfaces: list[Surface], kind: str, trajectory: Any, path_
                           "checkpoints", "pass the values of lossgrid.engine.trajectory.path_losses")
     return traj
 
+
+def _flat_axis(surface: Surface) -> bool:
+    """Whether a 2D surface has an axis of one point."""
+    return surface.ndim == 2 and min(surface.loss.shape) < 2

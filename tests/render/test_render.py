@@ -72,6 +72,18 @@ def test_kind_dimension_mismatch(tmp_path):
         plot_surfaces([fake_surface(2), fake_surface(2)], tmp_path / "x.png", kind="heatmap")
 
 
+def test_a_2d_surface_one_point_wide(tmp_path):
+    x = np.linspace(-1, 1, 5)
+    strip = Surface(x, np.zeros(1), (0.1 + x**2)[:, None], np.full((5, 1), 90.0), np.ones((5, 1), bool),
+                    {"samples": 10, "data": "digits"}, None)
+    plot_surface(strip, tmp_path / "auto.png")  # auto draws the strip as a heatmap
+    assert_non_blank(tmp_path / "auto.png")
+    for kind in ("contour", "surface3d"):
+        with pytest.raises(ConfigError, match="at least 2 points on each axis"):
+            plot_surface(strip, tmp_path / f"{kind}.png", kind=kind)
+        assert not (tmp_path / f"{kind}.png").exists()
+
+
 def test_html_is_self_contained_with_data(tmp_path):
     out = tmp_path / "s.html"
     surf = fake_surface(2)
