@@ -113,7 +113,8 @@ def _surface_at_target(job: SurfaceJob, model: Any, data: EvalData, spec: Any, o
     if choice is None and leader:
         choice = choose_samples(model, data, job.grid, directions, loss_fn, job.target_se, job.samples_seed,
                                 job.evaluation, job.anchor_stride)
-    n = (_stored_samples(out, job.target_se) or choice.samples) if leader and choice is not None else 0
+    n = (_stored_samples(out, job.target_se, job.anchor_stride) or choice.samples) if leader and choice is not None \
+        else 0
     if cluster is not None:  # rank 0 decides the subset, from its pilot and its file
         choice, n = cluster.share((choice, n) if leader else None)
     assert choice is not None
@@ -134,10 +135,12 @@ def _surface_at_target(job: SurfaceJob, model: Any, data: EvalData, spec: Any, o
         n, options["overwrite"] = bigger, True  # our own file of this run, on a larger subset
 
 
-def _stored_samples(out: str, target: float) -> int | None:
-    """The subset size of an existing surface file computed for the same target (to resume it)."""
+def _stored_samples(out: str, target: float, anchor_stride: int | None = None) -> int | None:
+    """The subset size of an existing surface file computed for the same target and anchors
+    (to resume it)."""
     identity = stored_identity(out) or {}
-    if identity.get("target_se") != target or not isinstance(identity.get("samples"), int):
+    if identity.get("target_se") != target or not isinstance(identity.get("samples"), int) \
+            or identity.get("anchor_stride") != anchor_stride:
         return None
     return int(identity["samples"])
 

@@ -55,7 +55,8 @@ class SampleChoice:
     target: float
     pilot_samples: int
     pilot_points: int
-    #: the largest per-sample standard deviation of the loss the pilot saw
+    #: the largest per-sample standard deviation the pilot saw: of the loss, or with anchors of the
+    #: residuals they leave (:mod:`lossgrid.engine.control`)
     pilot_std: float
 
     def as_dict(self) -> dict[str, float | int]:
@@ -120,6 +121,8 @@ def choose_samples(model: nn.Module, data: EvalData, grid: GridSpec, directions:
                           "the pilot found no finite standard error (a loss that returns batch means, or "
                           "diverged points everywhere)", "pass --samples N instead of --target-se")
     n = min(population, math.ceil(required_samples(worst, target, population) * SAFETY))
+    if anchors is not None:  # a few samples would meet the target but estimate their own errors poorly
+        n = max(n, n0)
     return SampleChoice(max(n, 2), population, target, n0, len(index), worst)
 
 

@@ -187,7 +187,7 @@ def adaptive_note(surface: Surface) -> str | None:
 
 
 def anchor_note(surface: Surface) -> str | None:
-    """``anchors every 3: 250 of 2,000 samples elsewhere`` for a surface estimated with
+    """``anchors every 3 exact: 250 of 2,000 samples elsewhere`` for a surface estimated with
     anchors (``--anchor-stride``), else ``None``."""
     stride = surface.attrs.get("anchor_stride")
     if not stride:

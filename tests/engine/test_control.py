@@ -126,6 +126,24 @@ def test_token_units_estimate_the_loss_per_unit() -> None:
         assert se[p] == pytest.approx(n_all / units * np.sqrt((1 - 80 / n_all) * r.var(ddof=1) / 80), rel=1e-12)
 
 
+def test_residual_std_is_what_the_standard_errors_are_made_of() -> None:
+    from lossgrid.engine.control import residual_std
+    from lossgrid.engine.sampling import per_sample_std
+
+    values = _synthetic()
+    n_all = values.shape[-1]
+    units_per_sample = np.random.default_rng(6).integers(1, 9, n_all).astype(float)
+    for scale in (np.ones(n_all), units_per_sample):  # one unit per sample; token sums
+        sums = (values * scale).reshape(25, -1)
+        subset = np.sort(np.random.default_rng(7).choice(n_all, 90, replace=False))
+        control = _control(sums.reshape(5, 5, -1), subset, 2, units=float(scale.sum()))
+        points = np.array([1, 6, 12, 18])
+        _, _, se = control.estimate(points, SampleValues(sums[points][:, subset], None))
+        got = residual_std(control.grid, points, SampleValues(sums[points][:, subset], None), control.subset,
+                           float(scale.sum()) / n_all)
+        np.testing.assert_allclose(got, per_sample_std(se, 90, n_all), rtol=1e-12)
+
+
 def test_intervals_cover_at_their_level_over_many_subsets() -> None:
     values = _synthetic(samples=2000)
     flat = values.reshape(25, -1)
@@ -316,7 +334,7 @@ def test_pilot_points_lie_between_anchors() -> None:
     assert AnchorGrid((1, 5), 2).pilot_points().tolist() == [1, 3]
 
 
-def test_target_se_with_anchors_needs_fewer_samples_and_meets_it(tmp_path) -> None:
+def test_target_se_with_anchors_needs_fewer_samples_and_meets_it(tmp_path, caplog) -> None:
     from lossgrid.engine.jobs import run_surface_job
     from tests.conftest import trained_small_cnn
 
@@ -326,7 +344,9 @@ def test_target_se_with_anchors_needs_fewer_samples_and_meets_it(tmp_path) -> No
                 data="digits", evaluation=EvalSpec(strategy="vmap"), target_se=0.02)
     plain = run_surface_job(SurfaceJob(out=str(tmp_path / "p.h5"), **base))
     job = SurfaceJob(out=str(tmp_path / "a.h5"), anchor_stride=3, **base)
-    anchored = run_surface_job(job)
+    with caplog.at_level("INFO", logger="lossgrid.engine.jobs"):
+        anchored = run_surface_job(job)
+    assert "computing again" not in caplog.text  # the pilot's size held: it measured the residuals
     n_plain, n_anchored = plain["target_se"]["samples"], anchored["target_se"]["samples"]
     assert n_anchored < 0.7 * n_plain, (n_plain, n_anchored)
     surf = load_surface(job.out)
@@ -334,6 +354,11 @@ def test_target_se_with_anchors_needs_fewer_samples_and_meets_it(tmp_path) -> No
     assert surf.attrs["anchor_stride"] == 3 and surf.attrs["samples"] == n_anchored
     again = run_surface_job(job)  # resumes the stored subset: nothing to compute
     assert again["points_computed"] == 0 and again["target_se"]["samples"] == n_anchored
+    import dataclasses
+
+    # a plain target-se file rerun with anchors (and --overwrite) sizes the subset for the anchors
+    over = run_surface_job(dataclasses.replace(job, out=str(tmp_path / "p.h5"), overwrite=True))
+    assert over["target_se"]["samples"] == n_anchored
 
 
 @pytest.mark.gpu
