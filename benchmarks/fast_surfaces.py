@@ -23,7 +23,7 @@ environment for all):
 * exact mode: ``lossgrid surface --backend auto`` on all samples at every point -- the
   surface every error is measured against; it is checked against the reference method's
   values where both computed (loss within 1e-4 relative);
-* fast modes: ``--samples N/4`` and ``N/8``, ``--adaptive`` with coarse stride 8 and 4,
+* fast modes: ``--samples N/4`` and ``N/8``, with ``--anchor-stride 3`` (and 2), ``--adaptive`` with coarse stride 8 and 4,
   adaptive with ``--samples N/4``, ``--target-se E`` with E a fixed share
   (``--target-se-share``, 0.3%) of the exact surface's loss range, and ``--precision bf16``
   alone and with adaptive where :func:`lossgrid.engine.precision.cpu_bf16` says bf16 is
@@ -300,6 +300,9 @@ def run_case(case: dict, work: str, env: dict[str, str], args: argparse.Namespac
     modes = fast_modes(case["samples"], args.without)
     if "target-se" not in args.without:
         modes.append((f"--target-se {target_se:g}", ["--target-se", f"{target_se:g}"]))
+        if "anchors" not in args.without:
+            modes.append((f"--target-se {target_se:g} --anchor-stride 3",
+                          ["--target-se", f"{target_se:g}", "--anchor-stride", "3"]))
     bf16_ok, bf16_why = cpu_bf16()
     eighth = str(case["samples"] // 8)
     bf16_modes = [] if "bf16" in args.without else [
