@@ -23,8 +23,9 @@ environment for all):
 * exact mode: ``lossgrid surface --backend auto`` on all samples at every point -- the
   surface every error is measured against; it is checked against the reference method's
   values where both computed (loss within 1e-4 relative);
-* fast modes: ``--samples N/4`` and ``N/8``, with ``--anchor-stride 3`` (and 2), ``--adaptive`` with coarse stride 8 and 4,
-  adaptive with ``--samples N/4``, ``--target-se E`` with E a fixed share
+* fast modes: ``--samples N/4`` and ``N/8``, with ``--anchor-stride 3`` (and 2),
+  ``--adaptive`` with coarse stride 8 and 4, adaptive with ``--samples N/4``,
+  ``--target-se E`` (also with anchors) with E a fixed share
   (``--target-se-share``, 0.3%) of the exact surface's loss range, and ``--precision bf16``
   alone and with adaptive where :func:`lossgrid.engine.precision.cpu_bf16` says bf16 is
   native (else recorded as refused, with the reason). All with ``--backend auto``.
