@@ -199,8 +199,9 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
         identity["curvature"] = dataclasses.asdict(curvature)
     if adaptive is not None:
         identity["adaptive"] = dataclasses.asdict(adaptive)
-    if anchors is not None:
+    if anchors is not None and population is not None:  # the anchors' values are of the whole set
         identity["anchor_stride"] = anchors.stride
+        identity["population_fingerprint"] = data_fingerprint(population)
     if bn_batches is not None:  # eval files (also those of older versions) stay resumable
         identity["bn"] = bn_identity(batchnorm, bn_batches)
     identity.update(tags or {})

@@ -374,3 +374,23 @@ def test_anchored_surface_on_a_gpu_matches_the_cpu(trained_cnn, digits_all, stra
     np.testing.assert_allclose(gpu.loss, cpu.loss, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(gpu.extra["train_loss_se"], cpu.extra["train_loss_se"], rtol=1e-3, atol=1e-6)
     np.testing.assert_allclose(gpu.acc, cpu.acc, atol=0.2)  # a near-tie argmax may flip: 0.056% a sample
+
+
+def test_a_changed_whole_set_is_not_resumed(trained_cnn, digits_all, tmp_path) -> None:
+    from lossgrid.data import EvalData
+    from lossgrid.errors import SurfaceFileError
+
+    grid = GridSpec(Axis(-1, 1, 5))
+    subset = digits_all.subset(100, 0)
+    out = tmp_path / "s.h5"
+    compute_surface(trained_cnn, subset, grid, out, anchor_stride=2, population=digits_all)
+    # the same subset (its rows unchanged) drawn from a whole set changed elsewhere: the anchors differ
+    picked = torch.randperm(len(digits_all), generator=torch.Generator().manual_seed(0))[:100]
+    outside = int(np.setdiff1d(np.arange(len(digits_all)), picked.numpy())[0])
+    x = digits_all.x.clone()
+    x[outside] = 1 - x[outside]
+    changed = EvalData(x, digits_all.y, digits_all.description)
+    again = changed.subset(100, 0)
+    assert torch.equal(again.x, subset.x)
+    with pytest.raises(SurfaceFileError, match="overwrite"):
+        compute_surface(trained_cnn, again, grid, out, anchor_stride=2, population=changed)
