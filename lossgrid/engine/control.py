@@ -47,7 +47,7 @@ import numpy as np
 from ..config import check_anchor_stride
 from ..data import EvalData
 from ..errors import ConfigError
-from .losses import LossFn, SampleValues
+from .losses import LossFn, SampleValues, counts_per_sample
 
 
 def axis_anchors(num: int, stride: int) -> np.ndarray:
@@ -62,7 +62,7 @@ def check_population(subset: EvalData, population: EvalData | None, loss_fn: Los
                           f"the subset says it was drawn from {subset.population} samples; the set given has "
                           f"{None if population is None else len(population)}",
                           "pass population=the whole set and data=population.subset(n, seed)")
-    if getattr(loss_fn, "units", None) is not None and getattr(loss_fn, "sample_units", None) is None:
+    if not counts_per_sample(loss_fn):
         raise ConfigError("Anchors need per-sample units",
                           f"{getattr(loss_fn, '__qualname__', loss_fn)} counts units only in total",
                           "give the loss a sample_units(targets) method, or drop --anchor-stride")

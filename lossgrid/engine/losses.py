@@ -165,6 +165,12 @@ def sample_units(loss_fn: LossFn, targets: torch.Tensor) -> torch.Tensor | None:
     return None if fn is None else fn(targets).double()
 
 
+def counts_per_sample(loss_fn: LossFn) -> bool:
+    """Whether a loss's units are known per sample (one per sample, or ``sample_units``), not
+    only in total (``units`` alone): what standard errors and anchors need."""
+    return getattr(loss_fn, "sample_units", None) is not None or getattr(loss_fn, "units", None) is None
+
+
 def unit_counts(loss_fn: LossFn, targets: list[torch.Tensor]) -> UnitCounts:
     """The :class:`UnitCounts` of a set given as target batches."""
     samples = sum(int(t.shape[0]) for t in targets)

@@ -277,6 +277,19 @@ def test_batch_mean_loss_is_refused_before_any_work(trained_cnn, digits_all, tmp
 
 def test_anchor_stride_needs_a_population(trained_cnn, digits_all) -> None:
     grid = GridSpec(Axis(-1, 1, 5))
+
+    class TotalUnits:  # counts its units only in total: no per-sample units to estimate with
+        __qualname__ = "total_units"
+
+        def __call__(self, outputs, targets):
+            return F.cross_entropy(outputs, targets, reduction="none")
+
+        def units(self, targets):
+            return int(targets.numel())
+
+    with pytest.raises(ConfigError, match="per-sample units"):
+        compute_surface(trained_cnn, digits_all.subset(100), grid, anchor_stride=2, population=digits_all,
+                        loss=TotalUnits())
     with pytest.raises(ConfigError, match="whole set"):
         compute_surface(trained_cnn, digits_all.subset(100), grid, anchor_stride=2)
     with pytest.raises(ConfigError, match="whole set"):
