@@ -179,7 +179,7 @@ def unit_counts(loss_fn: LossFn, targets: list[torch.Tensor]) -> UnitCounts:
         units = float(sum(float(c.sum()) for c in per if c is not None))
         units_sq = float(sum(float((c * c).sum()) for c in per if c is not None))
         result = UnitCounts(samples, units, units_sq)
-    elif getattr(loss_fn, "units", None) is not None:
+    elif not counts_per_sample(loss_fn):  # units in total only
         result = UnitCounts(samples, float(sum(int(loss_fn.units(t)) for t in targets)), float("nan"), False)
     else:
         return UnitCounts(samples, float(samples), float(samples))
