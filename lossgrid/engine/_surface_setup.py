@@ -17,8 +17,9 @@ from torch import nn
 from .._files import check_output_path, same_file
 from ..config import DirectionSpec, EvalSpec
 from ..data import EvalData
-from ..errors import ConfigError, MissingBackendError, ResourceError, SurfaceFileError
+from ..errors import ConfigError, ResourceError, SurfaceFileError
 from ..inputs import tensors
+from .device import DEVICE_TYPES, resolve_device  # noqa: F401 - re-exported
 from .directions import Directions, load_directions, same_selection
 from .losses import LossFn
 from .params import ParamLayout
@@ -27,8 +28,6 @@ from .runners import TorchRunner
 from .surface_file import stored_identity
 
 log = logging.getLogger(__name__)
-
-DEVICE_TYPES = ("cpu", "cuda")
 
 
 def check_precision_error(model: nn.Module, layout: ParamLayout, base: torch.Tensor, dirs: torch.Tensor, data: EvalData,
@@ -64,29 +63,6 @@ def out_of_memory(e: BaseException, described: dict[str, Any]) -> ResourceError:
     reason = str(e).strip().splitlines()[0] if str(e).strip() else "no memory left"
     return ResourceError(what, f"{type(e).__name__}: {reason}",
                          f"{lower}; the points done so far are saved: the same command with a lower setting resumes")
-
-
-def resolve_device(name: str) -> torch.device:
-    """A torch device that exists on this machine, or a :class:`ConfigError`."""
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError) as e:
-        raise ConfigError(f"Unknown device {name!r}", str(e), "pass --device cpu, cuda or cuda:N") from None
-    if device.type not in DEVICE_TYPES:
-        raise ConfigError(f"Device {name!r} cannot evaluate a surface",
-                          f"lossgrid runs on {', '.join(DEVICE_TYPES)} devices; {device.type} holds no data",
-                          "pass --device cpu, cuda or cuda:N")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        why = ("this torch is a CPU-only build" if torch.version.cuda is None
-               else "torch.cuda.is_available() is False: no GPU or no NVIDIA driver is visible")
-        raise MissingBackendError(f"Device {name} was requested but no CUDA GPU is usable here", why,
-                                  "pass --device cpu, or run on a machine with an NVIDIA GPU and driver, a CUDA "
-                                  'build of torch (see pytorch.org) and, for the CUDA kernels, pip install '
-                                  '"lossgrid[gpu]"')
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ConfigError(f"Device {name} does not exist", f"{torch.cuda.device_count()} GPU(s) visible",
-                          "pick an index below the GPU count")
-    return device
 
 
 def check_writable(path: str, dir_file: str | os.PathLike | None = None, what: str = "surface file") -> None:

@@ -87,6 +87,7 @@ from ..data import EvalData, as_eval_data
 from ..errors import ConfigError
 from . import _audit_measures as measures
 from ._audit_measures import finite_or_none
+from .device import resolve_device
 from .directions import create_directions
 from .losses import LossFn, resolve_loss
 from .params import ParamLayout, perturbed_tensors
@@ -137,7 +138,6 @@ def audit(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch.Tensor], 
         (1, True)
     """
     from . import preflight
-    from .surface import resolve_device
 
     t0 = time.perf_counter()
     data = as_eval_data(data)

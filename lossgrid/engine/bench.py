@@ -42,6 +42,7 @@ from ..errors import ConfigError, LossgridError, is_out_of_memory
 from ..inputs import take, to_device
 from . import preflight
 from ._measure import device_info, flops_per_sample, memory_peak, memory_reset, peak_gemm
+from .device import resolve_device
 from .directions import create_directions
 from .losses import LossFn, resolve_loss
 from .params import perturbed_tensors
@@ -156,8 +157,6 @@ def run_bench(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch.Tenso
     FLOPs per sample, ``peak_gemm`` per precision, ``schema_version``) and
     ``rows``; see :data:`ROW_KEYS` for the keys of an available row.
     """
-    from .surface import resolve_device
-
     if points < 1 or repeats < 1:
         raise ConfigError(f"points={points}, repeats={repeats} is invalid", "a bench evaluates at least one grid "
                           "point at least once", "pass --points 1 or more and --repeats 1 or more")

@@ -50,6 +50,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, EvaluationError, is_out_of_memory
+from .device import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +104,6 @@ class Cluster:
         import datetime
 
         import torch.distributed as dist
-
-        from .surface import resolve_device
 
         try:
             rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])

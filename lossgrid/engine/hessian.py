@@ -51,6 +51,7 @@ from ..errors import ConfigError, EvaluationError, ResourceError, is_out_of_memo
 from . import preflight
 from ._hessian_report import Density, curvature_summary, plot_density, spectral_density
 from ._lanczos import extreme_eigenpairs, hutch_plus_plus, hutchinson, planned_hvps
+from .device import resolve_device
 from .losses import LossFn, batch_loss_sum, loss_units, resolve_loss
 
 __all__ = ["EVAL_MODE_NOTE", "Density", "EigResult", "EigenResult", "HessianOperator", "TraceResult",
@@ -195,8 +196,6 @@ def hessian_operator(model: nn.Module, data: EvalData | tuple[torch.Tensor, torc
         >>> hessian_operator(model, (x, y), params="2.*").size
         27
     """
-    from .surface import resolve_device
-
     data = as_eval_data(data)
     if len(data) == 0:
         raise ConfigError("The evaluation set is empty", hint="pass data with at least one sample")

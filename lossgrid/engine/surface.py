@@ -45,6 +45,7 @@ from .batchnorm import identity as bn_identity
 from .control import AnchorGrid, ControlVariate, check_population
 from .curvature import DATASETS as CURVATURE_DATASETS
 from .curvature import curvature_of_points
+from .device import on_device
 from .directions import (
     SELECTION_KEYS,
     Directions,
@@ -133,9 +134,9 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
     if model2 is not None:
         preflight.check_finite_model(model2, "the second model (--model2)")
     preflight.check_data(data, loss_fn)
-    model = model.to(device)
+    model = on_device(model, device)  # the caller's model stays where it is
     if model2 is not None:
-        model2 = model2.to(device)
+        model2 = on_device(model2, device)
     preflight.probe(model, data, loss_fn, device, per_sample=anchor_stride is not None)
     model_fp, data_fp = fingerprint(t for t in model.state_dict().values()), data_fingerprint(data)
     if cluster is not None:

@@ -50,6 +50,7 @@ from .. import __version__
 from .._files import atomic_output, os_reason
 from ..data import EvalData
 from ..errors import ConfigError, EvaluationError
+from .device import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +164,6 @@ def train_model(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch.Ten
         >>> [h["lr"] for h in r.history], r.recipe.milestone_epochs
         ([0.1, 0.1, 0.010000000000000002, 0.0010000000000000002], (2, 3))
     """
-    from .surface import resolve_device
-
     recipe = TrainRecipe(epochs, batch_size, lr, momentum, weight_decay, tuple(milestones), gamma, seed, augment)
     if not isinstance(save_every, int) or save_every < 1:
         raise ConfigError(f"save_every={save_every!r} is invalid", "it must be a whole number of at least 1",

@@ -57,6 +57,7 @@ from ._trajectory_file import (  # noqa: F401 - the trajectory file, re-exported
     load_trajectory,
     save_trajectory,
 )
+from .device import on_device, resolve_device
 from .directions import Directions
 from .params import ParamLayout, perturbed_tensors
 
@@ -331,7 +332,7 @@ def path_losses(model: nn.Module, data: Any, traj: Trajectory, loss: Any = "cros
         >>> losses = path_losses(model, load_data("digits"), traj)  # doctest: +SKIP
     """
     from ..data import as_eval_data
-    from ._surface_setup import data_fingerprint, resolve_device
+    from ._surface_setup import data_fingerprint
     from ._surface_setup import fingerprint as _fingerprint
     from .losses import resolve_loss
     from .runners import make_runner
@@ -362,7 +363,7 @@ def path_losses(model: nn.Module, data: Any, traj: Trajectory, loss: Any = "cros
         if precision != eval_spec.precision:  # the path's losses in the contour's own precision
             eval_spec = dataclasses.replace(eval_spec, precision=precision)
     device = resolve_device(eval_spec.device)
-    model = model.to(device)
+    model = on_device(model, device)  # the caller's model stays where it is
     runner = make_runner(eval_spec, model, layout, data, loss_fn, "trajectory")
     try:
         base = layout.flatten(perturbed_tensors(model, layout.dir_type)).to(device)
