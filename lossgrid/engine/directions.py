@@ -72,15 +72,19 @@ def random_direction(weights: dict[str, torch.Tensor], norm: str, ignore: str,
     zero direction when ``ignore == "biasbn"``; otherwise they are normalized as
     scalar filters. A value is drawn for every tensor either way, so the random
     stream (and hence the direction) does not depend on ``norm`` or ``ignore``.
+
+    ``generator`` is a CPU generator: values are drawn and normalized on the CPU, then
+    moved to each tensor's device, so that a seed gives the same directions, bit for
+    bit, whatever device the model is on (CUDA generators draw other streams).
     """
     out = []
     for w in weights.values():
-        d = torch.randn(w.shape, generator=generator, dtype=w.dtype, device=w.device)
+        d = torch.randn(w.shape, generator=generator, dtype=w.dtype)
         if w.dim() <= 1 and ignore == "biasbn":
             d.zero_()
         else:
-            d = normalize_direction(d, w, norm)
-        out.append(d)
+            d = normalize_direction(d, w.detach().cpu(), norm)
+        out.append(d.to(w.device))
     return out
 
 
@@ -107,9 +111,7 @@ def create_directions(model: nn.Module, spec: DirectionSpec = DirectionSpec(), n
         return hessian_directions(model, spec, ndim, data, loss)
     layout = ParamLayout.from_model(model, spec.dir_type)
     weights = perturbed_tensors(model, spec.dir_type)
-    device = next(iter(weights.values())).device if weights else torch.device("cpu")
-    gen = torch.Generator(device=device)
-    gen.manual_seed(spec.seed)
+    gen = torch.Generator().manual_seed(spec.seed)  # on the CPU whatever the model's device (random_direction)
     meta: dict[str, Any] = {"dir_type": spec.dir_type, "seed": spec.seed}
     if model2 is not None:
         other = perturbed_tensors(model2, spec.dir_type)

@@ -26,6 +26,16 @@ def test_directions_on_model_device_and_dtype(trained_cnn):
         assert d.device == p.device and d.dtype == p.dtype and d.shape == p.shape
 
 
+def test_a_seed_draws_the_cpu_generators_stream():
+    """Directions are the seeded CPU generator's values, normalized: on a GPU they are drawn the same
+    way and then moved (the gpu twin in test_device.py compares a CUDA model's directions bit for bit)."""
+    model = small_cnn()
+    dirs = create_directions(model, DirectionSpec(seed=4, xnorm="none", xignore="none"), ndim=1)
+    gen = torch.Generator().manual_seed(4)
+    expected = [torch.randn(p.shape, generator=gen) for p in model.parameters()]
+    assert all(torch.equal(d, e) for d, e in zip(dirs.x, expected))
+
+
 def test_filter_normalization_and_biasbn_ignored(trained_cnn):
     dirs = create_directions(trained_cnn, DirectionSpec(), ndim=2)
     for name, d, w in zip(dirs.layout.names, dirs.x, trained_cnn.parameters()):
