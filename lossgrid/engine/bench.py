@@ -27,6 +27,7 @@ import logging
 import math
 import re
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -134,7 +135,8 @@ def run_bench(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch.Tenso
               precisions: Sequence[str] = ("fp32",), points: int = DEFAULT_POINTS, batch_size: int | None = None,
               points_per_call: int | None = None, project: str | Projection | None = None,
               progress: Progress | None = None, *, loss: str | LossFn = "cross_entropy", seed: int = 0,
-              repeats: int = 1, budget_s: float | None = None, model_description: str = "") -> dict[str, Any]:
+              repeats: int = 1, budget_s: float | None = None, model_description: str = "",
+              partial: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Time each backend/strategy/precision on ``model`` and ``data``; returns a JSON-able dict.
 
     Args:
@@ -152,6 +154,10 @@ def run_bench(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch.Tenso
         repeats: timed passes over the points per row; the best counts.
         budget_s: rows that would start after this many seconds are skipped (unavailable, with why).
         model_description: how the model was specified, stored in the header.
+        partial: called before every row and after the last with the result so far (rows done,
+            measured against the first GEMM peaks, and the keys ``running``: the row starting or
+            ``None``, and ``pending``: the rows after it), so that a caller can keep what was
+            measured should the process be killed in a row.
 
     The result has a header (device, torch version, cores, date, parameters,
     FLOPs per sample, ``peak_gemm`` per precision, ``schema_version``) and
@@ -189,27 +195,38 @@ def run_bench(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch.Tenso
     }
     # the GEMM peak is measured before and after the rows (the machine's speed drifts); the best counts
     peaks_before = {p: peak_gemm(p, dev) for p in dict.fromkeys(precisions)}
-    todo = [(p, b, s) for p in dict.fromkeys(precisions) for b, s in pairs]
+    todo = [dict(precision=p, backend=b, strategy=s) for p in dict.fromkeys(precisions) for b, s in pairs]
     rows: list[dict[str, Any]] = []
     t_start = time.perf_counter()
-    for i, (precision, backend, strategy) in enumerate(todo):
-        spec = dict(backend=backend, strategy=strategy, precision=precision)
+    for i, spec in enumerate(todo):
+        if partial is not None:  # what is done, what runs now, what is left: kept if the process dies
+            partial(_result(header, copy.deepcopy(rows), peaks_before, fps, projection, running=spec,
+                            pending=todo[i + 1:]))
         if budget_s is not None and time.perf_counter() - t_start > budget_s:
             rows.append({**spec, "available": False,
                          "reason": f"skipped: the bench's time budget of {budget_s:g} s was spent"})
         else:
-            rows.append(_row(EvalSpec(backend=backend, strategy=strategy, points_per_call=points_per_call,
-                                      batch_size=batch_size, device=str(dev), precision=precision),
+            rows.append(_row(EvalSpec(**spec, points_per_call=points_per_call, batch_size=batch_size,
+                                      device=str(dev)),
                              model, directions.layout, data, loss_fn, (base, flat_dirs, coeffs), repeats,
                              model_description))
         log.info("bench row %d/%d: %s", i + 1, len(todo), rows[-1].get("reason") or rows[-1]["seconds"])
         if progress:
             progress(i + 1, len(todo))
-    header["peak_gemm"] = {p: _best_peak(peaks_before[p], peak_gemm(p, dev)) for p in peaks_before}
-    _finish_rows(rows, n, fps, header["peak_gemm"], projection)
-    header["loss_reference"] = next((f"{r['backend']}/{r['strategy']} fp32" for r in rows
-                                     if r["available"] and r["precision"] == "fp32"), None)
-    return _json_safe({**header, "rows": rows})
+    if partial is not None:
+        partial(_result(header, copy.deepcopy(rows), peaks_before, fps, projection, running=None, pending=[]))
+    return _result(header, rows, {p: _best_peak(peaks_before[p], peak_gemm(p, dev)) for p in peaks_before}, fps,
+                   projection)
+
+
+def _result(header: dict[str, Any], rows: list[dict[str, Any]], peaks: dict[str, dict[str, Any]], fps: float,
+            projection: Projection | None, **extra: Any) -> dict[str, Any]:
+    """The JSON result: ``header``, the GEMM peaks, ``rows`` finished against them (rates, share of peak,
+    loss errors, projection) and ``extra`` keys (a partial result's ``running`` and ``pending`` rows)."""
+    _finish_rows(rows, header["samples"], fps, peaks, projection)
+    reference = next((f"{r['backend']}/{r['strategy']} fp32" for r in rows
+                      if r["available"] and r["precision"] == "fp32"), None)
+    return _json_safe({**header, "peak_gemm": peaks, "loss_reference": reference, **extra, "rows": rows})
 
 
 #: the keys of an available row (unavailable rows have backend, strategy, precision, available, reason)
@@ -244,9 +261,8 @@ def _row(spec: EvalSpec, model: nn.Module, layout: Any, data: EvalData, loss_fn:
     except (LossgridError, ImportError) as e:
         row["reason"] = str(e)
         return row
-    except RuntimeError as e:  # a backend failing to set up (e.g. an engine build) is one row, not the bench
-        row["reason"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-        return row
+    except Exception as e:  # a backend failing to set up (e.g. an engine build) is one row, not the bench
+        return _failed(row, e, "set-up")
     try:
         setup = time.perf_counter() - t0
         info = runner.describe()
@@ -265,11 +281,8 @@ def _row(spec: EvalSpec, model: nn.Module, layout: Any, data: EvalData, loss_fn:
     except LossgridError as e:
         row["reason"] = str(e)
         return row
-    except Exception as e:
-        if not is_out_of_memory(e):
-            raise
-        row["reason"] = f"out of memory: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
-        return row
+    except Exception as e:  # one failing backend is one row with its reason: the other rows stay measured
+        return _failed(row, e, "evaluation")
     finally:
         runner.close()
     peak, scope = memory_peak(device)
@@ -277,6 +290,19 @@ def _row(spec: EvalSpec, model: nn.Module, layout: Any, data: EvalData, loss_fn:
                setup_seconds=setup, warmup_seconds=warmup, points=int(len(coeffs)),
                peak_memory_bytes=peak, peak_memory_scope=scope, points_per_call=info.get("points_per_call"),
                batch_size=info.get("batch_size"), loss=loss.tolist(), acc=acc.tolist(), runner=info)
+    return row
+
+
+def _failed(row: dict[str, Any], e: Exception, stage: str) -> dict[str, Any]:
+    """``row`` marked unavailable by an unexpected failure: its type, first line and where it was raised."""
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    if is_out_of_memory(e):
+        row["reason"] = f"out of memory: {first or type(e).__name__}"
+        return row
+    log.warning("bench row %s/%s %s failed in %s: %s: %s", row["backend"], row["strategy"], row["precision"], stage,
+                type(e).__name__, first)
+    row["reason"] = f"failed in {stage}: {type(e).__name__}: {first}"
+    row["traceback"] = traceback.format_exception(type(e), e, e.__traceback__, limit=-4)
     return row
 
 

@@ -120,6 +120,49 @@ def test_budget_skips_rows(digits):
     assert result["loss_reference"] is None
 
 
+def test_a_row_that_raises_is_one_unavailable_row_and_the_others_are_measured(monkeypatch, digits):
+    import lossgrid.engine.bench as bench
+    from lossgrid.zoo import mlp_digits
+
+    real = bench.make_runner
+
+    def flaky(spec, *args, **kwargs):
+        if spec.strategy == "wide":
+            raise ZeroDivisionError("while building the wide model")  # a backend failing to set up
+        runner = real(spec, *args, **kwargs)
+        if spec.strategy == "vmap":
+            def fail(coeffs):  # a backend failing at run time with an error no runner expects
+                raise KeyError("lost weight")
+            runner.evaluate_points = fail
+        return runner
+
+    monkeypatch.setattr(bench, "make_runner", flaky)
+    result = run_bench(mlp_digits(), digits, backends=["torch"], strategies=["loop", "vmap", "wide", "static"],
+                       points=2)
+    rows = {r["strategy"]: r for r in result["rows"]}
+    assert rows["loop"]["available"] and rows["static"]["available"]
+    assert not rows["vmap"]["available"] and not rows["wide"]["available"]
+    assert rows["vmap"]["reason"] == "failed in evaluation: KeyError: 'lost weight'"
+    assert rows["wide"]["reason"] == "failed in set-up: ZeroDivisionError: while building the wide model"
+    assert any("in fail" in frame for frame in rows["vmap"]["traceback"])  # where it was raised
+    json.dumps(result, allow_nan=False)
+
+
+def test_partial_results_come_before_every_row_and_after_the_last(digits):
+    from lossgrid.zoo import mlp_digits
+
+    seen = []
+    result = run_bench(mlp_digits(), digits, backends=["torch"], strategies=["loop", "vmap"], points=2,
+                       partial=lambda r: seen.append(json.loads(json.dumps(r, allow_nan=False))))
+    assert [s["running"] for s in seen] == [{"precision": "fp32", "backend": "torch", "strategy": "loop"},
+                                            {"precision": "fp32", "backend": "torch", "strategy": "vmap"}, None]
+    assert [len(s["rows"]) for s in seen] == [0, 1, 2]
+    assert [len(s["pending"]) for s in seen] == [1, 0, 0]
+    assert seen[1]["rows"][0]["points_x_samples_per_s"] > 0 and seen[1]["peak_gemm"]["fp32"]["tflops"] > 0
+    assert [r["loss"] for r in seen[-1]["rows"]] == [r["loss"] for r in result["rows"]]
+    assert "running" not in result and "pending" not in result
+
+
 @pytest.mark.parametrize("text,nx,ny,samples", [("51x51:50000", 51, 51, 50000), ("1x7:3", 1, 7, 3)])
 def test_projection_parse(text, nx, ny, samples):
     p = Projection.parse(text)
