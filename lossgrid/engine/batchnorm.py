@@ -37,6 +37,7 @@ from ..config import BatchNormSpec
 from ..data import EvalData
 from ..errors import ConfigError
 from ..inputs import Inputs
+from .precision import precision_mode
 
 #: runner strategies that can re-estimate BatchNorm statistics at every point
 RECOMPUTE_STRATEGIES = ("torch/loop", "torch/static")
@@ -55,7 +56,8 @@ def recalibrate(model: nn.Module, batches: Sequence[Inputs]) -> None:
     other modules in eval mode); the modules' modes and momenta are restored after.
 
     The statistics are updated in place (their storage does not move), so a CUDA graph
-    that reads them stays valid.
+    that reads them stays valid. They are estimated in IEEE fp32 whatever the enclosing
+    precision (no TF32 tensor cores, no autocast): every runner stores fp32 statistics.
     """
     layers = batchnorm_layers(model)
     if not layers:
@@ -68,7 +70,7 @@ def recalibrate(model: nn.Module, batches: Sequence[Inputs]) -> None:
             m.reset_running_stats()
             m.momentum = None  # cumulative moving average: every batch weighs the same
             m.train()
-        with torch.no_grad():
+        with torch.no_grad(), precision_mode("fp32", layers[0].running_mean.device):
             for xb in batches:
                 inp.call_model(model, xb)
     finally:

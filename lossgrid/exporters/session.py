@@ -11,12 +11,21 @@ from __future__ import annotations
 from typing import Any
 
 from .._optional import require
-from ..errors import ConfigError, MissingBackendError
+from ..errors import ConfigError, ExportError, MissingBackendError
 
 
 def onnxruntime() -> Any:
     """The ``onnxruntime`` module, or :class:`MissingBackendError`."""
     return require("onnxruntime", "gpu", "The onnxruntime backend")
+
+
+def onnxruntime_errors() -> tuple[type[Exception], ...]:
+    """ONNX Runtime's own exception types (``Fail``, ``RuntimeException``, ``EPFail``, ...), which
+    derive from ``Exception`` only, so that callers can catch them as failures of a run."""
+    ort = onnxruntime()
+    state = getattr(getattr(ort, "capi", None), "onnxruntime_pybind11_state", None)
+    return tuple(v for v in vars(state).values() if isinstance(v, type) and issubclass(v, Exception)
+                 and v.__module__.startswith("onnxruntime")) if state is not None else ()
 
 
 def cuda_provider_available() -> bool:
@@ -55,7 +64,7 @@ def make_session(model_bytes: bytes, device: str = "cpu", threads: int | None = 
         opts.intra_op_num_threads = threads
     dev = torch.device(device)
     if dev.type == "cpu":
-        return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+        return _session(ort, model_bytes, opts, ["CPUExecutionProvider"])
     if dev.type != "cuda":
         raise ConfigError(f"The onnxruntime backend cannot run on {device}", hint="use --device cpu or cuda")
     if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -68,10 +77,18 @@ def make_session(model_bytes: bytes, device: str = "cpu", threads: int | None = 
     options = {"device_id": str(dev.index or 0), "use_tf32": "0"}
     if cuda_graph:
         options["enable_cuda_graph"] = "1"
-    session = ort.InferenceSession(model_bytes, opts, providers=[("CUDAExecutionProvider", options),
-                                                                 "CPUExecutionProvider"])
+    session = _session(ort, model_bytes, opts, [("CUDAExecutionProvider", options), "CPUExecutionProvider"])
     if session.get_providers()[0] != "CUDAExecutionProvider":
         raise MissingBackendError("ONNX Runtime fell back from CUDA to the CPU",
                                   f"session providers: {session.get_providers()}",
                                   "check the CUDA and cuDNN libraries onnxruntime-gpu needs, or use --device cpu")
     return session
+
+
+def _session(ort: Any, model_bytes: bytes, opts: Any, providers: list[Any]) -> Any:
+    """``InferenceSession``, its own exceptions (which derive from ``Exception`` only) as :class:`ExportError`."""
+    try:
+        return ort.InferenceSession(model_bytes, opts, providers=providers)
+    except onnxruntime_errors() as e:
+        raise ExportError("ONNX Runtime could not load the exported graph", f"{type(e).__name__}: {e}",
+                          "use --backend torch for this model") from e

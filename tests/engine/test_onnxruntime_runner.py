@@ -229,6 +229,24 @@ def test_fixed_buffers_with_a_padded_last_batch(trained_cnn, digits_small):
     np.testing.assert_allclose(acc, ref_acc, atol=100.0 / len(digits_small) + 1e-9)
 
 
+def test_an_onnxruntime_failure_at_run_time_is_an_evaluation_error(trained_cnn, digits_small):
+    """ONNX Runtime's exceptions derive from Exception only: the runner's guard names them too."""
+    from lossgrid.engine.losses import cross_entropy
+    from lossgrid.engine.runners.onnxruntime_runner import OnnxRuntimeRunner
+    from lossgrid.errors import EvaluationError
+
+    layout, weights = _runner_case(trained_cnn, digits_small, k=2)
+    # the baked strategy calls session.run, which raises ONNX Runtime's own InvalidArgument here
+    with OnnxRuntimeRunner(trained_cnn, layout, digits_small.x, digits_small.y, cross_entropy, batch_size=64,
+                           strategy="baked") as runner:
+        runner.batches = [(torch.zeros(4, 1, 7, 7), digits_small.y[:4])]  # a batch the graph cannot take
+        with pytest.raises(EvaluationError, match="ONNX Runtime failed") as e:
+            runner.evaluate(weights)
+    cause = e.value.__cause__
+    assert not isinstance(cause, RuntimeError) and type(cause).__module__.startswith("onnxruntime")
+    assert type(cause).__name__ in str(e.value)  # the message names ONNX Runtime's own error
+
+
 def test_baked_is_refused_on_cuda(trained_cnn, digits_small):
     from lossgrid.engine.losses import cross_entropy
     from lossgrid.engine.params import ParamLayout

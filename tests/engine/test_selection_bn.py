@@ -138,6 +138,33 @@ def test_bn_recompute_equals_a_hand_written_per_point_recalibration(strategy: st
     assert surf.attrs["last_run"]["bn"] == "recompute"
 
 
+def test_recalibration_is_fp32_inside_a_reduced_precision_region() -> None:
+    """Statistics are estimated in IEEE fp32 whatever precision encloses them (every runner calls
+    recalibrate inside its own precision's region: autocast here, TF32 tensor cores on a GPU)."""
+    from lossgrid.engine.batchnorm import recalibrate
+
+    model, d = small_cnn(), data()
+    batches = [d.x[:24], d.x[24:]]
+    plain, reduced = copy.deepcopy(model), copy.deepcopy(model)
+    recalibrate(plain, batches)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        recalibrate(reduced, batches)
+        assert torch.is_autocast_enabled("cpu")  # the enclosing region is restored after
+    for a, b in zip(plain.modules(), reduced.modules()):
+        if isinstance(a, nn.BatchNorm2d):
+            assert torch.equal(a.running_mean, b.running_mean) and torch.equal(a.running_var, b.running_var)
+    bf16 = copy.deepcopy(model)  # the same forwards in bf16 give other statistics: the test can tell
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        bf16.train()
+        for m in bf16.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.reset_running_stats()
+                m.momentum = None
+        for xb in batches:
+            bf16(xb)
+    assert not torch.equal(bf16[4].running_var, plain[4].running_var)
+
+
 @pytest.mark.parametrize("backend,strategy", [("torch", "vmap"), ("torch", "wide"), ("onnxruntime", "baked")])
 def test_bn_recompute_refused_by_strategies_that_cannot(backend: str, strategy: str) -> None:
     spec = BatchNormSpec("recompute", batches=1, batch_size=8)

@@ -138,6 +138,81 @@ def test_precision_flags_on_a_fake_builder_config():
     assert "TensorRT 11 takes precision from tensor types" in str(e.value)
 
 
+class _FakeContext:
+    """A FAKE execution context that, as TensorRT documents, refuses (returns False for) an
+    address not aligned to 256 bytes and otherwise records it: lossgrid's binding logic only."""
+
+    def __init__(self):
+        self.addresses, self.shapes, self.runs = {}, {}, 0
+
+    def set_tensor_address(self, name, ptr):
+        if ptr % 256:
+            return False
+        self.addresses[name] = ptr
+        return True
+
+    def set_input_shape(self, name, shape):
+        self.shapes[name] = shape
+        return True
+
+    def execute_async_v3(self, stream):
+        self.runs += 1
+        return True
+
+
+def _bare_runner(batch_size, sample_shape):
+    """A TensorRTRunner's binding state without TensorRT: only what ``_execute`` reads."""
+    from lossgrid.engine.runners.tensorrt_runner import TensorRTRunner, aligned_empty
+
+    runner = TensorRTRunner.__new__(TensorRTRunner)
+    runner.context, runner.k, runner.batch_size, runner.device = _FakeContext(), 1, batch_size, torch.device("cpu")
+    runner.manifest = types.SimpleNamespace(data_input="x", output="logits", data_shape=(batch_size, *sample_shape))
+    runner._rows, runner._staging = batch_size, None
+    runner._out = aligned_empty((1, batch_size, 10), torch.float32, "cpu")
+    runner.stream = types.SimpleNamespace(cuda_stream=0)
+    return runner
+
+
+def test_misaligned_batch_views_are_staged_into_an_aligned_buffer():
+    """Batches are views of one tensor: at a --batch-size of 3 samples of 7 floats, the second batch starts
+    84 bytes in, an address TensorRT refuses; it is copied into an aligned staging buffer and bound there."""
+    from lossgrid.engine.runners.tensorrt_runner import aligned_empty
+
+    data = aligned_empty((9, 7), torch.float32, "cpu")
+    data.copy_(torch.arange(63, dtype=torch.float32).view(9, 7))
+    runner = _bare_runner(3, (7,))
+    batches = data.split(3)
+    assert batches[1].data_ptr() % 256 != 0
+    for xb in batches:
+        runner._execute(xb)
+        bound = runner.context.addresses["x"]
+        assert bound % 256 == 0
+        if xb.data_ptr() % 256 == 0:  # an aligned view is bound as it is: no copy
+            assert bound == xb.data_ptr()
+        else:
+            assert bound == runner._staging.data_ptr() and torch.equal(runner._staging[:3], xb)
+    assert runner.context.runs == 3 and runner._staging is not None
+
+
+def test_a_refused_address_is_an_error_not_a_run_on_a_stale_one():
+    from lossgrid.engine.runners.tensorrt_runner import aligned_empty, bind_address
+
+    buf = aligned_empty((8,), torch.float32, "cpu")
+    bind_address(ctx := _FakeContext(), "w", buf)
+    assert ctx.addresses == {"w": buf.data_ptr()}
+    with pytest.raises(RuntimeError, match="refused the address of tensor 'w' \\(not aligned to 256 bytes\\)"):
+        bind_address(ctx, "w", buf[1:])
+
+
+def test_aligned_empty_is_aligned_for_every_dtype():
+    from lossgrid.engine.runners.tensorrt_runner import aligned_empty
+
+    for dtype in (torch.float32, torch.float16, torch.int64, torch.uint8):
+        for n in (1, 5, 1000):
+            t = aligned_empty((n, 3), dtype, "cpu")
+            assert t.data_ptr() % 256 == 0 and t.shape == (n, 3) and t.dtype == dtype and t.is_contiguous()
+
+
 # -- the engine cache (bytes only) ------------------------------------------------------------
 def test_cache_key_changes_with_each_input_and_is_stable_otherwise():
     base = cache_key(b"onnx-bytes", **KEY_ARGS)

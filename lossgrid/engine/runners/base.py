@@ -47,6 +47,8 @@ from ...errors import ConfigError, EvaluationError, LossgridError, is_out_of_mem
 from ..losses import SampleValues, Stats
 
 T = TypeVar("T")
+#: what a model, a loss or a backend raises when it fails on the data (torch raises RuntimeError)
+FAILURES: tuple[type[Exception], ...] = (RuntimeError, ValueError, TypeError, IndexError)
 
 
 class Runner(abc.ABC):
@@ -59,6 +61,9 @@ class Runner(abc.ABC):
     batch_size: int | None = None
     #: where the batch functions append per-sample values during evaluate_point_samples
     _keep: list[SampleValues] | None = None
+    #: exception types of the backend's library that do not derive from :data:`FAILURES`
+    #: (ONNX Runtime's derive from ``Exception``); :meth:`guard` turns them into EvaluationError
+    backend_errors: tuple[type[Exception], ...] = ()
 
     @abc.abstractmethod
     def evaluate(self, weights: torch.Tensor) -> Stats:
@@ -103,17 +108,17 @@ class Runner(abc.ABC):
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    @staticmethod
     @contextmanager
-    def guard(what: str, hint: str = "check that the data matches the model's input shape and the loss "
-                                      "matches its outputs") -> Iterator[None]:
+    def guard(self, what: str, hint: str = "check that the data matches the model's input shape and the loss "
+                                           "matches its outputs") -> Iterator[None]:
         """Turn a failure of the model on the data into :class:`EvaluationError`
-        (out-of-memory errors and lossgrid's own errors pass through)."""
+        (out-of-memory errors and lossgrid's own errors pass through). Besides Python's
+        usual errors, the backend's own exception types count (:attr:`backend_errors`)."""
         try:
             yield
         except LossgridError:
             raise
-        except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        except (*FAILURES, *self.backend_errors) as e:
             if is_out_of_memory(e):  # the surface loop names the settings to lower
                 raise
             raise EvaluationError(what, f"{type(e).__name__}: {e}", hint) from e

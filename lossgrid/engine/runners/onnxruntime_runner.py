@@ -43,10 +43,11 @@ import torch
 from torch import nn
 
 from ...errors import ConfigError, MissingBackendError
-from ...exporters.session import make_session
+from ...exporters.session import make_session, onnxruntime_errors
 from ..losses import LossFn, Stats, concat_stats, evaluate_batches, unit_counts
 from ..params import ParamLayout, full_states
 from .base import Runner
+from .batching import default_batch_size
 
 log = logging.getLogger(__name__)
 STRATEGIES = ("auto", "wide", "baked")
@@ -76,13 +77,12 @@ class OnnxRuntimeRunner(Runner):
                  loss_fn: LossFn, batch_size: int | None = None, strategy: str = "auto",
                  points_per_call: int | None = None, device: str = "cpu", model_description: str = "") -> None:
         from ...exporters.onnx import export_onnx, float_state
-        from .torch_runner import auto_batch_size
-
         if strategy not in STRATEGIES:
             raise ConfigError(f"Unknown onnxruntime strategy {strategy!r}", hint=f"use one of {', '.join(STRATEGIES)}")
         from ...inputs import require_tensor
 
         x = require_tensor(x, "The onnxruntime backend")
+        self.backend_errors = onnxruntime_errors()  # they derive from Exception only: guard() names them
         if isinstance(model, torch.jit.ScriptModule):
             raise ConfigError("The onnxruntime backend cannot export a TorchScript model",
                               hint="load the model from its Python factory, or use --backend torch")
@@ -98,11 +98,12 @@ class OnnxRuntimeRunner(Runner):
         self.loss_fn = loss_fn
         self.model = copy.deepcopy(model).cpu().eval()
         self.counts = unit_counts(loss_fn, [y])
-        self.batch_size = batch_size or auto_batch_size(x)
         self.fixed = {n: t.to(self.dev) for n, t in float_state(self.model).items()}
         self.points_per_call = points_per_call or DEFAULT_POINTS
         conv_on_cpu = self._is_conv_model() and not cuda
         self.strategy = strategy if strategy != "auto" else ("baked" if conv_on_cpu else "wide")
+        self.batch_size = batch_size or default_batch_size(x, self.dev,
+                                                           self.points_per_call if self.strategy == "wide" else 1)
         self.reason = f"{strategy} requested" if strategy != "auto" else (
             "auto: baked sessions for convolutional models on the CPU, K-wide graph otherwise")
         k = self.points_per_call if self.strategy == "wide" else 1

@@ -42,12 +42,9 @@ from ..losses import LossFn, SampleValues, Stats, finish_stats, point_batch_stat
 from ..params import ParamLayout, perturbed_tensors
 from ..precision import check_precision, precision_mode
 from .base import Runner
-from .torch_runner import auto_batch_size
+from .batching import default_batch_size
 
 log = logging.getLogger(__name__)
-
-#: input values per chunk on a GPU (4096 CIFAR images): activations of ResNet-56 stay under 1 GiB
-GPU_CHUNK_VALUES = 1 << 24
 
 
 class StaticRunner(Runner):
@@ -93,7 +90,7 @@ class StaticRunner(Runner):
         x, y = inp.to_device(x, self.device), y.to(self.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        self.batch_size = batch_size or (device_batch_size(x) if cuda else auto_batch_size(x))
+        self.batch_size = batch_size or default_batch_size(x, self.device)
         self.batches = inp.batches(x, y, self.batch_size)
         self.counts = unit_counts(loss_fn, [yb for _, yb in self.batches])
         self.bn_batches = [inp.to_device(b, self.device) for b in bn_batches or []]
@@ -270,11 +267,3 @@ class StaticRunner(Runner):
             return None
         return graph, total, correct
 
-
-def device_batch_size(x: Inputs, budget: int = GPU_CHUNK_VALUES) -> int:
-    """Chunk size on a GPU: about ``budget`` input values (a power of two, at most the set)."""
-    per_sample = inp.values_per_sample(x)
-    size = 64
-    while size * 2 * per_sample <= budget and size < inp.num_samples(x):
-        size *= 2
-    return size

@@ -23,7 +23,9 @@ Strategies:
 Execution: the evaluation set stays on the GPU as torch tensors in batches; the
 optimization profile covers batch sizes 1 to ``batch_size`` (opt = max =
 ``batch_size``); every batch is ``set_input_shape`` (when its size changes),
-``set_tensor_address`` on the batch and ``execute_async_v3`` on the runner's own
+``set_tensor_address`` on the batch (checked: TensorRT refuses addresses not aligned
+to 256 bytes, so a batch view at an odd offset, as a user's ``--batch-size`` can give,
+is first copied into an aligned staging buffer) and ``execute_async_v3`` on the runner's own
 CUDA stream, writing a preallocated logits buffer; losses and accuracy are
 computed from the logits on the device with the runner's ``loss_fn``; results
 are read back once per call (one synchronisation per point at K=1).
@@ -55,10 +57,13 @@ from ..params import ParamLayout, full_states
 from ..precision import check_precision
 from ._trt_cache import EngineCache, cache_key, default_cache_dir
 from .base import Runner
+from .batching import default_batch_size
 
 log = logging.getLogger(__name__)
 STRATEGIES = ("inputs", "refit")
 DEFAULT_POINTS = 1
+#: bytes to which TensorRT needs every I/O tensor's address aligned
+TRT_ALIGNMENT = 256
 INSTALL_HINT = ("TensorRT's libraries come from NVIDIA and are not on PyPI: install with "
                 'pip install "lossgrid[tensorrt]" --extra-index-url https://pypi.nvidia.com, '
                 "or run inside NVIDIA's PyTorch or TensorRT container")
@@ -179,7 +184,6 @@ class TensorRTRunner(Runner):
                  device: str | torch.device = "cuda", precision: str = "fp32", model_description: str = "",
                  cache_dir: str | os.PathLike | None = None) -> None:
         from ...exporters.onnx import float_state
-        from .static_runner import device_batch_size
 
         if strategy not in STRATEGIES:
             raise ConfigError(f"Unknown tensorrt strategy {strategy!r}", hint=f"use one of {', '.join(STRATEGIES)}")
@@ -210,9 +214,9 @@ class TensorRTRunner(Runner):
         if x.is_floating_point():
             x = x.float()  # TensorRT engines take fp32 data
         self.counts = unit_counts(loss_fn, [y])
-        self.batch_size = int(batch_size or device_batch_size(x))
         self.points_per_call = points_per_call or DEFAULT_POINTS
         self.k = 1 if strategy == "refit" else self.points_per_call
+        self.batch_size = int(batch_size or default_batch_size(x, self.device, self.k))
         onnx_bytes, self.export = onnx_for_tensorrt(self.model, x[:2].cpu(), strategy, self.k, model_description)
         self.manifest, self.wide = self.export.manifest, self.export.wide
         self.refitter: Any = None
@@ -256,7 +260,7 @@ class TensorRTRunner(Runner):
             for entry in m.inputs:
                 buf = torch.zeros([self.k, *entry["shape"]], dtype=torch.float32, device=self.device)
                 self._weights[entry["name"]] = buf
-                ctx.set_tensor_address(entry["name"], buf.data_ptr())  # the address never changes
+                bind_address(ctx, entry["name"], buf)  # the address never changes
         else:
             self.refitter = trt.Refitter(self.engine, _logger(trt))
             refittable = set(self.refitter.get_all_weights())
@@ -269,8 +273,9 @@ class TensorRTRunner(Runner):
         out_shape = tuple(int(d) for d in ctx.get_tensor_shape(m.output))
         out_dtype = _torch_dtype(trt, self.engine.get_tensor_dtype(m.output))
         out = torch.empty(out_shape, dtype=out_dtype, device=self.device)
-        ctx.set_tensor_address(m.output, out.data_ptr())  # partial batches fill its start (see _execute)
+        bind_address(ctx, m.output, out)  # partial batches fill its start (see _execute)
         self._out: torch.Tensor | None = out
+        self._staging: torch.Tensor | None = None  # an aligned copy of batches whose views are not aligned
 
     def _set_shape(self, rows: int) -> None:
         shape = (rows, *(int(d) for d in self.manifest.data_shape[1:]))
@@ -309,7 +314,7 @@ class TensorRTRunner(Runner):
         self.refitter = None
         self.engine = None
         self.runtime = None
-        self._weights, self._out, self.batches, self.fixed = {}, None, [], {}
+        self._weights, self._out, self._staging, self.batches, self.fixed = {}, None, None, [], {}
 
     # -- evaluation -----------------------------------------------------------------------
     def _points(self, part: dict[str, torch.Tensor], count: int) -> Stats:
@@ -344,12 +349,36 @@ class TensorRTRunner(Runner):
         rows = int(xb.shape[0])
         if rows != self._rows:
             self._set_shape(rows)
-        self.context.set_tensor_address(self.manifest.data_input, xb.data_ptr())
+        if xb.data_ptr() % TRT_ALIGNMENT:  # a batch view at an odd offset: staged (one device copy)
+            if self._staging is None:
+                self._staging = aligned_empty((self.batch_size, *xb.shape[1:]), xb.dtype, self.device)
+            xb = self._staging[:rows].copy_(xb)
+        bind_address(self.context, self.manifest.data_input, xb)
         if not self.context.execute_async_v3(self.stream.cuda_stream):
             raise RuntimeError("TensorRT execute_async_v3 failed (see TensorRT's messages logged above)")
         out = self._out
         assert out is not None, "a closed runner is not used again"
         return out.view(-1)[:self.k * rows * int(np.prod(out.shape[2:]))].view(self.k, rows, *out.shape[2:])
+
+
+def bind_address(context: Any, name: str, tensor: torch.Tensor) -> None:
+    """Give ``context`` the device address of ``tensor`` for the I/O tensor ``name``; TensorRT's
+    refusal (a misaligned address, an unknown name), which it signals only by returning False,
+    becomes an error rather than a run on a stale address."""
+    if not context.set_tensor_address(name, tensor.data_ptr()):
+        aligned = tensor.data_ptr() % TRT_ALIGNMENT == 0
+        raise RuntimeError(f"TensorRT refused the address of tensor {name!r}"
+                           + ("" if aligned else f" (not aligned to {TRT_ALIGNMENT} bytes)"))
+
+
+def aligned_empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str,
+                  alignment: int = TRT_ALIGNMENT) -> torch.Tensor:
+    """An uninitialised contiguous tensor whose address is a multiple of ``alignment`` bytes."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    numel = int(np.prod(shape))
+    raw = torch.empty(numel + alignment // itemsize, dtype=dtype, device=device)
+    skip = (-raw.data_ptr() % alignment) // itemsize
+    return raw[skip:skip + numel].view(shape)
 
 
 def _torch_dtype(trt: ModuleType, dtype: Any) -> torch.dtype:

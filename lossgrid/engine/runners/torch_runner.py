@@ -17,6 +17,7 @@ from ..losses import LossFn, Stats, concat_stats, evaluate_batches, unit_counts
 from ..params import ParamLayout, full_states, perturbed_tensors
 from ..precision import check_precision, precision_mode
 from .base import Runner
+from .batching import default_batch_size
 
 STRATEGIES = ("loop", "vmap", "wide")
 
@@ -30,8 +31,8 @@ class TorchRunner(Runner):
         x, y: the whole evaluation set (moved to ``device`` once): inputs ``x`` as a tensor, a
             tuple or a dict of tensors (:mod:`lossgrid.inputs`), targets ``y`` as a tensor.
         loss_fn: per-sample loss, see :mod:`lossgrid.engine.losses`.
-        batch_size: samples per forward pass; ``None`` picks one from the input
-            size (:func:`auto_batch_size`).
+        batch_size: samples per forward pass; ``None`` picks one from the input size and
+            the device (:func:`~lossgrid.engine.runners.batching.default_batch_size`).
         strategy: ``loop`` (copy weights into the model, one point at a time),
             ``vmap`` (``torch.func.vmap`` over stacked weights), ``wide`` (the
             explicit K-wide model of :mod:`lossgrid.exporters.wide`: grouped
@@ -68,7 +69,9 @@ class TorchRunner(Runner):
         if self.channels_last:  # measured 1.1-1.4x faster for CNNs on CPU (FACTS.md, benchmarks/)
             self.model = self.model.to(memory_format=torch.channels_last)
             x = x.contiguous(memory_format=torch.channels_last)
-        self.batch_size = batch_size or auto_batch_size(x)
+        self.points_per_call = points_per_call or 8
+        self.batch_size = batch_size or default_batch_size(x, self.device,
+                                                           1 if strategy == "loop" else self.points_per_call)
         self.batches = inp.batches(x, y, self.batch_size)
         self.counts = unit_counts(loss_fn, [yb for _, yb in self.batches])
         self.bn_batches = [inp.to_device(b, self.device) for b in bn_batches or []]
@@ -80,7 +83,6 @@ class TorchRunner(Runner):
                               hint="use --strategy loop, or load the model from its Python factory")
         self.strategy = "loop" if scripted else strategy
         self.reason = "TorchScript models run point by point" if scripted else f"{strategy} requested"
-        self.points_per_call = points_per_call or 8
         self.wide: Any = None
         if self.strategy == "wide":
             self._make_wide()
@@ -120,9 +122,8 @@ class TorchRunner(Runner):
         parts = []
         for i in range(weights.shape[0]):
             torch._foreach_copy_(self._targets, list(self.layout.unflatten(weights[i]).values()))
-            if self.bn_batches:  # in IEEE fp32 whatever the run's precision, as the static runner does
-                with precision_mode("fp32", self.device):
-                    recalibrate(self.model, self.bn_batches)
+            if self.bn_batches:  # in IEEE fp32 whatever the run's precision (recalibrate's own rule)
+                recalibrate(self.model, self.bn_batches)
             parts.append(evaluate_batches(self.batches, lambda xb: inp.forward(self.model, xb).unsqueeze(0),
                                           self.loss_fn, 1, self.counts, self.device, self._keep))
         return concat_stats(parts)
@@ -151,15 +152,3 @@ class TorchRunner(Runner):
                                           kk, self.counts, self.device, self._keep))
         return Stats(*(values[:k] for values in concat_stats(parts)))
 
-
-def auto_batch_size(x: Inputs, budget: int = 1 << 19) -> int:
-    """A batch of about ``budget`` input values (a power of two in [64, 4096]).
-
-    Small inputs (8x8 digits, tabular data) run best in large batches, 32x32 RGB
-    images in batches of about 128 on a 2-core CPU (measured, see benchmarks/).
-    """
-    per_sample = inp.values_per_sample(x) if inp.num_samples(x) else 1
-    size = 64
-    while size * 2 * per_sample <= budget and size < 4096:
-        size *= 2
-    return size
