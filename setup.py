@@ -15,7 +15,8 @@ setup(
         "h5py>=3.8",
         "click>=8.1",
         "onnx>=1.16",
-        "onnxruntime>=1.18",
+        # ONNX Runtime comes from an extra: its CPU (`onnxruntime`) and CUDA (`onnxruntime-gpu`) builds
+        # install into one package directory, so only one of them may be installed (see extras below)
         "matplotlib>=3.7",
         "scikit-learn>=1.3",
         "safetensors>=0.4",
@@ -23,8 +24,10 @@ setup(
         "plotly>=5.18",
     ],
     extras_require={
-        # CuPy and onnxruntime-gpu for CUDA 12 (onnxruntime-gpu replaces the CPU onnxruntime package);
-        # gpu-cuda13 for CUDA 13 drivers and toolkits
+        # the CPU build of ONNX Runtime: the onnxruntime backend on CPUs, `lossgrid export`'s parity check
+        "cpu": ["onnxruntime>=1.18"],
+        # CuPy and onnxruntime-gpu (which runs on the CPU too) for CUDA 12; gpu-cuda13 for CUDA 13 drivers and
+        # toolkits. Never combine with "cpu": both ONNX Runtime builds would share one package directory.
         "gpu": ["cupy-cuda12x>=13", "onnxruntime-gpu>=1.18"],
         "gpu-cuda13": ["cupy-cuda13x>=14", "onnxruntime-gpu>=1.31"],
         "tensorrt": ["tensorrt>=10"],
@@ -33,8 +36,8 @@ setup(
         "html": [],
         "vtk": ["scipy>=1.9"],  # our own VTK writer; scipy interpolates upsampled grids (NumPy otherwise)
         "tensorboard": ["tensorboard>=2.14"],
-        "dev": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.5", "onnxscript>=0.1", "vtk>=9.2", "scipy>=1.9",
-                "tensorboard>=2.14"],
+        "dev": ["onnxruntime>=1.18", "pytest>=8", "pytest-timeout>=2.2", "hypothesis>=6.100", "ruff>=0.5",
+                "onnxscript>=0.1", "vtk>=9.2", "scipy>=1.9", "tensorboard>=2.14"],
     },
     entry_points={"console_scripts": ["lossgrid=lossgrid.cli:main"]},
     classifiers=[

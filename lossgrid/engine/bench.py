@@ -247,11 +247,13 @@ def _row(spec: EvalSpec, model: nn.Module, layout: Any, data: EvalData, loss_fn:
     device = torch.device(spec.device)
     if spec.backend == "onnxruntime" and device.type == "cuda":
         # refuse before exporting the model: without the CUDA provider the export would be wasted
-        from ..exporters.session import cuda_provider_available
+        from ..exporters.session import cuda_provider_available, missing_cuda_provider
 
         if not cuda_provider_available():
-            row["reason"] = ("ONNX Runtime's CUDA execution provider is not available (pip install "
-                             "\"lossgrid[gpu]\")")
+            try:
+                row["reason"] = str(missing_cuda_provider())
+            except LossgridError as e:  # no ONNX Runtime at all
+                row["reason"] = str(e)
             return row
     memory_reset(device)
     try:

@@ -8,15 +8,61 @@ the CPU when a GPU provider cannot start; :func:`make_session` checks
 
 from __future__ import annotations
 
+import importlib
+import importlib.metadata
+import importlib.util
 from typing import Any
 
-from .._optional import require
 from ..errors import ConfigError, ExportError, MissingBackendError
+
+#: how to install ONNX Runtime: one build only, since both install into the same package directory
+INSTALL_HINT = ('install one build: pip install "lossgrid[cpu]" (the CPU build, onnxruntime) or '
+                'pip install "lossgrid[gpu-cuda13]" / "lossgrid[gpu]" (the CUDA build, onnxruntime-gpu, for CUDA 13 / '
+                "12; it runs on the CPU too)")
 
 
 def onnxruntime() -> Any:
-    """The ``onnxruntime`` module, or :class:`MissingBackendError`."""
-    return require("onnxruntime", "gpu", "The onnxruntime backend")
+    """The ``onnxruntime`` module, or :class:`MissingBackendError` saying which build to install."""
+    try:
+        return importlib.import_module("onnxruntime")
+    except Exception as e:  # ImportError, or a broken install raising anything on import
+        raise MissingBackendError("The onnxruntime backend needs ONNX Runtime, which cannot be imported",
+                                  f"{type(e).__name__}: {e}", INSTALL_HINT) from None
+
+
+def installed_builds() -> dict[str, str]:
+    """The ONNX Runtime distributions installed here, ``{name: version}`` (``onnxruntime``, ``onnxruntime-gpu``)."""
+    found = {}
+    for name in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def missing_cuda_provider() -> MissingBackendError:
+    """Why ONNX Runtime's CUDA execution provider is missing here, and what to do about it."""
+    builds = installed_builds()
+    providers = ", ".join(onnxruntime().get_available_providers())
+    which = ", ".join(f"{n} {v}" for n, v in builds.items()) or "an unpackaged onnxruntime"
+    if len(builds) > 1:
+        return MissingBackendError(
+            "ONNX Runtime's CUDA execution provider is not available: onnxruntime and onnxruntime-gpu are both "
+            "installed", f"the two builds ({which}) overwrite each other's files in one package directory; "
+            f"available providers: {providers}",
+            "pip uninstall -y onnxruntime onnxruntime-gpu, then pip install onnxruntime-gpu (alone)")
+    if "onnxruntime-gpu" in builds:
+        return MissingBackendError(
+            "ONNX Runtime's CUDA execution provider is not available",
+            f"onnxruntime-gpu {builds['onnxruntime-gpu']} is installed but offers only {providers}: its CUDA "
+            "libraries (CUDA runtime, cuDNN) cannot be loaded, or no GPU is visible",
+            "install the CUDA and cuDNN versions this onnxruntime-gpu is built for, or use --backend torch")
+    return MissingBackendError(
+        "ONNX Runtime's CUDA execution provider is not available",
+        f"the installed ONNX Runtime is the CPU build ({which}; available providers: {providers})",
+        'pip uninstall -y onnxruntime, then pip install "lossgrid[gpu-cuda13]" (CUDA 13) or "lossgrid[gpu]" '
+        "(CUDA 12), on a machine with a CUDA GPU; or use --backend torch")
 
 
 def onnxruntime_errors() -> tuple[type[Exception], ...]:
@@ -26,6 +72,11 @@ def onnxruntime_errors() -> tuple[type[Exception], ...]:
     state = getattr(getattr(ort, "capi", None), "onnxruntime_pybind11_state", None)
     return tuple(v for v in vars(state).values() if isinstance(v, type) and issubclass(v, Exception)
                  and v.__module__.startswith("onnxruntime")) if state is not None else ()
+
+
+def onnxruntime_installed() -> bool:
+    """Whether some ONNX Runtime build can be found (without importing it)."""
+    return importlib.util.find_spec("onnxruntime") is not None
 
 
 def cuda_provider_available() -> bool:
@@ -68,10 +119,7 @@ def make_session(model_bytes: bytes, device: str = "cpu", threads: int | None = 
     if dev.type != "cuda":
         raise ConfigError(f"The onnxruntime backend cannot run on {device}", hint="use --device cpu or cuda")
     if "CUDAExecutionProvider" not in ort.get_available_providers():
-        raise MissingBackendError("ONNX Runtime's CUDA execution provider is not available",
-                                  f"available providers: {', '.join(ort.get_available_providers())}",
-                                  'install it with: pip install "lossgrid[gpu]" (onnxruntime-gpu, which replaces '
-                                  "the onnxruntime package), on a machine with a CUDA GPU")
+        raise missing_cuda_provider()
     # the CUDA provider runs fp32 convolutions and GEMMs in TF32 unless told otherwise; lossgrid's
     # ONNX Runtime runs are strict IEEE fp32 (it is what they are labelled)
     options = {"device_id": str(dev.index or 0), "use_tf32": "0"}

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ...errors import ConfigError
-from ...exporters.session import cuda_provider_available
+from ...exporters.session import cuda_provider_available, onnxruntime_installed
 from ..batchnorm import refuse_recompute
 from ..precision import check_precision
 from .auto import AutoRunner
@@ -119,7 +119,7 @@ def make_runner(eval_spec: EvalSpec, model: nn.Module, layout: ParamLayout, data
     if backend == "tensorrt":
         return trt_runner(strategy)
     candidates = list(torch_candidates)
-    if precision == "fp32":  # auto never lowers precision; ONNX Runtime runs fp32 only
+    if precision == "fp32" and onnxruntime_installed():  # auto never lowers precision; ONNX Runtime runs fp32 only
         if not cuda:
             candidates += [(f"onnxruntime/{s}", lambda s=s: ort_runner(s)) for s in ("wide", "baked")]
         elif cuda_provider_available():
