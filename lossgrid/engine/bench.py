@@ -124,6 +124,23 @@ def combinations(backends: Sequence[str] | None = None,
     return pairs
 
 
+def plan_rows(backends: Sequence[str] | None, strategies: Sequence[str] | None, precisions: Sequence[str],
+              combos: Sequence[tuple[str, str, str]] | None = None) -> list[dict[str, str]]:
+    """The rows of a bench in order, ``{precision, backend, strategy}``: every pair of
+    :func:`combinations` at each precision, or the ``combos`` given (each checked)."""
+    if combos is None:
+        pairs = combinations(backends, strategies)
+        combos = [(p, b, s) for p in dict.fromkeys(precisions) for b, s in pairs]
+    rows = []
+    for precision, backend, strategy in combos:
+        if precision not in PRECISIONS:
+            check_precision(precision, "cpu")  # raises the ConfigError naming the choices
+        if strategy not in STRATEGIES.get(backend, ()):
+            combinations([backend], [strategy])  # raises the ConfigError naming the choices
+        rows.append(dict(precision=precision, backend=backend, strategy=strategy))
+    return rows
+
+
 def grid_coefficients(points: int) -> torch.Tensor:
     """The fixed grid points of a bench, ``[points, 2]``: along a line from (-1, 0.5) to (1, -0.5)."""
     t = torch.linspace(-1.0, 1.0, points, dtype=torch.float64) if points > 1 else torch.zeros(1, dtype=torch.float64)
@@ -136,7 +153,8 @@ def run_bench(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch.Tenso
               points_per_call: int | None = None, project: str | Projection | None = None,
               progress: Progress | None = None, *, loss: str | LossFn = "cross_entropy", seed: int = 0,
               repeats: int = 1, budget_s: float | None = None, model_description: str = "",
-              partial: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+              partial: Callable[[dict[str, Any]], None] | None = None,
+              combos: Sequence[tuple[str, str, str]] | None = None) -> dict[str, Any]:
     """Time each backend/strategy/precision on ``model`` and ``data``; returns a JSON-able dict.
 
     Args:
@@ -158,6 +176,9 @@ def run_bench(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch.Tenso
             measured against the first GEMM peaks, and the keys ``running``: the row starting or
             ``None``, and ``pending``: the rows after it), so that a caller can keep what was
             measured should the process be killed in a row.
+        combos: the rows to time, as ``(precision, backend, strategy)`` in this order (most
+            wanted first, for a bench that may be stopped); overrides ``backends``,
+            ``strategies`` and ``precisions``.
 
     The result has a header (device, torch version, cores, date, parameters,
     FLOPs per sample, ``peak_gemm`` per precision, ``schema_version``) and
@@ -167,10 +188,7 @@ def run_bench(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch.Tenso
         raise ConfigError(f"points={points}, repeats={repeats} is invalid", "a bench evaluates at least one grid "
                           "point at least once", "pass --points 1 or more and --repeats 1 or more")
     projection = Projection.parse(project) if isinstance(project, str) else project
-    pairs = combinations(backends, strategies)
-    for precision in precisions:
-        if precision not in PRECISIONS:
-            check_precision(precision, "cpu")  # raises the ConfigError naming the choices
+    todo = plan_rows(backends, strategies, precisions, combos)
     dev = resolve_device(device)
     data = as_eval_data(data)
     loss_fn, loss_desc = resolve_loss(loss)
@@ -194,8 +212,7 @@ def run_bench(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch.Tenso
                                                     "ny": projection.ny, "samples": projection.samples},
     }
     # the GEMM peak is measured before and after the rows (the machine's speed drifts); the best counts
-    peaks_before = {p: peak_gemm(p, dev) for p in dict.fromkeys(precisions)}
-    todo = [dict(precision=p, backend=b, strategy=s) for p in dict.fromkeys(precisions) for b, s in pairs]
+    peaks_before = {p: peak_gemm(p, dev) for p in dict.fromkeys(spec["precision"] for spec in todo)}
     rows: list[dict[str, Any]] = []
     t_start = time.perf_counter()
     for i, spec in enumerate(todo):

@@ -163,6 +163,21 @@ def test_partial_results_come_before_every_row_and_after_the_last(digits):
     assert "running" not in result and "pending" not in result
 
 
+def test_combos_time_the_rows_named_in_their_order(digits):
+    from lossgrid.engine.bench import plan_rows
+    from lossgrid.zoo import mlp_digits
+
+    combos = [("fp32", "torch", "static"), ("tf32", "torch", "loop"), ("fp32", "torch", "loop")]
+    result = run_bench(mlp_digits(), digits, points=2, combos=combos)
+    assert [(r["precision"], r["backend"], r["strategy"]) for r in result["rows"]] == combos
+    assert [r["available"] for r in result["rows"]] == [True, False, True]  # no TF32 on a CPU
+    assert result["loss_reference"] == "torch/static fp32" and set(result["peak_gemm"]) == {"fp32", "tf32"}
+    with pytest.raises(ConfigError, match="No strategy baked"):
+        plan_rows(None, None, (), [("fp32", "torch", "baked")])
+    with pytest.raises(ConfigError, match="fp64"):
+        plan_rows(None, None, (), [("fp64", "torch", "loop")])
+
+
 @pytest.mark.parametrize("text,nx,ny,samples", [("51x51:50000", 51, 51, 50000), ("1x7:3", 1, 7, 3)])
 def test_projection_parse(text, nx, ny, samples):
     p = Projection.parse(text)
@@ -209,14 +224,19 @@ def test_cuda_rows():
     gen = torch.Generator(device="cuda").manual_seed(0)
     x = torch.randn(256, 3, 32, 32, generator=gen, device="cuda")
     y = torch.randint(0, 10, (256,), generator=gen, device="cuda")
-    result = run_bench(resnet20(), (x, y), device="cuda", backends=["torch"], strategies=["loop"],
-                       precisions=("fp32", "tf32", "bf16"), points=2)
+    result = run_bench(resnet20(), (x, y), device="cuda", backends=["torch"], strategies=["loop", "static"],
+                       precisions=("fp32", "tf32", "bf16", "fp16"), points=2)
     assert result["device"].startswith("cuda") and result["cuda_version"]
     for row in result["rows"]:
         assert row["available"], row["reason"]
         assert row["peak_memory_scope"].startswith("row") and row["peak_memory_bytes"] > 0
-    assert result["rows"][0]["max_rel_loss_error"] == 0.0 and result["rows"][1]["max_rel_loss_error"] < 1e-2
-    assert all(result["peak_gemm"][p]["tflops"] > 0 for p in ("fp32", "tf32", "bf16"))
+        assert row["batch_size"] == 256  # GPU-sized: the whole set in one batch
+    errors = {(r["precision"], r["strategy"]): r["max_rel_loss_error"] for r in result["rows"]}
+    assert errors["fp32", "loop"] == 0.0 and errors["fp32", "static"] < 1e-5
+    assert errors["tf32", "static"] < 1e-2  # TF32 shows only where cuDNN picks tensor-core kernels
+    for precision, bound in (("bf16", 5e-2), ("fp16", 1e-2)):  # autocast always shows in the losses
+        assert 0 < errors[precision, "static"] < bound, (precision, errors)
+    assert all(result["peak_gemm"][p]["tflops"] > 0 for p in ("fp32", "tf32", "bf16", "fp16"))
 
 
 def test_flops_per_sample_counts_multiply_adds_twice():
