@@ -36,10 +36,11 @@ bench-strategies: $(VENV)/.installed
 bench-reference: $(VENV)/.installed
 	$(PY) benchmarks/reference_method.py bench --images 2000 10000 --out benchmarks/results-reference.json
 
-# On the GPU machine, with its own Python (installs nothing): make gpu-check PY=python3
-# GPU-marked tests, then the ResNet-56 bench; writes benchmarks/baseline/gpu-<device>-<date>.json
+# On the GPU machine, with its own Python (installs nothing): make gpu-check PY=python3 OUT=DIR/gpu-check.json
+# GPU-marked tests, then the ResNet-56 bench, into a report rewritten after every step (scripts/gpu_check.py);
+# ARGS=--dry-run checks the harness itself on the CPU, with planted faults
 gpu-check:
-	$(PY) scripts/gpu_check.py
+	$(PY) scripts/gpu_check.py $(if $(OUT),--out "$(OUT)") $(ARGS)
 
 faults: $(VENV)/.installed
 	$(PY) scripts/fault_injection.py --trials 200
