@@ -102,3 +102,20 @@ def digits_small():
     from lossgrid.data import load_data
 
     return load_data("digits:test", samples=150)
+
+
+#: session fixtures shared by many tests: a test must leave them where they were (on the CPU)
+SHARED = ("trained_cnn", "digits_small", "digits_all")
+
+
+@pytest.fixture(autouse=True)
+def _shared_fixtures_stay_on_the_cpu(request: pytest.FixtureRequest):
+    yield
+    for name in SHARED:
+        if name not in request.fixturenames:
+            continue
+        value = request.getfixturevalue(name)
+        tensors = [*value.parameters(), *value.buffers()] if isinstance(value, nn.Module) else \
+            [t for t in (getattr(value, "x", None), getattr(value, "y", None)) if isinstance(t, torch.Tensor)]
+        moved = sorted({str(t.device) for t in tensors if t.device.type != "cpu"})
+        assert not moved, f"the test left the shared fixture {name} on {', '.join(moved)}"

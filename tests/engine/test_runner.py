@@ -57,6 +57,21 @@ def test_wide_strategy_pads_partial_chunks(trained_cnn, digits_small, chunk):
     np.testing.assert_array_equal(acc, ref_acc)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("dir_type", ["weights", "states"])
+@pytest.mark.parametrize("strategy", ["wide", "vmap", "loop"])
+def test_wide_on_cuda_and_the_other_torch_strategies_match_the_cpu_reference(trained_cnn, digits_small, dir_type,
+                                                                             strategy):
+    grid = GridSpec.parse("-1:1:4", "-0.5:0.5:3")
+    dirs = create_directions(trained_cnn, DirectionSpec(dir_type=dir_type, seed=1), ndim=2)
+    surf = compute_surface(trained_cnn, digits_small, grid, directions=dirs,
+                           eval_spec=EvalSpec(strategy=strategy, points_per_call=5, device="cuda"))
+    ref_loss, ref_acc = reference_surface(trained_cnn, digits_small, dirs, grid)
+    assert surf.attrs["last_run"]["device"].startswith("cuda") and surf.attrs["last_run"]["strategy"] == strategy
+    np.testing.assert_allclose(surf.loss, ref_loss, rtol=RTOL)
+    np.testing.assert_allclose(surf.acc, ref_acc, atol=100.0 / len(digits_small) + 1e-9)  # at most one top-2 tie
+
+
 def test_auto_strategy_reports_choice(trained_cnn, digits_small):
     dirs = create_directions(trained_cnn, DirectionSpec(), ndim=1)
     surf = compute_surface(trained_cnn, digits_small, GridSpec.parse("-0.5:0.5:3"), directions=dirs,

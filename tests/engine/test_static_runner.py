@@ -145,34 +145,57 @@ def test_auto_considers_the_static_strategy(trained_cnn, digits_small):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dir_type", ["weights", "states"])
-def test_cuda_graph_replay_matches_the_cpu_reference(trained_cnn, digits_small, dir_type):
+def test_cuda_graph_replay_matches_the_cpu_reference(monkeypatch, trained_cnn, digits_small, dir_type):
+    replays = []
+    replay = torch.cuda.CUDAGraph.replay
+    monkeypatch.setattr(torch.cuda.CUDAGraph, "replay", lambda graph: (replays.append(graph), replay(graph))[1])
     layout, base, dirs = _setup(trained_cnn, dir_type)
     runner = StaticRunner(trained_cnn, layout, digits_small.x, digits_small.y, cross_entropy, batch_size=64,
                           device="cuda")
     runner.set_directions(base, dirs)
     loss, acc, _ = runner.evaluate_points(COEFFS)
     assert runner.describe()["execution"] == "CUDA graphs"
+    assert len(replays) == len(COEFFS) and len(runner._graphs) == 1  # captured once, replayed per point
     ref, ref_acc = evaluate_points_reference(trained_cnn, layout, perturb(base, dirs, COEFFS), digits_small.x,
                                              digits_small.y)
     np.testing.assert_allclose(loss, ref, rtol=1e-5)
     np.testing.assert_array_equal(acc, ref_acc)
     again, _, _ = runner.evaluate_points(COEFFS.flip(0))  # replays with new weights, not stale results
     np.testing.assert_allclose(again, ref[::-1], rtol=1e-5)
+    assert len(replays) == 2 * len(COEFFS)
+
+
+def _wide_mlp():
+    """Wide enough that cuBLAS takes tensor-core kernels: reduced precisions must show in the losses."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10)).eval()
+    gen = torch.Generator().manual_seed(1)
+    return model, torch.randn(1024, 256, generator=gen), torch.randint(0, 10, (1024,), generator=gen)
+
+
+#: stated error of each precision against the CPU's IEEE fp32 (relative, on the loss)
+PRECISION_RTOL = {"fp32": 1e-5, "tf32": 5e-3, "bf16": 5e-2, "fp16": 1e-2}
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("precision", ["tf32", "bf16"])
-def test_reduced_precisions_on_cuda_stay_close_and_restore_settings(trained_cnn, digits_small, precision):
-    layout, base, dirs = _setup(trained_cnn)
-    conv_before = torch.backends.cudnn.allow_tf32
-    runner = StaticRunner(trained_cnn, layout, digits_small.x, digits_small.y, cross_entropy, device="cuda",
-                          precision=precision)
-    runner.set_directions(base, dirs)
-    loss, _, _ = runner.evaluate_points(COEFFS)
-    ref, _ = evaluate_points_reference(trained_cnn, layout, perturb(base, dirs, COEFFS), digits_small.x,
-                                       digits_small.y)
-    np.testing.assert_allclose(loss, ref, rtol=5e-2)
-    assert torch.backends.cudnn.allow_tf32 == conv_before
+@pytest.mark.parametrize("precision", ["tf32", "bf16", "fp16"])
+def test_reduced_precisions_on_cuda_take_effect_stay_close_and_restore_settings(precision):
+    model, x, y = _wide_mlp()
+    layout, base, dirs = _setup(model)
+    conv_before, matmul_before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    losses = {}
+    for p in ("fp32", precision):
+        runner = StaticRunner(model, layout, x, y, cross_entropy, device="cuda", precision=p)
+        runner.set_directions(base, dirs)
+        losses[p] = runner.evaluate_points(COEFFS)[0]
+        assert runner.describe()["precision"] == p
+        runner.close()
+    ref, _ = evaluate_points_reference(model, layout, perturb(base, dirs, COEFFS), x, y)
+    np.testing.assert_allclose(losses["fp32"], ref, rtol=PRECISION_RTOL["fp32"])  # fp32 on a GPU is IEEE
+    np.testing.assert_allclose(losses[precision], ref, rtol=PRECISION_RTOL[precision])
+    moved = np.max(np.abs(losses[precision] - losses["fp32"]) / np.abs(losses["fp32"]))
+    assert moved > 1e-6, f"{precision} gave the fp32 losses: the precision did not take effect"
+    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (conv_before, matmul_before)
 
 
 @pytest.mark.gpu
@@ -182,4 +205,25 @@ def test_surface_on_cuda_equals_the_cpu_surface(trained_cnn, digits_small):
     cpu = compute_surface(trained_cnn, digits_small, grid, directions=dirs, eval_spec=EvalSpec(strategy="loop"))
     gpu = compute_surface(trained_cnn, digits_small, grid, directions=dirs,
                           eval_spec=EvalSpec(strategy="static", device="cuda"))
+    np.testing.assert_allclose(gpu.loss, cpu.loss, rtol=1e-5)
+    assert all(t.device.type == "cpu" for t in trained_cnn.state_dict().values())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("strategy", ["static", "loop"])
+def test_bn_recompute_on_cuda_matches_the_cpu(strategy):
+    """Statistics re-estimated per point on the GPU in IEEE fp32 (not TF32) equal the CPU's."""
+    from lossgrid.config import BatchNormSpec
+    from lossgrid.zoo import resnet_digits
+
+    torch.manual_seed(0)
+    model = resnet_digits().eval()
+    gen = torch.Generator().manual_seed(2)
+    data = (torch.rand(256, 1, 8, 8, generator=gen), torch.randint(0, 10, (256,), generator=gen))
+    grid = GridSpec.parse("-1:1:5")
+    dirs = create_directions(model, DirectionSpec(seed=3), 1)
+    spec = BatchNormSpec("recompute", batches=2, batch_size=64, seed=1)
+    cpu = compute_surface(model, data, grid, directions=dirs, batchnorm=spec, eval_spec=EvalSpec(strategy="loop"))
+    gpu = compute_surface(model, data, grid, directions=dirs, batchnorm=spec,
+                          eval_spec=EvalSpec(strategy=strategy, device="cuda"))
     np.testing.assert_allclose(gpu.loss, cpu.loss, rtol=1e-5)
