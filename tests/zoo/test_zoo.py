@@ -86,9 +86,14 @@ def test_loads_a_reference_checkpoint(tmp_path, name):
     _save_reference_checkpoint(path, ref, prefix="module.", with_counters=False)
     model, desc = load_model(name, str(path))
     assert desc == f"{name} @ {path}"
+    ours = model.state_dict()
+    assert all(torch.equal(ours[k], v) for k, v in ref.state_dict().items() if "num_batches_tracked" not in k)
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        torch.testing.assert_close(model.eval()(x), ref(x), rtol=1e-5, atol=1e-5)
+        # the weights are equal bit for bit (above); the outputs differ only by float32 rounding: our final
+        # pooling is adaptive, the reference's a fixed 8x8 average, which sum in other orders (measured 1.3e-5
+        # relative on wrn56_2's largest logit on an AMD EPYC without AVX-512)
+        torch.testing.assert_close(model.eval()(x), ref(x), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("prefix", ["", "module."])
