@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 PIP := $(PY) -m pip install -q --disable-pip-version-check $(FIND_LINKS) -c constraints.txt
 
-.PHONY: install demo test lint bench bench-strategies bench-reference faults gpu-check clean
+.PHONY: install demo test test-all lint bench bench-strategies bench-reference faults gpu-check clean
 
 $(VENV)/.installed: setup.py constraints.txt
 	python3 -m venv $(VENV)
@@ -18,8 +18,22 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/lossgrid demo --out lossgrid-demo
 
+# The suite as two pytest processes at once, one per core, with one torch thread each: the tests that
+# start processes of their own (much of their time is spent waiting on them) beside the rest; the two
+# halves take about as long. The slow tier is left out (setup.cfg); test-all runs everything, one process.
+PROCESS_TESTS := tests/scripts tests/test_import.py tests/kernels tests/engine/test_distributed.py \
+	tests/engine/test_surface_safety.py tests/engine/test_fault_injection.py
+PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider
+
 test: $(VENV)/.installed
-	$(PY) -m pytest -q
+	@log=$$(mktemp); $(PYTEST) $(PROCESS_TESTS) > $$log 2>&1 & pid=$$!; trap 'kill $$pid 2>/dev/null' EXIT; \
+	$(PYTEST) $(addprefix --ignore=,$(PROCESS_TESTS)); rest=$$?; \
+	wait $$pid; procs=$$?; echo "--- tests that start processes ($(PROCESS_TESTS)):"; cat $$log; rm -f $$log; \
+	echo "pytest exit codes: $$rest (in-process tests), $$procs (tests that start processes)"; \
+	test $$rest -eq 0 -a $$procs -eq 0
+
+test-all: $(VENV)/.installed
+	$(PY) -m pytest -q -m "slow or not slow"
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check lossgrid tests benchmarks scripts

@@ -225,6 +225,7 @@ def test_sharp_vs_flat():
     assert b["sharpness"]["value"] > a["sharpness"]["value"]
 
 
+@pytest.mark.slow
 def test_demo_model_audit_takes_seconds():
     """The demo's residual CNN (trained the demo's way, briefly) on all 1437 training digits."""
     from lossgrid.demo import train_demo_model

@@ -148,30 +148,24 @@ def test_a_row_that_raises_is_one_unavailable_row_and_the_others_are_measured(mo
     json.dumps(result, allow_nan=False)
 
 
-def test_partial_results_come_before_every_row_and_after_the_last(digits):
-    from lossgrid.zoo import mlp_digits
-
-    seen = []
-    result = run_bench(mlp_digits(), digits, backends=["torch"], strategies=["loop", "vmap"], points=2,
-                       partial=lambda r: seen.append(json.loads(json.dumps(r, allow_nan=False))))
-    assert [s["running"] for s in seen] == [{"precision": "fp32", "backend": "torch", "strategy": "loop"},
-                                            {"precision": "fp32", "backend": "torch", "strategy": "vmap"}, None]
-    assert [len(s["rows"]) for s in seen] == [0, 1, 2]
-    assert [len(s["pending"]) for s in seen] == [1, 0, 0]
-    assert seen[1]["rows"][0]["points_x_samples_per_s"] > 0 and seen[1]["peak_gemm"]["fp32"]["tflops"] > 0
-    assert [r["loss"] for r in seen[-1]["rows"]] == [r["loss"] for r in result["rows"]]
-    assert "running" not in result and "pending" not in result
-
-
-def test_combos_time_the_rows_named_in_their_order(digits):
+def test_combos_time_the_rows_named_in_their_order_and_partial_results_come_as_they_go(digits):
     from lossgrid.engine.bench import plan_rows
     from lossgrid.zoo import mlp_digits
 
     combos = [("fp32", "torch", "static"), ("tf32", "torch", "loop"), ("fp32", "torch", "loop")]
-    result = run_bench(mlp_digits(), digits, points=2, combos=combos)
+    seen = []
+    result = run_bench(mlp_digits(), digits, points=2, combos=combos,
+                       partial=lambda r: seen.append(json.loads(json.dumps(r, allow_nan=False))))
     assert [(r["precision"], r["backend"], r["strategy"]) for r in result["rows"]] == combos
     assert [r["available"] for r in result["rows"]] == [True, False, True]  # no TF32 on a CPU
     assert result["loss_reference"] == "torch/static fp32" and set(result["peak_gemm"]) == {"fp32", "tf32"}
+    # partial results: before every row (the rows done, the one starting, the rest) and after the last
+    specs = [{"precision": p, "backend": b, "strategy": s} for p, b, s in combos]
+    assert [s["running"] for s in seen] == [*specs, None]
+    assert [len(s["rows"]) for s in seen] == [0, 1, 2, 3] and [len(s["pending"]) for s in seen] == [2, 1, 0, 0]
+    assert seen[1]["rows"][0]["points_x_samples_per_s"] > 0 and seen[1]["peak_gemm"]["fp32"]["tflops"] > 0
+    assert [r.get("loss") for r in seen[-1]["rows"]] == [r.get("loss") for r in result["rows"]]
+    assert "running" not in result and "pending" not in result
     with pytest.raises(ConfigError, match="No strategy baked"):
         plan_rows(None, None, (), [("fp32", "torch", "baked")])
     with pytest.raises(ConfigError, match="fp64"):

@@ -170,8 +170,10 @@ def _done_count(path):
         return 0
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
-    """A real kill -9 in the middle of a CLI run, then the same command again."""
+    """A real kill -9 in the middle of a CLI run, then the same command again (in CI the fault
+    injection test does this at random moments: tests/engine/test_fault_injection.py)."""
     ckpt = tmp_path / "net.pt"
     from tests.conftest import trained_small_cnn
 

@@ -125,8 +125,8 @@ def ckpt(tmp_path_factory):
 
 def surface_cmd(ckpt, out, *extra):
     return _cli("surface", "--model", f"{CONFTEST}:small_cnn", "--checkpoint", ckpt, "--data", "digits",
-                "--x=-1:1:16", "--y=-1:1:16", "--strategy", "loop", "--points-per-call", "1", "--out", out, "-q",
-                *extra)
+                "--samples", "600", "--x=-1:1:16", "--y=-1:1:16", "--strategy", "loop", "--points-per-call", "1",
+                "--out", out, "-q", *extra)
 
 
 def _wait_for_points(path, n, proc, timeout=120):
@@ -142,12 +142,18 @@ def _wait_for_points(path, n, proc, timeout=120):
     raise AssertionError(f"no {n} points in {path}")
 
 
+def slow_loss(folder, seconds: float) -> str:
+    """A ``--loss`` that takes ``seconds`` per batch (one batch a point here): a run lasts long enough
+    for a test to act on it mid-run, whatever the machine's speed."""
+    path = folder / "slow.py"
+    path.write_text(f"import time, torch.nn.functional as F\ndef loss(out, y):\n    time.sleep({seconds})\n"
+                    "    return F.cross_entropy(out, y, reduction='none')\n")
+    return f"{path}:loss"
+
+
 def test_two_processes_one_file(tmp_path, ckpt):
-    slow = tmp_path / "slow.py"  # a loss that takes its time, so that the first run is still writing
-    slow.write_text("import time, torch.nn.functional as F\n"
-                    "def loss(out, y):\n    time.sleep(0.1)\n    return F.cross_entropy(out, y, reduction='none')\n")
     out = tmp_path / "s.h5"
-    cmd = surface_cmd(ckpt, out, "--loss", f"{slow}:loss")
+    cmd = surface_cmd(ckpt, out, "--loss", slow_loss(tmp_path, 0.1))  # the first run is still writing
     first = subprocess.Popen(cmd, env=ENV, stderr=subprocess.PIPE, text=True)
     try:
         _wait_for_points(out, 3, first)
@@ -247,11 +253,19 @@ def test_runs_log_beyond_capacity_keeps_first_and_latest(tmp_path):
     assert kept[1]["omitted_runs"] + len(kept) - 1 == 100
 
 
-@pytest.mark.parametrize("sig,code,delay", [(signal.SIGINT, 130, 0.6), (signal.SIGTERM, 1, 0.6),
-                                            (signal.SIGINT, 130, 1.2), (signal.SIGTERM, 1, 1.2)])
+def ctrl_c_as_in_a_terminal() -> None:
+    """In the child: SIGINT handled as in a terminal. A test run started in the background by a shell
+    (as `make test` starts half the suite) inherits SIGINT ignored, which Python then leaves ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.mark.parametrize("sig,code,delay", [(signal.SIGINT, 130, 0.6), (signal.SIGTERM, 1, 1.2),
+                                            pytest.param(signal.SIGTERM, 1, 0.6, marks=pytest.mark.slow),
+                                            pytest.param(signal.SIGINT, 130, 1.2, marks=pytest.mark.slow)])
 def test_signals_during_start_up(tmp_path, ckpt, sig, code, delay):
     """Ctrl-C or SIGTERM while torch is still being imported: a message, no traceback, the right code."""
-    proc = subprocess.Popen(surface_cmd(ckpt, tmp_path / "s.h5"), env=ENV, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(surface_cmd(ckpt, tmp_path / "s.h5"), env=ENV, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=ctrl_c_as_in_a_terminal)
     time.sleep(delay)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
@@ -264,7 +278,8 @@ def test_signals_during_start_up(tmp_path, ckpt, sig, code, delay):
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 1)])
 def test_signal_mid_run_leaves_a_resumable_file(tmp_path, ckpt, sig, code):
     out = tmp_path / "s.h5"
-    proc = subprocess.Popen(surface_cmd(ckpt, out), env=ENV, stderr=subprocess.PIPE, text=True)
+    cmd = surface_cmd(ckpt, out, "--loss", slow_loss(tmp_path, 0.02))  # 256 points: at least 5 s of run
+    proc = subprocess.Popen(cmd, env=ENV, stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_as_in_a_terminal)
     _wait_for_points(out, 5, proc)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
@@ -272,5 +287,5 @@ def test_signal_mid_run_leaves_a_resumable_file(tmp_path, ckpt, sig, code):
     part = load_surface(out)
     assert 5 <= part.done.sum() < part.done.size and part.writer is None
     assert read_runs(h5py.File(out, "r").attrs)[-1]["points"] == int(part.done.sum())
-    subprocess.run(surface_cmd(ckpt, out), env=ENV, check=True, timeout=300)
+    subprocess.run(cmd, env=ENV, check=True, timeout=300)
     assert load_surface(out).complete

@@ -33,7 +33,7 @@ def test_the_dry_run_catches_every_planted_fault(tmp_path):
     assert report["tests"]["counts"] == {"passed": 2, "failed": 3, "unavailable": 0, "skipped": 0}
     rows = report["bench"]["rows"]
     assert [r.get("available") for r in rows] == [True, False, False] and rows[1]["killed"]
-    assert report["seconds"] <= report["budget_s"] + 5
+    assert report["seconds"] <= report["budget_s"]
     assert "dry run: the harness against its planted faults" in proc.stdout
 
 
@@ -54,8 +54,15 @@ def test_a_check_killed_mid_run_leaves_what_it_had(tmp_path):
     report = json.loads(out.read_text())
     assert report["status"] == "running" and report["environment"]["python"]
     assert report["tests"]["results"]["test_standin_outcomes.py::test_passes"]["status"] == "passed"
-    time.sleep(1.0)
-    leftovers = []
+    deadline = time.monotonic() + 10
+    while _children_of_a_check() and time.monotonic() < deadline:  # a signal, then the kernel's clean-up
+        time.sleep(0.1)
+    assert _children_of_a_check() == []  # the children died with the check (no hang lives on after it)
+
+
+def _children_of_a_check() -> list[str]:
+    """Command lines of running children a dry run starts (its stand-in pytest files, its bench)."""
+    found = []
     for pid in os.listdir("/proc"):
         if pid.isdigit():
             try:
@@ -63,8 +70,8 @@ def test_a_check_killed_mid_run_leaves_what_it_had(tmp_path):
             except OSError:
                 continue
             if "stand_in_tests" in cmdline or "--bench-child" in cmdline:
-                leftovers.append(cmdline.replace("\0", " "))
-    assert leftovers == []  # the children died with the check (no hang lives on after it)
+                found.append(cmdline.replace("\0", " "))
+    return found
 
 
 def test_without_cuda_make_gpu_check_exits_with_a_one_line_reason(tmp_path):
