@@ -77,6 +77,7 @@ class OnnxRuntimeRunner(Runner):
                  loss_fn: LossFn, batch_size: int | None = None, strategy: str = "auto",
                  points_per_call: int | None = None, device: str = "cpu", model_description: str = "") -> None:
         from ...exporters.onnx import export_onnx, float_state
+
         if strategy not in STRATEGIES:
             raise ConfigError(f"Unknown onnxruntime strategy {strategy!r}", hint=f"use one of {', '.join(STRATEGIES)}")
         from ...inputs import require_tensor

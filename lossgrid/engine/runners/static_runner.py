@@ -266,4 +266,3 @@ class StaticRunner(Runner):
             log.warning("the static runner runs without CUDA graphs: %s", self.graph_note)
             return None
         return graph, total, correct
-

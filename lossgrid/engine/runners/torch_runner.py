@@ -151,4 +151,3 @@ class TorchRunner(Runner):
             parts.append(evaluate_batches(self.batches, lambda xb, p=params: self.wide.run(xb, p), self.loss_fn,
                                           kk, self.counts, self.device, self._keep))
         return Stats(*(values[:k] for values in concat_stats(parts)))
-
