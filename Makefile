@@ -16,7 +16,7 @@ $(VENV)/.installed: setup.py constraints.txt
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/lossgrid demo --out lossgrid-demo
+	$(VENV)/bin/lossgrid demo --out lossgrid-demo --overwrite
 
 # The suite as two pytest processes at once, one per core, with one torch thread each: the tests that
 # start processes of their own (much of their time is spent waiting on them) beside the rest; the two

@@ -11,7 +11,7 @@ Example:
 
 from __future__ import annotations
 
-import logging
+import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -20,14 +20,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._files import atomic_output, output_dir
+from ._files import atomic_output
+from ._outdir import StagedDir
 from .config import DirectionSpec, EvalSpec, GridSpec
 from .data import EvalData, load_data
 from .errors import MissingBackendError
 
-log = logging.getLogger(__name__)
-
 DEMO_MODEL = "lossgrid.zoo:resnet_digits"
+#: what a demo writes into its directory (an earlier demo's results, which a new one replaces only with overwrite)
+DEMO_FILES = ("model.pt", "surface.h5", "contour.png", "surface3d.png", "surface.html", "checkpoints",
+              "trajectory.h5", "trajectory_surface.h5", "trajectory.png")
+
+
+def is_demo_file(name: str) -> bool:
+    return name in DEMO_FILES
 
 
 def train_demo_model(data: EvalData, epochs: int = 12, seed: int = 0, batch_size: int = 64,
@@ -63,18 +69,27 @@ def train_demo_model(data: EvalData, epochs: int = 12, seed: int = 0, batch_size
 
 
 def run_demo(out_dir: str | os.PathLike, grid: str = "-1:1:31", epochs: int = 12, seed: int = 0,
-             progress: Any = None, overwrite: bool = True, eval_spec: EvalSpec = EvalSpec()) -> dict[str, Any]:
+             progress: Any = None, overwrite: bool = False, eval_spec: EvalSpec = EvalSpec()) -> dict[str, Any]:
     """Train, save the model's state_dict to ``out_dir/model.pt`` (a checkpoint for
     ``lossgrid hessian``/``audit --model lossgrid.zoo:resnet_digits``), compute the
     surface into ``out_dir/surface.h5``, render ``contour.png``, ``surface3d.png``
     (log scale) and ``surface.html`` (if plotly is installed).
 
+    ``out_dir`` holding an earlier demo's files is refused unless ``overwrite``; then they
+    are replaced once this demo has written all of its own (:class:`~lossgrid._outdir.StagedDir`).
+
     Returns a dict with the written paths, timings and the surface summary.
     """
+    with StagedDir(out_dir, "demo", is_demo_file, overwrite) as out:
+        result = _surface_demo(out.work, grid, epochs, seed, progress, eval_spec)
+    return out.relocated(result)
+
+
+def _surface_demo(out_dir: str, grid: str, epochs: int, seed: int, progress: Any,
+                  eval_spec: EvalSpec) -> dict[str, Any]:
     from .engine.surface import compute_surface
     from .render import plot_surface
 
-    output_dir(out_dir, "demo")
     t0 = time.perf_counter()
     train = load_data("digits:train")
     model = train_demo_model(train, epochs=epochs, seed=seed)
@@ -84,8 +99,7 @@ def run_demo(out_dir: str | os.PathLike, grid: str = "-1:1:31", epochs: int = 12
         torch.save(model.state_dict(), tmp)
     surface_path = os.path.join(out_dir, "surface.h5")
     surface = compute_surface(model, train, GridSpec.parse(grid, grid), surface_path,
-                              direction_spec=DirectionSpec(seed=seed), eval_spec=eval_spec,
-                              overwrite=overwrite, progress=progress,
+                              direction_spec=DirectionSpec(seed=seed), eval_spec=eval_spec, progress=progress,
                               model_description=f"{DEMO_MODEL} trained {epochs} epochs (seed {seed})")
     t_surface = time.perf_counter() - t0 - t_train
     paths = {"model": model_path, "surface": surface_path,
@@ -103,7 +117,7 @@ def run_demo(out_dir: str | os.PathLike, grid: str = "-1:1:31", epochs: int = 12
 
 
 def run_trajectory_demo(out_dir: str | os.PathLike, num: int = 31, grid: str | None = None, epochs: int = 12,
-                        seed: int = 0, progress: Any = None, overwrite: bool = True,
+                        seed: int = 0, progress: Any = None, overwrite: bool = False,
                         eval_spec: EvalSpec = EvalSpec()) -> dict[str, Any]:
     """Train the demo model under a :class:`~lossgrid.track.Tracker` (a checkpoint of
     the initial weights and of every epoch in ``out_dir/checkpoints``, a 1D landscape
@@ -119,19 +133,29 @@ def run_trajectory_demo(out_dir: str | os.PathLike, num: int = 31, grid: str | N
             (:func:`~lossgrid.engine.trajectory.path_grid`).
         grid: ``MIN:MAX:NUM`` for both axes instead of the fitted span.
 
+    ``out_dir`` holding an earlier demo's files is refused unless ``overwrite``, as in :func:`run_demo`.
+
     Returns a dict with the written paths, timings (``train_seconds`` includes
     ``tracking_seconds``), the explained variance ratio of the plane, the loss at
     each checkpoint's projection (``path_losses``; ``final_loss`` at the origin),
     the surface summary and the tracker's numbers per epoch (``tracked``).
     """
+    with StagedDir(out_dir, "demo", is_demo_file, overwrite) as out:
+        result = _trajectory_demo(out, num, grid, epochs, seed, progress, eval_spec)
+    return out.relocated(result)
+
+
+def _trajectory_demo(out: StagedDir, num: int, grid: str | None, epochs: int, seed: int, progress: Any,
+                     eval_spec: EvalSpec) -> dict[str, Any]:
+    """The trajectory demo, written into ``out.work`` (the trajectory file names its checkpoints where
+    they will be once the demo is published)."""
+    out_dir = out.work
     from .engine.surface import compute_surface
     from .engine.trajectory import compute_trajectory, path_grid, path_losses, save_trajectory
     from .render import plot_surface
     from .track import Tracker
     from .zoo import resnet_digits
 
-    output_dir(out_dir, "demo")
-    out_dir = os.fspath(out_dir)
     t0 = time.perf_counter()
     train = load_data("digits:train")
     trackers: list[Tracker] = []
@@ -147,26 +171,21 @@ def run_trajectory_demo(out_dir: str | os.PathLike, num: int = 31, grid: str | N
 
     model = train_demo_model(train, epochs=epochs, seed=seed, on_epoch=track)
     tracker = trackers[0]
-    # the checkpoints of this run, not a glob: an earlier run into the same directory may have left more
     checkpoints = tracker.checkpoints
-    stale = sorted(set(os.listdir(tracker.checkpoint_dir or out_dir)) - {os.path.basename(p) for p in checkpoints})
-    if stale:
-        log.warning("%s holds %d checkpoint file(s) of an earlier run (%s ...), not used here",
-                    tracker.checkpoint_dir, len(stale), stale[0])
     t_train = time.perf_counter() - t0
 
     # a fresh copy of the architecture: compute_trajectory loads every checkpoint into it
     traj = compute_trajectory(resnet_digits(), checkpoints)
     trajectory_path = os.path.join(out_dir, "trajectory.h5")
-    save_trajectory(trajectory_path, traj)
+    save_trajectory(trajectory_path, dataclasses.replace(traj, paths=out.relocated(traj.paths),
+                                                         final=out.final_path(traj.final)))
     t_trajectory = time.perf_counter() - t0 - t_train
 
     x_text, y_text = (grid, grid) if grid is not None else path_grid(traj, margin=0.2, num=num)
     surface_path = os.path.join(out_dir, "trajectory_surface.h5")
     # the trained model is the last checkpoint, the trajectory's final point (0, 0)
     surface = compute_surface(model, train, GridSpec.parse(x_text, y_text), surface_path,
-                              directions=traj.directions, eval_spec=eval_spec, overwrite=overwrite,
-                              progress=progress,
+                              directions=traj.directions, eval_spec=eval_spec, progress=progress,
                               model_description=f"{DEMO_MODEL} trained {epochs} epochs (seed {seed})")
     # the loss at each checkpoint's projection, by the same engine: colors the path on the contour's scale
     along = path_losses(model, train, traj, eval_spec=eval_spec, surface=surface)
@@ -182,4 +201,3 @@ def run_trajectory_demo(out_dir: str | os.PathLike, num: int = 31, grid: str | N
             "trajectory_seconds": round(t_trajectory, 2), "surface_seconds": round(t_surface, 2),
             "total_seconds": round(time.perf_counter() - t0, 2), "summary": surface.summary(),
             "run": surface.attrs.get("last_run"), "tracked": tracker.history}
-

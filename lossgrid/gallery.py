@@ -56,6 +56,7 @@ import torch
 
 from . import __version__
 from ._files import atomic_output, output_dir
+from ._outdir import StagedDir
 from .engine.slice_metrics import (  # noqa: F401 - VMAX re-exported: part of the gallery's API
     VMAX,
     convexity,
@@ -171,38 +172,51 @@ def gallery_config(size: str = "full", data_dir: str | os.PathLike | None = None
 
 def run_gallery(out_dir: str | os.PathLike, *, size: str = "full", data_dir: str | os.PathLike | None = None,
                 seeds: int | Sequence[int] = 1, epochs: int | None = None, device: str = "cpu",
-                progress: StageProgress | None = None, config: GalleryConfig | None = None) -> dict[str, Any]:
+                progress: StageProgress | None = None, config: GalleryConfig | None = None,
+                overwrite: bool = False) -> dict[str, Any]:
     """Train, measure and draw the gallery into ``out_dir`` for each seed (``seeds``: a count,
     seeds ``0 ... N-1``, or a list); returns what ``gallery.json`` holds.
 
     Per seed, in ``out_dir/seed_<s>/``: ``models/<name>/final.pt`` and ``train.json``,
     ``surfaces/<name>.h5``, and the figures ``shortcuts_contour.png``, ``shortcuts_3d.png``,
     ``shortcuts_convexity.png``, ``batch_contour.png``, ``batch_3d.png``, ``batch_1d.png``.
-    ``out_dir/index.html`` shows them with the table of numbers; earlier files of the same
-    names are replaced.
+    ``out_dir/index.html`` shows them with the table of numbers. An ``out_dir`` holding an
+    earlier gallery is refused unless ``overwrite``; then the earlier gallery stays whole until
+    this one is complete, and is replaced then (:class:`~lossgrid._outdir.StagedDir`).
     """
     cfg = config or gallery_config(size, data_dir, epochs, device)
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
     if not seed_list or any(s < 0 for s in seed_list):
         raise ConfigError(f"Seeds {seeds!r} are invalid", hint="pass --seeds 1 or more")
     out = os.fspath(out_dir)
-    output_dir(out, "gallery")
     t0 = time.perf_counter()
-    runs = {str(seed): _run_seed(cfg, seed, os.path.join(out, f"seed_{seed}"), progress) for seed in seed_list}
-    verdicts = {key: [runs[str(s)]["verdicts"][key]["holds"] for s in seed_list]
-                for key in ("deep_noshort_less_convex", "large_batch_sharper")}
-    result = {"lossgrid_version": __version__, "config": dataclasses.asdict(cfg), "seeds": seed_list,
-              "torch_threads": torch.get_num_threads(), "runs": runs, "verdicts": verdicts,
-              "seconds": round(time.perf_counter() - t0, 2), "out": out,
-              "paths": {"json": os.path.join(out, "gallery.json"), "index": os.path.join(out, "index.html")}}
-    with atomic_output(result["paths"]["json"], "gallery numbers") as tmp, open(tmp, "w") as fh:
+    with StagedDir(out, "gallery", is_gallery_file, overwrite) as staged:
+        runs = {str(seed): _run_seed(cfg, seed, os.path.join(staged.work, f"seed_{seed}"), progress)
+                for seed in seed_list}
+        verdicts = {key: [runs[str(s)]["verdicts"][key]["holds"] for s in seed_list]
+                    for key in ("deep_noshort_less_convex", "large_batch_sharper")}
+        result = {"lossgrid_version": __version__, "config": dataclasses.asdict(cfg), "seeds": seed_list,
+                  "torch_threads": torch.get_num_threads(), "runs": staged.relocated(runs), "verdicts": verdicts,
+                  "seconds": round(time.perf_counter() - t0, 2), "out": out,
+                  "paths": {"json": os.path.join(out, "gallery.json"), "index": os.path.join(out, "index.html")}}
+        _write_index(result, staged.work)
+    return result
+
+
+def is_gallery_file(name: str) -> bool:
+    """Whether an entry of a gallery's directory is one of its results."""
+    return name in ("gallery.json", "index.html") or name.startswith("seed_")
+
+
+def _write_index(result: dict[str, Any], folder: str) -> None:
+    """``gallery.json`` and ``index.html`` into ``folder`` (the gallery's directory, or its staging)."""
+    from .render.gallery import index_html
+
+    with atomic_output(os.path.join(folder, "gallery.json"), "gallery numbers") as tmp, open(tmp, "w") as fh:
         json.dump(result, fh, indent=2, sort_keys=True)
         fh.write("\n")
-    with atomic_output(result["paths"]["index"], "gallery page") as tmp, open(tmp, "w") as fh:
-        from .render.gallery import index_html
-
+    with atomic_output(os.path.join(folder, "index.html"), "gallery page") as tmp, open(tmp, "w") as fh:
         fh.write(index_html(result))
-    return result
 
 
 def _run_seed(cfg: GalleryConfig, seed: int, out: str, progress: StageProgress | None) -> dict[str, Any]:

@@ -11,7 +11,11 @@ from ._common import echo_json, run_with_progress
 
 
 @click.command()
-@click.option("--out", default="lossgrid-demo", show_default=True, metavar="DIR", help="Output directory.")
+@click.option("--out", default="lossgrid-demo", show_default=True, metavar="DIR",
+              help="Output directory. One holding an earlier demo's files is refused unless --overwrite.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an earlier demo's files in --out, once this demo has written all of its own (an "
+                   "interrupted or failed demo leaves them as they were). Other files there are never touched.")
 @click.option("--grid", default=None, metavar="MIN:MAX:NUM",
               help="Both axes [default: -1:1:31]. With --trajectory the axes span the path: NUM alone "
                    "(default 31) sets the points per axis, MIN:MAX:NUM fixes both axes.")
@@ -23,10 +27,13 @@ from ._common import echo_json, run_with_progress
                    "Tracker), their PCA plane (DIR/trajectory.h5), the surface on it around the final model "
                    "(DIR/trajectory_surface.h5) and its contour with the path (DIR/trajectory.png).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def demo(out: str, grid: str | None, epochs: int, seed: int, trajectory: bool, as_json: bool, quiet: bool) -> None:
+def demo(out: str, grid: str | None, epochs: int, seed: int, trajectory: bool, as_json: bool, quiet: bool,
+         overwrite: bool) -> None:
     """Train a residual CNN on scikit-learn's digits, compute and render its 2D surface
     (with --trajectory: its training path on the PCA plane of its checkpoints)."""
+    from .._outdir import check_output_dir
     from ..config import Axis
+    from ..demo import is_demo_file
     from ..errors import ConfigError
 
     num = None
@@ -42,16 +49,17 @@ def demo(out: str, grid: str | None, epochs: int, seed: int, trajectory: bool, a
     if os.path.exists(out) and not os.path.isdir(out):
         raise click.BadParameter(f"{out} is a file; the demo writes several files into a directory",
                                  param_hint="--out")
+    check_output_dir(out, "demo", is_demo_file, overwrite)  # before any work
     if trajectory and epochs < 2:  # the initial weights and two epochs: the fewest checkpoints that span a plane
         raise click.BadParameter(f"--trajectory needs 2 epochs or more, got {epochs}", param_hint="--epochs")
     if trajectory:
-        _trajectory_demo(out, num or 31, None if num else grid, epochs, seed, as_json, quiet)
+        _trajectory_demo(out, num or 31, None if num else grid, epochs, seed, as_json, quiet, overwrite)
         return
     from ..demo import run_demo
 
     grid = grid if grid is not None else "-1:1:31"
-    result = run_with_progress("surface", not quiet,
-                               lambda bar: run_demo(out, grid=grid, epochs=epochs, seed=seed, progress=bar))
+    result = run_with_progress("surface", not quiet, lambda bar: run_demo(out, grid=grid, epochs=epochs, seed=seed,
+                                                                          progress=bar, overwrite=overwrite))
     if as_json:
         echo_json(result)
         return
@@ -65,11 +73,11 @@ def demo(out: str, grid: str | None, epochs: int, seed: int, trajectory: bool, a
 
 
 def _trajectory_demo(out: str, num: int, grid: str | None, epochs: int, seed: int, as_json: bool,
-                     quiet: bool) -> None:
+                     quiet: bool, overwrite: bool) -> None:
     from ..demo import run_trajectory_demo
 
     result = run_with_progress("surface", not quiet, lambda bar: run_trajectory_demo(
-        out, num=num, grid=grid, epochs=epochs, seed=seed, progress=bar))
+        out, num=num, grid=grid, epochs=epochs, seed=seed, progress=bar, overwrite=overwrite))
     if as_json:
         echo_json(result)
         return

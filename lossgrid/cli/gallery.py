@@ -33,7 +33,12 @@ class _StageProgress:
 
 
 @click.command()
-@click.option("--out", required=True, metavar="DIR", help="Output directory (index.html, gallery.json, seed_*/).")
+@click.option("--out", required=True, metavar="DIR",
+              help="Output directory (index.html, gallery.json, seed_*/). One holding an earlier gallery is refused "
+                   "unless --overwrite.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an earlier gallery in --out once this one is complete (an interrupted or failed run "
+                   "leaves it as it was). Other files there are never touched.")
 @click.option("--data", "data_dir", metavar="CIFAR10_DIR",
               help="Train on CIFAR-10 in this folder (data_batch_1..5, test_batch) instead of the bundled digits.")
 @click.option("--size", type=click.Choice(["ci", "full"]), default="full", show_default=True,
@@ -45,7 +50,7 @@ class _StageProgress:
 @click.option("--json", "as_json", is_flag=True, help="Print gallery.json on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def gallery(out: str, data_dir: str | None, size: str, seeds: int, epochs: int | None, device: str,
-            as_json: bool, quiet: bool) -> None:
+            as_json: bool, quiet: bool, overwrite: bool) -> None:
     """Train ResNets with and without shortcuts at two depths, and one with a small and a
     large batch (Li et al. 2018's recipe); compute their filter-normalized 2D surfaces and
     render the paper's comparisons on shared scales, with index.html and gallery.json.
@@ -55,12 +60,14 @@ def gallery(out: str, data_dir: str | None, size: str, seeds: int, epochs: int |
       lossgrid gallery --out gallery            # digits, a few minutes on 2 CPU cores
       lossgrid gallery --out g --seeds 3        # are the orderings the same for 3 seeds?
     """
-    from ..gallery import run_gallery
+    from .._outdir import check_output_dir
+    from ..gallery import is_gallery_file, run_gallery
 
+    check_output_dir(out, "gallery", is_gallery_file, overwrite)  # before any work
     bar = _StageProgress(not quiet)
     try:
         result = run_gallery(out, size=size, data_dir=data_dir, seeds=seeds, epochs=epochs, device=device,
-                             progress=bar)
+                             progress=bar, overwrite=overwrite)
     finally:
         bar.close()
     if as_json:

@@ -52,8 +52,11 @@ def _milestones(ctx: click.Context, param: click.Parameter, value: str) -> tuple
 @click.option("--augment", is_flag=True, help="Random crops (4-pixel padding) and flips; 32x32 images only.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--out", required=True, metavar="DIR",
-              help="Checkpoint directory: model_0.pt (initial), model_<epoch>.pt, final.pt, train.json.")
-@click.option("--overwrite", is_flag=True, help="Replace a run already in --out (its checkpoints are removed).")
+              help="Checkpoint directory: model_0.pt (initial), model_<epoch>.pt, final.pt, train.json. One holding "
+                   "an earlier run is refused unless --overwrite.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace a run already in --out: its files stay until the new run has finished its first epoch, "
+                   "then all of them are replaced (a run that fails or is stopped before leaves them as they were).")
 @click.option("--json", "as_json", is_flag=True, help="Print the training record as JSON on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def train(**kw: Any) -> None:

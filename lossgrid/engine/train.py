@@ -47,7 +47,8 @@ import torch
 from torch import nn
 
 from .. import __version__
-from .._files import atomic_output, os_reason
+from .._files import atomic_output
+from .._outdir import StagedDir, check_output_dir, earlier_results
 from ..data import EvalData
 from ..errors import ConfigError, EvaluationError
 from .device import resolve_device
@@ -151,8 +152,10 @@ def train_model(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch.Ten
         save_dir: where the checkpoints go (created); ``None`` writes nothing.
         save_every: a checkpoint every this many epochs (the last epoch always).
         overwrite: a ``save_dir`` already holding a run (``model_*.pt``, ``final.pt``
-            or ``train.json``) is refused unless this is set; then those files are
-            removed first, so that no stale epoch joins the new run's trajectory.
+            or ``train.json``) is refused unless this is set; then the new run writes into a
+            hidden staging directory until its first epoch's checkpoint, and only then replaces
+            the old run's files (all of them: no stale epoch joins the new run's trajectory); a
+            run that fails or is stopped before that leaves the old run as it was.
         progress: called as ``progress(steps_done, steps_total)`` after every batch.
         device: ``cpu``, ``cuda`` or ``cuda:N``.
         description: extra entries for ``train.json`` (model and data specs).
@@ -177,9 +180,19 @@ def train_model(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch.Ten
                           "random crops with 4-pixel padding and flips are the CIFAR-10 recipe",
                           "leave out --augment for other data")
     dev = resolve_device(device)
-    save = os.fspath(save_dir) if save_dir is not None else None
-    if save is not None:
-        _prepare_dir(save, overwrite)
+    out = StagedDir(save_dir, "training run", is_run_file, overwrite) if save_dir is not None else None
+    try:
+        return _train(model, data, test_data, recipe, dev, out, save_every, progress, description)
+    except BaseException:
+        if out is not None:  # no epoch finished: an earlier run in save_dir stays as it was
+            out.discard()
+        raise
+
+
+def _train(model: nn.Module, data: EvalData, test_data: EvalData | None, recipe: TrainRecipe, dev: torch.device,
+           out: StagedDir | None, save_every: int, progress: Callable[[int, int], None] | None,
+           description: dict[str, Any] | None) -> TrainResult:
+    """The training loop of :func:`train_model`, checkpoints into ``out``."""
     model = model.to(dev)
     opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
                           weight_decay=recipe.weight_decay)
@@ -194,8 +207,8 @@ def train_model(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch.Ten
     cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(recipe.seed)  # dropout and other randomness inside the model
-        if save is not None:
-            _checkpoint(model, save, 0, result, record, t0)
+        if out is not None:
+            _checkpoint(model, out, 0, result, record, t0)
         for epoch in range(1, recipe.epochs + 1):
             t_epoch = time.perf_counter()
             rate = recipe.lr_at(epoch)
@@ -210,14 +223,14 @@ def train_model(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch.Ten
             entry["seconds"] = round(time.perf_counter() - t_epoch, 3)
             result.history.append(entry)
             log.info("epoch %d/%d: lr %.3g, train loss %.4g", epoch, recipe.epochs, rate, entry["train_loss"])
-            if save is not None and (epoch % save_every == 0 or epoch == recipe.epochs):
-                _checkpoint(model, save, epoch, result, record, t0)
+            if out is not None and (epoch % save_every == 0 or epoch == recipe.epochs):
+                _checkpoint(model, out, epoch, result, record, t0)
     model.eval()
     result.seconds = time.perf_counter() - t0
     result.complete = True
-    if save is not None:
-        _save_state(model, os.path.join(save, FINAL_NAME), result)
-        _write_record(save, result, record)
+    if out is not None:
+        _save_state(model, os.path.join(out.work, FINAL_NAME), result)
+        _write_record(out.work, result, record)
     return result
 
 
@@ -307,40 +320,20 @@ def _check_classification(data: EvalData, name: str) -> None:
                           "pass a classification data set (digits, cifar10:DIR, npz:FILE with integer y)")
 
 
+def is_run_file(name: str) -> bool:
+    """Whether a file name is one of a training run's (checkpoints, ``final.pt``, ``train.json``)."""
+    return bool(CHECKPOINT_RE.match(name)) or name in (FINAL_NAME, RECORD_NAME)
+
+
 def run_files(save_dir: str) -> list[str]:
     """The files of a training run in ``save_dir`` (checkpoints, ``final.pt``, ``train.json``)."""
-    try:
-        names = os.listdir(save_dir)
-    except FileNotFoundError:
-        return []
-    return sorted(n for n in names if CHECKPOINT_RE.match(n) or n in (FINAL_NAME, RECORD_NAME))
+    return earlier_results(save_dir, is_run_file)
 
 
 def check_save_dir(save_dir: str | os.PathLike, overwrite: bool = False) -> list[str]:
     """Refuse a ``save_dir`` that is a file, or holds a run when not ``overwrite``; returns the
-    run's files found there (which ``overwrite`` removes when training starts)."""
-    save_dir = os.fspath(save_dir)
-    if os.path.exists(save_dir) and not os.path.isdir(save_dir):
-        raise ConfigError(f"{save_dir} is a file", "checkpoints go into a directory",
-                          "pass --out with a new or existing directory")
-    existing = run_files(save_dir)
-    if existing and not overwrite:
-        raise ConfigError(f"{save_dir} already holds a training run ({', '.join(existing[:3])}"
-                          f"{', ...' if len(existing) > 3 else ''})",
-                          "a new run's checkpoints would mix with the old ones in the trajectory",
-                          "choose a new --out directory, or pass --overwrite to remove the old run's files")
-    return existing
-
-
-def _prepare_dir(save_dir: str, overwrite: bool) -> None:
-    existing = check_save_dir(save_dir, overwrite)
-    try:
-        os.makedirs(save_dir, exist_ok=True)
-        for name in existing:
-            os.remove(os.path.join(save_dir, name))
-    except OSError as e:
-        raise ConfigError(f"Cannot prepare the checkpoint directory {save_dir}", os_reason(e),
-                          "choose a writable --out directory") from None
+    run's files found there (which ``overwrite`` replaces once the new run finished an epoch)."""
+    return check_output_dir(save_dir, "training run", is_run_file, overwrite)
 
 
 def _save_state(model: nn.Module, path: str, result: TrainResult) -> None:
@@ -349,11 +342,15 @@ def _save_state(model: nn.Module, path: str, result: TrainResult) -> None:
     result.checkpoints.append(path)
 
 
-def _checkpoint(model: nn.Module, save_dir: str, epoch: int, result: TrainResult, record: dict[str, Any],
+def _checkpoint(model: nn.Module, out: StagedDir, epoch: int, result: TrainResult, record: dict[str, Any],
                 t0: float) -> None:
-    _save_state(model, os.path.join(save_dir, f"model_{epoch}.pt"), result)
+    """A checkpoint and the record so far; the first epoch's replaces an earlier run (``overwrite``)."""
+    _save_state(model, os.path.join(out.work, f"model_{epoch}.pt"), result)
+    if epoch >= 1 and out.staged:  # the new run has a result of its own now
+        out.publish()
+        result.checkpoints = [os.path.join(out.path, os.path.basename(p)) for p in result.checkpoints]
     result.seconds = time.perf_counter() - t0
-    _write_record(save_dir, result, record)
+    _write_record(out.work, result, record)
 
 
 def _write_record(save_dir: str, result: TrainResult, record: dict[str, Any]) -> None:

@@ -212,6 +212,45 @@ def test_demo_small(tmp_path):
     assert r.exit_code == 2
 
 
+def _hashes(folder):
+    import hashlib
+
+    return {os.path.relpath(os.path.join(root, n), folder): hashlib.sha256(open(os.path.join(root, n), "rb").read())
+            .hexdigest() for root, _, names in os.walk(folder) for n in names}
+
+
+def test_demo_never_replaces_an_earlier_demo_without_overwrite_nor_before_it_has_results(tmp_path, monkeypatch):
+    import lossgrid.demo
+
+    real = lossgrid.demo.load_data
+    monkeypatch.setattr(lossgrid.demo, "load_data", lambda spec: real(spec, samples=200))  # seconds, not minutes
+    out = tmp_path / "d"
+    assert run("demo", "--out", out, "--grid=-1:1:3", "--epochs", "1", "-q").exit_code == 0
+    (out / "notes.txt").write_text("mine")
+    before = _hashes(out)
+    r = run("demo", "--out", out, "--grid=-1:1:3", "--epochs", "1", "-q")
+    assert r.exit_code == 1 and "already holds a demo" in r.output and "--overwrite" in r.output
+    assert "Traceback" not in r.output and _hashes(out) == before
+
+    import lossgrid.render
+
+    def broken(*args, **kwargs):
+        from lossgrid.errors import LossgridError
+
+        raise LossgridError("Cannot write plot contour.png", "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(lossgrid.render, "plot_surface", broken)  # the new demo fails after its surface
+        r = run("demo", "--out", out, "--grid=-1:1:3", "--epochs", "1", "--seed", "1", "-q", "--overwrite")
+    assert r.exit_code == 1 and "No space left" in r.output and "Traceback" not in r.output
+    assert _hashes(out) == before  # the old demo whole, no debris of the new one
+    r = run("demo", "--out", out, "--grid=-1:1:3", "--epochs", "1", "--seed", "1", "-q", "--overwrite", "--json")
+    assert r.exit_code == 0, r.output
+    after = _hashes(out)
+    assert after["notes.txt"] == before["notes.txt"] and after["model.pt"] != before["model.pt"]
+    assert sorted(after) == sorted(before) and json.loads(r.output)["paths"]["surface"] == str(out / "surface.h5")
+
+
 def test_export_and_inspect(tmp_path, ckpt):
     out = tmp_path / "m.onnx"
     r = run("export", "--model", f"{CONFTEST}:small_cnn", "--checkpoint", ckpt, "--out", out,

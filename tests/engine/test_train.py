@@ -109,6 +109,51 @@ def test_a_directory_holding_a_run_is_refused_unless_overwrite(digits, tmp_path)
         _train(digits[0], epochs=1, save_dir=tmp_path / "file")
 
 
+def _hashes(folder):
+    import hashlib
+
+    return {n: hashlib.sha256((folder / n).read_bytes()).hexdigest() for n in sorted(os.listdir(folder))
+            if (folder / n).is_file()}
+
+
+def test_overwrite_keeps_the_old_run_until_the_new_one_finished_an_epoch(digits, tmp_path):
+    run = tmp_path / "run"
+    _train(digits[0], epochs=3, save_dir=run)
+    before = _hashes(run)
+    with pytest.raises(EvaluationError, match="diverged"):  # the new recipe diverges within its first epoch
+        _train(digits[0], epochs=2, lr=1e30, save_dir=run, overwrite=True)
+    assert _hashes(run) == before and sorted(os.listdir(run)) == sorted(before)  # and no staging debris
+
+    def stop(done, total):
+        if done == 3:  # inside the new run's first epoch
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _train(digits[0], epochs=2, save_dir=run, overwrite=True, progress=stop)
+    assert _hashes(run) == before
+
+    def stop_later(done, total):
+        if done == 12:  # inside epoch 2: epoch 1 is saved, the old run replaced, never mixed
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _train(digits[0], epochs=3, save_dir=run, overwrite=True, progress=stop_later)
+    assert sorted(os.listdir(run)) == ["model_0.pt", "model_1.pt", "train.json"]
+    record = json.loads((run / "train.json").read_text())
+    assert [os.path.basename(p) for p in record["checkpoints"]] == ["model_0.pt", "model_1.pt"]
+    assert all(os.path.dirname(p) == str(run) for p in record["checkpoints"])
+
+
+def test_staging_left_by_a_killed_run_is_cleared(digits, tmp_path):
+    run = tmp_path / "run"
+    _train(digits[0], epochs=1, save_dir=run)
+    dead = run / ".lossgrid-new-999999999-abc"  # the staging directory of a process that no longer exists
+    dead.mkdir()
+    (dead / "model_0.pt").write_bytes(b"half")
+    _train(digits[0], epochs=1, save_dir=run, overwrite=True)
+    assert sorted(os.listdir(run)) == ["final.pt", "model_0.pt", "model_1.pt", "train.json"]
+
+
 def test_interrupt_leaves_only_whole_files(digits, tmp_path):
     run = tmp_path / "run"
 
