@@ -118,15 +118,25 @@ def input_files(kw: dict[str, Any], **more: str | None) -> dict[str, str | None]
             "--batch": spec_file(kw.get("batch")), **more}
 
 
-def check_outputs(outputs: dict[str, str | None], inputs: dict[str, str | None]) -> None:
-    """Refuse unwritable outputs and outputs that are inputs (or each other), before any work.
-    ``outputs`` maps an option (``--out``) to its path (``None``: not given)."""
+OVERWRITE_HELP = ("Replace an existing --out file (without it, an existing file is refused: it may hold an earlier "
+                  "result).")
+
+
+def check_outputs(outputs: dict[str, str | None], inputs: dict[str, str | None], overwrite: bool = False) -> None:
+    """Refuse unwritable outputs, outputs that are inputs (or each other), and existing outputs
+    unless ``overwrite``, before any work. ``outputs`` maps an option (``--out``) to its path
+    (``None``: not given); a ``--plot`` path must name an image format matplotlib writes."""
     from .._files import check_output_path, refuse_input_as_output, same_file
 
     given = [(option, path) for option, path in outputs.items() if path is not None]
     for option, path in given:
         check_output_path(path, f"{option} file")
         refuse_input_as_output(path, inputs, option)
+        if os.path.lexists(path) and not overwrite:
+            raise ConfigError(f"{option} {path} exists", "it may hold an earlier result, which lossgrid replaces only "
+                              "when asked", "choose another path, or pass --overwrite to replace it")
+        if option == "--plot":
+            check_image_format(path, option)
     for i, (a, pa) in enumerate(given):
         for b, pb in given[i + 1:]:
             if same_file(pa, pb) or os.path.abspath(pa) == os.path.abspath(pb):
@@ -140,3 +150,15 @@ def write_json(path: str, obj: Any, what: str) -> None:
     with atomic_output(path, what) as tmp, open(tmp, "w") as fh:
         json.dump(obj, fh, indent=2, sort_keys=True)
         fh.write("\n")
+
+
+def check_image_format(path: str, option: str) -> None:
+    """Refuse, before any work, a picture path whose extension matplotlib cannot write."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    ext = os.path.splitext(path)[1].lower().lstrip(".")
+    if ext not in formats:
+        raise ConfigError(f"{option} {path} has no image format matplotlib writes",
+                          f"the extension is {'.' + ext if ext else 'missing'}",
+                          f"end the path with one of {', '.join('.' + f for f in sorted(formats))}")

@@ -23,7 +23,15 @@ from typing import Any
 
 import click
 
-from ._common import check_outputs, echo_json, input_files, model_data_options, run_with_progress, write_json
+from ._common import (
+    OVERWRITE_HELP,
+    check_outputs,
+    echo_json,
+    input_files,
+    model_data_options,
+    run_with_progress,
+    write_json,
+)
 
 EXIT_GATE_FAILED = 3
 
@@ -61,6 +69,7 @@ def parse_conditions(ctx: click.Context, param: click.Parameter, value: tuple[st
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--out", metavar="FILE.json", help="Also write the JSON report to this file (atomically).")
+@click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
 @click.option("--fail-if", "conditions", multiple=True, callback=parse_conditions, metavar="EXPR",
               help="Exit 3 if EXPR holds, e.g. 'top_eig > 500' or 'sharpness >= 0.2 and acc < 90' (repeatable: "
               "any true condition fails). Fields by dotted path or alias: loss, acc, sharpness, top_eig, trace, "
@@ -87,7 +96,7 @@ def audit(**kw: Any) -> None:
     from ..models import load_model
 
     out = kw["out"]
-    check_outputs({"--out": out}, input_files(kw, **{"--model2": kw["model2"]}))  # before any work
+    check_outputs({"--out": out}, input_files(kw, **{"--model2": kw["model2"]}), kw["overwrite"])  # before any work
     # unknown fields fail now, not after minutes of work
     fields = gate_fields(len(set(kw["radii"])), not kw["no_hessian"], kw["model2"] is not None)
     for condition in kw["conditions"]:

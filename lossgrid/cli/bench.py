@@ -9,7 +9,7 @@ import click
 
 from ..config import PRECISIONS
 from ..engine.runners import ALL_STRATEGIES, BACKENDS
-from ._common import check_outputs, echo_json, input_files, model_data_options, write_json
+from ._common import OVERWRITE_HELP, check_outputs, echo_json, input_files, model_data_options, write_json
 
 
 def parse_project(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
@@ -45,6 +45,7 @@ def parse_project(ctx: click.Context, param: click.Parameter, value: str | None)
               help="Also project the wall time of a whole surface, e.g. 51x51:50000.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout instead of a table.")
 @click.option("--out", metavar="FILE.json", help="Also write the JSON result to this file (atomically).")
+@click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines on stderr.")
 def bench(**kw: Any) -> None:
     """Time every backend/strategy/precision on one model and data set.
@@ -65,7 +66,7 @@ def bench(**kw: Any) -> None:
     from ..models import load_model
 
     out = kw["out"]
-    check_outputs({"--out": out}, input_files(kw))  # before any work
+    check_outputs({"--out": out}, input_files(kw), kw["overwrite"])  # before any work
     model, description = load_model(kw["model"], kw["checkpoint"], kw["trust_checkpoint"])
     data = load_data(kw["data"], kw["samples"], batch=kw["batch"])
 

@@ -52,6 +52,8 @@ class _HvpProgress(Progress):
 @click.option("--out", metavar="FILE.json", help="Also write the JSON result to this file (atomically).")
 @click.option("--plot", metavar="FILE.png",
               help="Plot the spectral density (log scale) to this file; implies --density.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace existing --out and --plot files (without it, existing files are refused).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def hessian(**kw: Any) -> None:
     """Curvature of the loss: top/bottom Hessian eigenvalues, trace, spectral density.
@@ -70,7 +72,7 @@ def hessian(**kw: Any) -> None:
     from ..engine.hessian import curvature_summary, hessian_operator, planned_hvps, plot_density
     from ..models import load_model
 
-    check_outputs({"--out": kw["out"], "--plot": kw["plot"]}, input_files(kw))  # before any work
+    check_outputs({"--out": kw["out"], "--plot": kw["plot"]}, input_files(kw), kw["overwrite"])  # before any work
     density = kw["density"] or kw["plot"] is not None
     model, description = load_model(kw["model"], kw["checkpoint"], kw["trust_checkpoint"])
     data = load_data(kw["data"], kw["samples"], batch=kw["batch"])

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from ..config import DIR_TYPES, IGNORES
-from ._common import echo_json, run_with_progress
+from ._common import check_outputs, echo_json, run_with_progress
 
 
 @click.command()
@@ -27,6 +27,8 @@ from ._common import echo_json, run_with_progress
 @click.option("--trust-checkpoint", is_flag=True,
               help="Allow checkpoints that are whole pickled models (loading them runs code from the file).")
 @click.option("--out", required=True, metavar="FILE.h5", help="Trajectory file (a direction file with the path).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing --out file (surfaces computed on its directions no longer match it).")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def trajectory(**kw: Any) -> None:
@@ -37,17 +39,15 @@ def trajectory(**kw: Any) -> None:
     Example:
       lossgrid trajectory --model lossgrid.zoo:mlp_digits --checkpoints 'run/epoch_*.pt' --out traj.h5
     """
-    from .._files import check_output_path, refuse_input_as_output
     from ..engine.jobs import spec_file
     from ..engine.trajectory import checkpoint_paths, compute_trajectory, path_grid, save_trajectory
     from ..models import load_model
 
     out = kw["out"]
-    check_output_path(out, "trajectory file")
     paths = checkpoint_paths(kw["patterns"])
     inputs: dict[str, str | None] = {f"--checkpoints ({p})": p for p in paths}
     inputs.update({"--final": kw["final"], "--model": spec_file(kw["model"])})
-    refuse_input_as_output(out, inputs)
+    check_outputs({"--out": out}, inputs, kw["overwrite"])  # before any work
     model, _ = load_model(kw["model"])
     traj = run_with_progress("trajectory", not kw["quiet"], lambda bar: compute_trajectory(
         model, paths, kw["final"], kw["dir_type"], kw["ignore"], kw["trust_checkpoint"], bar))

@@ -53,8 +53,11 @@ def test_table_and_atomic_out(tmp_path, ckpt):
     result = json.loads(out.read_text())
     assert [row["strategy"] for row in result["rows"]] == ["loop", "vmap"]
     assert os.listdir(tmp_path) == ["bench.json"]  # no temporary file left beside it
-    # a second run replaces the file whole
-    assert run(*bench_args(ckpt, "--out", out)).exit_code == 0
+    # a second run refuses the file, which holds an earlier result; with --overwrite it replaces it whole
+    before = out.read_bytes()
+    r = run(*bench_args(ckpt, "--out", out))
+    assert r.exit_code == 1 and "exists" in r.output and "--overwrite" in r.output and out.read_bytes() == before
+    assert run(*bench_args(ckpt, "--out", out, "--overwrite")).exit_code == 0
     assert json.loads(out.read_text())["project"] is None and os.listdir(tmp_path) == ["bench.json"]
 
 

@@ -37,6 +37,9 @@ def test_trajectory_surface_and_overlay(checkpoints, tmp_path):
     assert s["checkpoints"] == 6 and s["final"].endswith("epoch_6.pt") and s["coords"][-1] == [0.0, 0.0]
     assert "--dir-file" in s["surface_command"] and "--xnorm none" in s["surface_command"]
     r = run("trajectory", "--model", MODEL, "--checkpoints", checkpoints / "epoch_*.pt", "--out", traj, "-q")
+    assert r.exit_code == 1 and "exists" in r.output and "--overwrite" in r.output  # surfaces may use its axes
+    r = run("trajectory", "--model", MODEL, "--checkpoints", checkpoints / "epoch_*.pt", "--out", traj, "-q",
+            "--overwrite")
     assert r.exit_code == 0, r.output
     assert "explained variance: PC1" in r.output and "suggested grid: --x=" in r.output
     assert "lossgrid surface --model" in r.output and "lossgrid plot surface.h5 --trajectory" in r.output
