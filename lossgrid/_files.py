@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -189,6 +190,8 @@ def input_file_problem(path: str | os.PathLike) -> str | None:
         return "it is a directory, not a file"
     if not os.path.exists(path):
         return "it does not exist"
+    if not stat.S_ISREG(os.stat(path).st_mode):  # reading a named pipe or a device could block forever
+        return "it is not a regular file (a named pipe, a device or a socket)"
     if not os.access(path, os.R_OK):
         return "permission denied"
     if os.path.getsize(path) == 0:

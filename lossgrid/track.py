@@ -92,7 +92,7 @@ IMAGE_TAG = TAG_PREFIX + "landscape"
 #: file name of the checkpoint of an epoch inside ``out_dir/checkpoints``
 CHECKPOINT_NAME = "epoch_{epoch:04d}.pt"
 #: the names of those checkpoints, by which an earlier run is recognized
-CHECKPOINT_RE = re.compile(r"^epoch_\d+\.pt$")
+CHECKPOINT_RE = re.compile(r"^epoch_\d+\.pt$", re.ASCII)
 #: part of the name of every TensorBoard event file (``events.out.tfevents.*``)
 EVENTS_MARK = "tfevents"
 #: what ``Tracker(if_exists=...)`` does where an earlier run is found

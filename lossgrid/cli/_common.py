@@ -13,6 +13,7 @@ import click
 
 from ..config import Axis
 from ..errors import ConfigError
+from ._types import Count
 
 
 def parse_axis(ctx: click.Context, param: click.Parameter, value: str | None) -> Axis | None:
@@ -96,7 +97,7 @@ def model_data_options(example: str, samples_help: str, data_note: str = "") -> 
         click.option("--trust-checkpoint", is_flag=True,
                      help="Allow checkpoints that are whole pickled models (loading them runs code from the file)."),
         click.option("--data", required=True, help=DATA_HELP + (" " + data_note if data_note else "")),
-        click.option("--samples", type=click.IntRange(min=1), help=samples_help),
+        click.option("--samples", type=Count(1, None), help=samples_help),
         click.option("--loss", default="cross_entropy", show_default=True, help=LOSS_HELP),
         click.option("--batch", "batch", metavar="SPEC", help=BATCH_HELP),
     ]

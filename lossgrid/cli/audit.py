@@ -32,6 +32,7 @@ from ._common import (
     run_with_progress,
     write_json,
 )
+from ._types import MAX_BATCH, MAX_ITERATIONS, SEED, Count, FiniteFloat
 
 EXIT_GATE_FAILED = 3
 
@@ -51,21 +52,21 @@ def parse_conditions(ctx: click.Context, param: click.Parameter, value: tuple[st
 @model_data_options("lossgrid.zoo:resnet_digits", "Audit on a fixed, seeded subset of N samples.")
 @click.option("--model2", metavar="FILE",
               help="Second checkpoint of the same architecture: adds the loss barrier along the interpolation.")
-@click.option("--radius", "radii", type=click.FloatRange(min=0, min_open=True), multiple=True,
+@click.option("--radius", "radii", type=FiniteFloat(min=0, min_open=True), multiple=True,
               default=(0.01, 0.05, 0.1), show_default=True, metavar="R",
               help="Filter-normalized radius of the random-direction statistics (repeatable).")
-@click.option("--directions", type=click.IntRange(min=1), default=8, show_default=True,
+@click.option("--directions", type=Count(1, MAX_ITERATIONS), default=8, show_default=True,
               help="Seeded random filter-normalized directions.")
-@click.option("--sharpness-radius", type=click.FloatRange(min=0, min_open=True), default=0.01, show_default=True,
+@click.option("--sharpness-radius", type=FiniteFloat(min=0, min_open=True), default=0.01, show_default=True,
               metavar="R", help="Radius eps of the sharpness ball (||delta_f|| <= eps ||w_f|| per filter).")
-@click.option("--ascent-steps", type=click.IntRange(min=0), default=5, show_default=True,
+@click.option("--ascent-steps", type=Count(0, MAX_ITERATIONS), default=5, show_default=True,
               help="Projected gradient-ascent steps of the sharpness estimate.")
-@click.option("--trace-samples", type=click.IntRange(min=4), default=32, show_default=True,
+@click.option("--trace-samples", type=Count(4, MAX_ITERATIONS), default=32, show_default=True,
               help="Hessian-vector products of the Hutch++ trace estimate.")
 @click.option("--no-hessian", is_flag=True, help="Skip the Hessian (top eigenvalue, trace).")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--seed", type=SEED, default=0, show_default=True,
               help="Seed of the directions, the Lanczos start and the trace probes.")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Samples per forward pass (default: by input size).")
+@click.option("--batch-size", type=Count(1, MAX_BATCH), help="Samples per forward pass (default: by input size).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--out", metavar="FILE.json", help="Also write the JSON report to this file (atomically).")

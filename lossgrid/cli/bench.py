@@ -7,9 +7,10 @@ from typing import Any
 
 import click
 
-from ..config import PRECISIONS
+from ..config import MAX_GRID_POINTS, PRECISIONS
 from ..engine.runners import ALL_STRATEGIES, BACKENDS
 from ._common import OVERWRITE_HELP, check_outputs, echo_json, input_files, model_data_options, write_json
+from ._types import MAX_BATCH, MAX_POINTS_PER_CALL, MAX_REPEATS, Count
 
 
 def parse_project(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
@@ -34,12 +35,12 @@ def parse_project(ctx: click.Context, param: click.Parameter, value: str | None)
               help="Strategy to time (repeatable; default: every strategy but auto).")
 @click.option("--precision", "precisions", type=click.Choice(PRECISIONS), multiple=True, default=("fp32",),
               show_default=True, help="Precision to time (repeatable).")
-@click.option("--points", type=click.IntRange(min=1), default=8, show_default=True,
+@click.option("--points", type=Count(1, MAX_GRID_POINTS), default=8, show_default=True,
               help="Grid points each row evaluates (the same points for every row).")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Samples per forward pass (default: the runner's).")
-@click.option("--points-per-call", type=click.IntRange(min=1),
+@click.option("--batch-size", type=Count(1, MAX_BATCH), help="Samples per forward pass (default: the runner's).")
+@click.option("--points-per-call", type=Count(1, MAX_POINTS_PER_CALL),
               help="Grid points per runner call (default: the runner's).")
-@click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--repeats", type=Count(1, MAX_REPEATS), default=1, show_default=True,
               help="Timed passes per row; the best counts.")
 @click.option("--project", callback=parse_project, metavar="NXxNY:SAMPLES",
               help="Also project the wall time of a whole surface, e.g. 51x51:50000.")

@@ -8,6 +8,7 @@ import os
 import click
 
 from ._common import echo_json, run_with_progress
+from ._types import MAX_EPOCHS, SEED, Count
 
 
 @click.command()
@@ -19,8 +20,8 @@ from ._common import echo_json, run_with_progress
 @click.option("--grid", default=None, metavar="MIN:MAX:NUM",
               help="Both axes [default: -1:1:31]. With --trajectory the axes span the path: NUM alone "
                    "(default 31) sets the points per axis, MIN:MAX:NUM fixes both axes.")
-@click.option("--epochs", type=click.IntRange(min=1), default=12, show_default=True)
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--epochs", type=Count(1, MAX_EPOCHS), default=12, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
 @click.option("--trajectory", is_flag=True,
               help="Plot the training path instead: a checkpoint every epoch (DIR/checkpoints, by lossgrid's "
@@ -37,7 +38,7 @@ def demo(out: str, grid: str | None, epochs: int, seed: int, trajectory: bool, a
     from ..errors import ConfigError
 
     num = None
-    if trajectory and grid is not None and grid.strip().isdigit():
+    if trajectory and grid is not None and grid.strip().isascii() and grid.strip().isdigit():
         num = int(grid)
         if num < 2:
             raise click.BadParameter(f"{grid}: a plane needs at least 2 points per axis", param_hint="--grid")

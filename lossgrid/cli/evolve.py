@@ -13,6 +13,7 @@ from ..config import AUTO_BUDGET, DIR_KINDS, DIR_TYPES, IGNORES, NORMS, PRECISIO
 from ..engine.runners import ALL_STRATEGIES, BACKENDS
 from ..errors import ConfigError
 from ._common import MODEL_HELP, echo_json, parse_axis, run_with_progress
+from ._types import FINITE, MAX_BATCH, MAX_POINTS_PER_CALL, SEED, Count, FiniteFloat
 
 #: animation option -> the file extensions it writes
 ANIMATIONS = {"gif": (".gif",), "mp4": (".mp4",), "html": (".html", ".htm")}
@@ -27,8 +28,8 @@ ANIMATIONS = {"gif": (".gif",), "mp4": (".mp4",), "html": (".html", ".htm")}
               help="Allow checkpoints that are whole pickled models: loading them runs code named in the file. "
               "Only for files you made or trust.")
 @click.option("--data", default="digits", show_default=True, help="As for lossgrid surface.")
-@click.option("--samples", type=click.IntRange(min=1), help="Evaluate on a fixed, seeded subset of N samples.")
-@click.option("--samples-seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--samples", type=Count(1, None), help="Evaluate on a fixed, seeded subset of N samples.")
+@click.option("--samples-seed", type=SEED, default=0, show_default=True)
 @click.option("--loss", default="cross_entropy", show_default=True,
               help="cross_entropy, mse, or module:function returning per-sample losses.")
 @click.option("--x", "x", default="-1:1:21", show_default=True, callback=parse_axis, metavar="MIN:MAX:NUM")
@@ -40,7 +41,7 @@ ANIMATIONS = {"gif": (".gif",), "mp4": (".mp4",), "html": (".html", ".htm")}
 @click.option("--ynorm", type=click.Choice(NORMS), default=None, help="Default: same as --xnorm.")
 @click.option("--xignore", type=click.Choice(IGNORES), default="biasbn", show_default=True)
 @click.option("--yignore", type=click.Choice(IGNORES), default=None, help="Default: same as --xignore.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Direction seed.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Direction seed.")
 @click.option("--dir-file", metavar="FILE",
               help="Directions file: read if it exists, else written (made from the LAST checkpoint).")
 @click.option("--out", required=True, metavar="FILE.h5",
@@ -52,16 +53,16 @@ ANIMATIONS = {"gif": (".gif",), "mp4": (".mp4",), "html": (".html", ".htm")}
 @click.option("--metric", type=click.Choice(("loss", "acc", "err")), default="loss", show_default=True,
               help="What the animations show.")
 @click.option("--log", "log_scale", is_flag=True, help="Animations: log10 of the metric.")
-@click.option("--vmax", type=float, help="Animations: clip the metric above this value.")
-@click.option("--fps", type=click.FloatRange(min=0.1, max=60), default=2.0, show_default=True,
+@click.option("--vmax", type=FINITE, help="Animations: clip the metric above this value.")
+@click.option("--fps", type=FiniteFloat(min=0.1, max=60), default=2.0, show_default=True,
               help="Animation frames (checkpoints) per second.")
 @click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True)
 @click.option("--strategy", type=click.Choice(ALL_STRATEGIES), default="auto", show_default=True,
               help="As for lossgrid surface; what auto picks on the first checkpoint is kept for the others.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
-@click.option("--auto-budget", type=click.FloatRange(min=0), default=AUTO_BUDGET, show_default=True, metavar="SHARE")
-@click.option("--points-per-call", type=click.IntRange(min=1), help="Grid points per runner call (default 8).")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Samples per forward pass (default: by input size).")
+@click.option("--auto-budget", type=FiniteFloat(min=0), default=AUTO_BUDGET, show_default=True, metavar="SHARE")
+@click.option("--points-per-call", type=Count(1, MAX_POINTS_PER_CALL), help="Grid points per runner call (default 8).")
+@click.option("--batch-size", type=Count(1, MAX_BATCH), help="Samples per forward pass (default: by input size).")
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda:0.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")

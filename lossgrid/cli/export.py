@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ._common import MODEL_HELP, echo_json
+from ._types import MAX_POINTS_PER_CALL, Count, FiniteFloat
 
 
 @click.command()
@@ -13,12 +14,12 @@ from ._common import MODEL_HELP, echo_json
 @click.option("--trust-checkpoint", is_flag=True,
               help="Allow a checkpoint that is a whole pickled model (loading it runs code named in the file).")
 @click.option("--out", required=True, metavar="FILE.onnx")
-@click.option("--points-per-call", "k", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--points-per-call", "k", type=Count(1, MAX_POINTS_PER_CALL), default=1, show_default=True,
               help="K: grid points per call (leading dimension of every weight input).")
-@click.option("--opset", type=click.IntRange(min=13), default=17, show_default=True)
+@click.option("--opset", type=Count(13, 30), default=17, show_default=True)
 @click.option("--data", default="digits", show_default=True, help="Data spec giving an example input batch.")
 @click.option("--no-fold-bn", is_flag=True, help="Keep BatchNorm nodes instead of folding them per point.")
-@click.option("--tolerance", type=float, default=1e-4, show_default=True,
+@click.option("--tolerance", type=FiniteFloat(min=0, min_open=True), default=1e-4, show_default=True,
               help="Fail if ONNX Runtime and PyTorch differ by more (relative to the logits' scale).")
 @click.option("--with-loss", is_flag=True,
               help="Also take class labels; output per-sample cross-entropy and correctness.")

@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from ._common import Progress, echo_json
+from ._types import MAX_EPOCHS, MAX_REPEATS, Count
 
 
 class _StageProgress:
@@ -43,9 +44,9 @@ class _StageProgress:
               help="Train on CIFAR-10 in this folder (data_batch_1..5, test_batch) instead of the bundled digits.")
 @click.option("--size", type=click.Choice(["ci", "full"]), default="full", show_default=True,
               help="ci: seconds, for tests; full: the figures (digits: a few minutes on 2 CPU cores).")
-@click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--seeds", type=Count(1, MAX_REPEATS), default=1, show_default=True,
               help="Repeat everything for seeds 0 ... N-1 (the orderings are reported per seed).")
-@click.option("--epochs", type=click.IntRange(min=1), help="Override the size's epochs.")
+@click.option("--epochs", type=Count(1, MAX_EPOCHS), help="Override the size's epochs.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--json", "as_json", is_flag=True, help="Print gallery.json on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from ._common import Progress, check_outputs, echo_json, input_files, model_data_options, write_json
+from ._types import MAX_BATCH, MAX_ITERATIONS, SEED, Count
 
 TRACE_METHODS = ("hutch++", "hutchinson")  # the library's lossgrid.engine.hessian.TRACE_METHODS (kept light)
 
@@ -34,19 +35,19 @@ class _HvpProgress(Progress):
 @click.option("--params", "params", metavar="GLOB",
               help="Parameters to differentiate: fnmatch globs over parameter names, comma-separated "
               "(e.g. 'layer3.*' or 'fc.weight,fc.bias'). Default: all that require grad.")
-@click.option("--top-k", type=click.IntRange(min=0), default=1, show_default=True,
+@click.option("--top-k", type=Count(0, MAX_ITERATIONS), default=1, show_default=True,
               help="Largest eigenvalues to find (Lanczos; 0: none).")
-@click.option("--bottom-k", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--bottom-k", type=Count(0, MAX_ITERATIONS), default=0, show_default=True,
               help="Smallest (most negative) eigenvalues to find.")
 @click.option("--trace", is_flag=True, help="Estimate the trace of the Hessian.")
-@click.option("--trace-samples", type=click.IntRange(min=4), default=64, show_default=True,
+@click.option("--trace-samples", type=Count(4, MAX_ITERATIONS), default=64, show_default=True,
               help="HVPs spent on the trace.")
 @click.option("--trace-method", type=click.Choice(TRACE_METHODS), default="hutch++", show_default=True)
 @click.option("--density", is_flag=True,
               help="Spectral density by stochastic Lanczos quadrature (4 runs x 40 steps).")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--seed", type=SEED, default=0, show_default=True,
               help="Seed of every random vector (same seed, same machine: identical results).")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Samples per pass of an HVP (default: by input size).")
+@click.option("--batch-size", type=Count(1, MAX_BATCH), help="Samples per pass of an HVP (default: by input size).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout instead of a table.")
 @click.option("--out", metavar="FILE.json", help="Also write the JSON result to this file (atomically).")

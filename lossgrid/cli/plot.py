@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from ..render import KINDS, METRICS
+from ._types import FINITE, SEED, Count
 
 
 @click.command()
@@ -19,11 +20,11 @@ from ..render import KINDS, METRICS
 @click.option("--metric", type=click.Choice(METRICS), default="loss", show_default=True)
 @click.option("--log", "log_scale", is_flag=True, help="log10 of the metric.")
 @click.option("--levels", help="Contour levels: a count (30), values (0.1,0.5,1) or MIN:MAX:STEP.")
-@click.option("--vmax", type=float, help="Clip the metric above this value (zmax for VTK).")
+@click.option("--vmax", type=FINITE, help="Clip the metric above this value (zmax for VTK).")
 @click.option("--title", help="Plot title.")
-@click.option("--upsample", type=click.IntRange(min=2), help="VTK: interpolate to N points per axis.")
+@click.option("--upsample", type=Count(2, 64), help="VTK: interpolate to N points per axis.")
 @click.option("--allow-mismatch", is_flag=True, help="compare: allow surfaces on different directions/grids.")
-@click.option("--dpi", type=click.IntRange(min=30), default=150, show_default=True)
+@click.option("--dpi", type=Count(30, 2400), default=150, show_default=True)
 @click.option("--trajectory", metavar="TRAJ.h5", type=click.Path(dir_okay=False),
               help="Draw this training path (lossgrid trajectory) over the surface, which must be computed on its "
               "directions (--dir-file TRAJ.h5).")
@@ -32,8 +33,8 @@ from ..render import KINDS, METRICS
 @click.option("--checkpoint", metavar="FILE", help="--trajectory: the surface's model (default: the final checkpoint).")
 @click.option("--trust-checkpoint", is_flag=True, help="Allow checkpoints that are whole pickled models.")
 @click.option("--data", help="--trajectory: the surface's evaluation data, to evaluate the path's losses.")
-@click.option("--samples", type=click.IntRange(min=1), help="--trajectory: the surface's --samples.")
-@click.option("--samples-seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--samples", type=Count(1, None), help="--trajectory: the surface's --samples.")
+@click.option("--samples-seed", type=SEED, default=0, show_default=True)
 @click.option("--loss", default="cross_entropy", show_default=True, help="--trajectory: the surface's --loss.")
 def plot(files: tuple[str, ...], out: str, kind: str, metric: str, log_scale: bool, levels: str | None,
          vmax: float | None, title: str | None, upsample: int | None, allow_mismatch: bool, dpi: int,

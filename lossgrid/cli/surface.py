@@ -24,6 +24,7 @@ from ..config import (
 )
 from ..engine.runners import ALL_STRATEGIES, BACKENDS
 from ._common import BATCH_HELP, LOSS_HELP, MODEL_HELP, echo_json, parse_axis, run_with_progress
+from ._types import MAX_BATCH, MAX_ITERATIONS, MAX_POINTS_PER_CALL, MAX_REPEATS, SEED, Count, FiniteFloat, max_processes
 
 
 @click.command()
@@ -40,30 +41,30 @@ from ._common import BATCH_HELP, LOSS_HELP, MODEL_HELP, echo_json, parse_axis, r
               "cifar100:DIR[:test][:label=fine|coarse][:norm=dataset|reference|none|M,M,M/S,S,S], "
               "imagefolder:DIR[:size=H[xW]][:norm=none|imagenet|reference|M,M,M/S,S,S][:gray], "
               "synthetic:SHAPE:N[:CLASSES] (seeded random inputs, for benchmarks), or module:function.")
-@click.option("--samples", type=click.IntRange(min=1),
+@click.option("--samples", type=Count(1, None),
               help="Evaluate on a fixed, seeded subset of N samples (the same at every point: differences between "
               "points are far more precise than each value; every point's standard error is stored).")
-@click.option("--anchor-stride", type=click.IntRange(min=2), metavar="K",
+@click.option("--anchor-stride", type=Count(2, 2048), metavar="K",
               help="With --samples or --target-se: evaluate every K-th point on each axis (and the last) exactly on "
               "all of --data "
               "and use these anchors, interpolated sample by sample, as control variates for the other points "
               "(unbiased; far smaller standard errors where the loss is large and spread).")
-@click.option("--target-se", type=click.FloatRange(min=0, min_open=True), metavar="E",
+@click.option("--target-se", type=FiniteFloat(min=0, min_open=True), metavar="E",
               help="Choose the subset by a pilot, and grow it, until every point's loss has a standard error of at "
               "most E against the whole --data set.")
 @click.option("--adaptive", is_flag=True,
               help="Evaluate a coarse grid, then only where interpolation is measured to be off by more than "
               "--adaptive-tol of the loss range; fill the rest by that interpolation (marked in the file and "
               "plots).")
-@click.option("--adaptive-tol", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.01,
+@click.option("--adaptive-tol", type=FiniteFloat(0, 1, min_open=True, max_open=True), default=0.01,
               show_default=True, metavar="SHARE", help="Accepted interpolation error, a share of the loss range.")
-@click.option("--adaptive-coarse", type=click.IntRange(min=1), default=4, show_default=True, metavar="STRIDE",
+@click.option("--adaptive-coarse", type=Count(1, 2048), default=4, show_default=True, metavar="STRIDE",
               help="Stride of the first grid: larger evaluates fewer points on smooth surfaces but can miss features "
               "narrower than STRIDE/2 points.")
-@click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True, metavar="R",
+@click.option("--repeats", type=Count(1, MAX_REPEATS), default=1, show_default=True, metavar="R",
               help="R random direction pairs (seeds --seed ... --seed+R-1), each its own file OUT.seed<S>.h5; "
               "--out holds the per-point mean, spread (train_loss_std) and standard error over them.")
-@click.option("--samples-seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--samples-seed", type=SEED, default=0, show_default=True)
 @click.option("--loss", default="cross_entropy", show_default=True, help=LOSS_HELP)
 @click.option("--x", "x", default="-1:1:51", show_default=True, callback=parse_axis, metavar="MIN:MAX:NUM")
 @click.option("--y", "y", default=None, callback=parse_axis, metavar="MIN:MAX:NUM", help="Second axis (2D).")
@@ -76,7 +77,7 @@ from ._common import BATCH_HELP, LOSS_HELP, MODEL_HELP, echo_json, parse_axis, r
 @click.option("--ynorm", type=click.Choice(NORMS), default=None, help="Default: same as --xnorm.")
 @click.option("--xignore", type=click.Choice(IGNORES), default="biasbn", show_default=True)
 @click.option("--yignore", type=click.Choice(IGNORES), default=None, help="Default: same as --xignore.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Direction seed.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Direction seed.")
 @click.option("--params", "params", metavar="GLOB",
               help="Perturb only the tensors matching these fnmatch globs (comma-separated), e.g. 'layer3.*,fc.*'; "
               "the others get zero directions.")
@@ -85,8 +86,8 @@ from ._common import BATCH_HELP, LOSS_HELP, MODEL_HELP, echo_json, parse_axis, r
 @click.option("--bn", "bn", type=click.Choice(BN_POLICIES), default="eval", show_default=True,
               help="BatchNorm: eval uses the stored running statistics; recompute re-estimates them at every grid "
               "point from --bn-batches batches of --bn-data (torch loop/static only).")
-@click.option("--bn-batches", type=click.IntRange(min=1), default=10, show_default=True, metavar="N")
-@click.option("--bn-batch-size", type=click.IntRange(min=1), default=128, show_default=True, metavar="B")
+@click.option("--bn-batches", type=Count(1, MAX_ITERATIONS), default=10, show_default=True, metavar="N")
+@click.option("--bn-batch-size", type=Count(1, MAX_BATCH), default=128, show_default=True, metavar="B")
 @click.option("--bn-data", metavar="SPEC", help="Data for --bn recompute (default: --data), e.g. digits:train.")
 @click.option("--batch", "batch", metavar="SPEC", help=BATCH_HELP)
 @click.option("--dir-file", metavar="FILE", help="Directions file: read if it exists, else written.")
@@ -104,21 +105,21 @@ from ._common import BATCH_HELP, LOSS_HELP, MODEL_HELP, echo_json, parse_axis, r
               help="fp32: IEEE (TF32 off); tf32: TF32 tensor cores (NVIDIA GPUs); bf16: bfloat16 autocast (GPUs, CPUs "
               "with native bf16); fp16: float16 autocast (NVIDIA GPUs). A lower "
               "precision stores its loss error against fp32 at the first points; auto never lowers it.")
-@click.option("--auto-budget", type=click.FloatRange(min=0), default=AUTO_BUDGET, show_default=True, metavar="SHARE",
+@click.option("--auto-budget", type=FiniteFloat(min=0), default=AUTO_BUDGET, show_default=True, metavar="SHARE",
               help="auto: the share of the job's time that timing candidates may cost; a smaller job keeps the "
               "default without timing (0: never time, 1000: always).")
-@click.option("--points-per-call", type=click.IntRange(min=1), help="Grid points per runner call (default 8).")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Samples per forward pass (default: by input size).")
+@click.option("--points-per-call", type=Count(1, MAX_POINTS_PER_CALL), help="Grid points per runner call (default 8).")
+@click.option("--batch-size", type=Count(1, MAX_BATCH), help="Samples per forward pass (default: by input size).")
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda:0.")
 @click.option("--curvature", is_flag=True,
               help="Also compute the extreme Hessian eigenvalues at every point (datasets max_eig/min_eig, the "
               "paper's convexity map; plot with --kind curvature). Costs --curvature-iters Hessian-vector "
               "products over the data per point.")
-@click.option("--curvature-iters", type=click.IntRange(min=2), default=20, show_default=True,
+@click.option("--curvature-iters", type=Count(2, MAX_ITERATIONS), default=20, show_default=True,
               help="Lanczos steps per point for --curvature (both ends of the spectrum from one run).")
 @click.option("--curvature-params", metavar="GLOB",
               help="--curvature on the parameters matching fnmatch globs only (comma-separated), e.g. 'fc.*'.")
-@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
+@click.option("--nproc", type=Count(1, max_processes()), default=1, show_default=True, metavar="N",
               help="Shard the grid over N processes on this machine (as torchrun --standalone --nproc-per-node N "
               "-m lossgrid surface ... does; with --device cuda one GPU each). Across nodes: torchrun.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from ._common import DATA_HELP, Progress, echo_json
+from ._types import MAX_BATCH, MAX_EPOCHS, SEED, Count, FiniteFloat
 
 
 class _StepProgress(Progress):
@@ -34,20 +35,20 @@ def _milestones(ctx: click.Context, param: click.Parameter, value: str) -> tuple
               help="A zoo name (resnet20, resnet56_noshort ...), package.module:fn or path/to/file.py:fn.")
 @click.option("--data", required=True, help="Training set: " + DATA_HELP)
 @click.option("--test-data", metavar="SPEC", help="Evaluated after every epoch (loss and accuracy, eval mode).")
-@click.option("--samples", type=click.IntRange(min=1), help="Train on a fixed, seeded subset of N samples.")
-@click.option("--epochs", type=click.IntRange(min=1), required=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True,
+@click.option("--samples", type=Count(1, None), help="Train on a fixed, seeded subset of N samples.")
+@click.option("--epochs", type=Count(1, MAX_EPOCHS), required=True)
+@click.option("--batch-size", type=Count(1, MAX_BATCH), default=128, show_default=True)
+@click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=0.1, show_default=True,
               help="Initial learning rate (SGD).")
-@click.option("--momentum", type=click.FloatRange(0, 1, max_open=True), default=0.9, show_default=True)
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=5e-4, show_default=True)
+@click.option("--momentum", type=FiniteFloat(0, 1, max_open=True), default=0.9, show_default=True)
+@click.option("--weight-decay", type=FiniteFloat(min=0), default=5e-4, show_default=True)
 @click.option("--milestones", default="0.5,0.75", show_default=True, callback=_milestones, metavar="F1,F2",
               help="Fractions of the run after which the rate is multiplied by --gamma ('' for none; the "
                    "reference's 150, 225 of 300 epochs).")
-@click.option("--gamma", type=click.FloatRange(0, 1, min_open=True), default=0.1, show_default=True)
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--gamma", type=FiniteFloat(0, 1, min_open=True), default=0.1, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True,
               help="Seeds the initial weights, the sample order and the augmentation.")
-@click.option("--save-every", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--save-every", type=Count(1, MAX_EPOCHS), default=1, show_default=True,
               help="A checkpoint every N epochs (and after the last one).")
 @click.option("--augment", is_flag=True, help="Random crops (4-pixel padding) and flips; 32x32 images only.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")

@@ -56,6 +56,8 @@ log = logging.getLogger(__name__)
 #: version of the result's layout; raise it when a key changes meaning or goes away
 SCHEMA_VERSION = 1
 DEFAULT_POINTS = 8
+#: samples of a projected surface's points: a billion is far beyond any evaluation set
+MAX_PROJECTED_SAMPLES = 10**9
 Progress = Callable[[int, int], None]
 
 
@@ -80,6 +82,9 @@ class Projection:
         if min(nx, ny, samples) < 1:
             raise ConfigError(f"Projection {text!r} has an empty grid or no samples",
                               "grid sizes and the sample count must be at least 1", hint)
+        if samples > MAX_PROJECTED_SAMPLES:
+            raise ConfigError(f"Projection {text!r} has more than {MAX_PROJECTED_SAMPLES:,} samples a point",
+                              f"lossgrid projects surfaces of at most {MAX_PROJECTED_SAMPLES:,} samples a point", hint)
         if nx * ny > MAX_GRID_POINTS:
             raise ConfigError(f"Projection {text!r} has {nx * ny:,} grid points",
                               f"lossgrid evaluates at most {MAX_GRID_POINTS:,} grid points in one surface", hint)

@@ -14,6 +14,9 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -81,12 +84,38 @@ def probe(model: nn.Module, data: EvalData, loss_fn: LossFn, device: torch.devic
     ``per_sample``: the run needs every sample's loss (a loss returning the batch mean is refused)."""
     x = inp.to_device(inp.take(data.x, slice(0, PROBE_SAMPLES)), device)
     y = data.y[:PROBE_SAMPLES].to(device)
+    out = _attempt(lambda: inp.forward(model, x), model, data)
+    if loss_fn is cross_entropy and not torch.is_floating_point(data.y) and out.dim() == 2:
+        check_labels(data, out.shape[-1])  # before the loss, which would fail on them with less to say
+    values = _attempt(lambda: loss_fn(out, y), model, data)
+    if not isinstance(values, torch.Tensor) or values.dim() > 1:
+        raise EvaluationError(f"The loss returned {type(values).__name__} "
+                              f"of shape {tuple(getattr(values, 'shape', ()))}",
+                              "a loss returns one value per sample (shape [B]) or the batch mean",
+                              "fix the loss function")
+    if per_sample and values.dim() == 0:
+        raise ConfigError("--anchor-stride needs per-sample losses but the loss returns the batch mean",
+                          "anchors correct each point sample by sample",
+                          "give a loss that returns one value per sample (reduction='none'), or drop --anchor-stride")
+
+
+def check_labels(data: EvalData, classes: int) -> None:
+    """Refuse class labels outside ``0 .. classes - 1`` (the model's outputs)."""
+    lo, hi = int(data.y.min()), int(data.y.max())
+    if lo < 0 or hi >= classes:
+        raise DataLoadError(f"The labels of {data.description} run from {lo} to {hi}",
+                            f"the model has {classes} outputs, so labels must lie in 0..{classes - 1}",
+                            "pass the data set the model was trained on")
+
+
+def _attempt(step: Callable[[], Any], model: nn.Module, data: EvalData) -> Any:
+    """``step()`` with ``model`` in eval mode and gradients off (the modes are restored); a failure of
+    the user's model or loss becomes an :class:`EvaluationError` naming the data's shapes."""
     modes = [(m, m.training) for m in model.modules()]  # per module: a frozen BatchNorm stays in eval
     model.eval()
     try:
         with torch.inference_mode():
-            out = inp.forward(model, x)
-            values = loss_fn(out, y)
+            return step()
     except EvaluationError:
         raise
     except Exception as e:  # user models and losses raise anything
@@ -98,19 +127,3 @@ def probe(model: nn.Module, data: EvalData, loss_fn: LossFn, device: torch.devic
     finally:
         for module, training in modes:
             module.training = training
-    if not isinstance(values, torch.Tensor) or values.dim() > 1:
-        raise EvaluationError(f"The loss returned {type(values).__name__} "
-                              f"of shape {tuple(getattr(values, 'shape', ()))}",
-                              "a loss returns one value per sample (shape [B]) or the batch mean",
-                              "fix the loss function")
-    if per_sample and values.dim() == 0:
-        raise ConfigError("--anchor-stride needs per-sample losses but the loss returns the batch mean",
-                          "anchors correct each point sample by sample",
-                          "give a loss that returns one value per sample (reduction='none'), or drop --anchor-stride")
-    if loss_fn is cross_entropy and not torch.is_floating_point(data.y) and out.dim() == 2:
-        classes = out.shape[-1]
-        lo, hi = int(data.y.min()), int(data.y.max())
-        if lo < 0 or hi >= classes:
-            raise DataLoadError(f"The labels of {data.description} run from {lo} to {hi}",
-                                f"the model has {classes} outputs, so labels must lie in 0..{classes - 1}",
-                                "pass the data set the model was trained on")

@@ -51,12 +51,14 @@ from .._files import atomic_output
 from .._outdir import StagedDir, check_output_dir, earlier_results
 from ..data import EvalData
 from ..errors import ConfigError, EvaluationError
+from . import preflight
 from .device import resolve_device
+from .losses import cross_entropy
 
 log = logging.getLogger(__name__)
 
 #: checkpoint file names of a run: ``model_<epoch>.pt`` (``model_0.pt`` the initial weights), ``final.pt``
-CHECKPOINT_RE = re.compile(r"^model_\d+\.pt$")
+CHECKPOINT_RE = re.compile(r"^model_\d+\.pt$", re.ASCII)
 FINAL_NAME = "final.pt"
 RECORD_NAME = "train.json"
 AUGMENT_SIZE = 32
@@ -180,6 +182,8 @@ def train_model(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch.Ten
                           "random crops with 4-pixel padding and flips are the CIFAR-10 recipe",
                           "leave out --augment for other data")
     dev = resolve_device(device)
+    model = model.to(dev)
+    _preflight(model, data, test_data, dev)  # before any file is written
     out = StagedDir(save_dir, "training run", is_run_file, overwrite) if save_dir is not None else None
     try:
         return _train(model, data, test_data, recipe, dev, out, save_every, progress, description)
@@ -193,7 +197,6 @@ def _train(model: nn.Module, data: EvalData, test_data: EvalData | None, recipe:
            out: StagedDir | None, save_every: int, progress: Callable[[int, int], None] | None,
            description: dict[str, Any] | None) -> TrainResult:
     """The training loop of :func:`train_model`, checkpoints into ``out``."""
-    model = model.to(dev)
     opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
                           weight_decay=recipe.weight_decay)
     result = TrainResult(recipe)
@@ -323,6 +326,19 @@ def _check_classification(data: EvalData, name: str) -> None:
 def is_run_file(name: str) -> bool:
     """Whether a file name is one of a training run's (checkpoints, ``final.pt``, ``train.json``)."""
     return bool(CHECKPOINT_RE.match(name)) or name in (FINAL_NAME, RECORD_NAME)
+
+
+def _preflight(model: nn.Module, data: EvalData, test_data: EvalData | None, dev: torch.device) -> None:
+    """The model and the loss on a few samples of each set (labels within the model's classes), the
+    test set's samples shaped like the training set's: errors now, not after an epoch."""
+    if test_data is not None and tuple(test_data.x.shape[1:]) != tuple(data.x.shape[1:]):
+        raise ConfigError(f"The test set's samples have shape {tuple(test_data.x.shape[1:])}, the training set's "
+                          f"{tuple(data.x.shape[1:])}", "the model is evaluated on both after every epoch",
+                          "pass a test set of the same kind as the training set (--test-data)")
+    for part in (data, test_data):
+        if part is not None:
+            preflight.check_data(part, cross_entropy)
+            preflight.probe(model, part, cross_entropy, dev)
 
 
 def run_files(save_dir: str) -> list[str]:

@@ -95,14 +95,18 @@ def checkpoint_paths(patterns: str | Sequence[str]) -> list[str]:
     return sort_checkpoints(found.values())
 
 
+#: a number in a file name: ASCII digits only (``²`` or ``٣`` are characters of the name, not numbers)
+NUMBER = re.compile(r"(\d+)", re.ASCII)
+
+
 def natural_key(path: str) -> tuple[Any, ...]:
     """Sort key of a checkpoint: by the numbers in its file name (``epoch_2`` before ``epoch_10``);
     names without a number come first if they start with ``init`` or ``start`` (``init.pt``), after
     all numbered ones otherwise (``final.pt``, ``best.pt``), then by name."""
     stem = os.path.splitext(os.path.basename(path))[0]
-    numbers = tuple(int(n) for n in re.findall(r"\d+", stem))
+    numbers = tuple(int(n) for n in NUMBER.findall(stem))
     group = 1 if numbers else 0 if stem.lower().startswith(("init", "start")) else 2
-    return group, numbers, [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", path)]
+    return group, numbers, [int(p) if NUMBER.fullmatch(p) else p for p in NUMBER.split(path)]
 
 
 def sort_checkpoints(paths: Iterable[str]) -> list[str]:
@@ -118,7 +122,7 @@ def sort_checkpoints(paths: Iterable[str]) -> list[str]:
 
 def epoch_of(path: str) -> int | None:
     """The last number in a checkpoint's file name (``model_12.t7`` -> 12), or ``None``."""
-    numbers = re.findall(r"\d+", os.path.splitext(os.path.basename(path))[0])
+    numbers = NUMBER.findall(os.path.splitext(os.path.basename(path))[0])
     return int(numbers[-1]) if numbers else None
 
 

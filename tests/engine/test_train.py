@@ -192,10 +192,25 @@ def test_augment_crops_and_flips_32x32_images_only(digits):
 
 
 def test_a_diverging_run_stops_with_a_typed_error(digits):
+    with pytest.raises(EvaluationError, match="diverged"):
+        _train(digits[0], epochs=1, lr=1e30)
+
+
+def test_data_the_model_cannot_train_on_is_refused_before_any_file(digits, tmp_path):
+    from lossgrid.errors import DataLoadError, LossgridError
+
     x = digits[0].x.clone()
     x[5] = float("inf")
-    with pytest.raises(EvaluationError, match="diverged"):
-        _train((x, digits[0].y), epochs=1)
+    cases = [((x, digits[0].y), None, DataLoadError, "NaN or infinite values.*index 5"),
+             ((digits[0].x, digits[0].y + 10), None, DataLoadError, "labels .*run from 10 to 19.*10 outputs"),
+             (digits[0], (digits[1].x[:, :, :6, :6], digits[1].y), ConfigError, "test set's samples have shape"),
+             (digits[0], (digits[1].x, digits[1].y + 10), DataLoadError, "labels .*run from 10"),
+             ((digits[0].x[:, :, :6, :6], digits[0].y), None, EvaluationError, "fail on the first samples")]
+    for data, test, kind, needle in cases:
+        with pytest.raises(kind, match=needle):
+            _train(data, epochs=1, test_data=test, save_dir=tmp_path / "run")
+        assert not (tmp_path / "run").exists()
+    assert issubclass(kind, LossgridError)
 
 
 def test_non_classification_data_is_refused():
