@@ -6,6 +6,12 @@ cannot run code. Images are normalized as torchvision's ``ToTensor`` and
 ``Normalize`` compute it (:func:`normalize_images`), so that models see the
 inputs they were trained on.
 
+The checks every file-reading loader shares live here too: a path is opened
+only if it is a regular file (:func:`special_file_problem`, :func:`open_regular`;
+a FIFO or a device would block the reader or never end), and a set that would
+not fit in the available memory is refused before it is allocated
+(:func:`memory_problem`).
+
 Example:
     >>> parse_cifar_spec("/data/cifar-10-batches-py:test")[:2]
     ('/data/cifar-10-batches-py', 'test')
@@ -15,12 +21,17 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 
-from ._files import input_file_problem
+from ._files import error_text, input_file_problem, open_regular
+from ._memory import memory_problem
 from .errors import DataLoadError
 
 Norm = tuple[tuple[float, ...], tuple[float, ...]]
@@ -124,6 +135,7 @@ def load_cifar10(arg: str) -> tuple[np.ndarray, np.ndarray]:
         data, labels = read_cifar_batch(os.path.join(directory, name))
         xs.append(data.reshape(-1, 3, 32, 32))
         ys.append(labels)
+    _check_memory(sum(x.shape[0] for x in xs), "CIFAR-10", directory)
     return normalize_images(np.concatenate(xs), mean, std), np.concatenate(ys)
 
 
@@ -133,7 +145,17 @@ def load_cifar100(arg: str) -> tuple[np.ndarray, np.ndarray]:
     _check_directory(directory, "CIFAR-100", "point to the extracted cifar-100-python directory")
     data, labels = read_cifar_batch(os.path.join(directory, split), label_key=f"{label}_labels",
                                     classes=100 if label == "fine" else 20, dataset="CIFAR-100")
+    _check_memory(data.shape[0], "CIFAR-100", directory)
     return normalize_images(data.reshape(-1, 3, 32, 32), mean, std), labels
+
+
+def _check_memory(images: int, dataset: str, directory: str) -> None:
+    """Refuse before normalizing ``images`` images that would not fit in memory: a batch's
+    arrays can be declared in a few bytes of pickle and allocated only when touched."""
+    problem = memory_problem(images * 3072 * 5)  # per value: the uint8 copy and the float32 result
+    if problem:
+        raise DataLoadError(f"Cannot load {images:,} {dataset} images from {directory!r}", problem,
+                            "free memory, or check that the batch files are the ones downloaded")
 
 
 def read_cifar_batch(path: str, label_key: str = "labels", classes: int = 10,
@@ -144,8 +166,6 @@ def read_cifar_batch(path: str, label_key: str = "labels", classes: int = 10,
     CIFAR-10 batches hold ``b'labels'``; CIFAR-100's ``train`` and ``test`` hold
     ``b'fine_labels'`` (100 classes) and ``b'coarse_labels'`` (20 superclasses).
     """
-    from ._pickle import NUMPY_DATA_GLOBALS, restricted_load
-
     folder = "cifar-10-batches-py" if dataset == "CIFAR-10" else "cifar-100-python"
 
     def fail(why: str) -> DataLoadError:
@@ -155,26 +175,81 @@ def read_cifar_batch(path: str, label_key: str = "labels", classes: int = 10,
     problem = input_file_problem(path)
     if problem:
         raise fail(problem)
-    try:
-        with open(path, "rb") as fh:
-            batch = restricted_load(fh, NUMPY_DATA_GLOBALS, encoding="bytes")
-    except pickle.UnpicklingError as e:
-        raise fail(str(e)) from None
-    except (OSError, EOFError, ValueError, TypeError, AttributeError, IndexError, MemoryError) as e:
-        raise fail(f"{type(e).__name__}: {e}") from None
+    batch, problem = _unpickle(path)
+    if problem:
+        raise fail(problem)
     key = label_key.encode()
     if not isinstance(batch, dict) or b"data" not in batch or key not in batch:
         raise fail(f"it is not a dict with b'data' and {key!r} entries")
-    data, labels = batch[b"data"], batch[key]
+    data = batch[b"data"]
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         raise fail(f"b'data' is {type(data).__name__} {getattr(data, 'dtype', '')} {getattr(data, 'shape', '')}, "
                    "expected a uint8 array of shape (N, 3072)")
+    return data, _labels(batch[key], key, data.shape[0], classes, fail)
+
+
+def _unpickle(path: str) -> tuple[Any, str | None]:
+    """The object pickled in ``path`` (only numpy arrays resolved), or ``None`` and why not.
+
+    A pickled dtype carries numpy's flags: a uint8 flagged as holding Python objects still
+    equals ``np.uint8``, but every copy of its array raises, and so does freeing it, which
+    Python prints on stderr as if lossgrid had crashed. Such arrays are refused, and whatever
+    a failed or refused load leaves behind is freed here, with that report silenced.
+    """
+    from ._pickle import NUMPY_DATA_GLOBALS, restricted_load
+
+    with _free_errors_silenced():
+        try:
+            with open_regular(path) as fh:
+                batch = restricted_load(fh, NUMPY_DATA_GLOBALS, encoding="bytes")
+        except pickle.UnpicklingError as e:
+            return None, str(e)
+        except Exception as e:  # a damaged pickle raises nearly any type (LookupError, SystemError, MemoryError ...)
+            return None, error_text(e)  # leaving the except clause frees what the unpickler built
+        problem = _tampered_dtype(batch)
+        if problem:
+            del batch
+            return None, problem
+    return batch, None
+
+
+def _tampered_dtype(batch: Any) -> str | None:
+    for key, value in batch.items() if isinstance(batch, dict) else ():
+        if isinstance(value, np.ndarray) and value.dtype.flags != np.dtype(value.dtype.str).flags:
+            return (f"{key!r} has a tampered dtype ({value.dtype} with flags {value.dtype.flags}, numpy's has "
+                    f"{np.dtype(value.dtype.str).flags})")
+    return None
+
+
+@contextlib.contextmanager
+def _free_errors_silenced() -> Iterator[None]:
+    """Drop the RuntimeErrors numpy raises while freeing an array of a tampered dtype (Python
+    reports an error raised while freeing through ``sys.unraisablehook``); pass on the rest."""
+    hook = sys.unraisablehook
+
+    def report(unraisable: Any) -> None:
+        if not isinstance(unraisable.exc_value, RuntimeError):
+            hook(unraisable)
+
+    sys.unraisablehook = report
     try:
-        labels = np.asarray(labels, dtype=np.int64)
-    except (TypeError, ValueError):
-        raise fail(f"{key!r} is not a list of integers") from None
-    if labels.shape != (data.shape[0],):
-        raise fail(f"{key!r} holds {labels.shape} labels for {data.shape[0]} images")
-    if labels.size and (labels.min() < 0 or labels.max() > classes - 1):
-        raise fail(f"{key!r} holds values from {labels.min()} to {labels.max()}, expected 0..{classes - 1}")
-    return data, labels
+        yield
+    finally:
+        sys.unraisablehook = hook
+
+
+def _labels(values: Any, key: bytes, n: int, classes: int, fail: Callable[[str], DataLoadError]) -> np.ndarray:
+    """``values`` as int64 labels ``[n]`` in ``0..classes-1``. The range is checked before the
+    conversion, so a value beyond int64 is reported rather than wrapped around."""
+    if isinstance(values, np.ndarray):
+        if values.dtype.kind not in "iu" or values.shape != (n,):
+            raise fail(f"{key!r} is {values.dtype} of shape {values.shape}, expected {n} integers")
+    elif not isinstance(values, (list, tuple)) or not all(isinstance(v, (int, np.integer)) for v in values):
+        raise fail(f"{key!r} is not a list of integers")
+    elif len(values) != n:
+        raise fail(f"{key!r} holds {len(values)} labels for {n} images")
+    if n:
+        low, high = (values.min(), values.max()) if isinstance(values, np.ndarray) else (min(values), max(values))
+        if low < 0 or high > classes - 1:
+            raise fail(f"{key!r} holds values from {low} to {high}, expected 0..{classes - 1}")
+    return np.asarray(values, dtype=np.int64)

@@ -23,7 +23,7 @@ import os
 import stat
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, BinaryIO
 
 from .errors import ConfigError, LossgridError
 
@@ -190,8 +190,9 @@ def input_file_problem(path: str | os.PathLike) -> str | None:
         return "it is a directory, not a file"
     if not os.path.exists(path):
         return "it does not exist"
-    if not stat.S_ISREG(os.stat(path).st_mode):  # reading a named pipe or a device could block forever
-        return "it is not a regular file (a named pipe, a device or a socket)"
+    special = special_file_problem(path)  # reading a named pipe or a device could block forever
+    if special:
+        return special
     if not os.access(path, os.R_OK):
         return "permission denied"
     if os.path.getsize(path) == 0:
@@ -229,3 +230,49 @@ def output_dir(path: str | os.PathLike, what: str, hint: str = "pass --out with 
         raise ConfigError(f"Cannot create the {what} directory {path}", os_reason(e),
                           "choose a writable directory") from None
 
+
+#: what a path that is not a regular file is, by its ``stat`` mode
+_SPECIAL_FILES = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+                  (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def special_file_problem(path: str) -> str | None:
+    """Why ``path`` (links followed) is not a regular file, e.g. ``"it is a FIFO (named pipe),
+    not a regular file"``; ``None`` for a regular file or a path ``os.stat`` cannot reach
+    (opening it then says why). Checked before opening: opening a FIFO waits for a writer,
+    and reading a device may never end."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):  # ValueError: a NUL byte in the path
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((name for is_kind, name in _SPECIAL_FILES if is_kind(mode)), "a special file")
+    return f"it is {kind}, not a regular file"
+
+
+def open_regular(path: str) -> BinaryIO:
+    """``path`` opened for binary reading; ``OSError`` unless it is a regular file.
+
+    Call :func:`special_file_problem` first for a clear message; this opens without
+    blocking and checks the opened file again, so a FIFO put in the file's place
+    in between cannot hang the reader (``O_NONBLOCK`` changes nothing for a regular file).
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def error_text(e: BaseException) -> str:
+    """``"Type: message"`` of an exception raised while reading a file (a bare ``MemoryError`` explained)."""
+    if isinstance(e, MemoryError) and not str(e):
+        return "MemoryError: the file declares more data than memory holds"
+    name = type(e).__name__
+    if name == "error":  # zlib.error, binascii.error ...: the module says what failed
+        name = f"{type(e).__module__}.error"
+    return f"{name}: {e}"

@@ -35,6 +35,7 @@ Data specs:
 * ``synthetic:SHAPE:N[:CLASSES]`` -- ``N`` seeded standard-normal inputs of
   shape ``SHAPE`` (e.g. ``3x32x32``) with uniformly random labels in
   ``[0, CLASSES)`` (default 10): for benchmarks and smoke tests, not landscapes.
+  A set that needs more memory than is available is refused before allocating.
 * ``package.module:function`` or ``file.py:function`` -- returns ``(x, y)``
   (``x`` a tensor/array, or a dict or tuple of them), a record dict of arrays,
   a tuple of more than two arrays, or a ``torch.utils.data.Dataset`` whose
@@ -70,6 +71,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -89,7 +91,8 @@ from ._cifar import (
     parse_cifar_spec,
     read_cifar_batch,
 )
-from ._files import input_file_problem
+from ._files import error_text, input_file_problem, open_regular
+from ._memory import memory_problem
 from ._records import TARGET_KEYS, collate_dataset, is_dataset, split_records, tensors_of
 from .errors import DataLoadError
 from .inputs import Inputs
@@ -230,31 +233,60 @@ def _digits(split: str) -> tuple[np.ndarray, np.ndarray]:
     return x[idx], y[idx]
 
 
+#: how an .npz archive (a zip file, possibly empty) and a lone .npy array begin
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+_NPY_MAGIC = b"\x93NUMPY"
+_NPZ_HINT = "save the inputs as x and the targets as y: np.savez(path, x=..., y=...)"
+
+
 def _npz(path: str) -> tuple[np.ndarray, np.ndarray] | dict[str, np.ndarray]:
     """``(x, y)`` of an archive with ``x``, else the record dict of all its arrays."""
     problem = input_file_problem(path)
     if problem:
         raise DataLoadError(f"Cannot read data file {path}", problem, "pass npz:FILE with an existing .npz archive")
     try:
-        with np.load(path, allow_pickle=False) as f:
-            if "x" not in f.files:
-                if not f.files:
-                    raise DataLoadError(f"{path} holds no arrays", hint="save the inputs as x and the targets as y: "
-                                        "np.savez(path, x=..., y=...)")
-                return {name: f[name] for name in f.files}
-            if "y" not in f.files:
-                raise DataLoadError(f"{path} has no array 'y'", f"it holds {', '.join(f.files)}",
-                                    "save the inputs as x and the targets as y: np.savez(path, x=..., y=...)")
-            return f["x"], f["y"]
+        with open_regular(path) as fh:
+            _check_npz_magic(fh.read(len(_NPY_MAGIC)), path)
+            fh.seek(0)
+            with np.load(fh, allow_pickle=False) as f:
+                return _npz_arrays(f, path)
     except DataLoadError:
         raise
-    except (OSError, ValueError, EOFError) as e:
-        raise DataLoadError(f"Cannot read data file {path}", str(e),
+    except Exception as e:  # a damaged archive raises zipfile, zlib, numpy and memory errors alike
+        raise DataLoadError(f"Cannot read data file {path}", error_text(e),
                             "pass an .npz archive written by numpy.savez") from None
 
 
-#: at most this many input values in a synthetic set (16 GiB of float32)
+def _check_npz_magic(head: bytes, path: str) -> None:
+    if head.startswith(_NPY_MAGIC):
+        raise DataLoadError(f"Data file {path} is a single .npy array, not an .npz archive",
+                            "npz: needs the inputs and the targets, as arrays x and y of one archive", _NPZ_HINT)
+    if not head.startswith(_ZIP_MAGIC):
+        raise DataLoadError(f"Cannot read data file {path}", "it is not an .npz archive (a zip file)",
+                            "pass an .npz archive written by numpy.savez")
+
+
+def _npz_arrays(f: Any, path: str) -> tuple[np.ndarray, np.ndarray] | dict[str, np.ndarray]:
+    # the sizes the archive declares bound what reading it allocates: a compressed
+    # archive of a few kB can expand to more than memory holds
+    problem = memory_problem(sum(info.file_size for info in f.zip.infolist()))
+    if problem:
+        raise DataLoadError(f"Cannot load data file {path}", problem, "free memory or save a smaller set")
+    if not f.files:
+        raise DataLoadError(f"{path} holds no arrays", hint=_NPZ_HINT)
+    if "x" in f.files and "y" not in f.files:
+        raise DataLoadError(f"{path} has no array 'y'", f"it holds {', '.join(f.files)}", _NPZ_HINT)
+    arrays = {name: f[name] for name in (("x", "y") if "x" in f.files else f.files)}
+    for name, value in arrays.items():
+        if not isinstance(value, np.ndarray):  # numpy returns a member without the .npy header as bytes
+            raise DataLoadError(f"Cannot read data file {path}", f"its member {name!r} is not a .npy array",
+                                "pass an .npz archive written by numpy.savez")
+    return (arrays["x"], arrays["y"]) if "x" in f.files else arrays
+
+
+#: where the available memory is unknown, at most this many input values in a synthetic set (16 GiB of float32)
 MAX_SYNTHETIC_VALUES = 1 << 32
+_INT64_MAX = int(np.iinfo(np.int64).max)
 
 
 def synthetic(arg: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -269,11 +301,13 @@ def synthetic(arg: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         classes = int(parts[2]) if len(parts) == 3 else 10
     except ValueError as e:
         raise DataLoadError(f"Cannot read the synthetic data spec {arg!r}", str(e), hint) from None
-    values = n * int(np.prod(shape))
-    if n < 1 or classes < 1 or any(d < 1 for d in shape) or values > MAX_SYNTHETIC_VALUES:
+    if n < 1 or not 1 <= classes <= _INT64_MAX or any(d < 1 for d in shape):
         raise DataLoadError(f"Synthetic data {arg!r} is out of range",
-                            f"N, CLASSES and every dimension must be at least 1 and N x SHAPE at most "
-                            f"{MAX_SYNTHETIC_VALUES:,} values (got {values:,})", hint)
+                            f"N and every dimension must be at least 1, CLASSES from 1 to {_INT64_MAX:,}", hint)
+    need = n * math.prod(shape) * 4 + n * 8  # float32 inputs, int64 labels
+    problem = memory_problem(need, limit_if_unknown=MAX_SYNTHETIC_VALUES * 4)
+    if problem:
+        raise DataLoadError(f"Synthetic data {arg!r} is too large", problem, "lower N or the shape; " + hint)
     gen = torch.Generator().manual_seed(seed)
     return torch.randn((n, *shape), generator=gen), torch.randint(0, classes, (n,), generator=gen)
 
@@ -351,6 +385,12 @@ def _as_tensors(x: Any, y: Any, spec: str) -> tuple[Inputs, torch.Tensor]:
                             f"shape {tuple(yt.shape)}",
                             "inputs and targets need the same, non-zero number of samples along the first axis",
                             "check the arrays")
+    if yt.dtype == getattr(torch, "uint64", None):  # would wrap around to negative values in int64
+        top = int(yt.cpu().numpy().max())  # torch has no max() for uint64
+        if top > _INT64_MAX:
+            raise DataLoadError(f"The targets of {spec} do not fit int64",
+                                f"they are uint64 up to {top:,}; class indices and token ids are int64, at most "
+                                f"{_INT64_MAX:,}", "store the targets as int64")
     if not torch.is_floating_point(yt):
         yt = yt.long()
     elif yt.dtype != torch.float32:
