@@ -53,9 +53,9 @@ def main(argv: list[str] | None = None) -> None:
                 pass  # run untuned rather than not at all
         code = _run(args)
     except KeyboardInterrupt:
-        code = _stop(interrupted_message(), EXIT_INTERRUPTED)
+        code = _stop(interrupted_message(args), EXIT_INTERRUPTED)
     except Terminated as e:
-        code = _stop(terminated_message(e), EXIT_TERMINATED)
+        code = _stop(terminated_message(e, args), EXIT_TERMINATED)
     sys.exit(code)
 
 

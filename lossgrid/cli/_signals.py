@@ -23,6 +23,16 @@ REDELIVER_AFTER = 0.05
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 1
 RESUME_HINT = "Finished chunks of a surface are saved: run the same command again to resume."
+#: what an interrupted command leaves, by command (every output is written whole or not at all)
+STOP_HINTS = {
+    "surface": RESUME_HINT,
+    "evolve": "Finished points of the evolution file are saved: run the same command again to resume.",
+    "train": "The checkpoints written so far are kept; a run in --out that this one was to replace stays as it "
+             "was unless this run had finished its first epoch.",
+    "demo": "A demo in --out that this one was to replace stays as it was.",
+    "gallery": "A gallery in --out that this one was to replace stays as it was.",
+}
+DEFAULT_STOP_HINT = "Nothing was written: lossgrid writes its outputs whole, at the end, or not at all."
 
 
 class Terminated(BaseException):
@@ -68,9 +78,15 @@ def install_signal_handlers() -> None:
             signal.signal(sig, _on_signal)
 
 
-def interrupted_message() -> str:
-    return f"Interrupted (Ctrl-C). {RESUME_HINT}"
+def stop_hint(args: list[str]) -> str:
+    """What a command stopped by a signal leaves behind: the first word of ``args`` naming a command."""
+    command = next((a for a in args if not a.startswith("-")), "")
+    return STOP_HINTS.get(command, DEFAULT_STOP_HINT)
 
 
-def terminated_message(t: Terminated) -> str:
-    return f"Stopped by {t.name}. {RESUME_HINT}"
+def interrupted_message(args: list[str]) -> str:
+    return f"Interrupted (Ctrl-C). {stop_hint(args)}"
+
+
+def terminated_message(t: Terminated, args: list[str]) -> str:
+    return f"Stopped by {t.name}. {stop_hint(args)}"

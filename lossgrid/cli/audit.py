@@ -18,6 +18,7 @@ Exit codes:
 from __future__ import annotations
 
 import os
+import re
 import sys
 from typing import Any
 
@@ -101,6 +102,7 @@ def audit(**kw: Any) -> None:
     # unknown fields fail now, not after minutes of work
     fields = gate_fields(len(set(kw["radii"])), not kw["no_hessian"], kw["model2"] is not None)
     for condition in kw["conditions"]:
+        _explain_left_out(condition, fields, kw)
         check_fields(condition, fields)
     model, description = load_model(kw["model"], kw["checkpoint"], kw["trust_checkpoint"])
     model2 = None
@@ -164,3 +166,30 @@ def format_report(r: dict[str, Any]) -> str:
 
 def _g(value: float | None, fmt: str = ".4g") -> str:
     return "-" if value is None else format(value, fmt)
+
+
+def _explain_left_out(condition: Any, fields: list[str], kw: dict[str, Any]) -> None:
+    """A --fail-if field this report leaves out because of the options: say which option, rather than
+    that the field is unknown."""
+    from ..engine.audit import gate_fields
+    from ..errors import ConfigError
+
+    for path in condition.fields:
+        if path in fields:
+            continue
+        section = path.split(".", 1)[0]
+        if section == "hessian" and kw["no_hessian"]:
+            raise ConfigError(f"--fail-if '{condition}' reads '{path}', which --no-hessian leaves out of the report",
+                              "a condition on a value that is not measured could never pass",
+                              "drop --no-hessian, or that condition")
+        if section == "barrier" and kw["model2"] is None:
+            raise ConfigError(f"--fail-if '{condition}' reads '{path}', which only an audit with --model2 measures",
+                              "the loss barrier lies between two checkpoints",
+                              "pass --model2 with the second checkpoint, or drop that condition")
+        first = re.sub(r"^random_directions\.\d+\.", "random_directions.0.", path)
+        if section == "random_directions" and first != path and first in gate_fields(1, True, True):
+            count = len(set(kw["radii"]))
+            raise ConfigError(f"--fail-if '{condition}' reads '{path}', beyond the {count} --radius "
+                              f"value{'s' if count != 1 else ''} of this audit",
+                              "random_directions has one entry per radius",
+                              "pass more --radius values, or an index below their count")

@@ -24,6 +24,20 @@ class LossgridGroup(click.Group):
             raise click.ClickException(
                 "Out of memory. Why: this machine has too little free memory for the requested work. "
                 "Hint: lower --points-per-call, --batch-size or --samples, or use a smaller grid.") from None
+        except SystemExit as e:  # lossgrid itself never exits inside a command: this is the user's code
+            raise click.ClickException(user_exit_message(e)) from None
+
+
+def user_exit_message(e: SystemExit) -> str:
+    """Why a command ended without a result when code of the user's (a model factory, a data function,
+    a loss, a batch adapter) called ``sys.exit``, and where."""
+    frame = e.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    where = f" at {frame.tb_frame.f_code.co_filename}:{frame.tb_lineno}" if frame is not None else ""
+    return (f"Your code called sys.exit({e.code!r}){where} while lossgrid was running it. Why: lossgrid calls your "
+            "model factory, data function, loss and batch adapter; ending the process there stops the command "
+            "without a result. Hint: return a value, or raise an exception, instead of calling sys.exit.")
 
 
 @click.group(cls=LossgridGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -47,6 +47,8 @@ ALIASES: dict[str, str] = {
 }
 
 OPERATORS = (">=", "<=", "==", "!=", ">", "<")
+#: words and symbols of one condition: about 100 comparisons
+MAX_TOKENS = 400
 KEYWORDS = ("and", "or", "not")
 _HINT = "write comparisons of report fields with numbers, e.g. 'hessian.top_eig > 500 or sharpness >= 0.2'"
 
@@ -117,6 +119,10 @@ class _Parser:
     def parse(self) -> tuple[Any, ...]:
         if not self.toks:
             raise _syntax(self.text, "it is empty")
+        if len(self.toks) > MAX_TOKENS:  # the tree (and its evaluation) would nest deeper than Python recurses
+            raise ConfigError(f"The condition has {len(self.toks)} words and symbols, more than {MAX_TOKENS}",
+                              "a --fail-if condition is a short expression over report fields",
+                              "split it into several --fail-if options (the gate fails when any of them holds)")
         tree = self.or_expr()
         if self.pos != len(self.toks):
             raise _syntax(self.text, f"unexpected {self.toks[self.pos][1]!r} after a complete condition")

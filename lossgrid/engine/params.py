@@ -29,8 +29,14 @@ class ParamLayout:
 
     @classmethod
     def from_model(cls, model: nn.Module, dir_type: str = "weights") -> "ParamLayout":
-        """Layout of ``model`` for direction type ``weights`` or ``states``."""
+        """Layout of ``model`` for direction type ``weights`` or ``states``; a model with no tensor
+        to move (no parameters, or no floating-point state) is refused."""
         entries = perturbed_tensors(model, dir_type)
+        if not entries:
+            raise ConfigError(f"The model {type(model).__name__} has no "
+                              f"{'parameters' if dir_type == 'weights' else 'floating-point state'} to move",
+                              "a loss landscape moves the model's weights along directions: there is nothing to move",
+                              "pass a model with trainable weights (check the factory and the checkpoint)")
         return cls(tuple(entries), tuple(tuple(t.shape) for t in entries.values()), dir_type)
 
     @property

@@ -37,13 +37,23 @@ def _dims(t: torch.Tensor) -> str:
     return "[" + ", ".join(["N", *map(str, t.shape[1:])]) + "]"
 
 
+#: the largest weight whose square a float32 sum can hold: beyond it filter norms and losses overflow
+MAX_WEIGHT = 1.8e19
+
+
 def check_finite_model(model: nn.Module, what: str = "the model") -> None:
-    """Refuse NaN or infinite values in any floating-point state entry of ``model``."""
+    """Refuse NaN or infinite values in any floating-point state entry of ``model``, and values
+    so large (beyond :data:`MAX_WEIGHT`) that norms and losses overflow float32."""
     for name, t in model.state_dict().items():
         bad = _nonfinite(t)
         if bad:
             raise ModelLoadError(f"The weights of {what} hold {bad} NaN or infinite value(s) in {name}",
                                  "every point of the surface would be NaN",
+                                 "pass a checkpoint saved before training diverged")
+        if torch.is_tensor(t) and torch.is_floating_point(t) and t.numel() and float(t.abs().max()) > MAX_WEIGHT:
+            raise ModelLoadError(f"The weights of {what} hold values up to {float(t.abs().max()):.3g} in {name}",
+                                 f"beyond {MAX_WEIGHT:.2g} their squares overflow float32: filter norms, outputs and "
+                                 "losses around them are not finite numbers",
                                  "pass a checkpoint saved before training diverged")
 
 
@@ -93,10 +103,21 @@ def probe(model: nn.Module, data: EvalData, loss_fn: LossFn, device: torch.devic
                               f"of shape {tuple(getattr(values, 'shape', ()))}",
                               "a loss returns one value per sample (shape [B]) or the batch mean",
                               "fix the loss function")
+    if not bool(torch.isfinite(values).all()):
+        raise EvaluationError(f"The loss at the model's own weights is {values.flatten()[0].item()} on the first "
+                              "samples of the data", f"its outputs overflow or are undefined there (largest weight "
+                              f"{_largest_weight(model):.3g}): every point around it would be too",
+                              "check the checkpoint (was it saved after training diverged?) and the data")
     if per_sample and values.dim() == 0:
         raise ConfigError("--anchor-stride needs per-sample losses but the loss returns the batch mean",
                           "anchors correct each point sample by sample",
                           "give a loss that returns one value per sample (reduction='none'), or drop --anchor-stride")
+
+
+def _largest_weight(model: nn.Module) -> float:
+    """The largest absolute value among the model's floating-point tensors."""
+    return max((float(t.detach().abs().max()) for t in model.state_dict().values()
+                if torch.is_tensor(t) and torch.is_floating_point(t) and t.numel()), default=0.0)
 
 
 def check_labels(data: EvalData, classes: int) -> None:

@@ -91,9 +91,13 @@ def test_fail_if_unknown_field_exits_1_before_work(ckpts):
     assert "Unknown report field 'hessian.top'" in r.output and "hessian.top_eig" in r.output
     assert "audit of" not in r.output  # refused before any work
     r = run(*audit_args(ckpts[0], "--fail-if", "barrier > 0.1"))  # no --model2: no barrier section
-    assert r.exit_code == 1 and "'barrier.value'" in r.output
+    assert r.exit_code == 1 and "'barrier.value'" in r.output and "only an audit with --model2" in r.output
     r = run(*audit_args(ckpts[0], "--no-hessian", "--fail-if", "top_eig > 1"))
-    assert r.exit_code == 1 and "'hessian.top_eig'" in r.output
+    assert r.exit_code == 1 and "'hessian.top_eig'" in r.output and "--no-hessian leaves out" in r.output
+    r = run(*audit_args(ckpts[0], "--fail-if", "random_directions.9.mean_increase > 1"))
+    assert r.exit_code == 1 and "beyond the 1 --radius value of this audit" in r.output
+    r = run(*audit_args(ckpts[0], "--fail-if", "loss > 100 or " * 3000 + "loss > 100"))  # no recursion at all
+    assert r.exit_code == 2 and "split it into several --fail-if" in r.output and "Traceback" not in r.output
 
 
 @pytest.mark.parametrize("args,needle", [
