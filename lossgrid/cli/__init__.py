@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> None:
             except OSError:
                 pass  # run untuned rather than not at all
         code = _run(args)
+        code = _flush_stdout(code)
     except KeyboardInterrupt:
         code = _stop(interrupted_message(args), EXIT_INTERRUPTED)
     except Terminated as e:
@@ -79,6 +80,19 @@ def _run(args: list[str]) -> int:
         e.show()
         return e.exit_code
     return rv if isinstance(rv, int) else 0
+
+
+def _flush_stdout(code: int) -> int:
+    """Flush what the command printed; a full or closed output is an error with a message (not a traceback
+    while the interpreter exits)."""
+    try:
+        sys.stdout.flush()
+    except OSError as e:
+        from .group import output_failed_message
+
+        sys.stderr.write(f"Error: {output_failed_message(e)}\n")
+        return 1
+    return code
 
 
 def _stop(message: str, code: int) -> int:

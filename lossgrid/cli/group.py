@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from typing import Any
 
 import click
 
 from .. import __version__
+from .._files import os_reason
 from ..errors import LossgridError
 
 
@@ -26,6 +29,27 @@ class LossgridGroup(click.Group):
                 "Hint: lower --points-per-call, --batch-size or --samples, or use a smaller grid.") from None
         except SystemExit as e:  # lossgrid itself never exits inside a command: this is the user's code
             raise click.ClickException(user_exit_message(e)) from None
+        except OSError as e:  # lossgrid's files give LossgridErrors: what is left is the terminal or a pipe
+            raise click.ClickException(output_failed_message(e)) from None
+
+
+def output_failed_message(e: OSError) -> str:
+    """Why a command's printed output could not be written; the standard output is closed off, so
+    that nothing fails again while the interpreter exits."""
+    silence_stdout()
+    return (f"Cannot write the output ({os_reason(e)}). Why: the standard output is full or closed (a full disk, "
+            "a pipe whose reader has gone). Hint: send the output where there is room, or use --out FILE where "
+            "the command has it.")
+
+
+def silence_stdout() -> None:
+    """Point the standard output at /dev/null (best effort)."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def user_exit_message(e: SystemExit) -> str:

@@ -331,6 +331,10 @@ def is_run_file(name: str) -> bool:
 def _preflight(model: nn.Module, data: EvalData, test_data: EvalData | None, dev: torch.device) -> None:
     """The model and the loss on a few samples of each set (labels within the model's classes), the
     test set's samples shaped like the training set's: errors now, not after an epoch."""
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError(f"The model {type(model).__name__} has no trainable parameters",
+                          "training changes parameters that require gradients: there are none",
+                          "pass a model with trainable weights (check the factory)")
     if test_data is not None and tuple(test_data.x.shape[1:]) != tuple(data.x.shape[1:]):
         raise ConfigError(f"The test set's samples have shape {tuple(test_data.x.shape[1:])}, the training set's "
                           f"{tuple(data.x.shape[1:])}", "the model is evaluated on both after every epoch",

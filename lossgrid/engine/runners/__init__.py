@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..._memory import memory_problem
 from ...errors import ConfigError
 from ...exporters.session import cuda_provider_available, onnxruntime_installed
 from ..batchnorm import refuse_recompute
@@ -51,7 +52,21 @@ STRATEGIES = {"torch": ("auto", "loop", "vmap", "wide", "static"), "onnxruntime"
 ALL_STRATEGIES = tuple(dict.fromkeys(s for names in STRATEGIES.values() for s in names))
 
 __all__ = ["ALL_STRATEGIES", "BACKENDS", "STRATEGIES", "AutoRunner", "Runner", "StaticRunner", "TorchRunner",
-           "make_runner"]
+           "check_weight_memory", "make_runner"]
+
+
+def check_weight_memory(points: int, size: int, device: torch.device) -> None:
+    """Refuse, before allocating, ``points`` weight sets of ``size`` values per call (and their perturbed
+    copies) where the device has not the memory for them."""
+    need = 2 * points * size * 4
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+        problem = None if need <= free else f"they need {need:,} bytes and the GPU has {free:,} free"
+    else:
+        problem = memory_problem(need)
+    if problem:
+        raise ConfigError(f"{points} grid points per call of {size:,} weights each do not fit in memory", problem,
+                          "lower --points-per-call")
 
 
 def make_runner(eval_spec: EvalSpec, model: nn.Module, layout: ParamLayout, data: EvalData, loss_fn: LossFn,
@@ -78,6 +93,7 @@ def make_runner(eval_spec: EvalSpec, model: nn.Module, layout: ParamLayout, data
     device = torch.device(eval_spec.device)
     precision = eval_spec.precision
     check_precision(precision, device)
+    check_weight_memory(eval_spec.points_per_call or 8, layout.size, device)
     common = dict(batch_size=eval_spec.batch_size, points_per_call=eval_spec.points_per_call)
 
     def torch_runner(strat: str) -> Runner:
