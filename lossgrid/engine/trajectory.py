@@ -80,6 +80,9 @@ def checkpoint_paths(patterns: str | Sequence[str]) -> list[str]:
     empty = []
     for pattern in patterns:
         pattern = os.fspath(pattern)
+        if not glob.has_magic(pattern) and os.path.exists(pattern) and input_file_problem(pattern):
+            raise ConfigError(f"Cannot read checkpoint {pattern}", input_file_problem(pattern),
+                              "check the --checkpoints paths")
         hits = [p for p in glob.glob(pattern) if os.path.isfile(p)] if glob.has_magic(pattern) else (
             [pattern] if os.path.isfile(pattern) else [])
         if not hits:
