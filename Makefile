@@ -2,8 +2,9 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # torch==2.13.0 (pinned in constraints.txt) is the CPU wheel; where the machine keeps it on disk, use it.
+# --no-compile: Python compiles the modules it imports on first use, not all of torch's at install (a minute)
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
-PIP := $(PY) -m pip install -q --disable-pip-version-check $(FIND_LINKS) -c constraints.txt
+PIP := $(PY) -m pip install -q --no-compile --disable-pip-version-check $(FIND_LINKS) -c constraints.txt
 
 .PHONY: install demo test test-all lint bench bench-strategies bench-reference faults gpu-check clean
 

@@ -163,6 +163,13 @@ def check_output_path(path: str, what: str = "output", error: type[LossgridError
         raise error(f"Cannot write {what} {path}", why, "create the directory or choose another path")
     if not os.access(parent, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
         raise error(f"Cannot write {what} {path}", "permission denied", "choose a writable path")
+    probe = temp_sibling(path, "probe")
+    try:  # a real write: a read-only mount or a file system such as /proc refuses only then
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as e:
+        raise error(f"Cannot write {what} {path}", f"writing a file in {parent} fails: {e.strerror or e}",
+                    "choose a writable path") from None
+    remove_quietly(probe)
 
 
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:

@@ -150,6 +150,7 @@ def test_gallery_refuses_a_file_as_out(tmp_path):
     assert r.exit_code == 1 and "is a file" in r.output and "Traceback" not in r.output
 
 
+@pytest.mark.slow
 def test_gallery_on_cifar10_batches(tmp_path):
     import dataclasses
     import pickle

@@ -146,6 +146,19 @@ def test_earlier_results_are_refused_without_overwrite(work, case):
     assert r.exit_code == 1 and "--overwrite" in r.output, r.output
 
 
+@pytest.mark.parametrize("args", [
+    ["hessian", "--model", M, *DATA, "--plot", "/proc/lossgrid-test.png"],
+    ["audit", "--model", M, *DATA, "--out", "/proc/lossgrid-test.json"],
+    ["bench", "--model", M, *DATA, "--out", "/sys/lossgrid-test.json"],
+    ["train", "--model", M, *DATA, "--epochs", "1", "--out", "/proc/lossgrid-test"],
+    ["demo", "--out", "/proc/lossgrid-test", "--epochs", "1"],
+    ["gallery", "--out", "/proc/lossgrid-test", "--size", "ci"],
+])
+def test_unwritable_outputs_are_refused_before_any_work(work, args):
+    r = invoke(work, *args)
+    assert r.exit_code == 1 and "Cannot" in r.output and "trained" not in r.output, r.output
+
+
 def _fifos(w):
     fifo = w / "fifo.pt"
     return [

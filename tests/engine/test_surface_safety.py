@@ -275,7 +275,7 @@ def test_signals_during_start_up(tmp_path, ckpt, sig, code, delay):
     assert "Traceback" not in err and ("Interrupted" in err or "Stopped by SIGTERM" in err), err
 
 
-@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 1)])
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), pytest.param(signal.SIGTERM, 1, marks=pytest.mark.slow)])
 def test_signal_mid_run_leaves_a_resumable_file(tmp_path, ckpt, sig, code):
     out = tmp_path / "s.h5"
     cmd = surface_cmd(ckpt, out, "--loss", slow_loss(tmp_path, 0.02))  # 256 points: at least 5 s of run
