@@ -161,6 +161,9 @@ def check_output_path(path: str, what: str = "output", error: type[LossgridError
     if not os.path.isdir(parent):
         why = f"{parent} is a file, not a directory" if os.path.exists(parent) else f"directory {parent} does not exist"
         raise error(f"Cannot write {what} {path}", why, "create the directory or choose another path")
+    special = special_file_problem(path) if os.path.exists(path) else None
+    if special:  # a named pipe blocks an open; a device would be replaced by a regular file
+        raise error(f"Cannot write {what} {path}", special, "choose a path that is a regular file or does not exist")
     if not os.access(parent, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
         raise error(f"Cannot write {what} {path}", "permission denied", "choose a writable path")
     probe = temp_sibling(path, "probe")

@@ -150,9 +150,13 @@ def read_checkpoint(path: str, trust: bool = False) -> Any:
     except Exception as e:  # torch raises RuntimeError, EOFError, BadZipFile, ValueError... on bad files
         raise ModelLoadError(f"Checkpoint {path} is corrupt or not a torch file", _first_line(e),
                              "pass a file written by torch.save, torch.jit.save or safetensors") from None
+    named = _unsafe_globals(path, refusal)
+    if not named:  # the unpickler refused, but no class or function can be named: garbage, not a model
+        raise ModelLoadError(f"Checkpoint {path} is corrupt or not a torch file", _first_line(refusal),
+                             "pass a file written by torch.save, torch.jit.save or safetensors")
     if not trust:
         raise ModelLoadError(
-            f"Checkpoint {path} holds Python objects, not only tensors: {_unsafe_globals(path, refusal)}",
+            f"Checkpoint {path} holds Python objects, not only tensors: {named}",
             "loading such a file (a whole pickled model, say) runs code that the file names, "
             "which could do anything to this machine",
             f"if you made this file or trust its source, pass {TRUST_HINT}; better, re-save the weights alone "
@@ -182,7 +186,7 @@ def _torch_load(path: str, weights_only: bool) -> Any:
 
 
 def _unsafe_globals(path: str, error: Exception) -> str:
-    """The non-tensor objects a checkpoint refers to, read without unpickling it."""
+    """The non-tensor objects a checkpoint refers to, read without unpickling it ("" if none can be named)."""
     names: list[str] = []
     try:
         names = list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
@@ -192,7 +196,7 @@ def _unsafe_globals(path: str, error: Exception) -> str:
         if marker in text:
             names = [text.split(marker, 1)[1].split()[0]]
     if not names:
-        return "objects that are not tensors"
+        return ""
     return ", ".join(sorted(names)[:6]) + (f" (+{len(names) - 6} more)" if len(names) > 6 else "")
 
 

@@ -97,6 +97,9 @@ CHECKPOINT_RE = re.compile(r"^epoch_\d+\.pt$", re.ASCII)
 EVENTS_MARK = "tfevents"
 #: what ``Tracker(if_exists=...)`` does where an earlier run is found
 IF_EXISTS = ("refuse", "new")
+#: the largest epoch a step takes (a checkpoint name beyond it is a counter gone wrong) and image side
+MAX_EPOCH = 10**9
+MAX_IMAGE_SIDE = 8192
 #: the sub-directory of a new run with ``if_exists="new"``: ``run-2``, ``run-3``, ...
 RUN_DIR = "run-{n}"
 #: where a run writes: ``(out_dir, checkpoint directory, TensorBoard directory)``, ``None`` for one not written
@@ -167,8 +170,11 @@ class Tracker:
         if isinstance(fit_points, bool) or not isinstance(fit_points, int) or fit_points < 3:
             raise ConfigError(f"fit_points={fit_points!r} is invalid", "a quadratic fit needs at least 3 points",
                               "pass fit_points=3 or more")
-        if len(image_size) != 2 or min(image_size) < 32:
-            raise ConfigError(f"image_size={image_size!r} is invalid", "it is (width, height), each 32 pixels or more")
+        if len(image_size) != 2 or not all(32 <= int(v) <= MAX_IMAGE_SIDE for v in image_size):
+            raise ConfigError(f"image_size={image_size!r} is invalid",
+                              f"it is (width, height), each 32 to {MAX_IMAGE_SIDE} pixels")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+            raise ConfigError(f"seed={seed!r} is invalid", "seeds are whole numbers from 0 to 2^63 - 1")
         if if_exists not in IF_EXISTS:
             raise ConfigError(f"if_exists={if_exists!r} is invalid", "it is 'refuse' or 'new'",
                               "pass if_exists='new' to write a second run into a new sub-directory")
@@ -426,8 +432,8 @@ def _check_epoch(epoch: int) -> int:
         value = -1 if isinstance(epoch, bool) else operator.index(epoch)
     except TypeError:
         value = -1
-    if value < 0:
-        raise ConfigError(f"epoch={epoch!r} is invalid", "epochs are whole numbers, 0 or more",
+    if not 0 <= value <= MAX_EPOCH:
+        raise ConfigError(f"epoch={epoch!r} is invalid", f"epochs are whole numbers from 0 to {MAX_EPOCH:,}",
                           "pass the loop's epoch counter, for example tracker.step(epoch) in range(epochs)")
     return value
 
@@ -441,10 +447,11 @@ def _nan_numbers(ndim: int) -> dict[str, float]:
 
 def _attempt(what: str, errors: list[str], action: Callable[..., Any], *args: Any) -> Any:
     """``action(*args)``; if it raises an ``Exception``, ``None`` and the reason added to
-    ``errors``. ``KeyboardInterrupt`` and ``SystemExit`` pass through."""
+    ``errors``: also ``SystemExit`` from user code (a loss calling ``sys.exit``); ``KeyboardInterrupt``
+    passes through."""
     try:
         return action(*args)
-    except Exception as e:  # a tracked step must never end the caller's training loop
+    except (Exception, SystemExit) as e:  # a tracked step never ends the caller's training loop (Ctrl-C does)
         reason = str(e) if isinstance(e, LossgridError) else f"{type(e).__name__}: {e}"
         errors.append(f"no {what} ({reason.rstrip('.')})")
         log.debug("the tracker's %s failed", what, exc_info=True)

@@ -188,7 +188,9 @@ def test_numbers_of_a_known_landscape():
                                             ({"every": 0}, "every=0"), ({"samples": 0}, "samples=0"),
                                             ({"loss": "nope"}, "Unknown loss"), ({"fit_points": 2}, "fit_points"),
                                             ({"batch_size": 0}, "batch_size=0"),
-                                            ({"if_exists": "replace"}, "if_exists='replace'")])
+                                            ({"if_exists": "replace"}, "if_exists='replace'"),
+                                            ({"image_size": (10**6, 10**6)}, "32 to 8192 pixels"),
+                                            ({"seed": -1}, "seed=-1"), ({"seed": 2**64}, "seed=")])
 def test_bad_settings(tmp_path, train_data, kwargs, needle):
     with pytest.raises(ConfigError, match=needle):
         Tracker(nn.Linear(64, 10), train_data, tmp_path, **kwargs)
@@ -462,6 +464,16 @@ def test_epochs_move_on_and_are_whole_numbers(tmp_path):
     tracker.step(np.int64(2))
     tracker.step(torch.tensor(3))
     assert [h["epoch"] for h in tracker.history] == [1, 1, 0, 2, 3] and type(tracker.history[-1]["epoch"]) is int
-    for epoch in (-1, 2.0, "3", True):
+    for epoch in (-1, 2.0, "3", True, 10**30):
         with pytest.raises(ConfigError, match="epoch="):  # a programming error in the loop, found at once
             tracker.step(epoch)
+
+
+def test_sys_exit_in_a_loss_does_not_end_the_training_loop(tmp_path):
+    def exiting_loss(outputs, targets):
+        sys.exit(0)
+
+    tracker = tiny_tracker(tmp_path, loss=exiting_loss)
+    with pytest.warns(TrackerWarning, match="no landscape .*SystemExit"):
+        numbers = tracker.step(0)
+    assert np.isnan(numbers["center_loss"]) and "SystemExit" in tracker.history[-1]["error"]

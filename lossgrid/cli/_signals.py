@@ -27,8 +27,8 @@ RESUME_HINT = "Finished chunks of a surface are saved: run the same command agai
 STOP_HINTS = {
     "surface": RESUME_HINT,
     "evolve": "Finished points of the evolution file are saved: run the same command again to resume.",
-    "train": "The checkpoints written so far are kept; a run in --out that this one was to replace stays as it "
-             "was unless this run had finished its first epoch.",
+    "train": "A run in --out that this one was to replace stays as it was unless this run had finished its first "
+             "epoch; otherwise the checkpoints written so far are kept.",
     "demo": "A demo in --out that this one was to replace stays as it was.",
     "gallery": "A gallery in --out that this one was to replace stays as it was.",
 }

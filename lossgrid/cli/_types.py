@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from typing import Any
 
 import click
@@ -57,3 +58,19 @@ SEED = Count(0, MAX_SEED)
 def max_processes() -> int:
     """The most processes ``--nproc`` may start here: one per CPU core this process may use."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+class Device(click.ParamType):
+    """A torch device name lossgrid evaluates on: ``cpu``, ``cuda`` or ``cuda:N`` (whether this machine
+    has it is checked when the command runs: a missing GPU is not a misspelled option)."""
+
+    name = "device"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        text = str(value)
+        if not re.fullmatch(r"cpu|cuda(:\d{1,4})?", text, re.ASCII):
+            self.fail(f"{text!r} is not a device lossgrid runs on: use cpu, cuda or cuda:N", param, ctx)
+        return text
+
+
+DEVICE = Device()

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import os
-
 import click
 
 from ._common import echo_json, run_with_progress
@@ -47,10 +45,7 @@ def demo(out: str, grid: str | None, epochs: int, seed: int, trajectory: bool, a
             Axis.parse(grid if grid is not None else "-1:1:31")
         except ConfigError as e:
             raise click.BadParameter(str(e), param_hint="--grid") from None
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise click.BadParameter(f"{out} is a file; the demo writes several files into a directory",
-                                 param_hint="--out")
-    check_output_dir(out, "demo", is_demo_file, overwrite)  # before any work
+    check_output_dir(out, "demo", is_demo_file, overwrite)  # before any work (a file there: exit 1, as train's)
     if trajectory and epochs < 2:  # the initial weights and two epochs: the fewest checkpoints that span a plane
         raise click.BadParameter(f"--trajectory needs 2 epochs or more, got {epochs}", param_hint="--epochs")
     if trajectory:

@@ -13,7 +13,7 @@ from ..config import AUTO_BUDGET, DIR_KINDS, DIR_TYPES, IGNORES, NORMS, PRECISIO
 from ..engine.runners import ALL_STRATEGIES, BACKENDS
 from ..errors import ConfigError
 from ._common import MODEL_HELP, echo_json, parse_axis, run_with_progress
-from ._types import FINITE, MAX_BATCH, MAX_POINTS_PER_CALL, SEED, Count, FiniteFloat
+from ._types import DEVICE, FINITE, MAX_BATCH, MAX_POINTS_PER_CALL, SEED, Count, FiniteFloat
 
 #: animation option -> the file extensions it writes
 ANIMATIONS = {"gif": (".gif",), "mp4": (".mp4",), "html": (".html", ".htm")}
@@ -63,7 +63,7 @@ ANIMATIONS = {"gif": (".gif",), "mp4": (".mp4",), "html": (".html", ".htm")}
 @click.option("--auto-budget", type=FiniteFloat(min=0), default=AUTO_BUDGET, show_default=True, metavar="SHARE")
 @click.option("--points-per-call", type=Count(1, MAX_POINTS_PER_CALL), help="Grid points per runner call (default 8).")
 @click.option("--batch-size", type=Count(1, MAX_BATCH), help="Samples per forward pass (default: by input size).")
-@click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda:0.")
+@click.option("--device", type=DEVICE, default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def evolve(**kw: Any) -> None:

@@ -13,7 +13,9 @@ from ._types import MAX_POINTS_PER_CALL, Count, FiniteFloat
 @click.option("--checkpoint", metavar="FILE", help="state_dict, {'state_dict': ...}, or a pickled module.")
 @click.option("--trust-checkpoint", is_flag=True,
               help="Allow a checkpoint that is a whole pickled model (loading it runs code named in the file).")
-@click.option("--out", required=True, metavar="FILE.onnx")
+@click.option("--out", required=True, metavar="FILE.onnx", help="The ONNX file (an existing file is refused).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing --out that is an export of lossgrid's (any other file is never replaced).")
 @click.option("--points-per-call", "k", type=Count(1, MAX_POINTS_PER_CALL), default=1, show_default=True,
               help="K: grid points per call (leading dimension of every weight input).")
 @click.option("--opset", type=Count(13, 30), default=17, show_default=True)
@@ -25,7 +27,7 @@ from ._types import MAX_POINTS_PER_CALL, Count, FiniteFloat
               help="Also take class labels; output per-sample cross-entropy and correctness.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
 def export(model: str | None, checkpoint: str | None, trust_checkpoint: bool, out: str, k: int, opset: int, data: str,
-           no_fold_bn: bool, tolerance: float, with_loss: bool, as_json: bool) -> None:
+           no_fold_bn: bool, tolerance: float, with_loss: bool, as_json: bool, overwrite: bool) -> None:
     """Export a model to ONNX with its weights as graph inputs, K grid points per call,
     checked against PyTorch on random perturbed weights."""
     from .._files import check_output_path, refuse_input_as_output
@@ -37,6 +39,7 @@ def export(model: str | None, checkpoint: str | None, trust_checkpoint: bool, ou
 
     check_output_path(out, "ONNX file")
     refuse_input_as_output(out, {"--checkpoint": checkpoint, "--model": spec_file(model), "--data": spec_file(data)})
+    _check_replaceable(out, overwrite)
     net, desc = load_model(model, checkpoint, trust_checkpoint)
     example = require_tensor(load_data(data).x, "The ONNX exporter",
                              "export a wrapper module that takes one tensor, or evaluate the model with "
@@ -52,6 +55,26 @@ def export(model: str | None, checkpoint: str | None, trust_checkpoint: bool, ou
         click.echo(f"wrote {out}: K={k}, {summary['weight_inputs']} weight inputs, "
                    f"{summary['folded_batchnorms']} BatchNorms folded, max abs diff vs PyTorch "
                    f"{result.max_abs_diff:.2g}")
+
+
+def _check_replaceable(out: str, overwrite: bool) -> None:
+    """An existing --out is replaced only with --overwrite, and only if it is an export of lossgrid's."""
+    import os
+
+    from ..errors import ConfigError, LossgridError
+    from ..exporters.onnx import load_onnx
+
+    if not os.path.lexists(out):
+        return
+    if not overwrite:
+        raise ConfigError(f"--out {out} exists", "lossgrid replaces files only when asked",
+                          "choose another path, or pass --overwrite to replace an earlier export")
+    try:
+        load_onnx(out)
+    except LossgridError:
+        raise ConfigError(f"--out {out} exists and is not an ONNX export of lossgrid's",
+                          "--overwrite replaces only earlier exports, never other files",
+                          "choose another --out path") from None
 
 
 @click.command()

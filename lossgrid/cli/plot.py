@@ -19,7 +19,8 @@ from ._types import FINITE, SEED, Count
               "curvature: |min/max| Hessian eigenvalue map of a surface computed with --curvature.")
 @click.option("--metric", type=click.Choice(METRICS), default="loss", show_default=True)
 @click.option("--log", "log_scale", is_flag=True, help="log10 of the metric.")
-@click.option("--levels", help="Contour levels: a count (30), values (0.1,0.5,1) or MIN:MAX:STEP.")
+@click.option("--levels", callback=lambda ctx, param, value: _levels(value),
+              help="Contour levels: a count (30), values (0.1,0.5,1) or MIN:MAX:STEP.")
 @click.option("--vmax", type=FINITE, help="Clip the metric above this value (zmax for VTK).")
 @click.option("--title", help="Plot title.")
 @click.option("--upsample", type=Count(2, 64), help="VTK: interpolate to N points per axis.")
@@ -96,3 +97,15 @@ def _trajectory(opts: dict[str, Any], files: tuple[str, ...]) -> tuple[Any, Any]
     traj = load_trajectory(opts["trajectory"], model)  # its directions checked against the model
     data = load_data(opts["data"], opts["samples"], opts["samples_seed"])
     return traj, path_losses(model, data, traj, opts["loss"], surface=files[0])
+
+
+def _levels(value: str | None) -> str | None:
+    """Check --levels at the command line (bad values exit 2 naming it); the text goes on as given."""
+    from ..errors import ConfigError
+    from ..render._common import parse_levels
+
+    try:
+        parse_levels(value)
+    except ConfigError as e:
+        raise click.BadParameter(str(e)) from None
+    return value

@@ -23,8 +23,19 @@ from ..config import (
     SurfaceJob,
 )
 from ..engine.runners import ALL_STRATEGIES, BACKENDS
+from ..errors import ConfigError
 from ._common import BATCH_HELP, LOSS_HELP, MODEL_HELP, echo_json, parse_axis, run_with_progress
-from ._types import MAX_BATCH, MAX_ITERATIONS, MAX_POINTS_PER_CALL, MAX_REPEATS, SEED, Count, FiniteFloat, max_processes
+from ._types import (
+    DEVICE,
+    MAX_BATCH,
+    MAX_ITERATIONS,
+    MAX_POINTS_PER_CALL,
+    MAX_REPEATS,
+    SEED,
+    Count,
+    FiniteFloat,
+    max_processes,
+)
 
 
 @click.command()
@@ -110,7 +121,7 @@ from ._types import MAX_BATCH, MAX_ITERATIONS, MAX_POINTS_PER_CALL, MAX_REPEATS,
               "default without timing (0: never time, 1000: always).")
 @click.option("--points-per-call", type=Count(1, MAX_POINTS_PER_CALL), help="Grid points per runner call (default 8).")
 @click.option("--batch-size", type=Count(1, MAX_BATCH), help="Samples per forward pass (default: by input size).")
-@click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda:0.")
+@click.option("--device", type=DEVICE, default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--curvature", is_flag=True,
               help="Also compute the extreme Hessian eigenvalues at every point (datasets max_eig/min_eig, the "
               "paper's convexity map; plot with --kind curvature). Costs --curvature-iters Hessian-vector "
@@ -144,8 +155,12 @@ def surface(**kw: Any) -> None:
         if given and not on:
             raise click.BadParameter(f"it applies to {flag}, which is not given",
                                      param_hint="--" + name.replace("_", "-"))
+    try:
+        grid = GridSpec(kw["x"], kw["y"])
+    except ConfigError as e:  # each axis parsed, together too large: a bad pair of options
+        raise click.BadParameter(str(e), param_hint="--x/--y") from None
     job = SurfaceJob(
-        out=kw["out"], grid=GridSpec(kw["x"], kw["y"]), model=kw["model"], checkpoint=kw["checkpoint"],
+        out=kw["out"], grid=grid, model=kw["model"], checkpoint=kw["checkpoint"],
         model2=kw["model2"], data=kw["data"], samples=kw["samples"], samples_seed=kw["samples_seed"],
         loss=kw["loss"],
         directions=DirectionSpec(kw["dir_type"], kw["xnorm"], kw["xignore"], kw["ynorm"], kw["yignore"], kw["seed"],

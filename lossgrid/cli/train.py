@@ -8,8 +8,9 @@ from typing import Any
 
 import click
 
+from ..engine.train import MAX_LR
 from ._common import DATA_HELP, Progress, echo_json
-from ._types import MAX_BATCH, MAX_EPOCHS, SEED, Count, FiniteFloat
+from ._types import DEVICE, MAX_BATCH, MAX_EPOCHS, SEED, Count, FiniteFloat
 
 
 class _StepProgress(Progress):
@@ -38,7 +39,7 @@ def _milestones(ctx: click.Context, param: click.Parameter, value: str) -> tuple
 @click.option("--samples", type=Count(1, None), help="Train on a fixed, seeded subset of N samples.")
 @click.option("--epochs", type=Count(1, MAX_EPOCHS), required=True)
 @click.option("--batch-size", type=Count(1, MAX_BATCH), default=128, show_default=True)
-@click.option("--lr", type=FiniteFloat(min=0, min_open=True), default=0.1, show_default=True,
+@click.option("--lr", type=FiniteFloat(min=0, max=MAX_LR, min_open=True), default=0.1, show_default=True,
               help="Initial learning rate (SGD).")
 @click.option("--momentum", type=FiniteFloat(0, 1, max_open=True), default=0.9, show_default=True)
 @click.option("--weight-decay", type=FiniteFloat(min=0), default=5e-4, show_default=True)
@@ -51,7 +52,7 @@ def _milestones(ctx: click.Context, param: click.Parameter, value: str) -> tuple
 @click.option("--save-every", type=Count(1, MAX_EPOCHS), default=1, show_default=True,
               help="A checkpoint every N epochs (and after the last one).")
 @click.option("--augment", is_flag=True, help="Random crops (4-pixel padding) and flips; 32x32 images only.")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--device", type=DEVICE, default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--out", required=True, metavar="DIR",
               help="Checkpoint directory: model_0.pt (initial), model_<epoch>.pt, final.pt, train.json. One holding "
                    "an earlier run is refused unless --overwrite.")
@@ -79,6 +80,7 @@ def train(**kw: Any) -> None:
     from ..models import load_model
 
     check_save_dir(kw["out"], kw["overwrite"])  # before any work
+    _refuse_inputs_among_run_files(kw)
     data = load_data(kw["data"], kw["samples"], sample_seed=kw["seed"])
     test = load_data(kw["test_data"]) if kw["test_data"] else None
     torch.manual_seed(kw["seed"])  # the initial weights
@@ -105,3 +107,20 @@ def train(**kw: Any) -> None:
     click.echo(f"wrote {len(result.checkpoints)} checkpoints and train.json to {kw['out']}; its trajectory: "
                f"lossgrid trajectory --model {kw['model']} --checkpoints '{os.path.join(kw['out'], 'model_*.pt')}' "
                f"--out trajectory.h5")
+
+
+def _refuse_inputs_among_run_files(kw: dict[str, Any]) -> None:
+    """An input file that a run writes or replaces in --out (``model_<n>.pt``, ``final.pt``,
+    ``train.json``) is refused: lossgrid never writes over one of its own inputs."""
+    from ..engine.jobs import spec_file
+    from ..engine.train import is_run_file
+    from ..errors import ConfigError
+
+    out = os.path.realpath(kw["out"])
+    inputs = {"--data": spec_file(kw["data"]), "--test-data": spec_file(kw["test_data"]),
+              "--model": spec_file(kw["model"])}
+    for option, path in inputs.items():
+        if path and os.path.dirname(os.path.realpath(path)) == out and is_run_file(os.path.basename(path)):
+            raise ConfigError(f"{option} {path} is a file the training run writes in --out {kw['out']}",
+                              "lossgrid never writes over one of its own input files",
+                              "move the input out of the run directory, or choose another --out")

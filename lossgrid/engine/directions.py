@@ -30,6 +30,9 @@ from .params import ParamLayout, perturbed_tensors, select_names
 #: attributes read back with the directions (``explained_variance_ratio``: the PCA plane of a trajectory)
 META_KEYS = ("dir_type", "seed", "kind", "xnorm", "xignore", "ynorm", "yignore", "eigenvalues",
              "explained_variance_ratio", "params", "exclude", "trainable_only")
+#: what to do with a file that does not hold directions (never: delete it; it may be a file of the user's)
+NEW_DIRECTIONS_HINT = ("pass a direction file written by lossgrid (or the reference code), or a --dir-file path "
+                       "that does not exist yet to make new directions there")
 #: the direction settings that say which tensors move (stored only when set)
 SELECTION_KEYS = ("params", "exclude", "trainable_only")
 
@@ -301,7 +304,7 @@ def load_directions(path: str | os.PathLike, model: nn.Module, dir_type: str | N
         f = h5py.File(path, "r")
     except (OSError, ValueError) as e:
         raise DirectionError(f"Cannot read direction file {path}", str(e).splitlines()[0] if str(e) else None,
-                             "pass a file written by lossgrid (or the reference code), or delete it") from None
+                             NEW_DIRECTIONS_HINT) from None
     with f:
         meta = {k: (v.item() if isinstance(v, np.generic) else v.tolist() if isinstance(v, np.ndarray) else v)
                 for k, v in f.attrs.items() if k in META_KEYS}
@@ -316,7 +319,7 @@ def load_directions(path: str | os.PathLike, model: nn.Module, dir_type: str | N
         weights = perturbed_tensors(model, stored_type)
         if not isinstance(f.get("xdirection"), h5py.Group):
             raise DirectionError(f"Direction file {path} has no 'xdirection' group",
-                                 hint="pass a file written by lossgrid, or delete it to make new directions")
+                                 hint=NEW_DIRECTIONS_HINT)
         have_y = isinstance(f.get("ydirection"), h5py.Group)
         if ndim == 2 and not have_y:
             raise DirectionError(f"Direction file {path} holds one direction but a 2D grid needs two",
@@ -344,12 +347,12 @@ def _read_group(group: Any, gname: str, layout: ParamLayout, weights: dict[str, 
         if str(i) not in group:
             found = ", ".join(sorted(group)[:6])
             raise DirectionError(f"{where} is missing", f"the group holds {found}",
-                                 "pass a file written by lossgrid, or delete it to make new directions")
+                                 NEW_DIRECTIONS_HINT)
         dset = group[str(i)]
         if not hasattr(dset, "dtype") or dset.dtype.kind not in "fiu":
             raise DirectionError(f"{where} holds {getattr(dset, 'dtype', type(dset).__name__)}",
                                  "directions are arrays of floating-point numbers",
-                                 "pass a file written by lossgrid, or delete it to make new directions")
+                                 NEW_DIRECTIONS_HINT)
         arr = np.asarray(dset[()], dtype=np.float64 if dset.dtype.kind != "f" else dset.dtype)
         if tuple(arr.shape) != tuple(w.shape):
             raise DirectionError(f"{where} has shape {arr.shape}, the model {tuple(w.shape)}",

@@ -107,9 +107,13 @@ def resolve_loss(loss: str | LossFn) -> tuple[LossFn, str]:
         try:
             if not option.startswith("ignore="):
                 raise ValueError(option)
-            fn = TokenCrossEntropy(int(option[len("ignore="):]))
+            index = int(option[len("ignore="):])
+            if not -2**63 <= index < 2**63:  # token ids are int64
+                raise ValueError(option)
+            fn = TokenCrossEntropy(index)
         except ValueError:
-            raise ConfigError(f"Cannot read loss {loss!r}", "the option of token_cross_entropy is ignore=N",
+            raise ConfigError(f"Cannot read loss {loss!r}", "the option of token_cross_entropy is ignore=N, N a "
+                              "whole number that fits a token id (int64)",
                               "write token_cross_entropy or token_cross_entropy:ignore=-100") from None
         return fn, fn.__qualname__
     if ":" in loss:

@@ -98,9 +98,9 @@ def probe(model: nn.Module, data: EvalData, loss_fn: LossFn, device: torch.devic
     if loss_fn is cross_entropy and not torch.is_floating_point(data.y) and out.dim() == 2:
         check_labels(data, out.shape[-1])  # before the loss, which would fail on them with less to say
     values = _attempt(lambda: loss_fn(out, y), model, data)
-    if not isinstance(values, torch.Tensor) or values.dim() > 1:
+    if not isinstance(values, torch.Tensor) or values.dim() > 1 or (values.dim() == 1 and len(values) != len(y)):
         raise EvaluationError(f"The loss returned {type(values).__name__} "
-                              f"of shape {tuple(getattr(values, 'shape', ()))}",
+                              f"of shape {tuple(getattr(values, 'shape', ()))} for a batch of {len(y)} samples",
                               "a loss returns one value per sample (shape [B]) or the batch mean",
                               "fix the loss function")
     if not bool(torch.isfinite(values).all()):

@@ -61,6 +61,8 @@ log = logging.getLogger(__name__)
 CHECKPOINT_RE = re.compile(r"^model_\d+\.pt$", re.ASCII)
 FINAL_NAME = "final.pt"
 RECORD_NAME = "train.json"
+#: the largest learning rate: far beyond any that trains, well below what float32 steps overflow at
+MAX_LR = 1e6
 AUGMENT_SIZE = 32
 AUGMENT_PADDING = 4
 
@@ -87,8 +89,9 @@ class TrainRecipe:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name}={value!r} is invalid", "it must be a whole number of at least 1",
                                   f"pass --{name.replace('_', '-')} 1 or more")
-        if not self.lr > 0:
-            raise ConfigError(f"lr={self.lr!r} is invalid", "the learning rate must be above 0", "pass --lr 0.1")
+        if not 0 < self.lr <= MAX_LR:
+            raise ConfigError(f"lr={self.lr!r} is invalid", f"the learning rate must be above 0 and at most {MAX_LR:g}",
+                              "pass --lr 0.1")
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"momentum={self.momentum!r} is invalid", "it must be in [0, 1)",
                               "pass --momentum 0.9 (or 0 for plain SGD)")
@@ -184,8 +187,9 @@ def train_model(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch.Ten
     dev = resolve_device(device)
     model = model.to(dev)
     _preflight(model, data, test_data, dev)  # before any file is written
-    out = StagedDir(save_dir, "training run", is_run_file, overwrite) if save_dir is not None else None
+    out = None
     try:
+        out = StagedDir(save_dir, "training run", is_run_file, overwrite) if save_dir is not None else None
         return _train(model, data, test_data, recipe, dev, out, save_every, progress, description)
     except BaseException:
         if out is not None:  # no epoch finished: an earlier run in save_dir stays as it was

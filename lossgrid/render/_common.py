@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -77,6 +78,10 @@ def default_levels(z: np.ndarray, n: int = 30, vmax: float | None = None) -> np.
     return lo + (hi - lo) * np.geomspace(0.01, 1.0, n)
 
 
+#: contour levels of one plot: far more than any picture can show
+MAX_LEVELS = 1000
+
+
 def parse_levels(text: str | int | None) -> int | list[float] | None:
     """``30`` (a count), ``0.1,0.5,1`` (values) or ``MIN:MAX:STEP`` (as the reference's vmin/vmax/vlevel)."""
     if text is None or isinstance(text, int):
@@ -84,20 +89,21 @@ def parse_levels(text: str | int | None) -> int | list[float] | None:
     try:
         if ":" in text:
             lo, hi, step = (float(p) for p in text.split(":"))
-            if step <= 0 or hi <= lo:
+            if not all(map(math.isfinite, (lo, hi, step))) or step <= 0 or hi <= lo or (hi - lo) / step > MAX_LEVELS:
                 raise ValueError
             return [float(v) for v in np.arange(lo, hi + step / 2, step)]
         if "," in text:
             values = sorted(float(p) for p in text.split(","))
-            if len(values) < 2:
+            if not 2 <= len(values) <= MAX_LEVELS or not all(map(math.isfinite, values)):
                 raise ValueError
             return values
         count = int(text)
-        if count < 2:
+        if not 2 <= count <= MAX_LEVELS:
             raise ValueError
         return count
     except ValueError:
-        raise ConfigError(f"Cannot read levels {text!r}", "levels are a count, a comma list, or MIN:MAX:STEP",
+        raise ConfigError(f"Cannot read levels {text!r}", f"levels are a count, a comma list, or MIN:MAX:STEP, of "
+                          f"finite numbers, 2 to {MAX_LEVELS} levels",
                           "for example --levels 30, --levels 0.1,0.5,1,2 or --levels 0.1:10:0.5") from None
 
 

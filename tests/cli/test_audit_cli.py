@@ -129,5 +129,5 @@ def test_out_refuses_an_input(ckpts):
 def test_errors_exit_1(ckpts, tmp_path):
     r = run(*audit_args(ckpts[0], "--data", "npz:" + str(tmp_path / "missing.npz")))
     assert r.exit_code == 1 and "Traceback" not in r.output
-    r = run(*audit_args(ckpts[0], "--device", "tpu"))
-    assert r.exit_code == 1 and "Unknown device 'tpu'" in r.output
+    r = run(*audit_args(ckpts[0], "--device", "tpu"))  # a bad option value: exit 2, the option named
+    assert r.exit_code == 2 and "'tpu' is not a device lossgrid runs on" in r.output and "--device" in r.output

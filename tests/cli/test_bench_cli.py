@@ -88,7 +88,6 @@ def test_bad_options_exit_2(ckpt, args, needle):
 @pytest.mark.parametrize("args,needle", [
     (["--data", "mnist"], "Unknown data spec"),
     (["--data", "npz:/nonexistent.npz"], "Cannot read data file"),
-    (["--device", "tpu"], "tpu"),
     (["--loss", "no_such_mod_xyz:fn"], "Cannot import module"),
     (["--out", "/nonexistent/dir/b.json"], "does not exist"),
 ])

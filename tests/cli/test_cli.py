@@ -77,8 +77,9 @@ def test_plot_kinds_from_cli(tmp_path, ckpt):
         assert (tmp_path / out).stat().st_size > 1000
     r = run("plot", a, b, "--out", tmp_path / "x.png", "--kind", "heatmap")
     assert r.exit_code == 1 and "--kind compare" in r.output
-    r = run("plot", a, "--out", tmp_path / "x.png", "--levels", "abc")
-    assert r.exit_code == 1 and "Cannot read levels" in r.output
+    for levels in ("abc", "nan", "0:1:0", "0:1:1e-300", "99999999999999999999"):  # bad options: exit 2, named
+        r = run("plot", a, "--out", tmp_path / "x.png", "--levels", levels)
+        assert r.exit_code == 2 and "Cannot read levels" in r.output and "--levels" in r.output, r.output
     r = run("plot", tmp_path / "missing.h5", "--out", tmp_path / "x.png")
     assert r.exit_code == 1 and "Cannot read surface file" in r.output
 
@@ -101,7 +102,8 @@ def test_dir_file_written_then_reused(tmp_path, ckpt):
     (["--xnorm", "l3"], 2, "l3"),
     (["--data", "mnist"], 1, "Unknown data spec"),
     (["--data", "npz:/nonexistent.npz"], 1, "Cannot read data file"),
-    (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "tpu"], 1, "evice"),
+    (["--device", "cuda:7"], 1, "evice") if not torch.cuda.is_available() else (["--device", "cuda:99"], 1, "evice"),
+    (["--device", "tpu"], 2, "not a device lossgrid runs on"),
     (["--loss", "no_such_mod_xyz:fn"], 1, "Cannot import module"),
     (["--dir-file", "/nonexistent/dirs.h5"], 1, "Cannot write direction file"),
 ])
@@ -267,8 +269,17 @@ def test_export_and_inspect(tmp_path, ckpt):
     onnx.save(proto, str(tmp_path / "bare.onnx"))
     r = run("inspect", tmp_path / "bare.onnx")
     assert r.exit_code == 1 and "no lossgrid manifest" in r.output and "lossgrid export" in r.output
-    r = run("export", "--model", "lossgrid.zoo:mlp_digits", "--checkpoint", ckpt, "--out", out)
+    r = run("export", "--model", "lossgrid.zoo:mlp_digits", "--checkpoint", ckpt, "--out", tmp_path / "m2.onnx")
     assert r.exit_code == 1 and "does not match" in r.output
+    before = out.read_bytes()  # an existing export is replaced only with --overwrite; other files never
+    r = run("export", "--model", f"{CONFTEST}:small_cnn", "--checkpoint", ckpt, "--out", out)
+    assert r.exit_code == 1 and "--overwrite" in r.output and out.read_bytes() == before
+    notes = tmp_path / "notes.onnx"
+    notes.write_text("mine")
+    r = run("export", "--model", f"{CONFTEST}:small_cnn", "--checkpoint", ckpt, "--out", notes, "--overwrite")
+    assert r.exit_code == 1 and "not an ONNX export of lossgrid's" in r.output and notes.read_text() == "mine"
+    r = run("export", "--model", f"{CONFTEST}:small_cnn", "--checkpoint", ckpt, "--out", out, "--overwrite")
+    assert r.exit_code == 0, r.output
 
 
 def test_surface_onnxruntime_and_auto_backends(tmp_path, ckpt):

@@ -43,6 +43,10 @@ def exits():
 
 def exiting_batch(data):
     sys.exit(3)
+
+
+def three_values(outputs, targets):
+    return torch.ones(3)
 '''
 
 
@@ -69,6 +73,8 @@ def work(tmp_path_factory):
             (d / folder / name).write_bytes(b"an earlier result: " + name.encode())
     for name in ("report.json", "plot.png", "traj.h5"):
         (d / name).write_bytes(b"an earlier result")
+    os.mkfifo(d / "fifo.json")
+    (d / "trained" / "final.pt").write_bytes(b"data the user keeps inside the run directory")
     return d
 
 
@@ -116,10 +122,14 @@ def _numbers(w):
         (["export", "--model", M, "--out", s / "m.onnx", "--tolerance", "nan"], "--tolerance"),
         (["demo", "--out", s, "--epochs", "1000000000"], "--epochs"),
         (["gallery", "--out", s, "--seeds", "1000000"], "--seeds"),
+        (["train", "--model", M, *DATA, "--epochs", "1", "--out", s, "--lr", "1e300"], "--lr"),
+        (["plot", w / "traj.h5", "--out", s / "p.png", "--levels", "1" + "0" * 20], "--levels"),
+        (["bench", "--model", M, *DATA, "--device", "tpu"], "--device"),
+        (["surface", "--model", M, *DATA, "--x=-1:1:3000", "--y=-1:1:3000", "--out", s / "s.h5"], "--x/--y"),
     ]
 
 
-@pytest.mark.parametrize("case", range(18))
+@pytest.mark.parametrize("case", range(22))
 def test_numbers_that_are_not_finite_or_absurd_exit_2_naming_the_option(work, case):
     args, option = _numbers(work)[case]
     r = invoke(work, *args)
@@ -137,10 +147,12 @@ def _occupied(w):
         ["bench", "--model", M, *DATA, "--out", w / "report.json"],
         ["hessian", "--model", M, *DATA, "--out", w / "report.json"],
         ["hessian", "--model", M, *DATA, "--plot", w / "plot.png"],
+        ["export", "--model", M, "--out", w / "ck.pt"],
+        ["export", "--model", M, "--out", w / "traj.h5", "--overwrite"],  # not an export: never replaced
     ]
 
 
-@pytest.mark.parametrize("case", range(8))
+@pytest.mark.parametrize("case", range(10))
 def test_earlier_results_are_refused_without_overwrite(work, case):
     r = invoke(work, *_occupied(work)[case])
     assert r.exit_code == 1 and "--overwrite" in r.output, r.output
@@ -180,6 +192,34 @@ def _fifos(w):
 def test_named_pipes_as_inputs_are_refused_not_opened(work, case):
     r = invoke(work, *_fifos(work)[case])
     assert r.exit_code in (1, 2) and "not a regular file" in r.output, r.output
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("args", [
+    ["surface", "--model", M, *DATA, "--x=-1:1:3", "--out", "{w}/fifo.pt"],
+    ["surface", "--model", M, *DATA, "--x=-1:1:3", "--out", "{w}/fifo.pt", "--overwrite"],
+    ["audit", "--model", M, *DATA, "--out", "{w}/fifo.json", "--overwrite"],
+    ["plot", "{w}/traj.h5", "--out", "{w}/fifo.json"],
+    ["export", "--model", M, "--out", "{w}/fifo.pt", "--overwrite"],
+])
+def test_named_pipes_as_outputs_are_refused_never_replaced(work, args):
+    r = invoke(work, *[str(a).format(w=work) for a in args])
+    assert r.exit_code == 1 and "not a regular file" in r.output, r.output
+    assert os.path.exists(work / "fifo.pt") and not os.path.isfile(work / "fifo.pt")
+
+
+def test_an_input_inside_the_run_directory_is_never_written_over(work):
+    r = invoke(work, "train", "--model", M, "--data", f"npz:{work / 'trained' / 'final.pt'}", "--epochs", "1",
+               "--out", work / "trained", "--overwrite")
+    assert r.exit_code == 1 and "a file the training run writes" in r.output, r.output
+
+
+@pytest.mark.parametrize("loss,needle", [("token_cross_entropy:ignore=99999999999999999999999", "int64"),
+                                         ("{user}:three_values", "shape (3,) for a batch of 4 samples")])
+def test_losses_that_cannot_work_are_refused(work, loss, needle):
+    r = invoke(work, "surface", "--model", M, *DATA, "--x=-1:1:3", "--out", work / "scratch" / "l.h5",
+               "--loss", loss.format(user=work / "user.py"))
+    assert r.exit_code == 1 and needle in r.output, r.output
 
 
 @pytest.mark.parametrize("command", ["surface", "bench", "audit", "hessian", "train"])

@@ -59,7 +59,7 @@ def test_text_output_refusal_and_overwrite(tmp_path):
     (["--milestones", "1.5"], 2, "increasing"),
     (["--lr", "0"], 2, "--lr"),
     (["--augment"], 1, "32x32"),
-    (["--device", "tpu"], 1, "Unknown device"),
+    (["--device", "tpu"], 2, "not a device lossgrid runs on"),
 ])
 def test_bad_options(tmp_path, more, code, text):
     r = run(*train_args(tmp_path / "run", *more))

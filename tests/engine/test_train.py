@@ -121,7 +121,7 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_finished_an_epoch(digits,
     _train(digits[0], epochs=3, save_dir=run)
     before = _hashes(run)
     with pytest.raises(EvaluationError, match="diverged"):  # the new recipe diverges within its first epoch
-        _train(digits[0], epochs=2, lr=1e30, save_dir=run, overwrite=True)
+        _train(digits[0], epochs=2, lr=1e6, save_dir=run, overwrite=True)
     assert _hashes(run) == before and sorted(os.listdir(run)) == sorted(before)  # and no staging debris
 
     def stop(done, total):
@@ -193,7 +193,7 @@ def test_augment_crops_and_flips_32x32_images_only(digits):
 
 def test_a_diverging_run_stops_with_a_typed_error(digits):
     with pytest.raises(EvaluationError, match="diverged"):
-        _train(digits[0], epochs=1, lr=1e30)
+        _train(digits[0], epochs=1, lr=1e6)
 
 
 def test_data_the_model_cannot_train_on_is_refused_before_any_file(digits, tmp_path):
