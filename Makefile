@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # torch==2.13.0 (pinned in constraints.txt) is the CPU wheel; where the machine keeps it on disk, use it.
-# --no-compile: Python compiles the modules it imports on first use, not all of torch's at install (a minute)
+# --no-compile: not all of torch's modules at install (a minute); scripts/warm_bytecode.py then compiles those imported
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 PIP := $(PY) -m pip install -q --no-compile --disable-pip-version-check $(FIND_LINKS) -c constraints.txt
 
@@ -12,6 +12,7 @@ $(VENV)/.installed: setup.py constraints.txt
 	python3 -m venv $(VENV)
 	$(PIP) "torch==2.13.0"
 	$(PIP) -e ".[dev]"
+	env -u PYTHONDONTWRITEBYTECODE $(PY) scripts/warm_bytecode.py
 	touch $@
 
 install: $(VENV)/.installed

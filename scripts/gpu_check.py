@@ -722,7 +722,7 @@ def finish_dry_run(report: Report, text: str, budget_s: float) -> int:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", help="the JSON report (default benchmarks/baseline/gpu-check-<date>.json)")
-    parser.add_argument("--budget", type=float, help="seconds for the whole check (default 480; dry run 40)")
+    parser.add_argument("--budget", type=float, help="seconds for the whole check (default 480; dry run 50)")
     parser.add_argument("--test-share", type=float, default=None, help="share of the budget the tests may use")
     parser.add_argument("--test-timeout", type=float, help="seconds per test (pytest-timeout; default 60)")
     parser.add_argument("--file-timeout", type=float, help="seconds per test file (default 150)")
@@ -735,7 +735,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--bench-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     real, dry = dict(budget=480.0, test_share=0.45, test_timeout=60.0, file_timeout=150.0, samples=50_000), \
-        dict(budget=40.0, test_share=0.55, test_timeout=1.5, file_timeout=6.0, samples=256)
+        dict(budget=50.0, test_share=0.45, test_timeout=1.5, file_timeout=6.0, samples=256)
     for key, value in (dry if args.dry_run else real).items():
         if getattr(args, key) is None:
             setattr(args, key, value)

@@ -263,3 +263,16 @@ def test_a_full_standard_output_is_a_message(tmp_path):
         r = subprocess.run([sys.executable, "-m", "lossgrid", "zoo", "--json"], stdout=full, stderr=subprocess.PIPE,
                            text=True, env=env, timeout=120)
     assert r.returncode == 1 and "Cannot write the output" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("args,needle", [(["surface", "--x=-1:1:3"], "run the same command again to resume"),
+                                         (["-v", "evolve"], "run the same command again to resume"),
+                                         (["train"], "stays as it was unless this run had finished its first"),
+                                         (["gallery"], "A gallery in --out"), (["hessian"], "Nothing was written"),
+                                         (["audit"], "Nothing was written"), ([], "Nothing was written")])
+def test_a_stopped_command_says_what_it_leaves(args, needle):
+    from lossgrid.cli._signals import interrupted_message
+
+    message = interrupted_message(args)
+    assert message.startswith("Interrupted (Ctrl-C).") and needle in message
+    assert ("Finished chunks" in message) == (args[:1] == ["surface"])

@@ -60,21 +60,6 @@ def single(ckpt, tmp_path_factory):
     return arrays(out)
 
 
-def test_two_processes_equal_one_bit_for_bit_and_a_slow_rank_takes_fewer_chunks(ckpt, single, tmp_path) -> None:
-    out = tmp_path / "s.h5"
-    env = {**ENV, "LOSSGRID_TEST_SLOW_RANK": "1", "LOSSGRID_TEST_SLEEP": "0.15"}
-    r = lossgrid(*surface_args(ckpt, out, "--nproc", "2", "--json"), env=env)
-    assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["processes"] == 2
-    got = arrays(out)
-    for name, values in single.items():
-        np.testing.assert_array_equal(got[name], values, err_msg=name)  # 35 points, 12 chunks of 3 (odd)
-    run = last_run(out)
-    assert run["processes"] == 2 and sum(run["chunks_by_rank"].values()) == 12
-    chunks = run["chunks_by_rank"]
-    assert chunks.get("0", 0) > 2 * chunks.get("1", 0)  # chunks are claimed: the fast rank took most of the work
-
-
 def test_torchrun_launches_the_same_job(ckpt, single, tmp_path) -> None:
     out = tmp_path / "s.h5"
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
@@ -99,7 +84,7 @@ def kill_rank1_after(out, pids, points: int) -> None:
     os.kill(int((pids / "rank1").read_text()), signal.SIGKILL)  # a worker dies mid-run
 
 
-def test_killing_a_rank_mid_run_then_resuming(ckpt, single, tmp_path) -> None:
+def test_killing_a_rank_mid_run_then_resuming_with_a_slow_rank(ckpt, single, tmp_path) -> None:
     out, pids = tmp_path / "s.h5", tmp_path / "pids"
     pids.mkdir()
     env = {**ENV, "LOSSGRID_TEST_SLOW_RANK": "all", "LOSSGRID_TEST_SLEEP": "0.2", "LOSSGRID_TEST_PIDS": str(pids)}
@@ -111,10 +96,17 @@ def test_killing_a_rank_mid_run_then_resuming(ckpt, single, tmp_path) -> None:
     part = load_surface(str(out))
     assert 6 <= part.done.sum() < part.done.size, err
     np.testing.assert_array_equal(part.loss[part.done], single["train_loss"][part.done])  # saved points are whole
-    r = lossgrid(*surface_args(ckpt, out, "--nproc", "2"))  # the same command resumes the file
+    # the same command resumes the file, now with rank 1 slow: two processes equal one bit for bit
+    env = {**ENV, "LOSSGRID_TEST_SLOW_RANK": "1", "LOSSGRID_TEST_SLEEP": "0.15"}
+    r = lossgrid(*surface_args(ckpt, out, "--nproc", "2", "--json"), env=env)
     assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["processes"] == 2
     for name, values in arrays(out).items():
-        np.testing.assert_array_equal(values, single[name], err_msg=name)
+        np.testing.assert_array_equal(values, single[name], err_msg=name)  # 35 points in chunks of 3 (odd)
+    run = last_run(out)
+    chunks = run["chunks_by_rank"]
+    assert run["processes"] == 2 and 3 * sum(chunks.values()) >= part.done.size - part.done.sum()
+    assert chunks.get("0", 0) > 2 * chunks.get("1", 0)  # chunks are claimed: the fast rank took most of the work
 
 
 @pytest.mark.slow

@@ -157,6 +157,7 @@ def test_two_processes_one_file(tmp_path, ckpt):
     first = subprocess.Popen(cmd, env=ENV, stderr=subprocess.PIPE, text=True)
     try:
         _wait_for_points(out, 3, first)
+        first.send_signal(signal.SIGSTOP)  # held mid-run, alive and holding its lock, however slow the checks
         for extra in ((), ("--overwrite",)):
             r = subprocess.run([*cmd, *extra], env=ENV, capture_output=True, text=True, timeout=120)
             assert r.returncode == 1, r.stderr
@@ -167,6 +168,7 @@ def test_two_processes_one_file(tmp_path, ckpt):
         assert first.poll() is None, "the first run ended too early for this test"
     finally:
         first.send_signal(signal.SIGTERM)
+        first.send_signal(signal.SIGCONT)
         _, err = first.communicate(timeout=120)
     assert first.returncode == 1 and "Stopped by SIGTERM" in err, err
     part = load_surface(out)
