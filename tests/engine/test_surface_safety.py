@@ -280,7 +280,8 @@ def test_signals_during_start_up(tmp_path, ckpt, sig, code, delay):
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), pytest.param(signal.SIGTERM, 1, marks=pytest.mark.slow)])
 def test_signal_mid_run_leaves_a_resumable_file(tmp_path, ckpt, sig, code):
     out = tmp_path / "s.h5"
-    cmd = surface_cmd(ckpt, out, "--loss", slow_loss(tmp_path, 0.02))  # 256 points: at least 5 s of run
+    # 64 points (the last --x and --y count): at least 1.2 s of run after the fifth point
+    cmd = surface_cmd(ckpt, out, "--loss", slow_loss(tmp_path, 0.02), "--x=-1:1:8", "--y=-1:1:8")
     proc = subprocess.Popen(cmd, env=ENV, stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_as_in_a_terminal)
     _wait_for_points(out, 5, proc)
     proc.send_signal(sig)
