@@ -62,7 +62,7 @@ def bench_one(name, model, x, y, points, repeats):
     from lossgrid.config import DirectionSpec, EvalSpec
     from lossgrid.data import EvalData
     from lossgrid.engine._measure import flops_per_sample
-    from lossgrid.engine.directions import create_directions
+    from lossgrid.engine.axes import create_directions
     from lossgrid.engine.losses import cross_entropy
     from lossgrid.engine.params import perturbed_tensors
     from lossgrid.engine.reference import evaluate_points_reference

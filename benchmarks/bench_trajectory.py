@@ -85,14 +85,14 @@ def dense_phase(paths: list[str], params: int) -> dict[str, Any]:
     """The reference's way: every row in memory (float64), scikit-learn's PCA."""
     from sklearn.decomposition import PCA
 
-    from lossgrid.models import _read_state
+    from lossgrid.models import read_state
 
     model = make_model(params)
     rss0 = _rss_mb()
     t0 = time.perf_counter()
 
     def flat(path: str) -> np.ndarray:
-        model.load_state_dict(_read_state(path))
+        model.load_state_dict(read_state(path))
         return np.concatenate([p.detach().double().numpy().ravel() if p.dim() > 1 else np.zeros(p.numel())
                                for p in model.parameters()])
 

@@ -420,7 +420,8 @@ def build_cases(work: str, args: argparse.Namespace) -> list[dict]:
     from lossgrid.config import DirectionSpec
     from lossgrid.data import load_data
     from lossgrid.engine._measure import flops_per_sample
-    from lossgrid.engine.directions import create_directions, save_directions
+    from lossgrid.engine.axes import create_directions
+    from lossgrid.engine.directions import save_directions
     from lossgrid.zoo import mlp_mnist, resnet20
 
     cases = []

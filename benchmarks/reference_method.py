@@ -161,7 +161,8 @@ def bench(args: argparse.Namespace) -> None:
     from bench_surface import matmul_peak  # noqa: PLC0415 - a sibling script
 
     from lossgrid.config import DirectionSpec
-    from lossgrid.engine.directions import create_directions, save_directions
+    from lossgrid.engine.axes import create_directions
+    from lossgrid.engine.directions import save_directions
     from lossgrid.engine.surface_file import load_surface
     from lossgrid.zoo import resnet20
 

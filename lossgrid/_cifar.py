@@ -32,6 +32,7 @@ import numpy as np
 
 from ._files import error_text, input_file_problem, open_regular
 from ._memory import memory_problem
+from ._pickle import NUMPY_DATA_GLOBALS, restricted_load
 from .errors import DataLoadError
 
 Norm = tuple[tuple[float, ...], tuple[float, ...]]
@@ -196,7 +197,6 @@ def _unpickle(path: str) -> tuple[Any, str | None]:
     Python prints on stderr as if lossgrid had crashed. Such arrays are refused, and whatever
     a failed or refused load leaves behind is freed here, with that report silenced.
     """
-    from ._pickle import NUMPY_DATA_GLOBALS, restricted_load
 
     with _free_errors_silenced():
         try:

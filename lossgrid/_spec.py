@@ -8,6 +8,7 @@ import os
 import sys
 from typing import Any
 
+from ._files import input_file_problem
 from .errors import ConfigError
 
 
@@ -21,7 +22,6 @@ def load_object(spec: str, what: str = "object") -> Any:
         raise ConfigError(f"Cannot read {what} spec {spec!r}", "module or name is empty",
                           "write path/to/file.py:name or package.module:name")
     if target.endswith(".py") or os.sep in target:
-        from ._files import input_file_problem
 
         problem = input_file_problem(target)
         if problem:

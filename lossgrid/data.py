@@ -92,9 +92,11 @@ from ._cifar import (
     read_cifar_batch,
 )
 from ._files import error_text, input_file_problem, open_regular
+from ._images import load_imagefolder
 from ._memory import memory_problem
 from ._records import TARGET_KEYS, collate_dataset, is_dataset, split_records, tensors_of
-from .errors import DataLoadError
+from ._spec import load_object
+from .errors import ConfigError, DataLoadError
 from .inputs import Inputs
 
 __all__ = ["CIFAR100_NORMS", "CIFAR_MEAN", "CIFAR_NORMS", "CIFAR_STD", "TARGET_KEYS", "EvalData", "as_eval_data",
@@ -204,7 +206,6 @@ def _source(spec: str) -> Any:
     if spec.startswith("cifar100:"):
         return load_cifar100(spec[len("cifar100:"):])
     if spec.startswith("imagefolder:"):
-        from ._images import load_imagefolder
 
         return load_imagefolder(spec[len("imagefolder:"):])
     if spec.startswith("synthetic:"):
@@ -313,8 +314,6 @@ def synthetic(arg: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _from_object(spec: str) -> Any:
-    from ._spec import load_object
-    from .errors import ConfigError
 
     try:
         fn = load_object(spec, what="data")
@@ -338,8 +337,6 @@ def _resolve_adapter(batch: BatchAdapter) -> tuple[Callable[[Any], Any], str]:
         module = getattr(batch, "__module__", None)
         name = getattr(batch, "__qualname__", None) or type(batch).__name__
         return batch, f"{module}:{name}" if module else name
-    from ._spec import load_object
-    from .errors import ConfigError
 
     try:
         fn = load_object(str(batch), what="batch adapter")

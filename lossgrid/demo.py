@@ -24,7 +24,12 @@ from ._files import atomic_output
 from ._outdir import StagedDir
 from .config import DirectionSpec, EvalSpec, GridSpec
 from .data import EvalData, load_data
+from .engine.surface import compute_surface
+from .engine.trajectory import compute_trajectory, path_grid, path_losses, save_trajectory
 from .errors import MissingBackendError
+from .render import plot_surface
+from .track import Tracker
+from .zoo import resnet_digits
 
 DEMO_MODEL = "lossgrid.zoo:resnet_digits"
 #: what a demo writes into its directory (an earlier demo's results, which a new one replaces only with overwrite)
@@ -44,7 +49,6 @@ def train_demo_model(data: EvalData, epochs: int = 12, seed: int = 0, batch_size
     weights) and after each epoch ``1 ... epochs``, the model in train mode
     (a :meth:`lossgrid.track.Tracker.step`, say).
     """
-    from .zoo import resnet_digits
 
     torch.manual_seed(seed)
     model = resnet_digits()
@@ -87,8 +91,6 @@ def run_demo(out_dir: str | os.PathLike, grid: str = "-1:1:31", epochs: int = 12
 
 def _surface_demo(out_dir: str, grid: str, epochs: int, seed: int, progress: Any,
                   eval_spec: EvalSpec) -> dict[str, Any]:
-    from .engine.surface import compute_surface
-    from .render import plot_surface
 
     t0 = time.perf_counter()
     train = load_data("digits:train")
@@ -150,11 +152,6 @@ def _trajectory_demo(out: StagedDir, num: int, grid: str | None, epochs: int, se
     """The trajectory demo, written into ``out.work`` (the trajectory file names its checkpoints where
     they will be once the demo is published)."""
     out_dir = out.work
-    from .engine.surface import compute_surface
-    from .engine.trajectory import compute_trajectory, path_grid, path_losses, save_trajectory
-    from .render import plot_surface
-    from .track import Tracker
-    from .zoo import resnet_digits
 
     t0 = time.perf_counter()
     train = load_data("digits:train")

@@ -57,6 +57,9 @@ import torch
 from . import __version__
 from ._files import atomic_output, output_dir
 from ._outdir import StagedDir
+from .config import Axis, DirectionSpec, EvalSpec, GridSpec
+from .data import EvalData, load_data
+from .engine.hessian import hessian_operator, lanczos_eigs
 from .engine.slice_metrics import (  # noqa: F401 - VMAX re-exported: part of the gallery's API
     VMAX,
     convexity,
@@ -65,8 +68,13 @@ from .engine.slice_metrics import (  # noqa: F401 - VMAX re-exported: part of th
     shared_scale,
     slice_hessian,
 )
+from .engine.surface import compute_surface
 from .engine.surface_file import Surface
+from .engine.train import train_model
 from .errors import ConfigError
+from .render import gallery as draw
+from .render.gallery import index_html
+from .zoo import resnet_cifar
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +218,6 @@ def is_gallery_file(name: str) -> bool:
 
 def _write_index(result: dict[str, Any], folder: str) -> None:
     """``gallery.json`` and ``index.html`` into ``folder`` (the gallery's directory, or its staging)."""
-    from .render.gallery import index_html
 
     with atomic_output(os.path.join(folder, "gallery.json"), "gallery numbers") as tmp, open(tmp, "w") as fh:
         json.dump(result, fh, indent=2, sort_keys=True)
@@ -220,7 +227,6 @@ def _write_index(result: dict[str, Any], folder: str) -> None:
 
 
 def _run_seed(cfg: GalleryConfig, seed: int, out: str, progress: StageProgress | None) -> dict[str, Any]:
-    from .data import load_data
 
     train = load_data(cfg.train_data, cfg.train_samples, sample_seed=0)
     test = load_data(cfg.test_data)
@@ -235,7 +241,6 @@ def _run_seed(cfg: GalleryConfig, seed: int, out: str, progress: StageProgress |
 
 def _subset(data: Any, samples: int) -> Any:
     """A seeded subset of the training samples, drawn as :func:`lossgrid.data.load_data` draws."""
-    from .data import EvalData
 
     if samples >= len(data):
         return data
@@ -246,10 +251,6 @@ def _subset(data: Any, samples: int) -> Any:
 
 def _one_model(cfg: GalleryConfig, spec: dict[str, Any], seed: int, train: Any, test: Any, subset: Any, out: str,
                progress: StageProgress | None) -> tuple[dict[str, Any], Surface]:
-    from .config import Axis, DirectionSpec, EvalSpec, GridSpec
-    from .engine.surface import compute_surface
-    from .engine.train import train_model
-    from .zoo import resnet_cifar
 
     name = spec["name"]
     torch.manual_seed(seed)  # the initial weights
@@ -288,7 +289,6 @@ def _one_model(cfg: GalleryConfig, spec: dict[str, Any], seed: int, train: Any, 
     entry["center_curvature"] = float((lmin[mid] + lmax[mid]) / 2)
     entry["top_eig"] = None
     if spec["group"] == "batch":
-        from .engine.hessian import hessian_operator, lanczos_eigs
 
         if progress:
             progress(f"hessian {stage}", 0, 1)
@@ -326,7 +326,6 @@ def _verdicts(cfg: GalleryConfig, models: dict[str, dict[str, Any]]) -> dict[str
 
 def _figures(cfg: GalleryConfig, models: dict[str, dict[str, Any]], surfaces: dict[str, Surface],
              out: str) -> tuple[dict[str, str], dict[str, Any]]:
-    from .render import gallery as draw
 
     shallow, deep = cfg.depths
     pair = [f"resnet{d}{suffix}" for d in (shallow, deep) for suffix in ("", "_noshort")]

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import DataLoadError, EvaluationError
+from .errors import ConfigError, DataLoadError, EvaluationError
 
 Inputs = torch.Tensor | tuple[torch.Tensor, ...] | dict[str, torch.Tensor]
 
@@ -194,7 +194,6 @@ def require_tensor(x: Inputs, what: str, hint: str = "use --backend torch --stra
     ``what`` (a strategy, an exporter) needs a model with one tensor input."""
     if isinstance(x, torch.Tensor):
         return x
-    from .errors import ConfigError
 
     raise ConfigError(f"{what} needs a model with one tensor input; this one takes {sample_shape(x)}",
                       "it traces or exports the model with a single input tensor", hint)

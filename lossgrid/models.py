@@ -39,8 +39,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import zoo
 from ._files import input_file_problem
-from .errors import ConfigError, ModelLoadError
+from ._pickle import numpy_safe_globals
+from ._spec import load_object
+from .errors import ConfigError, MissingBackendError, ModelLoadError
 
 STATE_KEYS = ("state_dict", "model_state_dict", "model")
 #: buffers that checkpoints of old PyTorch lack and that loading may leave as they are
@@ -62,7 +65,7 @@ def load_model(spec: str | None, checkpoint: str | None = None,
     if spec is not None:
         model = _from_factory(spec)
         if checkpoint is not None:
-            load_state(model, _read_state(checkpoint, trust_checkpoint), checkpoint)
+            load_state(model, read_state(checkpoint, trust_checkpoint), checkpoint)
         return model, spec if checkpoint is None else f"{spec} @ {checkpoint}"
     assert checkpoint is not None
     obj = read_checkpoint(checkpoint, trust_checkpoint)
@@ -76,7 +79,6 @@ def load_model(spec: str | None, checkpoint: str | None = None,
 def _from_factory(spec: str) -> nn.Module:
     if ":" not in spec:
         return _from_zoo(spec)
-    from ._spec import load_object
 
     try:
         factory = load_object(spec, what="model")
@@ -100,7 +102,6 @@ def _from_factory(spec: str) -> nn.Module:
 
 def _from_zoo(name: str) -> nn.Module:
     """The zoo model ``name`` (a ``--model`` without ':'), or an error naming close matches."""
-    from . import zoo
 
     entry = zoo.ZOO.get(name)
     if entry is not None:
@@ -137,7 +138,6 @@ def read_checkpoint(path: str, trust: bool = False) -> Any:
         except Exception as e:
             raise ModelLoadError(f"Cannot load TorchScript file {path}", _first_line(e),
                                  "re-save it with torch.jit.save") from None
-    from ._pickle import numpy_safe_globals
 
     try:
         with torch.serialization.safe_globals(numpy_safe_globals()):
@@ -217,7 +217,6 @@ def _read_safetensors(path: str) -> dict[str, torch.Tensor]:
     try:
         from safetensors.torch import load_file
     except ImportError as e:
-        from .errors import MissingBackendError
 
         raise MissingBackendError("Reading safetensors checkpoints needs the package 'safetensors'", str(e),
                                   "install it with: pip install safetensors") from None
@@ -240,7 +239,8 @@ def _is_torchscript(path: str) -> bool:
         return any(n.split("/", 1)[-1].startswith("code/") for n in z.namelist())
 
 
-def _read_state(path: str, trust: bool = False) -> Mapping[str, torch.Tensor]:
+def read_state(path: str, trust: bool = False) -> Mapping[str, torch.Tensor]:
+    """The state dict a checkpoint holds (of a whole pickled module: its ``state_dict()``)."""
     obj = read_checkpoint(path, trust)
     if isinstance(obj, nn.Module):
         return obj.state_dict()

@@ -75,7 +75,7 @@ from ._files import atomic_output, os_reason
 from ._optional import require
 from .config import Axis, DirectionSpec, EvalSpec, GridSpec
 from .data import EvalData, as_eval_data, load_data
-from .engine.directions import Directions, create_directions
+from .engine.directions import Directions, gaussian_directions
 from .engine.losses import LossFn, resolve_loss
 from .engine.surface import compute_surface
 from .engine.surface_file import Surface
@@ -286,7 +286,7 @@ class Tracker:
         cuda = [torch.cuda.current_device() if device.index is None else device.index] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda):
             if self.directions is None:
-                self.directions = create_directions(self.model, DirectionSpec(seed=self.seed), ndim=self.grid.ndim)
+                self.directions = gaussian_directions(self.model, DirectionSpec(seed=self.seed), ndim=self.grid.ndim)
             # evaluated on the model's own device, so compute_surface does not move the caller's model;
             # its runners work on a copy in eval mode, and its probe restores the train/eval mode it found.
             # The plain per-point loop: choosing a strategy (auto) would cost more than these few points

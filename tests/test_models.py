@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lossgrid.errors import ModelLoadError
-from lossgrid.models import _read_state, load_model, load_state, read_checkpoint
+from lossgrid.models import load_model, load_state, read_checkpoint, read_state
 from tests.conftest import small_cnn
 
 CONFTEST = __file__.replace("test_models.py", "conftest.py")
@@ -154,7 +154,7 @@ def test_reference_t7_files(tmp_path, trained_cnn, writer):
     assert stored["epoch"] == 300 and float(stored["acc"]) == pytest.approx(93.39)
     fresh = small_cnn()
     counters = {k: v.clone() for k, v in fresh.state_dict().items() if k.endswith("num_batches_tracked")}
-    load_state(fresh, _read_state(str(path)), str(path))
+    load_state(fresh, read_state(str(path)), str(path))
     assert all(torch.equal(fresh.state_dict()[k], v) for k, v in _old_torch_state(trained_cnn).items())
     assert all(torch.equal(fresh.state_dict()[k], v) for k, v in counters.items())  # left as they were
     model, _ = load_model(f"{CONFTEST}:small_cnn", str(path))

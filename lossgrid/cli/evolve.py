@@ -110,7 +110,7 @@ def _check_outputs(kw: dict[str, Any], checkpoints: list[str]) -> dict[str, str]
     Returns the animations asked for, ``{"gif": path, ...}``."""
     from .._files import check_output_path, refuse_input_as_output
     from ..engine.jobs import spec_file
-    from ..engine.surface import check_writable
+    from ..engine.surface_checks import check_writable
 
     check_writable(kw["out"])
     inputs = {f"--checkpoints ({os.path.basename(c)})": c for c in checkpoints}

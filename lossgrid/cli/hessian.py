@@ -70,7 +70,8 @@ def hessian(**kw: Any) -> None:
     """
     from .._files import atomic_output
     from ..data import load_data
-    from ..engine.hessian import curvature_summary, hessian_operator, planned_hvps, plot_density
+    from ..engine.hessian import hessian_operator, planned_hvps
+    from ..engine.hessian_report import curvature_summary, plot_density
     from ..models import load_model
 
     check_outputs({"--out": kw["out"], "--plot": kw["plot"]}, input_files(kw), kw["overwrite"])  # before any work

@@ -33,6 +33,7 @@ import numpy as np
 
 from .._files import input_file_problem, is_hdf5, remove_quietly, temp_sibling
 from ..errors import SurfaceFileError
+from .directions import write_direction_groups
 from .lock import WriterLock, lock_holder
 from .surface_file import (
     ACC,
@@ -168,8 +169,6 @@ class EvolutionWriter(_WriterLifecycle):
                 attrs: dict[str, Any], directions: Any, groups: list[dict[str, Any]], publish: bool) -> None:
         """Build the whole layout in memory, write it to ``tmp``; move it onto the path now
         (``publish``) or once the first chunk is in it."""
-
-        from .directions import write_direction_groups
 
         def fill(f: Any) -> None:
             write_direction_groups(f, directions)  # direction settings as root attrs, then ours over them

@@ -280,7 +280,7 @@ def density_on_grid(nodes: np.ndarray, weights: np.ndarray, bins: int, sigma: fl
 
 def planned_hvps(size: int, top_k: int = 1, bottom_k: int = 0, trace_samples: int = 0, density: bool = False
                  ) -> int:
-    """The most HVPs :func:`lossgrid.engine.hessian.curvature_summary` does with its default
+    """The most HVPs :func:`lossgrid.engine.hessian_report.curvature_summary` does with its default
     settings (Lanczos may stop earlier): a budget for progress bars."""
     eigs = sum(min(size, max(4 * k + 20, 40)) + k for k in (top_k, bottom_k) if k)
     return eigs + trace_samples + (4 * min(40, size) if density else 0)

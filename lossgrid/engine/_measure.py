@@ -15,7 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import inputs as inp
 from ..errors import ConfigError, LossgridError
+from ..exporters.session import make_session
 from .precision import check_precision, precision_mode
 
 
@@ -23,8 +25,6 @@ def flops_per_sample(model: nn.Module, x: Any) -> float:
     """Forward FLOPs of ``model`` on the first sample of inputs ``x`` (``torch.utils.flop_counter``:
     convolutions and matmuls, a multiply-add counted as two)."""
     from torch.utils.flop_counter import FlopCounterMode
-
-    from .. import inputs as inp
 
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         inp.call_model(model, inp.take(x, slice(0, 1)))
@@ -102,7 +102,6 @@ def _ort_gemm_tflops(a: np.ndarray, b: np.ndarray) -> float | None:
     try:
         from onnx import TensorProto, helper
 
-        from ..exporters.session import make_session
     except (ImportError, LossgridError):
         return None
     (m, k), n = a.shape, b.shape[1]

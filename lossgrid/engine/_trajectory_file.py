@@ -31,9 +31,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._files import input_file_problem
+from .._files import hdf5_image, input_file_problem, os_reason, publish_bytes
 from ..errors import DirectionError
-from .directions import META_KEYS, Directions, write_direction_groups
+from .directions import META_KEYS, Directions, load_directions, write_direction_groups
 from .params import ParamLayout
 
 TRAJECTORY_SCHEMA = 1
@@ -63,8 +63,6 @@ def save_trajectory(path: str | os.PathLike, traj: Trajectory) -> None:
         >>> save_trajectory("traj.h5", traj)  # doctest: +SKIP
     """
     import h5py
-
-    from .._files import hdf5_image, os_reason, publish_bytes
 
     def fill(f: Any) -> None:
         write_direction_groups(f, traj.directions)
@@ -136,8 +134,6 @@ def load_trajectory(path: str | os.PathLike, model: nn.Module | None = None) -> 
         raise DirectionError(f"Cannot read trajectory file {path}", str(e).splitlines()[0] if str(e) else None,
                              hint) from None
     if model is not None:
-        from .directions import load_directions
-
         directions = load_directions(path, model, ndim=2)
     assert directions is not None
     if coords.shape != (len(paths), 2) or residuals.shape != (len(paths),) or ratio.shape != (2,):

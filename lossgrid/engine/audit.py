@@ -86,9 +86,11 @@ from ..config import DirectionSpec, EvalSpec
 from ..data import EvalData, as_eval_data
 from ..errors import ConfigError
 from . import _audit_measures as measures
+from . import preflight
 from ._audit_measures import finite_or_none
 from .device import resolve_device
-from .directions import create_directions
+from .directions import gaussian_directions
+from .hessian import hessian_operator, hessian_trace, lanczos_eigs
 from .losses import LossFn, resolve_loss
 from .params import ParamLayout, perturbed_tensors
 from .runners import Runner, make_runner
@@ -137,7 +139,6 @@ def audit(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch.Tensor], 
         >>> len(report["random_directions"]), report["hessian"] is None
         (1, True)
     """
-    from . import preflight
 
     t0 = time.perf_counter()
     data = as_eval_data(data)
@@ -160,7 +161,7 @@ def audit(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch.Tensor], 
     # 1. center, random directions and quadratic fits: one runner, all points in chunks
     layout = ParamLayout.from_model(model, "weights")
     base = layout.flatten(perturbed_tensors(model, "weights")).to(dev)
-    dirs = torch.cat([create_directions(model, DirectionSpec(seed=s), 1).flat()
+    dirs = torch.cat([gaussian_directions(model, DirectionSpec(seed=s), 1).flat()
                       for s in _direction_seeds(seed, directions)]).to(dev)
     coeffs = torch.zeros(1 + directions * len(point_alphas), directions, dtype=dirs.dtype)
     for i in range(directions):  # row 0 is the center; then each direction's alphas in turn
@@ -321,7 +322,7 @@ def _barrier(model: nn.Module, model2: nn.Module, data: EvalData, loss_fn: LossF
              tick: _Ticker, description: str) -> dict[str, Any]:
     log.info("audit: loss barrier over %d points", BARRIER_POINTS)
     spec = DirectionSpec(dir_type="states")  # BN running statistics move too: alpha = 1 is model2 exactly
-    interp = create_directions(model, spec, 1, model2)
+    interp = gaussian_directions(model, spec, 1, model2)
     base = interp.layout.flatten(perturbed_tensors(model, "states")).to(interp.x[0].device)
     alphas = np.linspace(0.0, 1.0, BARRIER_POINTS)
     runner = make_runner(eval_spec, model, interp.layout, data, loss_fn, description)
@@ -338,7 +339,6 @@ def _barrier(model: nn.Module, model2: nn.Module, data: EvalData, loss_fn: LossF
 
 def _hessian(model: nn.Module, data: EvalData, loss_fn: LossFn, batch_size: int | None, device: str, seed: int,
              trace_samples: int, tick: _Ticker) -> dict[str, Any]:
-    from .hessian import hessian_operator, hessian_trace, lanczos_eigs
 
     log.info("audit: Hessian top eigenvalue (Lanczos) and trace (Hutch++, %d HVPs)", trace_samples)
     op = hessian_operator(model, data, loss_fn, batch_size=batch_size, device=device, progress=lambda _: tick(1))

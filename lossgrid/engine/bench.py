@@ -40,11 +40,12 @@ from .. import __version__
 from ..config import MAX_GRID_POINTS, PRECISIONS, DirectionSpec, EvalSpec
 from ..data import EvalData, as_eval_data
 from ..errors import ConfigError, LossgridError, is_out_of_memory
+from ..exporters.session import cuda_provider_available, missing_cuda_provider
 from ..inputs import take, to_device
 from . import preflight
 from ._measure import device_info, flops_per_sample, memory_peak, memory_reset, peak_gemm
 from .device import resolve_device
-from .directions import create_directions
+from .directions import gaussian_directions
 from .losses import LossFn, resolve_loss
 from .params import perturbed_tensors
 from .precision import check_precision, precision_error
@@ -201,7 +202,7 @@ def run_bench(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch.Tenso
     preflight.check_data(data, loss_fn)
     model = copy.deepcopy(model).to(dev).eval()  # the caller's model stays where it is
     preflight.probe(model, data, loss_fn, dev)
-    directions = create_directions(model, DirectionSpec(seed=seed), ndim=2)
+    directions = gaussian_directions(model, DirectionSpec(seed=seed), ndim=2)
     base = directions.layout.flatten(perturbed_tensors(model, "weights"))
     coeffs = grid_coefficients(points).to(dev, base.dtype)
     flat_dirs = directions.flat().to(dev)
@@ -269,7 +270,6 @@ def _row(spec: EvalSpec, model: nn.Module, layout: Any, data: EvalData, loss_fn:
     device = torch.device(spec.device)
     if spec.backend == "onnxruntime" and device.type == "cuda":
         # refuse before exporting the model: without the CUDA provider the export would be wasted
-        from ..exporters.session import cuda_provider_available, missing_cuda_provider
 
         if not cuda_provider_available():
             try:

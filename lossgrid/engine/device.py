@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ConfigError, MissingBackendError
+from ..errors import ConfigError, MissingBackendError, ResourceError
 
 DEVICE_TYPES = ("cpu", "cuda")
 
@@ -73,3 +73,16 @@ def on_device(module: nn.Module, device: torch.device) -> nn.Module:
         moved = t.detach().to(device)
         memo[id(t)] = nn.Parameter(moved, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else moved
     return copy.deepcopy(module, memo)
+
+
+def out_of_memory(e: BaseException, described: dict[str, Any]) -> ResourceError:
+    """The error for a device out of memory while a runner evaluated points (``described``: its settings)."""
+    k, batch = described.get("points_per_call"), described.get("batch_size")
+    what = f"Out of memory while evaluating {k} grid point(s) per call"
+    lower = f"lower --points-per-call (now {k})"
+    if batch:
+        what += f" in batches of {batch} samples"
+        lower += f" or --batch-size (now {batch})"
+    reason = str(e).strip().splitlines()[0] if str(e).strip() else "no memory left"
+    return ResourceError(what, f"{type(e).__name__}: {reason}",
+                         f"{lower}; the points done so far are saved: the same command with a lower setting resumes")

@@ -1,12 +1,12 @@
-"""Plotting directions: random Gaussian with filter-wise normalization, the top
-eigenvectors of the loss Hessian (``kind="hessian"``), or the interpolation
-between two checkpoints; saved to and loaded from HDF5.
+"""Plotting directions: random Gaussian with filter-wise normalization or the interpolation
+between two checkpoints (the Hessian's eigenvectors are made in :mod:`lossgrid.engine.axes`);
+saved to and loaded from HDF5, and checked for finite values.
 
 Example:
     >>> import torch
     >>> from lossgrid.config import DirectionSpec
     >>> model = torch.nn.Linear(3, 2)
-    >>> dirs = create_directions(model, DirectionSpec(seed=1), ndim=2)
+    >>> dirs = gaussian_directions(model, DirectionSpec(seed=1), ndim=2)
     >>> [tuple(t.shape) for t in dirs.x]
     [(2, 3), (2,)]
 """
@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._files import hdf5_image, input_file_problem, os_reason, publish_bytes
 from ..config import DIR_TYPES, DirectionSpec
 from ..errors import ConfigError, DirectionError
 from ..kernels import normalize_direction
@@ -91,27 +92,18 @@ def random_direction(weights: dict[str, torch.Tensor], norm: str, ignore: str,
     return out
 
 
-def create_directions(model: nn.Module, spec: DirectionSpec = DirectionSpec(), ndim: int = 2,
-                      model2: nn.Module | None = None, data: Any = None, loss: Any = "cross_entropy") -> Directions:
-    """Make the plotting directions for ``model``.
+def gaussian_directions(model: nn.Module, spec: DirectionSpec = DirectionSpec(), ndim: int = 2,
+                        model2: nn.Module | None = None) -> Directions:
+    """Seeded Gaussian directions for ``model``, normalized by ``spec`` (``spec.kind`` is not read:
+    :func:`lossgrid.create_directions` dispatches the Hessian kind).
 
     Args:
         model: the trained model (the grid's origin), on its device.
-        spec: direction settings (type, norms, ignore, seed, kind).
+        spec: direction settings (type, norms, ignore, seed, selection).
         ndim: 1 for a curve, 2 for a surface.
         model2: if given, the x direction is ``theta2 - theta1`` unnormalized, so
             that x=0 is ``model`` and x=1 is ``model2``.
-        data, loss: the evaluation set and loss whose Hessian gives the directions
-            of ``spec.kind == "hessian"`` (unused otherwise).
     """
-    if spec.kind == "hessian":
-        if model2 is not None:
-            raise DirectionError("Hessian directions cannot be combined with an interpolation (--model2)",
-                                 hint="drop --model2, or use --dir-kind random")
-        if data is None:
-            raise DirectionError("Hessian directions need the evaluation data",
-                                 hint="pass data= to create_directions (the CLI does this)")
-        return hessian_directions(model, spec, ndim, data, loss)
     layout = ParamLayout.from_model(model, spec.dir_type)
     weights = perturbed_tensors(model, spec.dir_type)
     gen = torch.Generator().manual_seed(spec.seed)  # on the CPU whatever the model's device (random_direction)
@@ -151,6 +143,18 @@ def create_directions(model: nn.Module, spec: DirectionSpec = DirectionSpec(), n
                                  "select weight matrices or filters too, or pass --xignore none")
         meta.update(selection_meta(spec))
     return Directions(layout, x, y, meta)
+
+
+def check_finite_directions(directions: Directions) -> None:
+    """Refuse NaN or infinite direction values (a corrupt direction file, an overflowing norm)."""
+    for axis, tensors in (("x", directions.x), ("y", directions.y)):
+        for name, t in zip(directions.layout.names, tensors or []):
+            bad = int(t.numel() - torch.isfinite(t).sum().item()) if torch.is_floating_point(t) else 0
+            if bad:
+                raise DirectionError(f"The {axis} direction holds {bad} NaN or infinite value(s) in {name}",
+                                     "the surface along it would be NaN everywhere",
+                                     "make new directions (a --dir-file path that does not exist yet), or check "
+                                     "the checkpoints of an interpolation")
 
 
 def selected_tensors(model: nn.Module, spec: DirectionSpec) -> tuple[str, ...]:
@@ -208,52 +212,6 @@ def selection_meta(spec: DirectionSpec) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
 
-def hessian_directions(model: nn.Module, spec: DirectionSpec, ndim: int, data: Any,
-                       loss: Any = "cross_entropy") -> Directions:
-    """The top ``ndim`` eigenvectors of the Hessian of the mean loss over ``data`` as
-    directions (x: the largest eigenvalue, y: the second), seeded Lanczos.
-
-    Eigenvectors are over the parameters; for ``states`` directions the buffers
-    (BatchNorm statistics) get zero. Each eigenvector then goes through the same
-    per-tensor rules as a random direction: ``xnorm``/``ynorm`` (``filter``
-    rescales it filter by filter to the weights' norms; ``none`` keeps the unit
-    eigenvector) and ``xignore``/``yignore`` (``biasbn`` zeroes 1-D tensors). The
-    eigenvalues are kept in ``meta["eigenvalues"]`` (and in direction files).
-    """
-    from .hessian import hessian_operator, lanczos_eigs
-
-    layout = ParamLayout.from_model(model, spec.dir_type)
-    weights = perturbed_tensors(model, spec.dir_type)
-    device = next(iter(weights.values())).device
-    moving = selected_tensors(model, spec) if spec.selects else None
-    params = None if moving is None else tuple(n for n, _ in model.named_parameters() if n in set(moving))
-    if params == ():
-        raise DirectionError("Hessian directions need at least one selected parameter",
-                             "the selection keeps only buffers", "widen --params or --exclude")
-    op = hessian_operator(model, data, loss, device=str(device), params=params)
-    eig = lanczos_eigs(op, k=ndim, which="top", seed=spec.seed)
-    sizes = dict(zip(op.names, (int(weights[n].numel()) for n in op.names)))
-    rules = [(spec.xnorm, spec.xignore), (spec.y_norm, spec.y_ignore)]
-    made = []
-    for vector, (norm, ignore) in zip(eig.vectors, rules):
-        pieces = dict(zip(op.names, torch.split(vector.to(device), list(sizes.values()))))
-        direction = []
-        for name, w in weights.items():
-            d = pieces[name].view(w.shape).to(w.dtype) if name in pieces else torch.zeros_like(w)
-            if w.dim() <= 1 and ignore == "biasbn":
-                d = torch.zeros_like(w)
-            elif name in pieces:
-                d = normalize_direction(d, w, norm)
-            direction.append(d)
-        made.append(direction)
-    meta: dict[str, Any] = {"dir_type": spec.dir_type, "seed": spec.seed, "kind": "hessian", "xnorm": spec.xnorm,
-                            "xignore": spec.xignore, "eigenvalues": [float(v) for v in eig.values],
-                            **selection_meta(spec)}
-    if ndim == 2:
-        meta.update(ynorm=spec.y_norm, yignore=spec.y_ignore)
-    return Directions(layout, made[0], made[1] if ndim == 2 else None, meta)
-
-
 def save_directions(path: str | os.PathLike, dirs: Directions, exclusive: bool = False) -> bool:
     """Write directions to HDF5: groups ``xdirection``/``ydirection``, datasets
     ``"0"``, ``"1"``, ... in layout order (as the reference implementation), with
@@ -263,8 +221,6 @@ def save_directions(path: str | os.PathLike, dirs: Directions, exclusive: bool =
     With ``exclusive``, an existing file is kept (another run may have just
     written it) and ``False`` is returned; otherwise ``True``.
     """
-    from .._files import hdf5_image, os_reason, publish_bytes
-
     path = os.fspath(path)
     try:
         return publish_bytes(path, hdf5_image(lambda f: write_direction_groups(f, dirs)), exclusive)
@@ -294,8 +250,6 @@ def load_directions(path: str | os.PathLike, model: nn.Module, dir_type: str | N
     how many directions to use (a 2D file can drive a 1D curve).
     """
     import h5py
-
-    from .._files import input_file_problem
 
     problem = input_file_problem(path)
     if problem:

@@ -51,6 +51,8 @@ import torch
 
 from ..errors import ConfigError, EvaluationError, is_out_of_memory
 from .device import resolve_device
+from .directions import Directions
+from .params import ParamLayout
 
 log = logging.getLogger(__name__)
 
@@ -272,9 +274,6 @@ def _decode(blob: bytes, chunks: list[np.ndarray], names: Sequence[str]) -> tupl
 
 def share_directions(cluster: Cluster, directions: Any, model: torch.nn.Module, dir_type: str) -> Any:
     """Rank 0's directions on every rank: their settings, then their values bit for bit."""
-    from .directions import Directions
-    from .params import ParamLayout
-
     head = cluster.share(None if directions is None else
                          (directions.layout, directions.ndim, dict(directions.meta), str(directions.x[0].dtype)))
     if head is None:

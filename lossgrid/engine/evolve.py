@@ -30,11 +30,24 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
+from .. import __version__
 from .._files import input_file_problem
 from ..config import DirectionSpec, EvalSpec, GridSpec
+from ..data import as_eval_data
 from ..errors import ConfigError, is_out_of_memory
+from ..models import load_model
+from . import preflight
 from ._evolve_file import GROUP, KIND, Evolution, EvolutionWriter, load_evolution  # noqa: F401 - re-exported
+from .device import out_of_memory, resolve_device
+from .directions import check_finite_directions, load_directions
+from .fingerprint import data_fingerprint, model_fingerprint
+from .losses import resolve_loss
+from .params import ParamLayout, perturbed_tensors
+from .runners import make_runner
+from .surface import prepare_directions
+from .surface_checks import check_writable
 from .surface_file import Surface
 from .trajectory import natural_key, sort_checkpoints  # noqa: F401 - natural_key: part of this API
 
@@ -86,20 +99,6 @@ def compute_evolution(model: str | None, checkpoints: Sequence[str], data: Any, 
             counts the points of all checkpoints.
         labels: names of the frames (default: the checkpoints' file names).
     """
-    import torch
-
-    from .. import __version__
-    from ..data import as_eval_data
-    from ..models import load_model
-    from . import preflight
-    from ._surface_setup import check_writable, data_fingerprint, resolve_device
-    from ._surface_setup import fingerprint as _fingerprint
-    from ._surface_setup import out_of_memory as _out_of_memory
-    from .losses import resolve_loss
-    from .params import ParamLayout, perturbed_tensors
-    from .runners import make_runner
-    from .surface import prepare_directions
-
     if not checkpoints:
         raise ConfigError("No checkpoint given", hint="pass --checkpoints 'run/epoch_*.pt'")
     data = as_eval_data(data)
@@ -129,7 +128,7 @@ def compute_evolution(model: str | None, checkpoints: Sequence[str], data: Any, 
     if directions.ndim != grid.ndim:
         raise ConfigError(f"The grid is {grid.ndim}D but {directions.ndim} direction(s) were given",
                           hint="give --y for two directions, or drop it for one")
-    preflight.check_finite_directions(directions)
+    check_finite_directions(directions)
     layout, dirs = directions.layout, directions.flat().to(device)
     # every checkpoint is loaded once before the file is touched: its fingerprint is part of
     # the file's identity, and one of another architecture is refused now, not halfway
@@ -140,7 +139,7 @@ def compute_evolution(model: str | None, checkpoints: Sequence[str], data: Any, 
             raise ConfigError(f"Checkpoint {paths[i]} does not match the directions",
                               "its tensors differ in names or shapes from the last checkpoint's",
                               "pass checkpoints of one architecture")
-        fingerprints.append(_fingerprint(t for t in current.state_dict().values()))
+        fingerprints.append(model_fingerprint(current))
     identity = {"file_kind": KIND, "model": model or "checkpoint", "checkpoint_fingerprints": fingerprints,
                 "data": data.description, "data_fingerprint": data_fingerprint(data),
                 "samples": len(data),
@@ -196,7 +195,7 @@ def compute_evolution(model: str | None, checkpoints: Sequence[str], data: Any, 
                         loss_k, acc_k, _ = runner.evaluate_points(points[chunk].to(device))
                     except Exception as e:
                         if is_out_of_memory(e):
-                            raise _out_of_memory(e, runner.describe()) from None
+                            raise out_of_memory(e, runner.describe()) from None
                         raise
                     if writer is not None:
                         writer.write(i, chunk, loss_k, acc_k)
@@ -229,7 +228,6 @@ def compute_evolution(model: str | None, checkpoints: Sequence[str], data: Any, 
 
 def _stored_evolution_directions(path: str, model: Any, spec: DirectionSpec, ndim: int) -> Any:
     """The Hessian directions of an existing evolution file with the same direction settings, or ``None``."""
-    from .directions import load_directions
 
     try:
         dirs = load_directions(path, model, spec.dir_type, ndim)

@@ -49,14 +49,12 @@ from .. import inputs as inp
 from ..data import EvalData, as_eval_data
 from ..errors import ConfigError, EvaluationError, ResourceError, is_out_of_memory
 from . import preflight
-from ._hessian_report import Density, curvature_summary, plot_density, spectral_density
 from ._lanczos import extreme_eigenpairs, hutch_plus_plus, hutchinson, planned_hvps
 from .device import resolve_device
 from .losses import LossFn, batch_loss_sum, loss_units, resolve_loss
 
-__all__ = ["EVAL_MODE_NOTE", "Density", "EigResult", "EigenResult", "HessianOperator", "TraceResult",
-           "curvature_summary", "hessian_operator", "hessian_trace", "lanczos_eigs", "planned_hvps", "plot_density",
-           "select_parameters", "spectral_density"]
+__all__ = ["EVAL_MODE_NOTE", "EigResult", "EigenResult", "HessianOperator", "TraceResult", "float64_matvec",
+           "hessian_operator", "hessian_trace", "lanczos_eigs", "planned_hvps", "select_parameters"]
 
 log = logging.getLogger(__name__)
 
@@ -315,7 +313,7 @@ def lanczos_eigs(op: HessianOperator, k: int = 1, which: str = "top", iters: int
     if steps < k:
         raise ConfigError(f"{steps} Lanczos iterations cannot find {k} eigenvalues", hint=f"use at least {k}")
     gen = torch.Generator().manual_seed(seed)
-    values, vectors, steps = extreme_eigenpairs(_float64(op), op.size, k, which, steps, tol, gen, op.device)
+    values, vectors, steps = extreme_eigenpairs(float64_matvec(op), op.size, k, which, steps, tol, gen, op.device)
     residuals = np.array([float((op.matvec(v) - lam * v).norm()) for v, lam in zip(vectors, values)])
     return EigenResult(values, vectors, steps, residuals)
 
@@ -354,11 +352,12 @@ def hessian_trace(op: HessianOperator, samples: int = 64, method: str = "hutch++
                           "the standard error needs two residual samples")
     gen = torch.Generator().manual_seed(seed)
     if method == "hutchinson":
-        value, err = hutchinson(_float64(op), op.size, samples, gen, op.device)
+        value, err = hutchinson(float64_matvec(op), op.size, samples, gen, op.device)
         return TraceResult(value, err, samples, method)
-    value, err, used = hutch_plus_plus(_float64(op), op.size, samples, gen, op.device)
+    value, err, used = hutch_plus_plus(float64_matvec(op), op.size, samples, gen, op.device)
     return TraceResult(value, err, used, method)
 
 
-def _float64(op: HessianOperator) -> Callable[[torch.Tensor], torch.Tensor]:
+def float64_matvec(op: HessianOperator) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``op``'s product with a float64 vector, for the Lanczos and trace routines that work in float64."""
     return lambda v: op.matvec(v.to(torch.float64))

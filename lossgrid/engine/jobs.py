@@ -11,17 +11,19 @@ from typing import Any
 
 import numpy as np
 
-from .._files import refuse_input_as_output
+from .._files import refuse_input_as_output, remove_quietly
 from ..config import SurfaceJob
 from ..data import EvalData, load_data
 from ..errors import SurfaceFileError
 from ..models import load_model
+from .curvature import convexity_ratio
 from .distributed import Cluster, share_directions
 from .losses import resolve_loss
 from .repeats import KIND as REPEATS_KIND
 from .repeats import repeat_paths, spread_summary, write_summary
 from .sampling import SampleChoice, choose_samples, grown_samples
-from .surface import SE, Progress, check_writable, compute_surface, prepare_directions
+from .surface import SE, Progress, compute_surface, prepare_directions
+from .surface_checks import check_writable
 from .surface_file import Surface, stored_identity
 
 log = logging.getLogger(__name__)
@@ -149,7 +151,6 @@ def _check_summary_target(job: SurfaceJob) -> None:
     """A repeats run writes ``job.out`` as its summary: over an earlier summary, or -- with
     ``--overwrite`` -- over a surface file; never over anything else. A summary there now is
     removed (it is rewritten from the repeat files at the end, never left stale)."""
-    from .._files import remove_quietly
 
     if not os.path.exists(job.out):
         return
@@ -179,7 +180,6 @@ def _curvature_summary(surface: Any) -> dict[str, Any]:
     """Largest and smallest eigenvalue and the largest |min/max| ratio over the points done."""
     if "max_eig" not in surface.extra:
         return {}
-    from .curvature import convexity_ratio
 
     done = surface.done.astype(bool)
     hi, lo = surface.extra["max_eig"][done], surface.extra["min_eig"][done]

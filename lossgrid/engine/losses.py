@@ -27,7 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
+from .._spec import load_object
+from ..errors import ConfigError, DataLoadError
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -117,7 +118,6 @@ def resolve_loss(loss: str | LossFn) -> tuple[LossFn, str]:
                               "write token_cross_entropy or token_cross_entropy:ignore=-100") from None
         return fn, fn.__qualname__
     if ":" in loss:
-        from .._spec import load_object
 
         fn = load_object(loss, what="loss function")
         if not callable(fn):
@@ -188,7 +188,6 @@ def unit_counts(loss_fn: LossFn, targets: list[torch.Tensor]) -> UnitCounts:
     else:
         return UnitCounts(samples, float(samples), float(samples))
     if result.units < 1:
-        from ..errors import DataLoadError
 
         raise DataLoadError("The targets hold no unit the loss counts",
                             f"{getattr(loss_fn, '__qualname__', loss_fn)} counts {result.units:g} (every target "

@@ -22,8 +22,7 @@ from torch import nn
 
 from .. import inputs as inp
 from ..data import EvalData
-from ..errors import ConfigError, DataLoadError, DirectionError, EvaluationError, ModelLoadError
-from .directions import Directions
+from ..errors import ConfigError, DataLoadError, EvaluationError, ModelLoadError
 from .losses import LossFn, cross_entropy, loss_units
 
 PROBE_SAMPLES = 4
@@ -55,18 +54,6 @@ def check_finite_model(model: nn.Module, what: str = "the model") -> None:
                                  f"beyond {MAX_WEIGHT:.2g} their squares overflow float32: filter norms, outputs and "
                                  "losses around them are not finite numbers",
                                  "pass a checkpoint saved before training diverged")
-
-
-def check_finite_directions(directions: Directions) -> None:
-    """Refuse NaN or infinite direction values (a corrupt direction file, an overflowing norm)."""
-    for axis, tensors in (("x", directions.x), ("y", directions.y)):
-        for name, t in zip(directions.layout.names, tensors or []):
-            bad = _nonfinite(t)
-            if bad:
-                raise DirectionError(f"The {axis} direction holds {bad} NaN or infinite value(s) in {name}",
-                                     "the surface along it would be NaN everywhere",
-                                     "make new directions (delete the --dir-file), or check the checkpoints "
-                                     "of an interpolation")
 
 
 def check_data(data: EvalData, loss_fn: LossFn) -> None:

@@ -35,8 +35,9 @@ from ..data import EvalData
 from ..errors import ConfigError
 from .control import AnchorGrid, residual_std
 from .directions import Directions
-from .losses import LossFn, SampleValues
+from .losses import LossFn, SampleValues, unit_counts
 from .params import perturbed_tensors
+from .runners import make_runner
 
 #: samples of the pilot run
 PILOT_SAMPLES = 256
@@ -94,7 +95,6 @@ def choose_samples(model: nn.Module, data: EvalData, grid: GridSpec, directions:
     with :data:`SAFETY` to spare. With ``anchor_stride`` the pilot measures the spread of the
     residuals the anchors leave (:mod:`lossgrid.engine.control`) between anchors, which is
     what an anchored surface's standard errors are made of."""
-    from .runners import make_runner
 
     population = len(data)
     required_samples(1.0, target, population)  # validates the target
@@ -130,7 +130,6 @@ def _residual_std(runner: Any, anchors: AnchorGrid, index: np.ndarray, grid: Gri
                   loss_fn: LossFn, pilot: EvalData) -> np.ndarray:
     """The residuals' per-sample spread at the pilot points ``index`` (their anchors evaluated
     on the same samples), per unit of the loss."""
-    from .losses import unit_counts
 
     rows = np.unique(anchors.weights(index)[0])
     need = anchors.flat()[rows]  # only the anchors around the pilot points

@@ -29,35 +29,28 @@ from ..data import EvalData, as_eval_data
 from ..errors import ConfigError, is_out_of_memory
 from ..kernels import perturb
 from . import preflight
-from ._surface_setup import (  # noqa: F401 - check_writable, data_fingerprint, resolve_device: re-exported
-    DEVICE_TYPES,
-    check_precision_error,
-    check_writable,
-    data_fingerprint,
-    fingerprint,
-    out_of_memory,
-    resolve_device,
-    stored_hessian_directions,
-)
 from .adaptive import AdaptiveGrid
+from .axes import create_directions
 from .batchnorm import check_recompute, recompute_batches
 from .batchnorm import identity as bn_identity
 from .control import AnchorGrid, ControlVariate, check_population
 from .curvature import DATASETS as CURVATURE_DATASETS
 from .curvature import curvature_of_points
-from .device import on_device
+from .device import on_device, out_of_memory, resolve_device
 from .directions import (
     SELECTION_KEYS,
     Directions,
+    check_finite_directions,
     check_selection,
-    create_directions,
     load_directions,
     save_directions,
 )
 from .distributed import Cluster, share_directions
+from .fingerprint import data_fingerprint, model_fingerprint
 from .losses import LossFn, SampleValues, finite_population, resolve_loss, unit_counts
 from .params import perturbed_tensors
 from .runners import make_runner
+from .surface_checks import check_precision_error, check_writable, stored_hessian_directions
 from .surface_file import Surface, SurfaceWriter
 
 log = logging.getLogger(__name__)
@@ -138,7 +131,7 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
     if model2 is not None:
         model2 = on_device(model2, device)
     preflight.probe(model, data, loss_fn, device, per_sample=anchor_stride is not None)
-    model_fp, data_fp = fingerprint(t for t in model.state_dict().values()), data_fingerprint(data)
+    model_fp, data_fp = model_fingerprint(model), data_fingerprint(data)
     if cluster is not None:
         cluster.chunks.clear()
         cluster.check_same(model_fp, data_fp)
@@ -154,7 +147,7 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
     if directions.ndim != grid.ndim:
         raise ConfigError(f"The grid is {grid.ndim}D but {directions.ndim} direction(s) were given",
                           hint="give --y for two directions, or drop it for one")
-    preflight.check_finite_directions(directions)
+    check_finite_directions(directions)
     if adaptive is not None and curvature is not None:
         raise ConfigError("--adaptive cannot be combined with --curvature",
                           "eigenvalues are not interpolated: every point of a curvature map is evaluated",

@@ -59,6 +59,7 @@ from ._writer import (  # noqa: F401 - the run log and the writer lifecycle, re-
     read_runs,
     write_runs,
 )
+from .directions import write_direction_groups
 from .lock import WriterLock, lock_holder
 
 log = logging.getLogger(__name__)
@@ -265,8 +266,6 @@ class SurfaceWriter(_WriterLifecycle):
             if ycoords is not None:
                 f.create_dataset("ycoordinates", data=ycoords)
             if directions is not None:
-                from .directions import write_direction_groups
-
                 write_direction_groups(f, directions)
             f.create_dataset(LOSS, data=self.loss)
             f.create_dataset(ACC, data=self.acc)

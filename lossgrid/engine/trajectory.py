@@ -47,8 +47,9 @@ from torch import nn
 
 from .._files import input_file_problem, same_file
 from ..config import DIR_TYPES, IGNORES, EvalSpec
+from ..data import as_eval_data
 from ..errors import ConfigError
-from ..models import _read_state, load_state
+from ..models import load_state, read_state
 from ._trajectory_file import (  # noqa: F401 - the trajectory file, re-exported: part of this API
     TRAJECTORY_SCHEMA,
     Trajectory,
@@ -59,7 +60,11 @@ from ._trajectory_file import (  # noqa: F401 - the trajectory file, re-exported
 )
 from .device import on_device, resolve_device
 from .directions import Directions
+from .fingerprint import data_fingerprint, model_fingerprint
+from .losses import resolve_loss
 from .params import ParamLayout, perturbed_tensors
+from .runners import make_runner
+from .surface_file import Surface, load_surface
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +157,7 @@ class _Rows:
 
     def read_into(self, path: str, out: np.ndarray) -> None:
         """Load ``path`` into the model (strict, safe rules) and write its row ``d_i`` into ``out``."""
-        load_state(self.model, _read_state(path, self.trust), path)
+        load_state(self.model, read_state(path, self.trust), path)
         self.fill(out)
         out -= self.final
         for a, b in self.zeroed:
@@ -204,11 +209,9 @@ def compute_trajectory(model: nn.Module, checkpoints: Sequence[str], final: str 
                           "two principal components need at least three checkpoints (the final one included)",
                           "save checkpoints more often during training")
     rows = _Rows(model, dir_type, ignore, trust_checkpoint, progress)
-    final_state = _read_state(final, trust_checkpoint)
+    final_state = read_state(final, trust_checkpoint)
     load_state(model, final_state, final)
-    from ._surface_setup import fingerprint as _fingerprint
-
-    final_fingerprint = _fingerprint(t for t in model.state_dict().values())
+    final_fingerprint = model_fingerprint(model)
     rows.fill(rows.final)
     moving = [i for i, p in enumerate(paths) if not same_file(p, final)]  # the final's rows are zero
     size = max(rows.layout.size, 1)
@@ -338,12 +341,6 @@ def path_losses(model: nn.Module, data: Any, traj: Trajectory, loss: Any = "cros
     Example:
         >>> losses = path_losses(model, load_data("digits"), traj)  # doctest: +SKIP
     """
-    from ..data import as_eval_data
-    from ._surface_setup import data_fingerprint
-    from ._surface_setup import fingerprint as _fingerprint
-    from .losses import resolve_loss
-    from .runners import make_runner
-
     data = as_eval_data(data)
     loss_fn, loss_desc = resolve_loss(loss)
     layout = traj.directions.layout
@@ -352,11 +349,9 @@ def path_losses(model: nn.Module, data: Any, traj: Trajectory, loss: Any = "cros
         raise ConfigError("The trajectory's directions do not match the model",
                           "their tensor names or shapes differ", "pass the architecture the trajectory was made for")
     if surface is not None:
-        from .surface_file import Surface, load_surface
-
         attrs = (surface if isinstance(surface, Surface) else load_surface(os.fspath(surface))).attrs
         check_same_plane(attrs, traj)
-        found = {"model": _fingerprint(t for t in model.state_dict().values()),
+        found = {"model": model_fingerprint(model),
                  "data": data_fingerprint(data), "loss": loss_desc}
         stored = {"model": attrs.get("model_fingerprint"), "data": attrs.get("data_fingerprint"),
                   "loss": attrs.get("loss")}

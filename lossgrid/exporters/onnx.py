@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._files import atomic_output, input_file_problem
 from .._optional import require
 from ..errors import ExportError
 from .manifest import METADATA_KEY, Manifest, read_manifest
@@ -137,7 +138,6 @@ def export_onnx(model: nn.Module, example: torch.Tensor, k: int = 1, path: str |
         result.max_abs_diff = check_parity(result.model_bytes, model, example, seed=seed, tolerance=tolerance,
                                            wide=wide)
     if path is not None:
-        from .._files import atomic_output
 
         with atomic_output(path, "ONNX file") as tmp, open(tmp, "wb") as f:
             f.write(result.model_bytes)
@@ -200,7 +200,6 @@ def check_parity(model_bytes: bytes, model: nn.Module, example: torch.Tensor, se
 
 def load_onnx(path: str) -> tuple[Any, Manifest]:
     """Load an ONNX file written by :func:`export_onnx` and its manifest."""
-    from .._files import input_file_problem
 
     onnx = require("onnx", "export", "ONNX loading")
     problem = input_file_problem(path)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._files import atomic_output, check_output_path, refuse_input_as_output
 from ..engine.surface_file import Surface
+from ..engine.trajectory import check_same_plane, load_trajectory
 from ..errors import ConfigError
 from ._common import (
     METRICS,
@@ -153,8 +154,6 @@ def plot_surfaces(surfaces: list[Surface | str | os.PathLike], out: str | os.Pat
 def _check_trajectory(surfaces: list[Surface], kind: str, trajectory: Any, path_loss: Any) -> Trajectory:
     """The trajectory, loaded; refuses plot kinds without a plane and surfaces on other directions."""
     import numpy as np
-
-    from ..engine.trajectory import check_same_plane, load_trajectory
 
     if kind not in ("contour", "contourf", "heatmap") or len(surfaces) != 1 or surfaces[0].ndim != 2:
         raise ConfigError(f"A trajectory is drawn over one 2D contour, contourf or heatmap, not {kind}",

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from ..engine.curvature import convexity_ratio
 from ..engine.surface_file import Surface, load_surface
 from ..errors import ConfigError, SurfaceFileError
 
@@ -59,7 +60,6 @@ def curvature_values(surface: Surface) -> np.ndarray:
                           "it was computed without --curvature",
                           "compute it with lossgrid surface ... --curvature, into another --out (or with "
                           "--overwrite: curvature is a different setting, so the file is not resumed)")
-    from ..engine.curvature import convexity_ratio
 
     ratio = convexity_ratio(surface.extra["min_eig"], surface.extra["max_eig"])
     return np.where(surface.done, ratio, np.nan)

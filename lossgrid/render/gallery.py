@@ -20,10 +20,10 @@ import numpy as np
 from .._files import atomic_output
 from ..engine.surface_file import Surface
 from ._common import axis_label, metric_values, minimum_index
+from .mpl import _pyplot as pyplot
 
 
 def _pyplot() -> Any:
-    from .mpl import _pyplot as pyplot
 
     return pyplot()
 

@@ -19,6 +19,7 @@ from ._common import (
     title_of,
     with_note,
 )
+from .path import draw_path, path_values
 
 if TYPE_CHECKING:
     from ..engine.trajectory import Trajectory
@@ -104,7 +105,6 @@ def plane(surface: Surface, out: str, kind: str = "contour", metric: str = "loss
     if kind != "contour":
         fig.colorbar(artist, ax=ax, label=label)
     if trajectory is not None:
-        from .path import draw_path, path_values
 
         values = path_values(path_loss, log=log, vmax=vmax) if metric == "loss" else None
         points = draw_path(ax, trajectory, values, cmap=artist.get_cmap(), norm=artist.norm)

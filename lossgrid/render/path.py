@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..engine.trajectory import epoch_of
+
 if TYPE_CHECKING:
     from ..engine.trajectory import Trajectory
 
@@ -32,7 +34,6 @@ def pc_label(traj: Trajectory, k: int) -> str:
 def epoch_labels(paths: list[str]) -> list[str]:
     """Labels of the checkpoints: the last number in each file name (``epoch_12.pt`` -> ``12``),
     else the position in the path (``#3``)."""
-    from ..engine.trajectory import epoch_of
 
     labels = []
     for i, p in enumerate(paths):

@@ -234,15 +234,13 @@ def test_demo_never_replaces_an_earlier_demo_without_overwrite_nor_before_it_has
     assert r.exit_code == 1 and "already holds a demo" in r.output and "--overwrite" in r.output
     assert "Traceback" not in r.output and _hashes(out) == before
 
-    import lossgrid.render
-
     def broken(*args, **kwargs):
         from lossgrid.errors import LossgridError
 
         raise LossgridError("Cannot write plot contour.png", "No space left on device")
 
     with monkeypatch.context() as patch:
-        patch.setattr(lossgrid.render, "plot_surface", broken)  # the new demo fails after its surface
+        patch.setattr(lossgrid.demo, "plot_surface", broken)  # the new demo fails after its surface
         r = run("demo", "--out", out, "--grid=-1:1:3", "--epochs", "1", "--seed", "1", "-q", "--overwrite")
     assert r.exit_code == 1 and "No space left" in r.output and "Traceback" not in r.output
     assert _hashes(out) == before  # the old demo whole, no debris of the new one

@@ -16,7 +16,7 @@ from torch import nn
 from lossgrid import Axis, GridSpec, compute_surface
 from lossgrid.config import DirectionSpec, EvalSpec
 from lossgrid.data import EvalData
-from lossgrid.engine.directions import create_directions
+from lossgrid.engine.axes import create_directions
 from lossgrid.engine.losses import resolve_loss
 from lossgrid.errors import ConfigError, LossgridError
 from lossgrid.inputs import call_model, model_output

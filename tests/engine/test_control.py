@@ -16,8 +16,8 @@ from click.testing import CliRunner
 from lossgrid import Axis, GridSpec, compute_surface, load_surface
 from lossgrid.cli.group import cli
 from lossgrid.config import DirectionSpec, EvalSpec, SurfaceJob
+from lossgrid.engine.axes import create_directions
 from lossgrid.engine.control import AnchorGrid, ControlVariate, axis_anchors
-from lossgrid.engine.directions import create_directions
 from lossgrid.engine.losses import SampleValues
 from lossgrid.engine.runners import make_runner
 from lossgrid.errors import ConfigError

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from lossgrid.config import CurvatureSpec, DirectionSpec, EvalSpec, GridSpec
+from lossgrid.engine.axes import create_directions
 from lossgrid.engine.curvature import convexity_ratio, extreme_eigenvalues
-from lossgrid.engine.directions import create_directions
 from lossgrid.engine.params import perturbed_tensors
 from lossgrid.engine.surface import compute_surface
 from lossgrid.engine.surface_file import load_surface

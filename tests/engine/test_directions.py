@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from lossgrid.config import DirectionSpec
-from lossgrid.engine.directions import create_directions, load_directions, save_directions
+from lossgrid.engine.axes import create_directions
+from lossgrid.engine.directions import load_directions, save_directions
 from lossgrid.engine.params import ParamLayout
 from lossgrid.errors import DirectionError
 from tests.conftest import small_cnn
@@ -121,7 +122,8 @@ def test_hessian_directions_are_the_top_eigenvectors_and_keep_their_eigenvalues(
 
     from lossgrid.config import DirectionSpec, GridSpec
     from lossgrid.data import load_data
-    from lossgrid.engine.directions import create_directions, load_directions, save_directions
+    from lossgrid.engine.axes import create_directions
+    from lossgrid.engine.directions import load_directions, save_directions
     from lossgrid.engine.hessian import hessian_operator, lanczos_eigs
     from lossgrid.engine.surface import compute_surface
     from lossgrid.errors import DirectionError

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from lossgrid import DirectionSpec, GridSpec, compute_surface, load_data, load_model
-from lossgrid.engine.directions import create_directions, load_directions
+from lossgrid.engine.axes import create_directions
+from lossgrid.engine.directions import load_directions
 from lossgrid.engine.evolve import compute_evolution, find_checkpoints, load_evolution, natural_key
 from lossgrid.errors import ConfigError, SurfaceFileError
 

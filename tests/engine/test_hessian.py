@@ -27,17 +27,15 @@ from torch import nn
 from lossgrid.data import load_data
 from lossgrid.engine._lanczos import lanczos, ritz_pairs
 from lossgrid.engine.hessian import (
-    Density,
     EigenResult,
     HessianOperator,
     TraceResult,
     hessian_operator,
     hessian_trace,
     lanczos_eigs,
-    plot_density,
     select_parameters,
-    spectral_density,
 )
+from lossgrid.engine.hessian_report import Density, plot_density, spectral_density
 from lossgrid.errors import ConfigError
 
 

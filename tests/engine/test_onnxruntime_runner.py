@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lossgrid.config import DirectionSpec, EvalSpec, GridSpec
-from lossgrid.engine.directions import create_directions
+from lossgrid.engine.axes import create_directions
 from lossgrid.engine.params import perturbed_tensors
 from lossgrid.engine.surface import compute_surface
 from lossgrid.errors import ConfigError, MissingBackendError

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lossgrid.config import DirectionSpec, EvalSpec, GridSpec
-from lossgrid.engine.directions import create_directions
+from lossgrid.engine.axes import create_directions
 from lossgrid.engine.losses import cross_entropy, mse
 from lossgrid.engine.params import ParamLayout, perturbed_tensors
 from lossgrid.engine.reference import evaluate_points_reference

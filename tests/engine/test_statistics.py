@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from lossgrid import Axis, GridSpec, compute_surface, load_surface
 from lossgrid.config import DirectionSpec, EvalSpec
 from lossgrid.data import EvalData
-from lossgrid.engine.directions import create_directions
+from lossgrid.engine.axes import create_directions
 from lossgrid.engine.losses import TokenCrossEntropy, finite_population
 from lossgrid.engine.params import ParamLayout
 from lossgrid.engine.runners import make_runner

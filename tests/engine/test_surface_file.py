@@ -129,7 +129,7 @@ def test_precision_decides_identity_and_older_fp32_files_resume(tmp_path, traine
 
 @pytest.mark.cpu_bf16
 def test_a_failing_precision_check_keeps_the_points_and_says_why(tmp_path, trained_cnn, digits_small, monkeypatch):
-    from lossgrid.engine import _surface_setup as setup_module
+    from lossgrid.engine import surface_checks as setup_module
 
     class Broken(setup_module.TorchRunner):
         def evaluate_points(self, coeffs):

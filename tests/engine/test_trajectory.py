@@ -132,8 +132,8 @@ def test_streaming_holds_a_bounded_number_of_rows(tmp_path, monkeypatch):
         paths.append(str(tmp_path / f"ckpt_{i}.pt"))
         torch.save(state, paths[-1])
     reads = []
-    real = trajectory_module._read_state
-    monkeypatch.setattr(trajectory_module, "_read_state", lambda p, t=False: reads.append(p) or real(p, t))
+    real = trajectory_module.read_state
+    monkeypatch.setattr(trajectory_module, "read_state", lambda p, t=False: reads.append(p) or real(p, t))
     whole = compute_trajectory(nn.Linear(400, 100), paths)
     assert len(reads) == 60  # everything fits: one read per file (the final's row is zero, read once)
     reads.clear()
@@ -225,7 +225,8 @@ def test_file_round_trip_surface_on_the_plane_and_path_losses(run, tmp_path):
 
 
 def test_a_direction_file_that_is_not_a_trajectory(tmp_path):
-    from lossgrid.engine.directions import create_directions, save_directions
+    from lossgrid.engine.axes import create_directions
+    from lossgrid.engine.directions import save_directions
 
     save_directions(tmp_path / "d.h5", create_directions(mlp_digits()))
     with pytest.raises(DirectionError, match="not a trajectory file"):

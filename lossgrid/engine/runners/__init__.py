@@ -31,7 +31,9 @@ from ..batchnorm import refuse_recompute
 from ..precision import check_precision
 from .auto import AutoRunner
 from .base import Runner
+from .onnxruntime_runner import OnnxRuntimeRunner
 from .static_runner import StaticRunner
+from .tensorrt_runner import TensorRTRunner
 from .torch_runner import TorchRunner
 
 if TYPE_CHECKING:
@@ -104,8 +106,6 @@ def make_runner(eval_spec: EvalSpec, model: nn.Module, layout: ParamLayout, data
                            bn_batches=bn_batches, **common)
 
     def ort_runner(strat: str) -> Runner:
-        from .onnxruntime_runner import OnnxRuntimeRunner
-
         if bn_batches:
             refuse_recompute(f"onnxruntime {strat}")
         if precision != "fp32":
@@ -115,8 +115,6 @@ def make_runner(eval_spec: EvalSpec, model: nn.Module, layout: ParamLayout, data
                                  model_description=description, **common)
 
     def trt_runner(strat: str) -> Runner:
-        from .tensorrt_runner import TensorRTRunner
-
         if bn_batches:
             refuse_recompute(f"tensorrt {strat}")
         return TensorRTRunner(model, layout, data.x, data.y, loss_fn, strategy=strat, device=str(device),

@@ -44,6 +44,7 @@ from typing import Any, TypeVar
 import torch
 
 from ...errors import ConfigError, EvaluationError, LossgridError, is_out_of_memory
+from ...kernels import perturb
 from ..losses import SampleValues, Stats
 
 T = TypeVar("T")
@@ -80,7 +81,6 @@ class Runner(abc.ABC):
 
     def evaluate_points(self, coeffs: torch.Tensor) -> Stats:
         """Loss, accuracy and standard error at grid coefficients ``coeffs[K, D]`` (see :meth:`set_directions`)."""
-        from ...kernels import perturb
 
         if getattr(self, "_directions", None) is None:
             raise ConfigError("set_directions() must be called before evaluate_points()")

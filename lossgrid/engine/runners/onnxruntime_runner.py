@@ -43,7 +43,9 @@ import torch
 from torch import nn
 
 from ...errors import ConfigError, MissingBackendError
+from ...exporters.onnx import export_onnx, float_state
 from ...exporters.session import make_session, onnxruntime_errors
+from ...inputs import require_tensor
 from ..losses import LossFn, Stats, concat_stats, evaluate_batches, unit_counts
 from ..params import ParamLayout, full_states
 from .base import Runner
@@ -76,11 +78,9 @@ class OnnxRuntimeRunner(Runner):
     def __init__(self, model: nn.Module, layout: ParamLayout, x: Any, y: torch.Tensor,
                  loss_fn: LossFn, batch_size: int | None = None, strategy: str = "auto",
                  points_per_call: int | None = None, device: str = "cpu", model_description: str = "") -> None:
-        from ...exporters.onnx import export_onnx, float_state
 
         if strategy not in STRATEGIES:
             raise ConfigError(f"Unknown onnxruntime strategy {strategy!r}", hint=f"use one of {', '.join(STRATEGIES)}")
-        from ...inputs import require_tensor
 
         x = require_tensor(x, "The onnxruntime backend")
         self.backend_errors = onnxruntime_errors()  # they derive from Exception only: guard() names them

@@ -52,12 +52,15 @@ import torch
 from torch import nn
 
 from ...errors import ConfigError, ExportError, MissingBackendError
+from ...exporters.onnx import export_onnx, float_state, full_state
+from ...inputs import require_tensor
 from ..losses import LossFn, Stats, concat_stats, evaluate_batches, unit_counts
 from ..params import ParamLayout, full_states
 from ..precision import check_precision
 from ._trt_cache import EngineCache, cache_key, default_cache_dir
 from .base import Runner
 from .batching import default_batch_size
+from .onnxruntime_runner import _bake, _baked_template
 
 log = logging.getLogger(__name__)
 STRATEGIES = ("inputs", "refit")
@@ -98,8 +101,6 @@ def onnx_for_tensorrt(model: nn.Module, example: torch.Tensor, strategy: str, k:
     whose weight inputs are initializers of the same names (holding the model's
     own weights, BatchNorm folded), which the refitter replaces by name.
     """
-    from ...exporters.onnx import export_onnx, full_state
-    from .onnxruntime_runner import _bake, _baked_template
 
     export = export_onnx(model, example, k=1 if strategy == "refit" else k, description=description)
     if strategy != "refit":
@@ -183,7 +184,6 @@ class TensorRTRunner(Runner):
                  batch_size: int | None = None, strategy: str = "inputs", points_per_call: int | None = None,
                  device: str | torch.device = "cuda", precision: str = "fp32", model_description: str = "",
                  cache_dir: str | os.PathLike | None = None) -> None:
-        from ...exporters.onnx import float_state
 
         if strategy not in STRATEGIES:
             raise ConfigError(f"Unknown tensorrt strategy {strategy!r}", hint=f"use one of {', '.join(STRATEGIES)}")
@@ -196,7 +196,6 @@ class TensorRTRunner(Runner):
             raise ConfigError(f"The tensorrt backend cannot run on {device}", "TensorRT runs on NVIDIA GPUs only",
                               "use --device cuda, or --backend torch or onnxruntime on the CPU")
         check_precision(precision, self.device)
-        from ...inputs import require_tensor
 
         x = require_tensor(x, "The tensorrt backend")
         if isinstance(model, torch.jit.ScriptModule):

@@ -11,6 +11,8 @@ from torch import nn
 
 from ... import inputs as inp
 from ...errors import ConfigError
+from ...exporters.onnx import float_state
+from ...exporters.wide import WideModel
 from ...inputs import Inputs
 from ..batchnorm import recalibrate, refuse_recompute
 from ..losses import LossFn, Stats, concat_stats, evaluate_batches, unit_counts
@@ -88,8 +90,6 @@ class TorchRunner(Runner):
             self._make_wide()
 
     def _make_wide(self) -> None:
-        from ...exporters.onnx import float_state
-        from ...exporters.wide import WideModel
 
         self.wide = WideModel(self.model, k=self.points_per_call)
         self.fixed = float_state(self.model)

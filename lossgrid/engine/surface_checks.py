@@ -1,11 +1,8 @@
-"""What a surface run checks and derives before and around its loop: the device, the
-output path, fingerprints of model and data, Hessian directions an existing file holds,
-the loss error of a reduced precision against fp32, and out-of-memory messages.
-:mod:`lossgrid.engine.surface` re-exports the public names."""
+"""What a surface run checks before and around its loop: the output path, Hessian
+directions an existing file holds, and the loss error of a reduced precision against fp32."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from typing import Any
@@ -17,9 +14,7 @@ from torch import nn
 from .._files import check_output_path, same_file
 from ..config import DirectionSpec, EvalSpec
 from ..data import EvalData
-from ..errors import ConfigError, ResourceError, SurfaceFileError
-from ..inputs import tensors
-from .device import DEVICE_TYPES, resolve_device  # noqa: F401 - re-exported
+from ..errors import ConfigError, SurfaceFileError
 from .directions import Directions, load_directions, same_selection
 from .losses import LossFn
 from .params import ParamLayout
@@ -51,18 +46,6 @@ def check_precision_error(model: nn.Module, layout: ParamLayout, base: torch.Ten
     log.info("precision %s: max relative loss error %.3g against fp32 at %d point(s)", eval_spec.precision,
              check["max_rel_loss_error"], check["points"])
     return check
-
-
-def out_of_memory(e: BaseException, described: dict[str, Any]) -> ResourceError:
-    k, batch = described.get("points_per_call"), described.get("batch_size")
-    what = f"Out of memory while evaluating {k} grid point(s) per call"
-    lower = f"lower --points-per-call (now {k})"
-    if batch:
-        what += f" in batches of {batch} samples"
-        lower += f" or --batch-size (now {batch})"
-    reason = str(e).strip().splitlines()[0] if str(e).strip() else "no memory left"
-    return ResourceError(what, f"{type(e).__name__}: {reason}",
-                         f"{lower}; the points done so far are saved: the same command with a lower setting resumes")
 
 
 def check_writable(path: str, dir_file: str | os.PathLike | None = None, what: str = "surface file") -> None:
@@ -98,24 +81,3 @@ def stored_hessian_directions(path: str, model: nn.Module, spec: DirectionSpec, 
         return None
     log.info("resuming on the Hessian directions stored in %s", path)
     return dirs
-
-
-def data_fingerprint(data: EvalData) -> str:
-    """A hash of an evaluation set's values; for several or named inputs also of their
-    structure (which argument is which), so that swapping two inputs is a different set."""
-    from ..inputs import is_tensor, named_tensors
-
-    digest = fingerprint([*tensors(data.x), data.y])
-    if is_tensor(data.x):  # as before inputs could be tuples or dicts: such files stay resumable
-        return digest
-    names = [name for name, _ in named_tensors(data.x)]
-    return f"{digest}:{hashlib.blake2b(repr(names).encode(), digest_size=4).hexdigest()}"
-
-
-def fingerprint(tensors: Any) -> str:
-    h = hashlib.blake2b(digest_size=8)
-    for t in tensors:
-        t = t.detach().cpu().contiguous()
-        h.update(str((t.dtype, tuple(t.shape))).encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()

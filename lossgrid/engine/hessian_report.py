@@ -1,9 +1,7 @@
-"""Reports on the Hessian (private; re-exported by :mod:`lossgrid.engine.hessian`):
-its spectral density by stochastic Lanczos quadrature (Ghorbani et al. 2019), the
+"""Reports on the Hessian: its spectral density by stochastic Lanczos quadrature (Ghorbani et al. 2019), the
 JSON-ready summary that ``lossgrid hessian`` prints and saves, and the density plot.
 
-The operator, its eigenpairs and its trace live in :mod:`lossgrid.engine.hessian`,
-imported here inside the functions (that module imports this one).
+The operator, its eigenpairs and its trace live in :mod:`lossgrid.engine.hessian`.
 """
 
 from __future__ import annotations
@@ -11,16 +9,14 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..errors import ConfigError
 from ._lanczos import density_on_grid, slq_nodes
-
-if TYPE_CHECKING:
-    from .hessian import HessianOperator
+from .hessian import EVAL_MODE_NOTE, HessianOperator, float64_matvec, hessian_trace, lanczos_eigs
 
 
 @dataclass(frozen=True)
@@ -70,11 +66,9 @@ def spectral_density(op: HessianOperator, iters: int = 40, runs: int = 4, seed: 
                           hint="use iters >= 1, runs >= 1, bins >= 2")
     if sigma is not None and not sigma > 0:
         raise ConfigError(f"Density broadening sigma={sigma} must be positive")
-    from .hessian import _float64
-
     steps = min(iters, op.size)
     gen = torch.Generator().manual_seed(seed)
-    nodes, weights = slq_nodes(_float64(op), op.size, steps, runs, gen, op.device)
+    nodes, weights = slq_nodes(float64_matvec(op), op.size, steps, runs, gen, op.device)
     grid, density, width = density_on_grid(nodes, weights, bins, sigma)
     return Density(grid, density, nodes, weights, runs, steps, float(width))
 
@@ -93,8 +87,6 @@ def curvature_summary(op: HessianOperator, top_k: int = 1, bottom_k: int = 0, tr
         >>> sorted(summary["top"]), summary["trace"]["method"]
         (['iterations', 'residuals', 'values'], 'hutch++')
     """
-    from .hessian import EVAL_MODE_NOTE, hessian_trace, lanczos_eigs
-
     t0 = time.perf_counter()
     loss, grad = op.gradient()
     out: dict[str, Any] = {"parameters": op.size, "parameter_tensors": len(op.names),
