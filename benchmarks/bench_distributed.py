@@ -66,7 +66,7 @@ def store_overheads(n: int = 2000) -> dict[str, float]:
 
 def write_overhead(shape: tuple[int, int] = (51, 51), k: int = 8) -> float:
     """Seconds for rank 0 to write one chunk of ``k`` points into a surface file (two flushes)."""
-    from lossgrid.engine.surface_file import SurfaceWriter
+    from lossgrid.surface.file import SurfaceWriter
 
     xs, ys = np.linspace(-1, 1, shape[0]), np.linspace(-1, 1, shape[1])
     with tempfile.TemporaryDirectory() as d:
@@ -107,7 +107,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from lossgrid.engine.surface_file import load_surface
+    from lossgrid.surface.file import load_surface
     from lossgrid.zoo import resnet_digits
 
     cores = os.cpu_count() or 1

@@ -15,7 +15,7 @@ import numpy as np
 
 
 def synthetic_surface(n: int = 101):
-    from lossgrid.engine.surface_file import Surface
+    from lossgrid.surface.file import Surface
 
     x = np.linspace(-1, 1, n)
     X, Y = np.meshgrid(x, x, indexing="ij")
@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/render.json")
     parser.add_argument("--n", type=int, default=101)
     args = parser.parse_args()
-    from lossgrid.render import plot_surfaces
+    from lossgrid.plot import plot_surfaces
 
     surf = synthetic_surface(args.n)
     one_d = synthetic_surface(args.n)

@@ -11,7 +11,7 @@ then results are checked to agree with the reference (loss 1e-4 relative) and
 throughput is reported as grid points x samples per second, as a ratio to the
 reference, and as a percentage of this machine's fp32 matmul peak (the best of
 torch and ONNX Runtime on a square GEMM of about 20 ms, measured in the same run by
-``lossgrid.engine._measure.peak_gemm``; ``lossgrid bench`` times every backend, strategy and
+``lossgrid.bench.machine.peak_gemm``; ``lossgrid bench`` times every backend, strategy and
 precision of one model the same way).
 
 Run with ``--malloc both`` to measure the effect of the glibc malloc tuning
@@ -51,23 +51,23 @@ def cases(quick: bool):
 
 
 def matmul_peak() -> dict[str, float]:
-    """fp32 GEMM GFLOP/s of torch and ONNX Runtime on this CPU (:func:`lossgrid.engine._measure.peak_gemm`)."""
-    from lossgrid.engine._measure import peak_gemm
+    """fp32 GEMM GFLOP/s of torch and ONNX Runtime on this CPU (:func:`lossgrid.bench.machine.peak_gemm`)."""
+    from lossgrid.bench.machine import peak_gemm
 
     peak = peak_gemm("fp32", torch.device("cpu"))
     return {lib: 1000 * (peak[f"{lib}_tflops"] or 0.0) for lib in ("torch", "onnxruntime")}
 
 
 def bench_one(name, model, x, y, points, repeats):
+    from lossgrid.bench.machine import flops_per_sample
     from lossgrid.config import DirectionSpec, EvalSpec
     from lossgrid.data import EvalData
-    from lossgrid.engine._measure import flops_per_sample
-    from lossgrid.engine.axes import create_directions
     from lossgrid.engine.losses import cross_entropy
     from lossgrid.engine.params import perturbed_tensors
     from lossgrid.engine.reference import evaluate_points_reference
     from lossgrid.engine.runners import make_runner
     from lossgrid.kernels import perturb
+    from lossgrid.surface.directions import create_directions
 
     model.eval()
     dirs = create_directions(model, DirectionSpec(), ndim=2)
@@ -75,7 +75,7 @@ def bench_one(name, model, x, y, points, repeats):
     coeffs = torch.linspace(-0.5, 0.5, points)[:, None].repeat(1, 2)
     weights = perturb(base, dirs.flat(), coeffs)
     n = len(x)
-    fps = flops_per_sample(model, x)  # lossgrid.engine._measure: counted on one sample
+    fps = flops_per_sample(model, x)  # lossgrid.bench.machine: counted on one sample
     rows = {}
 
     def row(seconds):

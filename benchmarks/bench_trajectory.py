@@ -1,4 +1,4 @@
-"""Peak memory and time of the streamed trajectory PCA (lossgrid.engine.trajectory).
+"""Peak memory and time of the streamed trajectory PCA (lossgrid.trajectory.compute).
 
 Writes N checkpoints of a P-parameter model (a seeded random walk towards a minimum)
 to a temporary directory, then, each in a fresh process so that peak RSS is its own:
@@ -66,7 +66,7 @@ def _rss_mb() -> float:
 
 
 def stream_phase(paths: list[str], params: int, memory_bytes: int) -> dict[str, Any]:
-    from lossgrid.engine import trajectory as tm
+    from lossgrid.trajectory import compute as tm
 
     model = make_model(params)
     rss0 = _rss_mb()

@@ -255,7 +255,7 @@ def reference_row(case: dict, work: str, env: dict[str, str], args: argparse.Nam
 
 def run_case(case: dict, work: str, env: dict[str, str], args: argparse.Namespace) -> dict:
     from lossgrid.engine.precision import cpu_bf16
-    from lossgrid.engine.surface_file import load_surface
+    from lossgrid.surface.file import load_surface
 
     nx = args.grid_points
     grid = [f"--x=-1:1:{nx}", f"--y=-1:1:{nx}"]
@@ -417,11 +417,11 @@ def markdown(report: dict) -> str:
 def build_cases(work: str, args: argparse.Namespace) -> list[dict]:
     import torch
 
+    from lossgrid.bench.machine import flops_per_sample
     from lossgrid.config import DirectionSpec
     from lossgrid.data import load_data
-    from lossgrid.engine._measure import flops_per_sample
-    from lossgrid.engine.axes import create_directions
     from lossgrid.engine.directions import save_directions
+    from lossgrid.surface.directions import create_directions
     from lossgrid.zoo import mlp_mnist, resnet20
 
     cases = []
@@ -463,7 +463,7 @@ def build_cases(work: str, args: argparse.Namespace) -> list[dict]:
 def bench(args: argparse.Namespace) -> dict:
     import torch
 
-    from lossgrid.engine._measure import peak_gemm
+    from lossgrid.bench.machine import peak_gemm
     from lossgrid.engine.precision import cpu_bf16
 
     t_start = time.perf_counter()
@@ -515,7 +515,7 @@ def bench(args: argparse.Namespace) -> dict:
             "forward FLOPs per sample over the fp32 GEMM peak measured in this run (bf16 rows too).",
             "--anchor-stride K (with --samples n): every K-th point per axis and the last evaluated on the whole "
             "set, the other points on the subset with those anchors interpolated sample by sample as control "
-            "variates (lossgrid.engine.control); the anchors' standard error is 0, so coverage counts the others.",
+            "variates (lossgrid.surface.anchors); the anchors' standard error is 0, so coverage counts the others.",
             "Adaptive modes use the default --adaptive-tol 0.01; --target-se E is "
             f"{100 * args.target_se_share:g}% of the exact surface's loss range, fixed before the run (a third of "
             "the 1% error target, so that the largest of ~441 errors of about one standard error stays inside it); "

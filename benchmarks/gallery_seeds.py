@@ -1,6 +1,6 @@
 """Do the paper's orderings appear in the full-size gallery, seed after seed?
 
-Runs :func:`lossgrid.gallery.run_gallery` at ``--size full`` for each seed of ``--seeds``
+Runs :func:`lossgrid.gallery.build.run_gallery` at ``--size full`` for each seed of ``--seeds``
 (fixed before looking at any result: 0, 1, 2 by default; never chosen for the outcome)
 and writes, per seed, whether (a) the deep net without shortcuts is less convex than
 its residual twin and (b) the large-batch minimum is sharper than the small-batch one,
@@ -54,7 +54,7 @@ def main() -> None:
     parser.add_argument("--size", default="full", choices=("ci", "full"))
     parser.add_argument("--dir", help="gallery directory to keep (default: a temporary one)")
     args = parser.parse_args()
-    from lossgrid.gallery import run_gallery
+    from lossgrid.gallery.build import run_gallery
 
     seeds = [int(s) for s in args.seeds.split(",")]
     with tempfile.TemporaryDirectory() as tmp:

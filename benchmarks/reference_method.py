@@ -161,9 +161,9 @@ def bench(args: argparse.Namespace) -> None:
     from bench_surface import matmul_peak  # noqa: PLC0415 - a sibling script
 
     from lossgrid.config import DirectionSpec
-    from lossgrid.engine.axes import create_directions
     from lossgrid.engine.directions import save_directions
-    from lossgrid.engine.surface_file import load_surface
+    from lossgrid.surface.directions import create_directions
+    from lossgrid.surface.file import load_surface
     from lossgrid.zoo import resnet20
 
     work = tempfile.mkdtemp(prefix="lossgrid-refbench-")

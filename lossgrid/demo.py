@@ -24,11 +24,11 @@ from ._files import atomic_output
 from ._outdir import StagedDir
 from .config import DirectionSpec, EvalSpec, GridSpec
 from .data import EvalData, load_data
-from .engine.surface import compute_surface
-from .engine.trajectory import compute_trajectory, path_grid, path_losses, save_trajectory
 from .errors import MissingBackendError
-from .render import plot_surface
-from .track import Tracker
+from .plot import plot_surface
+from .surface.compute import compute_surface
+from .train.track import Tracker
+from .trajectory.compute import compute_trajectory, path_grid, path_losses, save_trajectory
 from .zoo import resnet_digits
 
 DEMO_MODEL = "lossgrid.zoo:resnet_digits"
@@ -47,7 +47,7 @@ def train_demo_model(data: EvalData, epochs: int = 12, seed: int = 0, batch_size
 
     ``on_epoch(epoch, model)`` is called with epoch 0 before training (the initial
     weights) and after each epoch ``1 ... epochs``, the model in train mode
-    (a :meth:`lossgrid.track.Tracker.step`, say).
+    (a :meth:`lossgrid.train.track.Tracker.step`, say).
     """
 
     torch.manual_seed(seed)
@@ -121,10 +121,10 @@ def _surface_demo(out_dir: str, grid: str, epochs: int, seed: int, progress: Any
 def run_trajectory_demo(out_dir: str | os.PathLike, num: int = 31, grid: str | None = None, epochs: int = 12,
                         seed: int = 0, progress: Any = None, overwrite: bool = False,
                         eval_spec: EvalSpec = EvalSpec()) -> dict[str, Any]:
-    """Train the demo model under a :class:`~lossgrid.track.Tracker` (a checkpoint of
+    """Train the demo model under a :class:`~lossgrid.train.track.Tracker` (a checkpoint of
     the initial weights and of every epoch in ``out_dir/checkpoints``, a 1D landscape
     per epoch in memory), find the PCA plane of that path
-    (:func:`~lossgrid.engine.trajectory.compute_trajectory`, into
+    (:func:`~lossgrid.trajectory.compute.compute_trajectory`, into
     ``out_dir/trajectory.h5``), compute the surface on that plane around the final
     model (``out_dir/trajectory_surface.h5``; the PCA directions used as they are,
     unnormalized, as ``--xnorm none``) and render its contour with the path
@@ -132,7 +132,7 @@ def run_trajectory_demo(out_dir: str | os.PathLike, num: int = 31, grid: str | N
 
     Args:
         num: points per axis; the axes span the path and the origin plus a 20% margin
-            (:func:`~lossgrid.engine.trajectory.path_grid`).
+            (:func:`~lossgrid.trajectory.compute.path_grid`).
         grid: ``MIN:MAX:NUM`` for both axes instead of the fitted span.
 
     ``out_dir`` holding an earlier demo's files is refused unless ``overwrite``, as in :func:`run_demo`.

@@ -112,7 +112,7 @@ def model_data_options(example: str, samples_help: str, data_note: str = "") -> 
 
 def input_files(kw: dict[str, Any], **more: str | None) -> dict[str, str | None]:
     """The files a command reads (by option), which none of its outputs may be."""
-    from ..engine.jobs import spec_file
+    from ..surface.job import spec_file
 
     return {"--checkpoint": kw.get("checkpoint"), "--model": spec_file(kw.get("model")),
             "--data": spec_file(kw.get("data")), "--loss": spec_file(kw.get("loss")),

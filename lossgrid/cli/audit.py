@@ -40,7 +40,7 @@ EXIT_GATE_FAILED = 3
 
 def parse_conditions(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> Any:
     """Click callback: each ``--fail-if`` expression parsed up front (bad syntax exits 2)."""
-    from ..engine._gate import parse_condition
+    from ..audits.gate import parse_condition
     from ..errors import ConfigError
 
     try:
@@ -91,10 +91,10 @@ def audit(**kw: Any) -> None:
       lossgrid audit --model lossgrid.zoo:resnet_digits --checkpoint net.pt \\
           --data digits:train --fail-if 'top_eig > 500' --out audit.json
     """
+    from ..audits.gate import check_fields, evaluate, missing_values
+    from ..audits.report import audit as run_audit
+    from ..audits.report import gate_fields
     from ..data import load_data
-    from ..engine._gate import check_fields, evaluate, missing_values
-    from ..engine.audit import audit as run_audit
-    from ..engine.audit import gate_fields
     from ..models import load_model
 
     out = kw["out"]
@@ -171,7 +171,7 @@ def _g(value: float | None, fmt: str = ".4g") -> str:
 def _explain_left_out(condition: Any, fields: list[str], kw: dict[str, Any]) -> None:
     """A --fail-if field this report leaves out because of the options: say which option, rather than
     that the field is unknown."""
-    from ..engine.audit import gate_fields
+    from ..audits.report import gate_fields
     from ..errors import ConfigError
 
     for path in condition.fields:

@@ -14,10 +14,10 @@ from ._types import DEVICE, MAX_BATCH, MAX_POINTS_PER_CALL, MAX_REPEATS, Count
 
 
 def parse_project(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
-    """Click callback: ``NXxNY:SAMPLES`` -> :class:`~lossgrid.engine.bench.Projection` (bad text exits 2)."""
+    """Click callback: ``NXxNY:SAMPLES`` -> :class:`~lossgrid.bench.run.Projection` (bad text exits 2)."""
     if value is None:
         return None
-    from ..engine.bench import Projection
+    from ..bench.run import Projection
     from ..errors import ConfigError
 
     try:
@@ -62,8 +62,8 @@ def bench(**kw: Any) -> None:
       lossgrid bench --model lossgrid.zoo:resnet_digits --data digits:test \\
           --backend torch --backend onnxruntime --project 51x51:1797
     """
+    from ..bench.run import run_bench
     from ..data import load_data
-    from ..engine.bench import run_bench
     from ..models import load_model
 
     out = kw["out"]

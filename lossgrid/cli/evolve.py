@@ -81,8 +81,9 @@ def evolve(**kw: Any) -> None:
                                kw["dir_kind"])
     evaluation = EvalSpec(kw["backend"], kw["strategy"], kw["points_per_call"], kw["batch_size"], kw["device"],
                           kw["auto_budget"], kw["precision"])
+    from ..checkpoints import find_checkpoints
     from ..data import load_data
-    from ..engine.evolve import compute_evolution, find_checkpoints
+    from ..evolve.compute import compute_evolution
 
     checkpoints = find_checkpoints(kw["patterns"])
     animations = _check_outputs(kw, checkpoints)  # before any work: bad paths, a missing ffmpeg
@@ -91,7 +92,7 @@ def evolve(**kw: Any) -> None:
         kw["model"], checkpoints, data, grid, kw["out"], direction_spec=directions, dir_file=kw["dir_file"],
         loss=kw["loss"], eval_spec=evaluation, overwrite=kw["overwrite"], trust_checkpoint=kw["trust_checkpoint"],
         progress=bar))
-    from ..render.animate import render_evolution
+    from ..plot.animate import render_evolution
 
     written = {name: render_evolution(evo, path, metric=kw["metric"], log=kw["log_scale"], vmax=kw["vmax"],
                                       fps=kw["fps"]) for name, path in animations.items()}
@@ -109,8 +110,8 @@ def _check_outputs(kw: dict[str, Any], checkpoints: list[str]) -> dict[str, str]
     """Refuse unusable output paths and outputs that are inputs; check ffmpeg for --mp4.
     Returns the animations asked for, ``{"gif": path, ...}``."""
     from .._files import check_output_path, refuse_input_as_output
-    from ..engine.jobs import spec_file
-    from ..engine.surface_checks import check_writable
+    from ..surface.checks import check_writable
+    from ..surface.job import spec_file
 
     check_writable(kw["out"])
     inputs = {f"--checkpoints ({os.path.basename(c)})": c for c in checkpoints}
@@ -126,7 +127,7 @@ def _check_outputs(kw: dict[str, Any], checkpoints: list[str]) -> dict[str, str]
         check_output_path(path, f"--{name} file")
         refuse_input_as_output(path, {**inputs, "--out": kw["out"]}, option=f"--{name}")
     if "mp4" in animations:
-        from ..render.animate import check_mp4_writable
+        from ..plot.animate import check_mp4_writable
 
         check_mp4_writable()
     return animations

@@ -32,10 +32,10 @@ def export(model: str | None, checkpoint: str | None, trust_checkpoint: bool, ou
     checked against PyTorch on random perturbed weights."""
     from .._files import check_output_path, refuse_input_as_output
     from ..data import load_data
-    from ..engine.jobs import spec_file
     from ..exporters.onnx import export_onnx
     from ..inputs import require_tensor
     from ..models import load_model
+    from ..surface.job import spec_file
 
     check_output_path(out, "ONNX file")
     refuse_input_as_output(out, {"--checkpoint": checkpoint, "--model": spec_file(model), "--data": spec_file(data)})

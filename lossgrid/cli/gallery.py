@@ -62,7 +62,7 @@ def gallery(out: str, data_dir: str | None, size: str, seeds: int, epochs: int |
       lossgrid gallery --out g --seeds 3        # are the orderings the same for 3 seeds?
     """
     from .._outdir import check_output_dir
-    from ..gallery import is_gallery_file, run_gallery
+    from ..gallery.build import is_gallery_file, run_gallery
 
     check_output_dir(out, "gallery", is_gallery_file, overwrite)  # before any work
     bar = _StageProgress(not quiet)

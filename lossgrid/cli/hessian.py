@@ -11,7 +11,7 @@ import click
 from ._common import Progress, check_outputs, echo_json, input_files, model_data_options, write_json
 from ._types import DEVICE, MAX_BATCH, MAX_ITERATIONS, SEED, Count
 
-TRACE_METHODS = ("hutch++", "hutchinson")  # the library's lossgrid.engine.hessian.TRACE_METHODS (kept light)
+TRACE_METHODS = ("hutch++", "hutchinson")  # the library's lossgrid.hessian.operator.TRACE_METHODS (kept light)
 
 
 class _HvpProgress(Progress):
@@ -70,8 +70,8 @@ def hessian(**kw: Any) -> None:
     """
     from .._files import atomic_output
     from ..data import load_data
-    from ..engine.hessian import hessian_operator, planned_hvps
-    from ..engine.hessian_report import curvature_summary, plot_density
+    from ..hessian.operator import hessian_operator, planned_hvps
+    from ..hessian.report import curvature_summary, plot_density
     from ..models import load_model
 
     check_outputs({"--out": kw["out"], "--plot": kw["plot"]}, input_files(kw), kw["overwrite"])  # before any work

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from ..render import KINDS, METRICS
+from ..plot import KINDS, METRICS
 from ._types import FINITE, SEED, Count
 
 
@@ -59,7 +59,7 @@ def plot(files: tuple[str, ...], out: str, kind: str, metric: str, log_scale: bo
     is drawn without losses.
     """
     from .._files import refuse_input_as_output
-    from ..render import plot_surfaces
+    from ..plot import plot_surfaces
 
     if not path["trajectory"] and any(path[k] for k in ("model", "checkpoint", "data")):
         raise click.UsageError("--model, --checkpoint and --data evaluate a --trajectory's losses: pass --trajectory")
@@ -69,7 +69,7 @@ def plot(files: tuple[str, ...], out: str, kind: str, metric: str, log_scale: bo
                             title=title, allow_mismatch=allow_mismatch, upsample=upsample, dpi=dpi,
                             trajectory=traj, path_loss=losses)
     if losses is not None and traj is not None:
-        from ..render.path import epoch_labels
+        from ..plot.path import epoch_labels
 
         labels = epoch_labels(traj.paths)
         click.echo(f"path loss: {labels[0]}: {losses[0]:.4g} -> {labels[-1]}: {losses[-1]:.4g} "
@@ -79,7 +79,7 @@ def plot(files: tuple[str, ...], out: str, kind: str, metric: str, log_scale: bo
 
 def _trajectory(opts: dict[str, Any], files: tuple[str, ...]) -> tuple[Any, Any]:
     """The trajectory and, given --model/--checkpoint and --data, its losses on the surface's plane."""
-    from ..engine.trajectory import load_trajectory, path_losses
+    from ..trajectory.compute import load_trajectory, path_losses
 
     wants = [name for name in ("model", "checkpoint", "data") if opts[name]]
     if not wants:
@@ -102,7 +102,7 @@ def _trajectory(opts: dict[str, Any], files: tuple[str, ...]) -> tuple[Any, Any]
 def _levels(value: str | None) -> str | None:
     """Check --levels at the command line (bad values exit 2 naming it); the text goes on as given."""
     from ..errors import ConfigError
-    from ..render._common import parse_levels
+    from ..plot.common import parse_levels
 
     try:
         parse_levels(value)

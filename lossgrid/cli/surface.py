@@ -175,8 +175,8 @@ def surface(**kw: Any) -> None:
         batch=kw["batch"], target_se=kw["target_se"], repeats=kw["repeats"], anchor_stride=kw["anchor_stride"],
         adaptive=AdaptiveSpec(kw["adaptive_tol"], kw["adaptive_coarse"]) if kw["adaptive"] else None,
     )
-    from ..engine import distributed
-    from ..engine.jobs import run_surface_job
+    from ..surface import distributed
+    from ..surface.job import run_surface_job
 
     if kw["nproc"] > 1:
         if distributed.launched():

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from ..engine.train import MAX_LR
+from ..train.recipe import MAX_LR
 from ._common import DATA_HELP, Progress, echo_json
 from ._types import DEVICE, MAX_BATCH, MAX_EPOCHS, SEED, Count, FiniteFloat
 
@@ -76,8 +76,8 @@ def train(**kw: Any) -> None:
     import torch
 
     from ..data import load_data
-    from ..engine.train import check_save_dir, train_model
     from ..models import load_model
+    from ..train.recipe import check_save_dir, train_model
 
     check_save_dir(kw["out"], kw["overwrite"])  # before any work
     _refuse_inputs_among_run_files(kw)
@@ -112,9 +112,9 @@ def train(**kw: Any) -> None:
 def _refuse_inputs_among_run_files(kw: dict[str, Any]) -> None:
     """An input file that a run writes or replaces in --out (``model_<n>.pt``, ``final.pt``,
     ``train.json``) is refused: lossgrid never writes over one of its own inputs."""
-    from ..engine.jobs import spec_file
-    from ..engine.train import is_run_file
     from ..errors import ConfigError
+    from ..surface.job import spec_file
+    from ..train.recipe import is_run_file
 
     out = os.path.realpath(kw["out"])
     inputs = {"--data": spec_file(kw["data"]), "--test-data": spec_file(kw["test_data"]),

@@ -39,9 +39,10 @@ def trajectory(**kw: Any) -> None:
     Example:
       lossgrid trajectory --model lossgrid.zoo:mlp_digits --checkpoints 'run/epoch_*.pt' --out traj.h5
     """
-    from ..engine.jobs import spec_file
-    from ..engine.trajectory import checkpoint_paths, compute_trajectory, path_grid, save_trajectory
+    from ..checkpoints import checkpoint_paths
     from ..models import load_model
+    from ..surface.job import spec_file
+    from ..trajectory.compute import compute_trajectory, path_grid, save_trajectory
 
     out = kw["out"]
     paths = checkpoint_paths(kw["patterns"])

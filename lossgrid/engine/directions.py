@@ -1,5 +1,5 @@
 """Plotting directions: random Gaussian with filter-wise normalization or the interpolation
-between two checkpoints (the Hessian's eigenvectors are made in :mod:`lossgrid.engine.axes`);
+between two checkpoints (the Hessian's eigenvectors are made in :mod:`lossgrid.surface.directions`);
 saved to and loaded from HDF5, and checked for finite values.
 
 Example:

@@ -11,10 +11,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from lossgrid.audits.report import load_schema
 from lossgrid.cli.audit import audit
 from lossgrid.cli.group import LossgridGroup
-from lossgrid.engine.audit import load_schema
-from tests.engine.test_audit import validate
+from tests.audits.test_audit import validate
 
 CONFTEST = os.path.join(os.path.dirname(__file__), "..", "conftest.py")
 

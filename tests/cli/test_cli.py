@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from lossgrid.cli import _should_reexec
 from lossgrid.cli.group import cli
-from lossgrid.engine.surface_file import load_surface
+from lossgrid.surface.file import load_surface
 
 CONFTEST = os.path.join(os.path.dirname(__file__), "..", "conftest.py")
 
@@ -349,8 +349,8 @@ def test_demo_trajectory(tmp_path):
     assert result["summary"]["shape"] == [5, 5] and result["summary"]["points_done"] == 25
     assert sum(result["explained_variance_ratio"]) <= 1 + 1e-9
     assert result["final_loss"] < result["path_losses"][0]  # it trained
-    from lossgrid.engine.trajectory import load_trajectory
     from lossgrid.models import load_model
+    from lossgrid.trajectory.compute import load_trajectory
 
     model, _ = load_model("lossgrid.zoo:resnet_digits", str(out / "checkpoints" / "epoch_0003.pt"))
     traj = load_trajectory(out / "trajectory.h5", model)

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from lossgrid.cli.evolve import evolve
 from lossgrid.cli.group import LossgridGroup
-from tests.engine.test_evolve import train_checkpoints
+from tests.evolve.test_evolve import train_checkpoints
 
 
 @click.group(cls=LossgridGroup)
@@ -90,7 +90,7 @@ def test_mp4_or_the_typed_error(run_dir, tmp_path, monkeypatch):
 
 def test_mp4_error_type_from_the_library(monkeypatch):
     from lossgrid.errors import MissingBackendError
-    from lossgrid.render.animate import check_mp4_writable
+    from lossgrid.plot.animate import check_mp4_writable
 
     monkeypatch.setenv("PATH", "")
     with pytest.raises(MissingBackendError, match="ffmpeg"):

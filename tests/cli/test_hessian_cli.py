@@ -59,8 +59,8 @@ def test_json_matches_the_library(ckpt):
     assert r.exit_code == 0, r.output
     out = json.loads(r.output)
     from lossgrid.data import load_data
-    from lossgrid.engine.hessian import hessian_operator, hessian_trace, lanczos_eigs
-    from lossgrid.engine.hessian_report import spectral_density
+    from lossgrid.hessian.operator import hessian_operator, hessian_trace, lanczos_eigs
+    from lossgrid.hessian.report import spectral_density
     from lossgrid.models import load_model
 
     model, _ = load_model(f"{CONFTEST}:small_cnn", ckpt)

@@ -20,8 +20,8 @@ import torch
 from click.testing import CliRunner
 
 from lossgrid.cli.group import cli
-from lossgrid.engine.surface_file import load_surface
 from lossgrid.exporters.manifest import METADATA_KEY
+from lossgrid.surface.file import load_surface
 
 CONFTEST = os.path.join(os.path.dirname(__file__), "..", "conftest.py")
 MODEL = f"{CONFTEST}:small_cnn"

@@ -9,8 +9,8 @@ from lossgrid.cli.group import LossgridGroup
 from lossgrid.cli.plot import plot
 from lossgrid.cli.surface import surface
 from lossgrid.cli.trajectory import trajectory
-from lossgrid.engine.surface_file import load_surface
-from tests.engine.test_trajectory import train_run
+from lossgrid.surface.file import load_surface
+from tests.trajectory.test_trajectory import train_run
 
 MODEL = "lossgrid.zoo:mlp_digits"
 # the commands under the real group's error handling (LossgridError -> exit 1 with the hint)

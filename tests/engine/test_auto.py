@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from lossgrid.engine.losses import Stats
-from lossgrid.engine.runners import _timing, auto
-from lossgrid.engine.runners._timing import seconds_per_point
+from lossgrid.engine.runners import auto, timing
 from lossgrid.engine.runners.auto import AutoRunner
 from lossgrid.engine.runners.base import Runner
+from lossgrid.engine.runners.timing import seconds_per_point
 
 CLOSED: list[float] = []  # marks of the Fake runners closed so far
 
@@ -26,7 +26,7 @@ CLOCK = types.SimpleNamespace(now=0.0)
 @pytest.fixture(autouse=True)
 def virtual_clock(monkeypatch):
     fake_time = types.SimpleNamespace(perf_counter=lambda: CLOCK.now)
-    monkeypatch.setattr(_timing, "time", fake_time)
+    monkeypatch.setattr(timing, "time", fake_time)
     monkeypatch.setattr(auto, "time", fake_time)
 
 

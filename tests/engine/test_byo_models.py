@@ -16,10 +16,10 @@ from torch import nn
 from lossgrid import Axis, GridSpec, compute_surface
 from lossgrid.config import DirectionSpec, EvalSpec
 from lossgrid.data import EvalData
-from lossgrid.engine.axes import create_directions
 from lossgrid.engine.losses import resolve_loss
 from lossgrid.errors import ConfigError, LossgridError
 from lossgrid.inputs import call_model, model_output
+from lossgrid.surface.directions import create_directions
 
 TOL = 1e-5  # relative, float32 forward passes summed in float64
 

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from lossgrid.config import DirectionSpec, EvalSpec, GridSpec
-from lossgrid.engine.axes import create_directions
 from lossgrid.engine.device import on_device, resolve_device, same_device
-from lossgrid.engine.surface import compute_surface
+from lossgrid.surface.compute import compute_surface
+from lossgrid.surface.directions import create_directions
 from tests.conftest import small_cnn
 
 

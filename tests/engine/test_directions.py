@@ -3,10 +3,10 @@ import pytest
 import torch
 
 from lossgrid.config import DirectionSpec
-from lossgrid.engine.axes import create_directions
 from lossgrid.engine.directions import load_directions, save_directions
 from lossgrid.engine.params import ParamLayout
 from lossgrid.errors import DirectionError
+from lossgrid.surface.directions import create_directions
 from tests.conftest import small_cnn
 
 
@@ -122,11 +122,11 @@ def test_hessian_directions_are_the_top_eigenvectors_and_keep_their_eigenvalues(
 
     from lossgrid.config import DirectionSpec, GridSpec
     from lossgrid.data import load_data
-    from lossgrid.engine.axes import create_directions
     from lossgrid.engine.directions import load_directions, save_directions
-    from lossgrid.engine.hessian import hessian_operator, lanczos_eigs
-    from lossgrid.engine.surface import compute_surface
     from lossgrid.errors import DirectionError
+    from lossgrid.hessian.operator import hessian_operator, lanczos_eigs
+    from lossgrid.surface.compute import compute_surface
+    from lossgrid.surface.directions import create_directions
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 6), nn.Tanh(), nn.Linear(6, 10))

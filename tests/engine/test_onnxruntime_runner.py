@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from lossgrid.config import DirectionSpec, EvalSpec, GridSpec
-from lossgrid.engine.axes import create_directions
 from lossgrid.engine.params import perturbed_tensors
-from lossgrid.engine.surface import compute_surface
 from lossgrid.errors import ConfigError, MissingBackendError
 from lossgrid.kernels import perturb
+from lossgrid.surface.compute import compute_surface
+from lossgrid.surface.directions import create_directions
 
 
 def top2_ties(model, dirs, grid, data, mask):

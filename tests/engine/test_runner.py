@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from lossgrid.config import DirectionSpec, EvalSpec, GridSpec
-from lossgrid.engine.axes import create_directions
 from lossgrid.engine.losses import cross_entropy, mse
 from lossgrid.engine.params import ParamLayout, perturbed_tensors
 from lossgrid.engine.reference import evaluate_points_reference
 from lossgrid.engine.runners import TorchRunner
-from lossgrid.engine.surface import compute_surface
 from lossgrid.kernels import perturb
+from lossgrid.surface.compute import compute_surface
+from lossgrid.surface.directions import create_directions
 
 RTOL = 1e-5
 

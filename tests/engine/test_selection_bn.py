@@ -17,9 +17,9 @@ from torch.optim.swa_utils import update_bn
 from lossgrid import Axis, GridSpec, compute_surface
 from lossgrid.config import BatchNormSpec, DirectionSpec, EvalSpec
 from lossgrid.data import EvalData
-from lossgrid.engine.axes import create_directions
 from lossgrid.engine.directions import save_directions
 from lossgrid.errors import ConfigError, DirectionError
+from lossgrid.surface.directions import create_directions
 from lossgrid.zoo import resnet_digits
 
 

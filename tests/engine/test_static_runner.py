@@ -10,14 +10,14 @@ import torch
 from torch import nn
 
 from lossgrid.config import DirectionSpec, EvalSpec, GridSpec
-from lossgrid.engine.axes import create_directions
 from lossgrid.engine.losses import cross_entropy, mse
 from lossgrid.engine.params import ParamLayout, perturbed_tensors
 from lossgrid.engine.reference import evaluate_points_reference
 from lossgrid.engine.runners import StaticRunner, make_runner
-from lossgrid.engine.surface import compute_surface
 from lossgrid.errors import ConfigError
 from lossgrid.kernels import perturb
+from lossgrid.surface.compute import compute_surface
+from lossgrid.surface.directions import create_directions
 
 RTOL = 1e-5
 COEFFS = torch.tensor([[0.0, 0.0], [0.4, -0.3], [-0.8, 0.6], [1.0, 1.0]])

@@ -176,7 +176,7 @@ def test_bare_names_in_load_model():
 
 def test_cli_surface_with_a_zoo_name(tmp_path):
     from lossgrid.cli.group import cli
-    from lossgrid.engine.surface_file import load_surface
+    from lossgrid.surface.file import load_surface
 
     out = tmp_path / "f.h5"
     r = CliRunner().invoke(cli, ["surface", "--model", "resnet20", "--data", "synthetic:3x32x32:8", "--x=-1:1:2",

@@ -8,7 +8,7 @@ cheapest to time first, only as far as the timing is expected to cost at most
 ``budget`` (3%) of the job -- a job too small to repay it keeps the default and
 says so. Timed candidates run round-robin on one and two batches, one-point
 strategies on one point and K-wide ones on K; clear losers are dropped after the
-first round (:func:`~lossgrid.engine.runners._timing.seconds_per_point`). The
+first round (:func:`~lossgrid.engine.runners.timing.seconds_per_point`). The
 fastest is kept and every other one is released at once, so that no session,
 thread pool or wide model of a loser lives on next to the winner.
 
@@ -31,8 +31,8 @@ import torch
 from ...config import AUTO_BUDGET
 from ...errors import ConfigError, LossgridError, is_out_of_memory
 from ..losses import SampleValues, Stats, concat_stats
-from ._timing import pass_width, seconds_per_point, warm_up
 from .base import Runner
+from .timing import pass_width, seconds_per_point, warm_up
 
 log = logging.getLogger(__name__)
 

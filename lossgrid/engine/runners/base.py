@@ -17,7 +17,7 @@ talks to a runner through this interface:
   passed to ``evaluate``, a runner with its own weight buffers writes them there.
 * ``evaluate_point_samples(coeffs)``: the same and every sample's values
   (:class:`~lossgrid.engine.losses.SampleValues`), for estimators that combine
-  points sample by sample (:mod:`lossgrid.engine.control`). Runners pass their
+  points sample by sample (:mod:`lossgrid.surface.anchors`). Runners pass their
   ``_keep`` list to the batch functions of :mod:`lossgrid.engine.losses`.
 * ``points_per_call``: how many points per ``evaluate`` call suit the runner
   (the surface loop's chunk size); ``batch_size``: samples per forward pass.

@@ -1,0 +1,2 @@
+"""`lossgrid evolve`: the loss landscape around every checkpoint of a training run on shared directions, in one
+resumable file."""

@@ -1,0 +1,2 @@
+"""`lossgrid train` and :class:`lossgrid.Tracker`: training recipes whose checkpoints feed trajectories and
+evolving landscapes."""

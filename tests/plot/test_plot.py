@@ -1,0 +1,359 @@
+"""Every kind of rendering from small generated surfaces, checked by looking at the output."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from lossgrid.errors import ConfigError
+from lossgrid.plot import axis_label, default_levels, metric_values, parse_levels, plot_surface, plot_surfaces
+from lossgrid.surface.file import Surface
+
+
+def fake_surface(ndim, n=21, shift=0.0, directions="abc", path=None):
+    x = np.linspace(-1, 1, n)
+    attrs = {"xnorm": "filter", "ynorm": "filter", "samples": 10, "data": "digits", "directions": directions}
+    if ndim == 1:
+        loss = 0.1 + (x - shift) ** 2
+        return Surface(x, None, loss, 100 - 20 * loss, np.ones(n, bool), attrs, path)
+    X, Y = np.meshgrid(x, np.linspace(-0.5, 0.5, n + 2), indexing="ij")
+    loss = 0.05 + (X - shift) ** 2 + 2 * Y**2
+    done = np.ones(loss.shape, bool)
+    done[0, 0] = False
+    return Surface(x, np.linspace(-0.5, 0.5, n + 2), loss, 100 - 10 * loss, done, attrs, path)
+
+
+def image(path):
+    import matplotlib.image
+
+    return matplotlib.image.imread(path)
+
+
+def assert_non_blank(path, min_w=600, min_h=400):
+    img = image(path)
+    assert img.shape[0] >= min_h and img.shape[1] >= min_w
+    assert img[..., :3].std() > 0.05
+
+
+@pytest.mark.parametrize("ndim,kind", [(1, "auto"), (1, "curve"), (2, "auto"), (2, "contour"),
+                                       (2, "contourf"), (2, "heatmap"), (2, "surface3d")])
+def test_every_image_kind_renders_non_blank(tmp_path, ndim, kind):
+    out = tmp_path / f"{kind}.png"
+    assert plot_surface(fake_surface(ndim), out, kind=kind) == str(out)
+    assert_non_blank(out)
+
+
+def test_surface3d_is_not_blank_inside_the_axes(tmp_path):
+    """The reference's 3D plots came out as empty boxes on current matplotlib."""
+    plot_surface(fake_surface(2), tmp_path / "s.png", kind="surface3d")
+    img = image(tmp_path / "s.png")[..., :3]
+    h, w = img.shape[:2]
+    centre = img[h // 4: 3 * h // 4, w // 6: 2 * w // 3]
+    saturated = (centre.max(axis=2) - centre.min(axis=2)) > 0.25  # coloured (viridis) pixels, not grey/white
+    assert saturated.mean() > 0.1
+
+
+def test_pdf_and_options(tmp_path):
+    for metric in ("loss", "acc", "err"):
+        plot_surface(fake_surface(2), tmp_path / f"{metric}.pdf", kind="contourf", metric=metric, log=True,
+                     levels="10", vmax=3)
+        assert (tmp_path / f"{metric}.pdf").read_bytes().startswith(b"%PDF")
+    plot_surface(fake_surface(2), tmp_path / "lv.png", levels="0.1:2:0.25")
+    plot_surface(fake_surface(1), tmp_path / "log.png", log=True)
+
+
+def test_kind_dimension_mismatch(tmp_path):
+    with pytest.raises(ConfigError, match="does not fit"):
+        plot_surface(fake_surface(2), tmp_path / "x.png", kind="curve")
+    with pytest.raises(ConfigError, match="does not fit"):
+        plot_surface(fake_surface(1), tmp_path / "x.png", kind="surface3d")
+    with pytest.raises(ConfigError, match="draws one surface"):
+        plot_surfaces([fake_surface(2), fake_surface(2)], tmp_path / "x.png", kind="heatmap")
+
+
+def test_a_2d_surface_one_point_wide(tmp_path):
+    x = np.linspace(-1, 1, 5)
+    strip = Surface(x, np.zeros(1), (0.1 + x**2)[:, None], np.full((5, 1), 90.0), np.ones((5, 1), bool),
+                    {"samples": 10, "data": "digits"}, None)
+    plot_surface(strip, tmp_path / "auto.png")  # auto draws the strip as a heatmap
+    assert_non_blank(tmp_path / "auto.png")
+    for kind in ("contour", "surface3d"):
+        with pytest.raises(ConfigError, match="at least 2 points on each axis"):
+            plot_surface(strip, tmp_path / f"{kind}.png", kind=kind)
+        assert not (tmp_path / f"{kind}.png").exists()
+
+
+def test_html_is_self_contained_with_data(tmp_path):
+    out = tmp_path / "s.html"
+    surf = fake_surface(2)
+    plot_surface(surf, out)  # auto by extension
+    text = out.read_text()
+    assert len(re.findall(r"<script[^>]*\ssrc=\"https?:", text)) == 0
+    assert len(re.findall(r"<link[^>]*\shref=\"https?:", text)) == 0
+    assert "plotly.js" in text and "Plotly.newPlot" in text
+    # the data is there, as text: every computed loss value of the first row of the figure
+    payload = text[text.index("Plotly.newPlot"):]
+    assert json.dumps(float(surf.loss[1, 0])) in payload
+    assert "loss=%{z:.5g}" in payload and "acc=%{customdata:.2f}%" in payload  # hover: x, y, loss, acc
+    assert "null" in payload  # the point not computed is a gap, not a value
+    one = tmp_path / "c.html"
+    plot_surface(fake_surface(1), one, kind="html")
+    assert "accuracy (%)" in one.read_text()
+
+
+@pytest.mark.parametrize("ext", [".vts", ".vtp", ".vtk"])
+def test_vtk_roundtrip(tmp_path, ext):
+    pytest.importorskip("vtkmodules", reason="the VTK library (dev extra) that reads files back is absent")
+    from lossgrid.plot.vtk import height_field, read_vtk
+
+    surf = fake_surface(2)
+    out = tmp_path / f"s{ext}"
+    plot_surface(surf, out, kind="vtk")
+    back = read_vtk(str(out))
+    z = np.where(surf.done, surf.loss, np.nan)
+    nx, ny = z.shape
+    np.testing.assert_allclose(back["loss"], z.T.ravel(), equal_nan=True)
+    np.testing.assert_allclose(back["acc"], np.where(surf.done, surf.acc, np.nan).T.ravel(), equal_nan=True)
+    pts = back["points"].reshape(ny, nx, 3)
+    np.testing.assert_allclose(pts[0, :, 0], surf.xcoordinates)
+    np.testing.assert_allclose(pts[:, 0, 1], surf.ycoordinates)
+    if ext == ".vtp":
+        assert int(back["cells"]) == (nx - 1) * (ny - 1)
+    # the reference's options: log, zmax clipping, upsampling by interpolation
+    out2 = tmp_path / f"opt{ext}"
+    plot_surface(surf, out2, kind="vtk", log=True, vmax=1.0, upsample=50)
+    back2 = read_vtk(str(out2))
+    want = height_field(surf, "loss", log=True, zmax=1.0, upsample=50)["z"]
+    assert want.shape == (50, 50) and np.nanmax(want) <= 0.0 + 1e-12  # log10(1.0) clip
+    np.testing.assert_allclose(back2["log10_loss"], want.T.ravel(), equal_nan=True)
+
+
+def test_vtk_needs_2d_and_known_extension(tmp_path):
+    with pytest.raises(ConfigError, match="2D"):
+        plot_surface(fake_surface(1), tmp_path / "a.vts", kind="vtk")
+    with pytest.raises(ConfigError, match="VTK file type"):
+        plot_surface(fake_surface(2), tmp_path / "a.xyz", kind="vtk")
+
+
+def test_compare_shares_scale_and_refuses_mismatch(tmp_path):
+    a, b = fake_surface(2, path="a.h5"), fake_surface(2, shift=0.3, path="b.h5")
+    out = tmp_path / "cmp.png"
+    plot_surfaces([a, b], out, kind="compare")
+    assert_non_blank(out, min_w=900)
+    other_dirs = fake_surface(2, directions="xyz", path="c.h5")
+    with pytest.raises(ConfigError, match="different directions") as e:
+        plot_surfaces([a, other_dirs], out, kind="compare")
+    assert "--allow-mismatch" in str(e.value)
+    other_grid = fake_surface(2, n=11, path="d.h5")
+    with pytest.raises(ConfigError, match="different grids"):
+        plot_surfaces([a, other_grid], out, kind="compare")
+    plot_surfaces([a, other_dirs, other_grid], out, kind="compare", allow_mismatch=True)
+    with pytest.raises(ConfigError, match="1D vs 2D|2D vs 1D"):
+        plot_surfaces([a, fake_surface(1)], out, kind="compare", allow_mismatch=True)
+
+
+def test_several_1d_curves_overlay(tmp_path):
+    out = tmp_path / "curves.png"
+    plot_surfaces([fake_surface(1, path="small_batch.h5"), fake_surface(1, shift=0.4, directions="z",
+                                                                         path="large_batch.h5")], out)
+    assert_non_blank(out)
+
+
+def test_labels_levels_values():
+    assert axis_label({"xnorm": "filter"}, "x") == "filter-normalized direction 1"
+    assert axis_label({"ynorm": "layer"}, "y") == "layer-normalized direction 2"
+    assert axis_label({"kind": "interpolation"}, "x").startswith("interpolation")
+    lv = default_levels(np.array([[0.1, 1.0], [5.0, np.nan]]), n=10)
+    assert lv[0] > 0.1 and np.all(np.diff(lv) > 0) and np.all(np.diff(np.diff(lv)) > 0)
+    assert parse_levels("12") == 12 and parse_levels("1,0.5") == [0.5, 1.0]
+    assert parse_levels("0:1:0.5") == [0.0, 0.5, 1.0]
+    for bad in ("x", "1", "1:0:1", "0:1:0"):
+        with pytest.raises(ConfigError):
+            parse_levels(bad)
+    z, label = metric_values(fake_surface(1), "err")
+    assert label == "error (%)" and np.all(z >= 0)
+
+
+def test_reference_implementation_file_renders(tmp_path):
+    """Files of the reference implementation have no done mask, accuracy or attributes."""
+    import h5py
+
+    path = tmp_path / "ref_surf.h5"
+    x = np.linspace(-1, 1, 11)
+    with h5py.File(path, "w") as f:
+        f["xcoordinates"] = x
+        f["ycoordinates"] = x
+        f["train_loss"] = np.add.outer(x**2, x**2) + 0.1
+    plot_surface(path, tmp_path / "c.png")
+    assert_non_blank(tmp_path / "c.png")
+    plot_surface(path, tmp_path / "s.html")
+    assert "train_loss" not in (tmp_path / "s.html").read_text()[:100]
+
+
+def fake_trajectory(n=9):
+    import torch
+
+    from lossgrid.engine.directions import Directions
+    from lossgrid.engine.params import ParamLayout
+    from lossgrid.trajectory.compute import Trajectory
+
+    layout = ParamLayout(("w", "b"), ((2, 3), (2,)), "weights")
+    x = [torch.ones(2, 3) / 6 ** 0.5, torch.zeros(2)]
+    y = [torch.tensor([[1.0, -1.0, 0.0], [0.0, 0.0, 0.0]]) / 2 ** 0.5, torch.zeros(2)]
+    t = np.linspace(0.0, 1.0, n)
+    coords = np.stack([-0.9 * (1 - t), 0.4 * np.sin(3 * t) * (1 - t)], axis=1)
+    ratio = np.array([0.9, 0.07])
+    meta = {"kind": "pca", "xnorm": "none", "ynorm": "none", "explained_variance_ratio": list(ratio)}
+    return Trajectory(Directions(layout, x, y, meta), [f"run/epoch_{i + 1}.pt" for i in range(n)], coords,
+                      np.zeros(n), ratio, f"run/epoch_{n}.pt")
+
+
+@pytest.mark.parametrize("kind,losses", [("contour", True), ("contourf", False), ("heatmap", True)])
+def test_trajectory_overlay_renders_with_pca_labels(tmp_path, kind, losses):
+    from lossgrid.plot.path import epoch_labels, pc_label
+
+    traj = fake_trajectory()
+    surf = fake_surface(2, directions=traj.directions.fingerprint())
+    out = tmp_path / f"{kind}.png"
+    path_loss = 0.05 + traj.coords[:, 0] ** 2 + 2 * traj.coords[:, 1] ** 2 if losses else None
+    plot_surface(surf, out, kind=kind, trajectory=traj, path_loss=path_loss, log=kind == "heatmap")
+    assert_non_blank(out)
+    assert pc_label(traj, 0) == "PC1 (90.0%)" and pc_label(traj, 1) == "PC2 (7.0%)"
+    assert epoch_labels(["a/epoch_3.pt", "final.pt"]) == ["3", "#2"]
+
+
+def test_trajectory_overlay_refusals(tmp_path):
+    traj = fake_trajectory()
+    with pytest.raises(ConfigError, match="different directions"):
+        plot_surface(fake_surface(2, directions="other"), tmp_path / "x.png", trajectory=traj)
+    surf = fake_surface(2, directions=traj.directions.fingerprint())
+    with pytest.raises(ConfigError, match="not surface3d"):
+        plot_surface(surf, tmp_path / "x.png", kind="surface3d", trajectory=traj)
+    with pytest.raises(ConfigError, match="path_loss has shape"):
+        plot_surface(surf, tmp_path / "x.png", trajectory=traj, path_loss=np.zeros(3))
+    assert not (tmp_path / "x.png").exists()
+
+
+# -- our VTK writer: read back by the VTK library, no VTK library needed to write ---------------
+@pytest.mark.parametrize("ext", [".vts", ".vtp"])
+def test_vtk_ascii_encoding_reads_back(tmp_path, ext):
+    pytest.importorskip("vtkmodules", reason="the VTK library (dev extra) that reads files back is absent")
+    from lossgrid.plot.vtk import read_vtk, write_vtk
+
+    surf = fake_surface(2, n=6)
+    out = str(tmp_path / f"a{ext}")
+    write_vtk(surf, out, metric="acc", encoding="ascii")
+    assert 'format="ascii"' in open(out).read()
+    back = read_vtk(out)
+    np.testing.assert_allclose(back["acc"], np.where(surf.done, surf.acc, np.nan).T.ravel(), equal_nan=True)
+    nx, ny = surf.loss.shape
+    assert back["points"].shape == (nx * ny, 3)
+    if ext == ".vtp":  # quads: four corners each, the first cell at the origin corner
+        assert back["connectivity"][:4].tolist() == [0, 1, nx + 1, nx]
+
+
+def test_vtk_files_are_written_without_the_vtk_library(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np; sys.modules['vtkmodules'] = None; sys.modules['vtk'] = None\n"
+            "from lossgrid.surface.file import Surface\nfrom lossgrid.plot.vtk import write_vtk\n"
+            "x = np.linspace(-1, 1, 4); s = Surface(x, x, np.add.outer(x, x), np.ones((4, 4)), np.ones((4, 4), bool))\n"
+            f"for ext in ('vts', 'vtp', 'vtk'): write_vtk(s, {str(tmp_path)!r} + '/s.' + ext)\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    text = (tmp_path / "s.vts").read_text()
+    assert text.startswith('<?xml version="1.0"?>') and 'type="StructuredGrid"' in text
+    assert 'WholeExtent="0 3 0 3 0 0"' in text and 'format="binary"' in text
+    assert (tmp_path / "s.vtk").read_text().splitlines()[:5] == [
+        "# vtk DataFile Version 3.0", "lossgrid loss surface", "ASCII", "DATASET STRUCTURED_GRID", "DIMENSIONS 4 4 1"]
+
+
+def test_upsampling_without_scipy_is_bilinear(monkeypatch):
+    import sys
+
+    from lossgrid.plot.vtk import _bilinear, height_field
+
+    surf = fake_surface(2, n=7)
+    z = np.where(surf.done, surf.loss, np.nan)
+    xs, ys = surf.xcoordinates, surf.ycoordinates
+    nx, ny = np.linspace(xs[0], xs[-1], 25), np.linspace(ys[0], ys[-1], 25)
+    mine = _bilinear(xs, ys, z, nx, ny)
+    scipy_interp = pytest.importorskip("scipy.interpolate", reason="scipy not installed: nothing to compare with")
+    X, Y = np.meshgrid(nx, ny, indexing="ij")
+    want = scipy_interp.RegularGridInterpolator((xs, ys), z, method="linear")(
+        np.stack([X.ravel(), Y.ravel()], axis=1)).reshape(25, 25)
+    np.testing.assert_allclose(mine, want, rtol=1e-12, equal_nan=True)
+    assert np.isnan(mine[0, 0]) and np.isfinite(mine[-1, -1])  # the point not computed stays a gap
+    monkeypatch.setitem(sys.modules, "scipy.interpolate", None)  # as if scipy were not installed
+    field = height_field(surf, upsample=25)
+    np.testing.assert_allclose(field["z"], mine, rtol=1e-12, equal_nan=True)
+
+
+# -- animations of evolutions ------------------------------------------------------------------
+def fake_evolution(ndim, n=4):
+    from lossgrid.evolve.compute import Evolution
+
+    surfaces = [fake_surface(ndim, shift=0.2 * i) for i in range(n)]
+    for i, s in enumerate(surfaces):
+        s.loss = s.loss * (1 + i)  # the scale changes over training
+    labels = [f"epoch_{2 ** i}" for i in range(n)]
+    return Evolution(surfaces, labels, [f"{label}.pt" for label in labels])
+
+
+@pytest.mark.parametrize("ndim", [1, 2])
+def test_gif_has_one_frame_per_checkpoint(tmp_path, ndim):
+    from PIL import Image
+
+    from lossgrid.plot.animate import render_evolution
+
+    out = tmp_path / "evo.gif"
+    assert render_evolution(fake_evolution(ndim), out, fps=4) == str(out)
+    with Image.open(out) as im:
+        assert im.n_frames == 4 and im.size == (640, 480)
+        im.seek(3)
+        assert np.asarray(im.convert("RGB")).std() > 10
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
+def test_frames_share_one_scale():
+    from lossgrid.plot.animate import _frames
+
+    evo = fake_evolution(2)
+    frames = _frames(evo, "loss", False, None)
+    finite = np.concatenate([s.loss[s.done] for s in evo.surfaces])
+    assert frames["lo"] == finite.min() and frames["hi"] == finite.max()
+    assert len(frames["z"]) == 4
+
+
+@pytest.mark.parametrize("ndim", [1, 2])
+def test_html_slider_has_one_plotly_frame_per_checkpoint(tmp_path, ndim):
+    from lossgrid.plot.animate import render_evolution
+
+    out = tmp_path / "evo.html"
+    render_evolution(fake_evolution(ndim), out)
+    text = out.read_text()
+    start = text.index("[", text.index("Plotly.addFrames("))
+    frames, _ = json.JSONDecoder().raw_decode(text[start:])
+    assert [f["name"] for f in frames] == ["epoch_1", "epoch_2", "epoch_4", "epoch_8"]
+    assert '"steps"' in text and "checkpoint: " in text  # the slider
+    assert not re.findall(r"<script[^>]*\ssrc=\"https?:", text)
+
+
+def test_mp4_exists_or_names_ffmpeg(tmp_path, monkeypatch):
+    import shutil
+
+    from lossgrid.errors import MissingBackendError
+    from lossgrid.plot.animate import render_evolution
+
+    out = tmp_path / "evo.mp4"
+    if shutil.which("ffmpeg"):
+        render_evolution(fake_evolution(2), out)
+        assert out.read_bytes()[4:8] == b"ftyp"
+    monkeypatch.setattr(shutil, "which", lambda *a, **k: None)
+    with pytest.raises(MissingBackendError, match="ffmpeg") as e:
+        render_evolution(fake_evolution(2), tmp_path / "b.mp4")
+    assert "apt-get install ffmpeg" in str(e.value) and "conda" in str(e.value) and "GIF" in str(e.value)
+    assert not (tmp_path / "b.mp4").exists()
+    with pytest.raises(ConfigError, match="gif, .mp4 or .html"):
+        render_evolution(fake_evolution(2), tmp_path / "a.avi")
