@@ -37,7 +37,7 @@ KINDS = ("fresh", "partial", "overwrite")
 def _context() -> Any:
     os.environ["LOSSGRID_NO_MALLOC_TUNING"] = "1"  # no re-exec in the children
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "h5py", "lossgrid.cli.group", "lossgrid.engine.jobs",
+    ctx.set_forkserver_preload(["torch", "h5py", "lossgrid.cli.group", "lossgrid.surface.job",
                                 "lossgrid.engine.runners.torch_runner", "lossgrid.exporters.wide"])
     return ctx
 
@@ -68,7 +68,7 @@ def run(trials: int = 20, seed: int = 0, workdir: str | None = None, verbose: bo
     """Run the trials; returns a summary and raises ``AssertionError`` on the first failure."""
     import torch
 
-    from lossgrid.engine.surface_file import load_surface
+    from lossgrid.surface.file import load_surface
 
     sys.path.insert(0, os.path.join(HERE, ".."))
     from tests.conftest import trained_small_cnn

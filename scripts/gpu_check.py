@@ -30,8 +30,9 @@ skip a gpu test and hang, a test file that hangs outside any test, a step that r
 bench on a small model whose second row hangs until the deadline kills it; it exits 0 only if
 every planted fault was caught and recorded as it should be (``self_check`` in the report).
 
-``--readme`` prints the README's table of GPU paths from the latest committed
-``benchmarks/baseline/gpu-*.json`` (``tests/scripts/test_gpu_check.py`` keeps the README equal to it).
+``--readme`` prints the table of GPU paths in docs/backends.md from the latest committed
+``benchmarks/baseline/gpu-*.json``; ``--write-readme`` writes it there between its markers
+(``tests/scripts/test_gpu_check.py`` keeps docs/backends.md equal to it).
 """
 
 from __future__ import annotations
@@ -397,7 +398,7 @@ def bench_child(out: str, points: int, samples: int, dry_run: bool) -> int:
     sys.path.insert(0, ROOT)
     import torch
 
-    from lossgrid.engine.bench import run_bench
+    from lossgrid.bench.run import run_bench
     from lossgrid.zoo import resnet56
 
     torch.manual_seed(0)
@@ -593,7 +594,7 @@ def self_check(report: Report, budget_s: float) -> list[dict[str, Any]]:
     return [{"check": c, "ok": bool(ok), "detail": d} for c, ok, d in checks]
 
 
-# -- the README's table of GPU paths --------------------------------------------------------------
+# -- the table of GPU paths in docs/backends.md ---------------------------------------------------
 #: each GPU path and the test ids (prefixes) and bench rows that exercise it
 GPU_PATHS = (
     ("CuPy weight kernels (perturb, filter norms, BatchNorm folding)", ("tests/kernels/test_cupy_kernels.py",), ()),
@@ -606,11 +607,11 @@ GPU_PATHS = (
      ("tests/engine/test_static_runner.py::test_reduced_precisions",),
      (("tf32", "torch", "static"), ("bf16", "torch", "static"), ("fp16", "torch", "static"))),
     ("`--bn recompute` on CUDA", ("tests/engine/test_static_runner.py::test_bn_recompute_on_cuda",), ()),
-    ("anchored surfaces (per-sample values) on CUDA", ("tests/engine/test_control.py::test_anchored_surface_on_a_gpu",),
-     ()),
+    ("anchored surfaces (per-sample values) on CUDA",
+     ("tests/surface/test_control.py::test_anchored_surface_on_a_gpu",), ()),
     ("`compute_surface` on CUDA: the caller's model stays put, a seed's directions match the CPU's",
      ("tests/engine/test_device.py", "tests/engine/test_static_runner.py::test_surface_on_cuda"), ()),
-    ("`lossgrid bench` on CUDA", ("tests/engine/test_bench.py::test_cuda_rows",), ()),
+    ("`lossgrid bench` on CUDA", ("tests/bench/test_bench.py::test_cuda_rows",), ()),
     ("ONNX Runtime's CUDA provider (`onnxruntime-gpu`)",
      ("tests/engine/test_onnxruntime_runner.py::test_cuda_provider",
       "tests/engine/test_onnxruntime_runner.py::test_wide_on_cuda"),
@@ -729,8 +730,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--points", type=int, default=4, help="grid points each bench row times")
     parser.add_argument("--samples", type=int, help="bench samples (default 50,000 images; dry run 256)")
     parser.add_argument("--dry-run", action="store_true", help="check the harness on the CPU with planted faults")
-    parser.add_argument("--readme", action="store_true", help="print the README's GPU table from the latest report")
-    parser.add_argument("--write-readme", action="store_true", help="write that table into README.md")
+    parser.add_argument("--readme", action="store_true",
+                        help="print the GPU table of docs/backends.md from the latest report")
+    parser.add_argument("--write-readme", action="store_true", help="write that table into docs/backends.md")
     parser.add_argument("--probe", help=argparse.SUPPRESS)
     parser.add_argument("--bench-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -743,7 +745,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def write_readme() -> None:
-    readme = os.path.join(ROOT, "README.md")
+    """Write the table of GPU paths into docs/backends.md, between TABLE_BEGIN and TABLE_END."""
+    readme = os.path.join(ROOT, "docs", "backends.md")
     text = open(readme, encoding="utf-8").read()
     begin, end = text.index(TABLE_BEGIN), text.index(TABLE_END) + len(TABLE_END)
     with open(readme, "w", encoding="utf-8") as fh:

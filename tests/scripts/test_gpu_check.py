@@ -167,6 +167,6 @@ def test_the_readme_table_reads_a_report():
 
 
 def test_the_readme_shows_the_table_of_the_latest_committed_report():
-    readme = open(os.path.join(ROOT, "README.md")).read()
+    readme = open(os.path.join(ROOT, "docs", "backends.md")).read()
     assert gpu_check.readme_table(*gpu_check.latest_report()) in readme, \
         "run: python3 scripts/gpu_check.py --write-readme"
