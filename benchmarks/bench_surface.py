@@ -104,7 +104,7 @@ def bench_one(name, model, x, y, points, repeats):
     ref_loss, ref_acc = outputs["reference"]
     rows["reference"] = {**row(t_ref), "ratio": 1.0}
     for label, runner in runners.items():
-        t, (loss, acc) = best[label], outputs[label]
+        t, (loss, acc) = best[label], outputs[label][:2]  # loss, accuracy (then standard errors)
         np.testing.assert_allclose(loss, ref_loss, rtol=1e-4)
         info = runner.describe()
         rows[label] = {**row(t), "ratio": round(t_ref / t, 3), "setup_seconds": round(setup[label], 2),

@@ -44,7 +44,7 @@ from ..engine.runners import make_runner
 from ..errors import ConfigError, is_out_of_memory
 from ..models import load_model
 from ..surface.checks import check_writable
-from ..surface.compute import prepare_directions
+from ..surface.directions import prepare_directions
 from ..surface.file import Surface
 from .file import GROUP, KIND, Evolution, EvolutionWriter, load_evolution  # noqa: F401 - re-exported
 

@@ -73,12 +73,16 @@ measured surplus of the accepted checks.
 from __future__ import annotations
 
 import hashlib
+import logging
 from typing import Any
 
 import numpy as np
 
 from ..config import AdaptiveSpec
 from ..errors import ConfigError
+from .file import INTERPOLATED, Surface, SurfaceWriter
+
+log = logging.getLogger(__name__)
 
 #: rounding allowance of a surplus, in units of the largest |loss| (sums of four weighted values)
 _ROUNDING = 64 * np.finfo(np.float64).eps
@@ -402,3 +406,16 @@ class AdaptiveGrid:
             raise ConfigError(f"Loss {loss.shape} and done {done.shape} do not fit the adaptive grid {self.shape}",
                               "both are arrays of the grid's shape", "pass the surface's loss and done arrays")
         return loss.reshape(self._shape2), done.astype(bool).reshape(self._shape2)
+
+
+def fill_adaptive(policy: AdaptiveGrid, surface: Surface, writer: SurfaceWriter | None) -> None:
+    """Fill the points an adaptive grid left unevaluated by its interpolation and mark them."""
+    acc, _ = policy.fill(surface.acc, surface.done)
+    loss, interpolated = policy.fill(surface.loss, surface.done)  # last: the report describes the loss
+    if writer is not None:
+        writer.store_filled(loss, acc, interpolated)
+    else:
+        surface.loss[interpolated], surface.acc[interpolated] = loss[interpolated], acc[interpolated]
+        surface.extra[INTERPOLATED] = interpolated.astype(np.float64)
+    log.info("adaptive grid: %d of %d points evaluated, %d interpolated", int(surface.done.sum()),
+             surface.done.size, int(interpolated.sum()))

@@ -40,14 +40,18 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..config import check_anchor_stride
 from ..data import EvalData
-from ..engine.losses import LossFn, SampleValues, counts_per_sample
-from ..errors import ConfigError
+from ..engine.device import out_of_memory
+from ..engine.losses import LossFn, SampleValues, counts_per_sample, finite_population, unit_counts
+from ..engine.runners import Runner
+from ..errors import ConfigError, is_out_of_memory
+from .loop import ChunkLoop
 
 
 def axis_anchors(num: int, stride: int) -> np.ndarray:
@@ -178,3 +182,62 @@ class ControlVariate:
             right = values.correct - np.einsum("mc,mcn->mn", w, self.subset.correct[rows])
             acc = np.einsum("mc,mc->m", w, self.exact_acc[rows]) + 100.0 * scale * right.mean(axis=1)
         return loss, acc, se
+
+
+def evaluate_with_anchors(loop: ChunkLoop, grid: AnchorGrid, anchor_todo: np.ndarray, todo: np.ndarray,
+                          population: EvalData, exact_runner: Callable[[], Runner]) -> None:
+    """The anchored run: the anchors left (``anchor_todo``) exactly on ``population`` with a runner of their
+    own, then every rank evaluates all anchors on the subset and the other points ``todo`` are estimated with
+    the anchors as control variates. ``loop.anchors`` (the run's log) says what was done."""
+    ev = loop.ev
+    if len(anchor_todo):
+        runner = exact_runner()
+        try:
+            runner.set_directions(ev.base, ev.dirs)
+            runner.expect(len(anchor_todo))
+            loop.busy = runner
+
+            def exactly(chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                loss_k, acc_k, se_k = runner.evaluate_points(ev.coefficients(chunk))
+                return loss_k, acc_k, finite_population(se_k, len(population), len(population))
+
+            loop.measure, loop.check_data, loop.per_point = exactly, population, len(population)
+            loop.evaluate(anchor_todo)
+        finally:
+            loop.anchors["runner"] = runner.describe()
+            runner.close()
+            loop.busy = None
+    elif ev.eval_spec.precision != "fp32":
+        loop.anchors["precision_check"] = "not run: the anchors (checked on the whole set) were done before"
+    rows = grid.flat()
+    leader = loop.cluster is None or loop.cluster.leader
+    exact = (loop.surface.loss.ravel()[rows], loop.surface.acc.ravel()[rows]) if leader else None
+    if loop.cluster is not None:  # rank 0 holds the anchors' values
+        exact = loop.cluster.share(exact)
+    if not len(todo):
+        return
+    assert exact is not None
+    control = ControlVariate(grid, *exact, _anchors_on_the_subset(loop, rows), len(population),
+                             unit_counts(ev.loss_fn, [population.y]).units)
+
+    def estimated(chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        _, values = loop.runner.evaluate_point_samples(ev.coefficients(chunk))
+        return control.estimate(chunk, values)
+
+    # estimates are not the runner's losses: nothing for the precision check to compare
+    loop.measure, loop.check_data, loop.per_point = estimated, None, len(ev.data)
+    loop.evaluate(todo)
+
+
+def _anchors_on_the_subset(loop: ChunkLoop, rows: np.ndarray) -> SampleValues:
+    """Every rank evaluates the anchors on the subset itself (a few points, no transfer): their per-sample values."""
+    try:
+        chunks = [rows[i:i + loop.step] for i in range(0, len(rows), loop.step)]
+        kept = SampleValues.along_points([loop.runner.evaluate_point_samples(loop.ev.coefficients(c))[1]
+                                          for c in chunks])
+    except Exception as e:
+        if is_out_of_memory(e):
+            raise out_of_memory(e, loop.runner.describe()) from None
+        raise
+    loop.sample_evals += len(rows) * len(loop.ev.data)
+    return kept

@@ -1,8 +1,10 @@
-"""What a surface run checks before and around its loop: the output path, Hessian
-directions an existing file holds, and the loss error of a reduced precision against fp32."""
+"""What a surface run checks before and around its loop: the output path, its identity (what a file
+must match to be resumed), Hessian directions an existing file holds, and the loss error of a reduced
+precision against fp32."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from typing import Any
@@ -11,10 +13,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import __version__
 from .._files import check_output_path, same_file
-from ..config import DirectionSpec, EvalSpec
+from ..config import AdaptiveSpec, BatchNormSpec, CurvatureSpec, DirectionSpec, EvalSpec, GridSpec
 from ..data import EvalData
-from ..engine.directions import Directions, load_directions, same_selection
+from ..engine.batchnorm import identity as bn_identity
+from ..engine.directions import SELECTION_KEYS, Directions, load_directions, same_selection
+from ..engine.fingerprint import data_fingerprint
 from ..engine.losses import LossFn
 from ..engine.params import ParamLayout
 from ..engine.precision import precision_error
@@ -81,3 +86,53 @@ def stored_hessian_directions(path: str, model: nn.Module, spec: DirectionSpec, 
         return None
     log.info("resuming on the Hessian directions stored in %s", path)
     return dirs
+
+
+def surface_identity(model: nn.Module, data: EvalData, grid: GridSpec, directions: Directions, eval_spec: EvalSpec,
+                     fingerprints: tuple[str, str], loss_desc: str, model_description: str | None,
+                     direction_spec: DirectionSpec, dir_file: str | os.PathLike | None, *,
+                     curvature: CurvatureSpec | None = None, adaptive: AdaptiveSpec | None = None,
+                     anchors: Any = None, population: EvalData | None = None,
+                     batchnorm: BatchNormSpec = BatchNormSpec(), bn_batches: list[Any] | None = None,
+                     bn_data: EvalData | None = None, tags: dict[str, Any] | None = None
+                     ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A run's identity (what decides its values: a file of another identity is not resumed) and the file's
+    attributes (the identity's entries that are set, and descriptions that do not decide values)."""
+    identity = {
+        "model": model_description or type(model).__name__,
+        "model_fingerprint": fingerprints[0],
+        "data": data.description,
+        "data_fingerprint": fingerprints[1],
+        "samples": len(data),
+        "loss": loss_desc,
+        "directions": directions.fingerprint(),
+        "x": str(grid.x),
+        "y": str(grid.y) if grid.y is not None else None,
+        **{k: directions.meta.get(k) for k in ("dir_type", "kind", "xnorm", "xignore", "ynorm", "yignore")},
+        # only when set: files written before the selection existed stay resumable
+        **{k: directions.meta[k] for k in SELECTION_KEYS if directions.meta.get(k) is not None},
+    }
+    if eval_spec.precision != "fp32":  # fp32 files written before precisions existed stay resumable
+        identity["precision"] = eval_spec.precision
+    if curvature is not None:
+        identity["curvature"] = dataclasses.asdict(curvature)
+    if adaptive is not None:
+        identity["adaptive"] = dataclasses.asdict(adaptive)
+    if anchors is not None and population is not None:  # the anchors' values are of the whole set
+        identity["anchor_stride"] = anchors.stride
+        identity["population_fingerprint"] = data_fingerprint(population)
+    if bn_batches is not None:  # eval files (also those of older versions) stay resumable
+        identity["bn"] = bn_identity(batchnorm, bn_batches)
+    identity.update(tags or {})
+    attrs = {k: v for k, v in identity.items() if v is not None}
+    if data.population is not None:  # the standard errors are against this set (files of other runs differ)
+        identity["se_population"] = int(data.population)
+        attrs["se_population"] = int(data.population)
+    # train_loss_se estimates the error against this set's mean (0: an infinite population)
+    attrs.setdefault("se_population", 0)
+    if bn_data is not None and bn_batches is not None:
+        attrs.update(bn_data=bn_data.description)
+    attrs.update(precision=eval_spec.precision, bn=batchnorm.policy, lossgrid_version=__version__,
+                 seed=int(directions.meta.get("seed", direction_spec.seed)),
+                 dir_file=os.fspath(dir_file) if dir_file else "")
+    return identity, attrs

@@ -1,4 +1,4 @@
-"""Compute a loss surface: directions, grid, runner, streamed into a surface file.
+"""Compute a loss surface: the run opened (inputs, axes, the file), then its points in chunks (:mod:`.loop`).
 
 Example:
     >>> import torch
@@ -16,52 +16,35 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from .. import __version__
 from ..config import AdaptiveSpec, BatchNormSpec, CurvatureSpec, DirectionSpec, EvalSpec, GridSpec
 from ..data import EvalData, as_eval_data
 from ..engine import preflight
 from ..engine.batchnorm import check_recompute, recompute_batches
-from ..engine.batchnorm import identity as bn_identity
-from ..engine.device import on_device, out_of_memory, resolve_device
-from ..engine.directions import (
-    SELECTION_KEYS,
-    Directions,
-    check_finite_directions,
-    check_selection,
-    load_directions,
-    save_directions,
-)
+from ..engine.device import on_device, resolve_device
+from ..engine.directions import Directions, check_finite_directions
 from ..engine.fingerprint import data_fingerprint, model_fingerprint
-from ..engine.losses import LossFn, SampleValues, finite_population, resolve_loss, unit_counts
+from ..engine.losses import LossFn, resolve_loss
 from ..engine.params import perturbed_tensors
 from ..engine.runners import make_runner
-from ..errors import ConfigError, is_out_of_memory
+from ..errors import ConfigError
 from ..hessian.curvature import DATASETS as CURVATURE_DATASETS
-from ..hessian.curvature import curvature_of_points
-from ..kernels import perturb
-from .adaptive import AdaptiveGrid
-from .anchors import AnchorGrid, ControlVariate, check_population
-from .checks import check_precision_error, check_writable, stored_hessian_directions
-from .directions import create_directions
+from .adaptive import AdaptiveGrid, fill_adaptive
+from .anchors import AnchorGrid, check_population, evaluate_with_anchors
+from .checks import check_writable, stored_hessian_directions, surface_identity
+from .directions import prepare_directions
 from .distributed import Cluster, share_directions
-from .file import Surface, SurfaceWriter
+from .file import INTERPOLATED, SE, Surface, SurfaceWriter
+from .loop import ChunkLoop, Evaluation, Progress
+
+__all__ = ["INTERPOLATED", "SE", "Progress", "compute_surface", "prepare_directions"]
 
 log = logging.getLogger(__name__)
-
-Progress = Callable[[int, int], None]
-#: points of a run's first chunk evaluated again in IEEE fp32 when the run's precision is lower
-PRECISION_CHECK_POINTS = 3
-#: the dataset of every point's standard error of the loss
-SE = "train_loss_se"
-#: the dataset marking the points an adaptive grid filled by interpolation (1) rather than evaluated (0)
-INTERPOLATED = "interpolated"
 
 
 def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch.Tensor], grid: GridSpec,
@@ -112,8 +95,8 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
             as control variates (:mod:`lossgrid.surface.anchors`).
         population: the whole set ``data`` was drawn from (``anchor_stride`` only).
     """
+    check_modes(adaptive, curvature, anchor_stride, batchnorm)
     data = as_eval_data(data)
-    given = directions is not None  # by the caller, on every rank
     leader = cluster is None or cluster.leader
     out_path = os.fspath(out) if out is not None and leader else None  # rank 0 alone writes the file
     if out_path is not None:
@@ -123,98 +106,109 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
         progress = progress if leader else None
     device = resolve_device(eval_spec.device)
     loss_fn, loss_desc = resolve_loss(loss)
-    preflight.check_finite_model(model)
-    if model2 is not None:
-        preflight.check_finite_model(model2, "the second model (--model2)")
-    preflight.check_data(data, loss_fn)
-    model = on_device(model, device)  # the caller's model stays where it is
-    if model2 is not None:
-        model2 = on_device(model2, device)
-    preflight.probe(model, data, loss_fn, device, per_sample=anchor_stride is not None)
-    model_fp, data_fp = model_fingerprint(model), data_fingerprint(data)
+    model, model2 = _checked_models(model, model2, data, loss_fn, device, per_sample=anchor_stride is not None)
+    fingerprints = model_fingerprint(model), data_fingerprint(data)
     if cluster is not None:
         cluster.chunks.clear()
-        cluster.check_same(model_fp, data_fp)
-    if directions is None and direction_spec.kind == "hessian" and dir_file is None and out_path is not None and leader:
-        # Hessian eigenvectors differ in the last bits between thread counts and devices: resume on the
-        # directions the file holds rather than on new ones that would not match its fingerprint
-        directions = stored_hessian_directions(out_path, model, direction_spec, grid.ndim, model_fp, data_fp,
-                                                loss_desc)
+        cluster.check_same(*fingerprints)
+    given = directions is not None  # by the caller, on every rank
     if directions is None and leader:
-        directions = prepare_directions(model, direction_spec, grid.ndim, model2, dir_file, data, loss_fn)
+        directions = _leader_directions(model, model2, data, loss_fn, loss_desc, grid, direction_spec, dir_file,
+                                        out_path, fingerprints)
     if cluster is not None and not given:  # every rank evaluates rank 0's directions, bit for bit
         directions = share_directions(cluster, directions, model, direction_spec.dir_type)
     if directions.ndim != grid.ndim:
         raise ConfigError(f"The grid is {grid.ndim}D but {directions.ndim} direction(s) were given",
                           hint="give --y for two directions, or drop it for one")
     check_finite_directions(directions)
-    if adaptive is not None and curvature is not None:
-        raise ConfigError("--adaptive cannot be combined with --curvature",
-                          "eigenvalues are not interpolated: every point of a curvature map is evaluated",
-                          "drop one of them")
     bn_batches = None
     if batchnorm.recompute:
         check_recompute(model, directions.layout.dir_type)
-        if curvature is not None:
-            raise ConfigError("--curvature cannot be combined with --bn recompute",
-                              "the Hessian at each point would use the stored BatchNorm statistics, not the "
-                              "re-estimated ones", "compute the curvature map with --bn eval")
         bn_data = data if bn_data is None else bn_data
         bn_batches = recompute_batches(bn_data, batchnorm)
     anchors = None if anchor_stride is None else AnchorGrid(grid.shape, anchor_stride)
     if anchors is not None:
         population = check_population(data, population, loss_fn)
-        if adaptive is not None or curvature is not None:
-            raise ConfigError("--anchor-stride cannot be combined with --adaptive or --curvature",
-                              "anchors correct subset estimates at every point; the others evaluate some points "
-                              "(or each point) on their own terms", "drop one of them")
     runner = make_runner(eval_spec, model, directions.layout, data, loss_fn, model_description or "", bn_batches)
-    exact_runner = None  # the anchors' runner on the whole set, while anchors are left to evaluate
-
-    base = directions.layout.flatten(perturbed_tensors(model, directions.layout.dir_type)).to(device)
+    layout = directions.layout
+    base = layout.flatten(perturbed_tensors(model, layout.dir_type)).to(device)
     dirs = directions.flat().to(device)
-    identity = {
-        "model": model_description or type(model).__name__,
-        "model_fingerprint": model_fp,
-        "data": data.description,
-        "data_fingerprint": data_fp,
-        "samples": len(data),
-        "loss": loss_desc,
-        "directions": directions.fingerprint(),
-        "x": str(grid.x),
-        "y": str(grid.y) if grid.y is not None else None,
-        **{k: directions.meta.get(k) for k in ("dir_type", "kind", "xnorm", "xignore", "ynorm", "yignore")},
-        # only when set: files written before the selection existed stay resumable
-        **{k: directions.meta[k] for k in SELECTION_KEYS if directions.meta.get(k) is not None},
-    }
-    if eval_spec.precision != "fp32":  # fp32 files written before precisions existed stay resumable
-        identity["precision"] = eval_spec.precision
-    if curvature is not None:
-        identity["curvature"] = dataclasses.asdict(curvature)
-    if adaptive is not None:
-        identity["adaptive"] = dataclasses.asdict(adaptive)
-    if anchors is not None and population is not None:  # the anchors' values are of the whole set
-        identity["anchor_stride"] = anchors.stride
-        identity["population_fingerprint"] = data_fingerprint(population)
-    if bn_batches is not None:  # eval files (also those of older versions) stay resumable
-        identity["bn"] = bn_identity(batchnorm, bn_batches)
-    identity.update(tags or {})
-    attrs = {k: v for k, v in identity.items() if v is not None}
-    if data.population is not None:  # the standard errors are against this set (files of other runs differ)
-        identity["se_population"] = int(data.population)
-        attrs["se_population"] = int(data.population)
-    # train_loss_se estimates the error against this set's mean (0: an infinite population)
-    attrs.setdefault("se_population", 0)
-    if bn_data is not None and bn_batches is not None:
-        attrs.update(bn_data=bn_data.description)
-    attrs.update(precision=eval_spec.precision, bn=batchnorm.policy, lossgrid_version=__version__,
-                 seed=int(directions.meta.get("seed", direction_spec.seed)),
-                 dir_file=os.fspath(dir_file) if dir_file else "")
-    xs = grid.x.coordinates()
-    ys = grid.y.coordinates() if grid.y is not None else None
     points = torch.as_tensor(grid.points(), dtype=dirs.dtype)
+    ev = Evaluation(model, data, loss_fn, layout, base, dirs, points, device, eval_spec, curvature, bn_batches)
+    identity, attrs = surface_identity(
+        model, data, grid, directions, eval_spec, fingerprints, loss_desc, model_description, direction_spec,
+        dir_file, curvature=curvature, adaptive=adaptive, anchors=anchors,
+        population=population if anchors is not None else None, batchnorm=batchnorm, bn_batches=bn_batches,
+        bn_data=bn_data, tags=tags)
     extra_names = (SE, *(CURVATURE_DATASETS if curvature is not None else ()),
                    *((INTERPOLATED,) if adaptive is not None else ()))
+    surface, writer = _open_surface(grid, out_path, identity, attrs, directions, overwrite, extra_names)
+    loop = ChunkLoop(ev, runner, surface, writer, cluster, progress, extra_names)
+    try:
+        _run(loop, grid, adaptive, anchors, population,
+             lambda: make_runner(eval_spec, model, layout, population, loss_fn, model_description or "", bn_batches))
+    except BaseException:
+        if writer is not None:
+            writer.abort(loop.run_info())  # logs the partial run where it can; every flushed chunk stays
+        raise
+    finally:
+        runner.close()
+    info = loop.run_info()
+    if writer is not None:
+        writer.finish(info)
+    return surface
+
+
+def check_modes(adaptive: AdaptiveSpec | None, curvature: CurvatureSpec | None, anchor_stride: int | None,
+                batchnorm: BatchNormSpec) -> None:
+    """Refuse the modes that exclude each other, before any work."""
+    if adaptive is not None and curvature is not None:
+        raise ConfigError("--adaptive cannot be combined with --curvature",
+                          "eigenvalues are not interpolated: every point of a curvature map is evaluated",
+                          "drop one of them")
+    if batchnorm.recompute and curvature is not None:
+        raise ConfigError("--curvature cannot be combined with --bn recompute",
+                          "the Hessian at each point would use the stored BatchNorm statistics, not the "
+                          "re-estimated ones", "compute the curvature map with --bn eval")
+    if anchor_stride is not None and (adaptive is not None or curvature is not None):
+        raise ConfigError("--anchor-stride cannot be combined with --adaptive or --curvature",
+                          "anchors correct subset estimates at every point; the others evaluate some points "
+                          "(or each point) on their own terms", "drop one of them")
+
+
+def _checked_models(model: nn.Module, model2: nn.Module | None, data: EvalData, loss_fn: LossFn,
+                    device: torch.device, per_sample: bool) -> tuple[nn.Module, nn.Module | None]:
+    """The models checked and on ``device`` (copies where they live elsewhere: the caller's stay put), probed."""
+    preflight.check_finite_model(model)
+    if model2 is not None:
+        preflight.check_finite_model(model2, "the second model (--model2)")
+    preflight.check_data(data, loss_fn)
+    model = on_device(model, device)
+    if model2 is not None:
+        model2 = on_device(model2, device)
+    preflight.probe(model, data, loss_fn, device, per_sample=per_sample)
+    return model, model2
+
+
+def _leader_directions(model: nn.Module, model2: nn.Module | None, data: EvalData, loss_fn: LossFn, loss_desc: str,
+                       grid: GridSpec, spec: DirectionSpec, dir_file: str | os.PathLike | None, out_path: str | None,
+                       fingerprints: tuple[str, str]) -> Directions:
+    """The run's axes, made (or read) by the process that writes the file."""
+    if spec.kind == "hessian" and dir_file is None and out_path is not None:
+        # Hessian eigenvectors differ in the last bits between thread counts and devices: resume on the
+        # directions the file holds rather than on new ones that would not match its fingerprint
+        stored = stored_hessian_directions(out_path, model, spec, grid.ndim, *fingerprints, loss_desc)
+        if stored is not None:
+            return stored
+    return prepare_directions(model, spec, grid.ndim, model2, dir_file, data, loss_fn)
+
+
+def _open_surface(grid: GridSpec, out_path: str | None, identity: dict[str, Any], attrs: dict[str, Any],
+                  directions: Directions, overwrite: bool, extra_names: tuple[str, ...]
+                  ) -> tuple[Surface, SurfaceWriter | None]:
+    """The run's surface: in memory, or the arrays of its file (new, or resumed with the points done)."""
+    xs = grid.x.coordinates()
+    ys = grid.y.coordinates() if grid.y is not None else None
     writer = SurfaceWriter(out_path, xs, ys, identity, attrs, directions, overwrite, extra_names) if out_path else None
     surface = Surface(xs, ys, np.full(grid.shape, np.nan), np.full(grid.shape, np.nan),
                       np.zeros(grid.shape, dtype=bool), attrs, out_path,
@@ -224,197 +218,50 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
         surface.extra = writer.extra
         if writer.resumed:
             log.info("resuming %s: %d of %d points done", out_path, int(writer.done.sum()), writer.done.size)
+    return surface, writer
 
+
+def _run(loop: ChunkLoop, grid: GridSpec, adaptive: AdaptiveSpec | None, anchors: AnchorGrid | None,
+         population: EvalData | None, exact_runner: Any) -> None:
+    """The points left: rank 0 says which, every rank evaluates them (anchors first, then adaptive rounds)."""
+    surface, cluster = loop.surface, loop.cluster
+    leader = cluster is None or cluster.leader
     total = surface.done.size
-    policy = AdaptiveGrid(grid.shape, adaptive, surface.done) if adaptive is not None and leader else None
+    policy = loop.policy = AdaptiveGrid(grid.shape, adaptive, surface.done) if adaptive is not None and leader else None
+    todo = start_done = None
     if leader:
         todo = (np.flatnonzero(~surface.done.ravel()) if policy is None
                 else policy.next_points(surface.loss, surface.done))
         start_done = int(surface.done.sum())
     if cluster is not None:  # rank 0 holds the file: it says what is left
         todo, start_done = cluster.share((todo, start_done) if leader else None)
-    done_count = start_done
-    runner.set_directions(base, dirs)
+    loop.start_done = loop.done_count = start_done
+    loop.runner.set_directions(loop.ev.base, loop.ev.dirs)
     anchor_todo = np.intersect1d(todo, anchors.flat()) if anchors is not None else todo[:0]
     if anchors is not None:
         todo = np.setdiff1d(todo, anchors.flat())
+        loop.anchors = {"stride": anchors.stride, "anchors": len(anchors.flat()),
+                        "evaluated_exactly": int(len(anchor_todo))}
     # auto runners size their timing to the job (an adaptive one: about twice its first round; with
     # anchors, the anchors on the subset too)
-    runner.expect(len(todo) + (len(anchors.flat()) if anchors is not None and len(todo) else 0) if policy is None
-                  else min(total - done_count, 2 * len(todo)))
-    # with curvature every point costs many passes over the data: write each one as soon as it is done
-    step = 1 if curvature is not None else runner.points_per_call
-    precision_check: dict[str, Any] = {}
-    check_data: EvalData | None = data  # what the precision check evaluates the first chunk on (None: no check)
-    sample_evals, per_point = 0, len(data)  # samples evaluated in all, and per point of the current phase
-    anchor_note: dict[str, Any] = {}
-    t0 = time.perf_counter()
-
-    def run_info() -> dict[str, Any]:
-        seconds = time.perf_counter() - t0
-        run = {**runner.describe(), "seconds": round(seconds, 4), "points": done_count - start_done,
-               "samples": len(data)}
-        run["points_x_samples_per_s"] = round(sample_evals / seconds, 1) if seconds > 0 else None
-        if anchors is not None:
-            run["anchors"] = {"stride": anchors.stride, "anchors": len(anchors.flat()),
-                              "evaluated_exactly": int(len(anchor_todo)), **anchor_note}
-        if precision_check:
-            run["precision_check"] = precision_check
-        if policy is not None:
-            run["adaptive"] = policy.report()
-        if cluster is not None:
-            run["processes"] = cluster.world
-            run["chunks_by_rank"] = {str(r): n for r, n in sorted(cluster.chunks.items())}
-        surface.attrs["last_run"] = run
-        return run
-
-    def on_subset(chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        loss_k, acc_k, se_k = runner.evaluate_points(points[chunk].to(device))
-        return loss_k, acc_k, finite_population(se_k, len(data), data.population)
-
-    measure: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]] = on_subset
-
-    def compute(chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-        try:
-            loss_k, acc_k, se_k = measure(chunk)
-            extra = {SE: se_k}
-            if curvature is not None:
-                extra.update(curvature_of_points(
-                    model, data, loss_fn, directions.layout, perturb(base, dirs, points[chunk].to(device)),
-                    curvature, device, eval_spec.batch_size))
-        except Exception as e:
-            if is_out_of_memory(e):
-                raise out_of_memory(e, (exact_runner or runner).describe()) from None
-            raise
-        return loss_k, acc_k, extra
-
-    def commit(chunk: np.ndarray, result: tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]) -> None:
-        nonlocal done_count, sample_evals
-        loss_k, acc_k, extra = result
-        if writer is not None:
-            writer.write(chunk, loss_k, acc_k, extra)
-        else:
-            idx = np.unravel_index(chunk, grid.shape)
-            surface.loss[idx], surface.acc[idx], surface.done[idx] = loss_k, acc_k, True
-            for name, values in extra.items():
-                surface.extra[name][idx] = values
-        done_count += len(chunk)
-        sample_evals += len(chunk) * per_point
-        if eval_spec.precision != "fp32" and not precision_check and check_data is not None:  # after the write
-            precision_check.update(check_precision_error(
-                model, directions.layout, base, dirs, check_data, loss_fn, eval_spec,
-                points[chunk[:PRECISION_CHECK_POINTS]].to(device), loss_k, bn_batches))
-        if progress:
-            progress(done_count, total)
-
-    def evaluate(indices: np.ndarray) -> None:
-        if cluster is not None:  # chunks claimed by every rank, committed by rank 0
-            cluster.evaluate(indices, step, compute, commit, [n for n in extra_names if n != INTERPOLATED])
-            return
-        for start in range(0, len(indices), step):
-            chunk = indices[start:start + step]
-            commit(chunk, compute(chunk))
-
-    def next_round() -> np.ndarray:
-        todo = policy.next_points(surface.loss, surface.done) if policy is not None else None  # rank 0's
-        return todo if cluster is None else cluster.share(todo)
-
-    def exactly(chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        assert exact_runner is not None and population is not None
-        loss_k, acc_k, se_k = exact_runner.evaluate_points(points[chunk].to(device))
-        return loss_k, acc_k, finite_population(se_k, len(population), len(population))
-
-    def with_anchors() -> None:
-        nonlocal measure, check_data, sample_evals, per_point, exact_runner
-        assert anchors is not None and population is not None
-        if len(anchor_todo):
-            exact_runner = make_runner(eval_spec, model, directions.layout, population, loss_fn,
-                                       model_description or "", bn_batches)
-            try:
-                exact_runner.set_directions(base, dirs)
-                exact_runner.expect(len(anchor_todo))
-                measure, check_data, per_point = exactly, population, len(population)
-                evaluate(anchor_todo)
-            finally:
-                anchor_note["runner"] = exact_runner.describe()
-                exact_runner.close()
-                exact_runner = None
-        elif eval_spec.precision != "fp32":
-            anchor_note["precision_check"] = "not run: the anchors (checked on the whole set) were done before"
-        rows = anchors.flat()
-        exact = (surface.loss.ravel()[rows], surface.acc.ravel()[rows]) if leader else None
-        if cluster is not None:  # rank 0 holds the anchors' values
-            exact = cluster.share(exact)
-        if not len(todo):
-            return
-        assert exact is not None
-        try:  # every rank evaluates the anchors on the subset itself: a few points, no transfer
-            kept = SampleValues.along_points([runner.evaluate_point_samples(points[rows[i:i + step]].to(device))[1]
-                                              for i in range(0, len(rows), step)])
-        except Exception as e:
-            if is_out_of_memory(e):
-                raise out_of_memory(e, runner.describe()) from None
-            raise
-        sample_evals += len(rows) * len(data)
-        control = ControlVariate(anchors, *exact, kept, len(population), unit_counts(loss_fn, [population.y]).units)
-
-        def estimated(chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-            _, values = runner.evaluate_point_samples(points[chunk].to(device))
-            return control.estimate(chunk, values)
-
-        # estimates are not the runner's losses: nothing for the precision check to compare
-        measure, check_data, per_point = estimated, None, len(data)
-        evaluate(todo)
-
-    try:
-        if progress and leader:
-            progress(done_count, total)
-        if anchors is not None:
-            with_anchors()
-        else:
-            evaluate(todo)
-        if adaptive is not None:
-            while len(todo := next_round()):
-                evaluate(todo)
-            if leader:
-                _fill_adaptive(policy, surface, writer)
-    except BaseException:
-        if writer is not None:
-            writer.abort(run_info())  # logs the partial run where it can; every flushed chunk stays
-        raise
-    finally:
-        runner.close()
-    info = run_info()
-    if writer is not None:
-        writer.finish(info)
-    return surface
-
-
-def _fill_adaptive(policy: AdaptiveGrid, surface: Surface, writer: SurfaceWriter | None) -> None:
-    """Fill the points an adaptive grid left unevaluated by its interpolation and mark them."""
-    acc, _ = policy.fill(surface.acc, surface.done)
-    loss, interpolated = policy.fill(surface.loss, surface.done)  # last: the report describes the loss
-    if writer is not None:
-        writer.store_filled(loss, acc, interpolated)
+    loop.runner.expect(len(todo) + (len(anchors.flat()) if anchors is not None and len(todo) else 0) if policy is None
+                       else min(total - start_done, 2 * len(todo)))
+    loop.t0 = time.perf_counter()  # the run's seconds count from here
+    if loop.progress and leader:
+        loop.progress(start_done, total)
+    if anchors is not None:
+        evaluate_with_anchors(loop, anchors, anchor_todo, todo, population, exact_runner)
     else:
-        surface.loss[interpolated], surface.acc[interpolated] = loss[interpolated], acc[interpolated]
-        surface.extra[INTERPOLATED] = interpolated.astype(np.float64)
-    log.info("adaptive grid: %d of %d points evaluated, %d interpolated", int(surface.done.sum()),
-             surface.done.size, int(interpolated.sum()))
+        loop.evaluate(todo)
+    if adaptive is not None:
+        while len(todo := _next_round(loop)):
+            loop.evaluate(todo)
+        if leader:
+            fill_adaptive(policy, surface, loop.writer)
 
 
-def prepare_directions(model: nn.Module, spec: DirectionSpec, ndim: int, model2: nn.Module | None = None,
-                       dir_file: str | os.PathLike | None = None, data: EvalData | None = None,
-                       loss_fn: LossFn | None = None) -> Directions:
-    """The directions of a surface: read from ``dir_file`` if it exists (and checked against
-    ``spec``'s selection), else made from ``spec`` (and written to ``dir_file``, if given)."""
-    if dir_file is not None and os.path.exists(dir_file):
-        log.info("reading directions from %s", dir_file)
-        return check_selection(load_directions(dir_file, model, spec.dir_type, ndim), spec, dir_file, model)
-    dirs = create_directions(model, spec, ndim, model2, data=data, loss=loss_fn)
-    if dir_file is not None and not save_directions(dir_file, dirs, exclusive=True):
-        log.info("%s was written by another run meanwhile; using it", dir_file)
-        return check_selection(load_directions(dir_file, model, spec.dir_type, ndim), spec, dir_file, model)
-    return dirs
-
-
+def _next_round(loop: ChunkLoop) -> np.ndarray:
+    """The next points an adaptive grid refines (rank 0's choice, shared)."""
+    policy, surface = loop.policy, loop.surface
+    todo = policy.next_points(surface.loss, surface.done) if policy is not None else None
+    return todo if loop.cluster is None else loop.cluster.share(todo)

@@ -12,15 +12,20 @@ Example:
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import Any
 
 from torch import nn
 
 from ..config import DirectionSpec
-from ..engine.directions import Directions, gaussian_directions
+from ..data import EvalData
+from ..engine.directions import Directions, check_selection, gaussian_directions, load_directions, save_directions
+from ..engine.losses import LossFn
 from ..errors import DirectionError
 from ..hessian.axes import hessian_directions
 
+log = logging.getLogger(__name__)
 
 def create_directions(model: nn.Module, spec: DirectionSpec = DirectionSpec(), ndim: int = 2,
                       model2: nn.Module | None = None, data: Any = None, loss: Any = "cross_entropy") -> Directions:
@@ -44,3 +49,18 @@ def create_directions(model: nn.Module, spec: DirectionSpec = DirectionSpec(), n
         raise DirectionError("Hessian directions need the evaluation data",
                              hint="pass data= to create_directions (the CLI does this)")
     return hessian_directions(model, spec, ndim, data, loss)
+
+
+def prepare_directions(model: nn.Module, spec: DirectionSpec, ndim: int, model2: nn.Module | None = None,
+                       dir_file: str | os.PathLike | None = None, data: EvalData | None = None,
+                       loss_fn: LossFn | None = None) -> Directions:
+    """The directions of a surface: read from ``dir_file`` if it exists (and checked against
+    ``spec``'s selection), else made from ``spec`` (and written to ``dir_file``, if given)."""
+    if dir_file is not None and os.path.exists(dir_file):
+        log.info("reading directions from %s", dir_file)
+        return check_selection(load_directions(dir_file, model, spec.dir_type, ndim), spec, dir_file, model)
+    dirs = create_directions(model, spec, ndim, model2, data=data, loss=loss_fn)
+    if dir_file is not None and not save_directions(dir_file, dirs, exclusive=True):
+        log.info("%s was written by another run meanwhile; using it", dir_file)
+        return check_selection(load_directions(dir_file, model, spec.dir_type, ndim), spec, dir_file, model)
+    return dirs

@@ -66,6 +66,10 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 LOSS, ACC = "train_loss", "train_acc"
+#: the dataset of every point's standard error of the loss
+SE = "train_loss_se"
+#: the dataset marking the points an adaptive grid filled by interpolation (1) rather than evaluated (0)
+INTERPOLATED = "interpolated"
 #: optional per-point datasets a run may add (curvature maps), read whenever present
 EXTRA_DATASETS = ("max_eig", "min_eig", "train_loss_se", "interpolated", "train_loss_std")
 #: datasets that new files get and resumed files of earlier versions go without

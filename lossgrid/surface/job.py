@@ -19,7 +19,8 @@ from ..errors import SurfaceFileError
 from ..hessian.curvature import convexity_ratio
 from ..models import load_model
 from .checks import check_writable
-from .compute import SE, Progress, compute_surface, prepare_directions
+from .compute import SE, Progress, compute_surface
+from .directions import prepare_directions
 from .distributed import Cluster, share_directions
 from .file import Surface, stored_identity
 from .repeats import KIND as REPEATS_KIND

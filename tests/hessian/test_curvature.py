@@ -139,7 +139,7 @@ def test_reference_files_with_other_eigenvalue_layouts_still_load(tmp_path):
 
 
 def test_hessian_direction_surfaces_resume_on_the_stored_directions(tmp_path, digits100, monkeypatch):
-    from lossgrid.surface import compute as surface_module
+    from lossgrid.surface import directions as surface_module
 
     path = tmp_path / "h.h5"
     spec = DirectionSpec(kind="hessian", seed=1)
