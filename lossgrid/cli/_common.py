@@ -13,7 +13,6 @@ import click
 
 from ..config import Axis
 from ..errors import ConfigError
-from ._types import Count
 
 
 def parse_axis(ctx: click.Context, param: click.Parameter, value: str | None) -> Axis | None:
@@ -72,9 +71,11 @@ def echo_json(obj: Any) -> None:
 
 
 DATA_HELP = ("digits[:train|:test], npz:FILE (x and y, or records such as input_ids/attention_mask/labels), "
-             "cifar10:DIR[:test][:norm=...], cifar100:DIR[:test][:label=fine|coarse][:norm=...], "
-             "imagefolder:DIR[:size=H[xW]][:norm=imagenet|none|...][:gray], synthetic:SHAPE:N[:CLASSES] "
-             "(e.g. 3x32x32:50000, seeded random images), or module:function.")
+             "cifar10:DIR[:test][:norm=reference|dataset|none|M,M,M/S,S,S], "
+             "cifar100:DIR[:test][:label=fine|coarse][:norm=dataset|reference|none|M,M,M/S,S,S], "
+             "imagefolder:DIR[:size=H[xW]][:norm=none|imagenet|reference|M,M,M/S,S,S][:gray], "
+             "synthetic:SHAPE:N[:CLASSES] (e.g. 3x32x32:50000, seeded random inputs, for benchmarks), "
+             "or module:function.")
 
 
 MODEL_HELP = ("A zoo name (resnet56, resnet56_noshort, ...: lossgrid zoo) or a factory: path/to/file.py:fn or "
@@ -84,30 +85,6 @@ LOSS_HELP = ("cross_entropy, mse, token_cross_entropy[:ignore=N] (sequence model
 BATCH_HELP = ("module:function splitting the collated data set into (inputs, targets), inputs a tensor, a tuple "
               "(positional arguments) or a dict (keyword arguments). Without it: dicts with a 'labels' key, tuples "
               "(..., target) and (x, y) pairs follow the documented convention.")
-
-
-def model_data_options(example: str, samples_help: str, data_note: str = "") -> Callable[[Any], Any]:
-    """The options every model-in, numbers-out command shares: ``--model`` (required),
-    ``--checkpoint``, ``--trust-checkpoint``, ``--data`` (required), ``--samples``, ``--loss``."""
-    options = [
-        click.option("--model", "model", required=True, metavar="SPEC",
-                     help=f"{MODEL_HELP} E.g. {example}."),
-        click.option("--checkpoint", metavar="FILE",
-                     help="state_dict (or {'state_dict': ...}); random weights without it."),
-        click.option("--trust-checkpoint", is_flag=True,
-                     help="Allow checkpoints that are whole pickled models (loading them runs code from the file)."),
-        click.option("--data", required=True, help=DATA_HELP + (" " + data_note if data_note else "")),
-        click.option("--samples", type=Count(1, None), help=samples_help),
-        click.option("--loss", default="cross_entropy", show_default=True, help=LOSS_HELP),
-        click.option("--batch", "batch", metavar="SPEC", help=BATCH_HELP),
-    ]
-
-    def apply(fn: Any) -> Any:
-        for option in reversed(options):
-            fn = option(fn)
-        return fn
-
-    return apply
 
 
 def input_files(kw: dict[str, Any], **more: str | None) -> dict[str, str | None]:

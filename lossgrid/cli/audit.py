@@ -29,11 +29,11 @@ from ._common import (
     check_outputs,
     echo_json,
     input_files,
-    model_data_options,
     run_with_progress,
     write_json,
 )
-from ._types import DEVICE, MAX_BATCH, MAX_ITERATIONS, SEED, Count, FiniteFloat
+from ._options import device_option, model_data_options
+from ._types import MAX_BATCH, MAX_ITERATIONS, SEED, Count, FiniteFloat
 
 EXIT_GATE_FAILED = 3
 
@@ -68,7 +68,7 @@ def parse_conditions(ctx: click.Context, param: click.Parameter, value: tuple[st
 @click.option("--seed", type=SEED, default=0, show_default=True,
               help="Seed of the directions, the Lanczos start and the trace probes.")
 @click.option("--batch-size", type=Count(1, MAX_BATCH), help="Samples per forward pass (default: by input size).")
-@click.option("--device", type=DEVICE, default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@device_option()
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--out", metavar="FILE.json", help="Also write the JSON report to this file (atomically).")
 @click.option("--overwrite", is_flag=True, help=OVERWRITE_HELP)

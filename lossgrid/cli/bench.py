@@ -9,8 +9,9 @@ import click
 
 from ..config import MAX_GRID_POINTS, PRECISIONS
 from ..engine.runners import ALL_STRATEGIES, BACKENDS
-from ._common import OVERWRITE_HELP, check_outputs, echo_json, input_files, model_data_options, write_json
-from ._types import DEVICE, MAX_BATCH, MAX_POINTS_PER_CALL, MAX_REPEATS, Count
+from ._common import OVERWRITE_HELP, check_outputs, echo_json, input_files, write_json
+from ._options import device_option, model_data_options
+from ._types import MAX_BATCH, MAX_POINTS_PER_CALL, MAX_REPEATS, Count
 
 
 def parse_project(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
@@ -28,7 +29,7 @@ def parse_project(ctx: click.Context, param: click.Parameter, value: str | None)
 
 @click.command()
 @model_data_options("resnet20", "Time on a fixed, seeded subset of N samples.")
-@click.option("--device", type=DEVICE, default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@device_option()
 @click.option("--backend", "backends", type=click.Choice(BACKENDS), multiple=True,
               help="Backend to time (repeatable; default: every backend but auto).")
 @click.option("--strategy", "strategies", type=click.Choice(ALL_STRATEGIES), multiple=True,

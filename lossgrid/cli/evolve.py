@@ -9,11 +9,19 @@ from typing import Any
 
 import click
 
-from ..config import AUTO_BUDGET, DIR_KINDS, DIR_TYPES, IGNORES, NORMS, PRECISIONS, DirectionSpec, EvalSpec, GridSpec
-from ..engine.runners import ALL_STRATEGIES, BACKENDS
 from ..errors import ConfigError
-from ._common import MODEL_HELP, echo_json, parse_axis, run_with_progress
-from ._types import DEVICE, FINITE, MAX_BATCH, MAX_POINTS_PER_CALL, SEED, Count, FiniteFloat
+from ._common import DATA_HELP, LOSS_HELP, MODEL_HELP, echo_json, run_with_progress
+from ._options import (
+    TRUST_HELP,
+    direction_options,
+    direction_spec_of,
+    eval_options,
+    eval_spec_of,
+    grid_of,
+    grid_options,
+    report_options,
+)
+from ._types import FINITE, SEED, Count, FiniteFloat
 
 #: animation option -> the file extensions it writes
 ANIMATIONS = {"gif": (".gif",), "mp4": (".mp4",), "html": (".html", ".htm")}
@@ -24,26 +32,16 @@ ANIMATIONS = {"gif": (".gif",), "mp4": (".mp4",), "html": (".html", ".htm")}
 @click.option("--checkpoints", "patterns", multiple=True, required=True, metavar="GLOB",
               help="Checkpoint files or quoted glob patterns ('run/epoch_*.pt'); repeatable. Sorted by the numbers "
               "in their names (epoch_2 before epoch_10).")
-@click.option("--trust-checkpoint", is_flag=True,
-              help="Allow checkpoints that are whole pickled models: loading them runs code named in the file. "
-              "Only for files you made or trust.")
-@click.option("--data", default="digits", show_default=True, help="As for lossgrid surface.")
+@click.option("--trust-checkpoint", is_flag=True, help=TRUST_HELP)
+@click.option("--data", default="digits", show_default=True, help=DATA_HELP)
 @click.option("--samples", type=Count(1, None), help="Evaluate on a fixed, seeded subset of N samples.")
 @click.option("--samples-seed", type=SEED, default=0, show_default=True)
-@click.option("--loss", default="cross_entropy", show_default=True,
-              help="cross_entropy, mse, or module:function returning per-sample losses.")
-@click.option("--x", "x", default="-1:1:21", show_default=True, callback=parse_axis, metavar="MIN:MAX:NUM")
-@click.option("--y", "y", default=None, callback=parse_axis, metavar="MIN:MAX:NUM", help="Second axis (2D).")
-@click.option("--dir-type", type=click.Choice(DIR_TYPES), default="weights", show_default=True)
-@click.option("--dir-kind", type=click.Choice(DIR_KINDS), default="random", show_default=True,
-              help="random (seeded Gaussian) or hessian (top eigenvectors at the last checkpoint).")
-@click.option("--xnorm", type=click.Choice(NORMS), default="filter", show_default=True)
-@click.option("--ynorm", type=click.Choice(NORMS), default=None, help="Default: same as --xnorm.")
-@click.option("--xignore", type=click.Choice(IGNORES), default="biasbn", show_default=True)
-@click.option("--yignore", type=click.Choice(IGNORES), default=None, help="Default: same as --xignore.")
-@click.option("--seed", type=SEED, default=0, show_default=True, help="Direction seed.")
-@click.option("--dir-file", metavar="FILE",
-              help="Directions file: read if it exists, else written (made from the LAST checkpoint).")
+@click.option("--loss", default="cross_entropy", show_default=True, help=LOSS_HELP)
+@grid_options("-1:1:21")
+@direction_options(
+    kind_help="random: seeded Gaussian directions; hessian: the top-2 (top-1 in 1D) eigenvectors of the loss Hessian "
+    "at the last checkpoint.",
+    dir_file_help="Directions file: read if it exists, else written (made from the LAST checkpoint).")
 @click.option("--out", required=True, metavar="FILE.h5",
               help="Evolution file, one surface per checkpoint (resumed if it exists).")
 @click.option("--overwrite", is_flag=True, help="Replace an evolution file computed with other settings.")
@@ -56,16 +54,8 @@ ANIMATIONS = {"gif": (".gif",), "mp4": (".mp4",), "html": (".html", ".htm")}
 @click.option("--vmax", type=FINITE, help="Animations: clip the metric above this value.")
 @click.option("--fps", type=FiniteFloat(min=0.1, max=60), default=2.0, show_default=True,
               help="Animation frames (checkpoints) per second.")
-@click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True)
-@click.option("--strategy", type=click.Choice(ALL_STRATEGIES), default="auto", show_default=True,
-              help="As for lossgrid surface; what auto picks on the first checkpoint is kept for the others.")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
-@click.option("--auto-budget", type=FiniteFloat(min=0), default=AUTO_BUDGET, show_default=True, metavar="SHARE")
-@click.option("--points-per-call", type=Count(1, MAX_POINTS_PER_CALL), help="Grid points per runner call (default 8).")
-@click.option("--batch-size", type=Count(1, MAX_BATCH), help="Samples per forward pass (default: by input size).")
-@click.option("--device", type=DEVICE, default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
-@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@eval_options(strategy_note="What auto picks on the first checkpoint is kept for the others.")
+@report_options()
 def evolve(**kw: Any) -> None:
     """The loss landscape around every checkpoint of a training run, on the same
     directions (made from the last checkpoint), in one file; optionally animated.
@@ -76,11 +66,7 @@ def evolve(**kw: Any) -> None:
           --data digits:test --x=-1:1:21 --y=-1:1:21 --out evo.h5 --gif evo.gif --html evo.html
     """
     t0 = time.perf_counter()
-    grid = GridSpec(kw["x"], kw["y"])
-    directions = DirectionSpec(kw["dir_type"], kw["xnorm"], kw["xignore"], kw["ynorm"], kw["yignore"], kw["seed"],
-                               kw["dir_kind"])
-    evaluation = EvalSpec(kw["backend"], kw["strategy"], kw["points_per_call"], kw["batch_size"], kw["device"],
-                          kw["auto_budget"], kw["precision"])
+    grid, directions, evaluation = grid_of(kw), direction_spec_of(kw), eval_spec_of(kw)
     from ..checkpoints import find_checkpoints
     from ..data import load_data
     from ..evolve.compute import compute_evolution

@@ -7,7 +7,8 @@ from typing import Any
 import click
 
 from ._common import Progress, echo_json
-from ._types import DEVICE, MAX_EPOCHS, MAX_REPEATS, Count
+from ._options import device_option
+from ._types import MAX_EPOCHS, MAX_REPEATS, Count
 
 
 class _StageProgress:
@@ -47,7 +48,7 @@ class _StageProgress:
 @click.option("--seeds", type=Count(1, MAX_REPEATS), default=1, show_default=True,
               help="Repeat everything for seeds 0 ... N-1 (the orderings are reported per seed).")
 @click.option("--epochs", type=Count(1, MAX_EPOCHS), help="Override the size's epochs.")
-@click.option("--device", type=DEVICE, default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@device_option()
 @click.option("--json", "as_json", is_flag=True, help="Print gallery.json on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def gallery(out: str, data_dir: str | None, size: str, seeds: int, epochs: int | None, device: str,

@@ -8,8 +8,9 @@ from typing import Any
 
 import click
 
-from ._common import Progress, check_outputs, echo_json, input_files, model_data_options, write_json
-from ._types import DEVICE, MAX_BATCH, MAX_ITERATIONS, SEED, Count
+from ._common import Progress, check_outputs, echo_json, input_files, write_json
+from ._options import device_option, model_data_options
+from ._types import MAX_BATCH, MAX_ITERATIONS, SEED, Count
 
 TRACE_METHODS = ("hutch++", "hutchinson")  # the library's lossgrid.hessian.operator.TRACE_METHODS (kept light)
 
@@ -48,7 +49,7 @@ class _HvpProgress(Progress):
 @click.option("--seed", type=SEED, default=0, show_default=True,
               help="Seed of every random vector (same seed, same machine: identical results).")
 @click.option("--batch-size", type=Count(1, MAX_BATCH), help="Samples per pass of an HVP (default: by input size).")
-@click.option("--device", type=DEVICE, default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@device_option()
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout instead of a table.")
 @click.option("--out", metavar="FILE.json", help="Also write the JSON result to this file (atomically).")
 @click.option("--plot", metavar="FILE.png",

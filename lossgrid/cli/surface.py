@@ -7,29 +7,26 @@ from typing import Any
 import click
 
 from ..config import (
-    AUTO_BUDGET,
     BN_POLICIES,
-    DIR_KINDS,
-    DIR_TYPES,
-    IGNORES,
-    NORMS,
-    PRECISIONS,
     AdaptiveSpec,
     BatchNormSpec,
     CurvatureSpec,
-    DirectionSpec,
-    EvalSpec,
-    GridSpec,
     SurfaceJob,
 )
-from ..engine.runners import ALL_STRATEGIES, BACKENDS
-from ..errors import ConfigError
-from ._common import BATCH_HELP, LOSS_HELP, MODEL_HELP, echo_json, parse_axis, run_with_progress
+from ._common import BATCH_HELP, DATA_HELP, LOSS_HELP, MODEL_HELP, echo_json, run_with_progress
+from ._options import (
+    TRUST_HELP,
+    direction_options,
+    direction_spec_of,
+    eval_options,
+    eval_spec_of,
+    grid_of,
+    grid_options,
+    report_options,
+)
 from ._types import (
-    DEVICE,
     MAX_BATCH,
     MAX_ITERATIONS,
-    MAX_POINTS_PER_CALL,
     MAX_REPEATS,
     SEED,
     Count,
@@ -43,15 +40,8 @@ from ._types import (
 @click.option("--checkpoint", metavar="FILE",
               help="state_dict (or {'state_dict': ...}), pickled module or TorchScript.")
 @click.option("--model2", metavar="FILE", help="Second checkpoint: 1D interpolation, x=0 model, x=1 model2.")
-@click.option("--trust-checkpoint", is_flag=True,
-              help="Allow checkpoints that are whole pickled models: loading them runs code named in the file. "
-              "Only for files you made or trust. State dicts, safetensors and TorchScript need no trust.")
-@click.option("--data", default="digits", show_default=True,
-              help="digits[:train|:test], npz:FILE (x and y, or records such as input_ids/attention_mask/labels), "
-              "cifar10:DIR[:test][:norm=reference|dataset|none|M,M,M/S,S,S], "
-              "cifar100:DIR[:test][:label=fine|coarse][:norm=dataset|reference|none|M,M,M/S,S,S], "
-              "imagefolder:DIR[:size=H[xW]][:norm=none|imagenet|reference|M,M,M/S,S,S][:gray], "
-              "synthetic:SHAPE:N[:CLASSES] (seeded random inputs, for benchmarks), or module:function.")
+@click.option("--trust-checkpoint", is_flag=True, help=TRUST_HELP)
+@click.option("--data", default="digits", show_default=True, help=DATA_HELP)
 @click.option("--samples", type=Count(1, None),
               help="Evaluate on a fixed, seeded subset of N samples (the same at every point: differences between "
               "points are far more precise than each value; every point's standard error is stored).")
@@ -77,18 +67,12 @@ from ._types import (
               "--out holds the per-point mean, spread (train_loss_std) and standard error over them.")
 @click.option("--samples-seed", type=SEED, default=0, show_default=True)
 @click.option("--loss", default="cross_entropy", show_default=True, help=LOSS_HELP)
-@click.option("--x", "x", default="-1:1:51", show_default=True, callback=parse_axis, metavar="MIN:MAX:NUM")
-@click.option("--y", "y", default=None, callback=parse_axis, metavar="MIN:MAX:NUM", help="Second axis (2D).")
-@click.option("--dir-type", type=click.Choice(DIR_TYPES), default="weights", show_default=True)
-@click.option("--dir-kind", type=click.Choice(DIR_KINDS), default="random", show_default=True,
-              help="random: seeded Gaussian directions; hessian: the top-2 (top-1 in 1D) eigenvectors of the loss "
-              "Hessian on --data, normalized by --xnorm/--ynorm (none keeps unit eigenvectors); their "
-              "eigenvalues are stored with the directions.")
-@click.option("--xnorm", type=click.Choice(NORMS), default="filter", show_default=True)
-@click.option("--ynorm", type=click.Choice(NORMS), default=None, help="Default: same as --xnorm.")
-@click.option("--xignore", type=click.Choice(IGNORES), default="biasbn", show_default=True)
-@click.option("--yignore", type=click.Choice(IGNORES), default=None, help="Default: same as --xignore.")
-@click.option("--seed", type=SEED, default=0, show_default=True, help="Direction seed.")
+@grid_options("-1:1:51")
+@direction_options(
+    kind_help="random: seeded Gaussian directions; hessian: the top-2 (top-1 in 1D) eigenvectors of the loss Hessian "
+    "on --data, normalized by --xnorm/--ynorm (none keeps unit eigenvectors); their eigenvalues are stored with the "
+    "directions.",
+    dir_file_help="Directions file: read if it exists, else written.")
 @click.option("--params", "params", metavar="GLOB",
               help="Perturb only the tensors matching these fnmatch globs (comma-separated), e.g. 'layer3.*,fc.*'; "
               "the others get zero directions.")
@@ -101,27 +85,11 @@ from ._types import (
 @click.option("--bn-batch-size", type=Count(1, MAX_BATCH), default=128, show_default=True, metavar="B")
 @click.option("--bn-data", metavar="SPEC", help="Data for --bn recompute (default: --data), e.g. digits:train.")
 @click.option("--batch", "batch", metavar="SPEC", help=BATCH_HELP)
-@click.option("--dir-file", metavar="FILE", help="Directions file: read if it exists, else written.")
 @click.option("--out", required=True, metavar="FILE.h5", help="Surface file (resumed if it exists).")
 @click.option("--overwrite", is_flag=True,
               help="Replace an existing surface file computed with other settings (it stays until the new one holds "
               "results). A file with the same settings is resumed either way.")
-@click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True,
-              help="auto: time every backend/strategy on this model and data, keep the fastest.")
-@click.option("--strategy", type=click.Choice(ALL_STRATEGIES), default="auto",
-              show_default=True, help="torch: loop | vmap | wide (K-wide model) | static (weights in one buffer "
-              "written in place, CUDA graphs on a GPU); onnxruntime: wide (K-wide graph) | baked (per-point "
-              "sessions, CPU); tensorrt: inputs | refit; auto: timed.")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
-              help="fp32: IEEE (TF32 off); tf32: TF32 tensor cores (NVIDIA GPUs); bf16: bfloat16 autocast (GPUs, CPUs "
-              "with native bf16); fp16: float16 autocast (NVIDIA GPUs). A lower "
-              "precision stores its loss error against fp32 at the first points; auto never lowers it.")
-@click.option("--auto-budget", type=FiniteFloat(min=0), default=AUTO_BUDGET, show_default=True, metavar="SHARE",
-              help="auto: the share of the job's time that timing candidates may cost; a smaller job keeps the "
-              "default without timing (0: never time, 1000: always).")
-@click.option("--points-per-call", type=Count(1, MAX_POINTS_PER_CALL), help="Grid points per runner call (default 8).")
-@click.option("--batch-size", type=Count(1, MAX_BATCH), help="Samples per forward pass (default: by input size).")
-@click.option("--device", type=DEVICE, default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@eval_options()
 @click.option("--curvature", is_flag=True,
               help="Also compute the extreme Hessian eigenvalues at every point (datasets max_eig/min_eig, the "
               "paper's convexity map; plot with --kind curvature). Costs --curvature-iters Hessian-vector "
@@ -133,8 +101,7 @@ from ._types import (
 @click.option("--nproc", type=Count(1, max_processes()), default=1, show_default=True, metavar="N",
               help="Shard the grid over N processes on this machine (as torchrun --standalone --nproc-per-node N "
               "-m lossgrid surface ... does; with --device cuda one GPU each). Across nodes: torchrun.")
-@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@report_options()
 def surface(**kw: Any) -> None:
     """Compute a filter-normalized loss surface around a model.
 
@@ -155,19 +122,14 @@ def surface(**kw: Any) -> None:
         if given and not on:
             raise click.BadParameter(f"it applies to {flag}, which is not given",
                                      param_hint="--" + name.replace("_", "-"))
-    try:
-        grid = GridSpec(kw["x"], kw["y"])
-    except ConfigError as e:  # each axis parsed, together too large: a bad pair of options
-        raise click.BadParameter(str(e), param_hint="--x/--y") from None
+    grid = grid_of(kw)
     job = SurfaceJob(
         out=kw["out"], grid=grid, model=kw["model"], checkpoint=kw["checkpoint"],
         model2=kw["model2"], data=kw["data"], samples=kw["samples"], samples_seed=kw["samples_seed"],
         loss=kw["loss"],
-        directions=DirectionSpec(kw["dir_type"], kw["xnorm"], kw["xignore"], kw["ynorm"], kw["yignore"], kw["seed"],
-                                 kw["dir_kind"], kw["params"], kw["exclude"], kw["trainable_only"]),
+        directions=direction_spec_of(kw),
         dir_file=kw["dir_file"],
-        evaluation=EvalSpec(kw["backend"], kw["strategy"], kw["points_per_call"], kw["batch_size"], kw["device"],
-                            kw["auto_budget"], kw["precision"]),
+        evaluation=eval_spec_of(kw),
         overwrite=kw["overwrite"], trust_checkpoint=kw["trust_checkpoint"],
         curvature=CurvatureSpec(iters=kw["curvature_iters"], params=kw["curvature_params"]) if kw["curvature"]
         else None,

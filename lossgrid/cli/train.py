@@ -10,7 +10,8 @@ import click
 
 from ..train.recipe import MAX_LR
 from ._common import DATA_HELP, Progress, echo_json
-from ._types import DEVICE, MAX_BATCH, MAX_EPOCHS, SEED, Count, FiniteFloat
+from ._options import device_option
+from ._types import MAX_BATCH, MAX_EPOCHS, SEED, Count, FiniteFloat
 
 
 class _StepProgress(Progress):
@@ -52,7 +53,7 @@ def _milestones(ctx: click.Context, param: click.Parameter, value: str) -> tuple
 @click.option("--save-every", type=Count(1, MAX_EPOCHS), default=1, show_default=True,
               help="A checkpoint every N epochs (and after the last one).")
 @click.option("--augment", is_flag=True, help="Random crops (4-pixel padding) and flips; 32x32 images only.")
-@click.option("--device", type=DEVICE, default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@device_option()
 @click.option("--out", required=True, metavar="DIR",
               help="Checkpoint directory: model_0.pt (initial), model_<epoch>.pt, final.pt, train.json. One holding "
                    "an earlier run is refused unless --overwrite.")
