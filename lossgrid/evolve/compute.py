@@ -33,12 +33,12 @@ import torch
 
 from .. import __version__
 from ..config import DirectionSpec, EvalSpec, GridSpec
-from ..data import as_eval_data
+from ..data import EvalData, as_eval_data
 from ..engine import preflight
 from ..engine.device import out_of_memory, resolve_device
-from ..engine.directions import check_finite_directions, load_directions
+from ..engine.directions import Directions, check_finite_directions, load_directions
 from ..engine.fingerprint import data_fingerprint, model_fingerprint
-from ..engine.losses import resolve_loss
+from ..engine.losses import LossFn, resolve_loss
 from ..engine.params import ParamLayout, perturbed_tensors
 from ..engine.runners import make_runner
 from ..errors import ConfigError, is_out_of_memory
@@ -99,28 +99,8 @@ def compute_evolution(model: str | None, checkpoints: Sequence[str], data: Any, 
 
     last = load(len(paths) - 1)
     preflight.probe(last, data, loss_fn, device)
-    directions = None
-    if direction_spec.kind == "hessian" and dir_file is None and out_path is not None and os.path.exists(out_path):
-        # Hessian eigenvectors differ in their last bits between thread counts and devices: a resumed
-        # run uses the directions the file holds (its identity check still compares everything else)
-        directions = _stored_evolution_directions(out_path, last, direction_spec, grid.ndim)
-    if directions is None:
-        directions = prepare_directions(last, direction_spec, grid.ndim, None, dir_file, data, loss_fn)
-    if directions.ndim != grid.ndim:
-        raise ConfigError(f"The grid is {grid.ndim}D but {directions.ndim} direction(s) were given",
-                          hint="give --y for two directions, or drop it for one")
-    check_finite_directions(directions)
-    layout, dirs = directions.layout, directions.flat().to(device)
-    # every checkpoint is loaded once before the file is touched: its fingerprint is part of
-    # the file's identity, and one of another architecture is refused now, not halfway
-    fingerprints = []
-    for i in range(len(paths)):
-        current = last if i == len(paths) - 1 else load(i)
-        if ParamLayout.from_model(current, layout.dir_type) != layout:
-            raise ConfigError(f"Checkpoint {paths[i]} does not match the directions",
-                              "its tensors differ in names or shapes from the last checkpoint's",
-                              "pass checkpoints of one architecture")
-        fingerprints.append(model_fingerprint(current))
+    directions = _axes(last, data, loss_fn, grid, direction_spec, dir_file, out_path)
+    fingerprints = _fingerprints(paths, last, load, directions.layout)
     identity = {"file_kind": KIND, "model": model or "checkpoint", "checkpoint_fingerprints": fingerprints,
                 "data": data.description, "data_fingerprint": data_fingerprint(data),
                 "samples": len(data),
@@ -134,77 +114,121 @@ def compute_evolution(model: str | None, checkpoints: Sequence[str], data: Any, 
                  seed=int(directions.meta.get("seed", direction_spec.seed)), dir_file=os.fspath(dir_file or ""),
                  labels=json.dumps(labels), checkpoints=json.dumps(paths))
     xs, ys = grid.x.coordinates(), (grid.y.coordinates() if grid.y is not None else None)
-    shape = grid.shape
     n = len(paths)
     writer = (EvolutionWriter(out_path, n, xs, ys, identity, attrs, directions, overwrite,
                               [{"label": labels[i], "checkpoint": paths[i], "index": i,
                                 "model_fingerprint": fingerprints[i]} for i in range(n)])
               if out_path else None)
-    if writer is not None:
-        loss_a, acc_a, done_a = writer.loss, writer.acc, writer.done
-    else:
-        loss_a, acc_a = np.full((n, *shape), np.nan), np.full((n, *shape), np.nan)
-        done_a = np.zeros((n, *shape), dtype=bool)
-    total, done_count = done_a.size, int(done_a.sum())
-    if writer is not None and writer.resumed:
-        log.info("resuming %s: %d of %d points done", out_path, done_count, total)
-    points = torch.as_tensor(grid.points(), dtype=dirs.dtype)
-    spec, start_count, t0 = eval_spec, done_count, time.perf_counter()
-    described: dict[str, Any] = {}
-
-    def run_info() -> dict[str, Any]:
-        seconds = time.perf_counter() - t0
-        return {**described, "seconds": round(seconds, 4), "points": done_count - start_count,
-                "samples": len(data), "checkpoints": n}
-
+    frames = _Frames(writer, (n, *grid.shape), data, loss_fn, device, directions.flat().to(device),
+                     torch.as_tensor(grid.points()), eval_spec, progress)
     try:
         if progress:
-            progress(done_count, total)
+            progress(frames.done_count, frames.total)
         for i in range(n):
-            todo = np.flatnonzero(~done_a[i].ravel())
-            if not len(todo):
-                continue
-            current = last if i == n - 1 else load(i)
-            base = layout.flatten(perturbed_tensors(current, layout.dir_type)).to(device)
-            runner = make_runner(spec, current, layout, data, loss_fn, labels[i])
-            try:
-                runner.set_directions(base, dirs)
-                runner.expect(total - done_count)  # auto sizes its timing to the whole remaining job
-                for start in range(0, len(todo), runner.points_per_call):
-                    chunk = todo[start:start + runner.points_per_call]
-                    try:
-                        loss_k, acc_k, _ = runner.evaluate_points(points[chunk].to(device))
-                    except Exception as e:
-                        if is_out_of_memory(e):
-                            raise out_of_memory(e, runner.describe()) from None
-                        raise
-                    if writer is not None:
-                        writer.write(i, chunk, loss_k, acc_k)
-                    else:
-                        idx = (i, *np.unravel_index(chunk, shape))
-                        loss_a[idx], acc_a[idx], done_a[idx] = loss_k, acc_k, True
-                    done_count += len(chunk)
-                    if progress:
-                        progress(done_count, total)
-                described = runner.describe()
-            finally:
-                runner.close()
-            # what auto chose on the first checkpoint is kept for the others: no timing again
-            if described.get("strategy") and "auto" in (spec.backend, spec.strategy):
-                spec = dataclasses.replace(spec, backend=str(described["backend"]),
-                                           strategy=str(described["strategy"]))
+            frames.evaluate(i, lambda i=i: last if i == n - 1 else load(i), directions.layout, labels[i])
     except BaseException:
         if writer is not None:
-            writer.abort(run_info())
+            writer.abort(frames.run_info())
         raise
-    info = run_info()
+    info = frames.run_info()
     if writer is not None:
         writer.finish(info)
-    surfaces = []
-    for i in range(n):
-        group_attrs = {**attrs, "label": labels[i], "checkpoint": paths[i], "index": i}
-        surfaces.append(Surface(xs, ys, loss_a[i], acc_a[i], done_a[i], group_attrs, out_path))
+    surfaces = [Surface(xs, ys, frames.loss[i], frames.acc[i], frames.done[i],
+                        {**attrs, "label": labels[i], "checkpoint": paths[i], "index": i}, out_path) for i in range(n)]
     return Evolution(surfaces, labels, paths, {**attrs, "last_run": info}, out_path)
+
+
+def _axes(last: Any, data: EvalData, loss_fn: LossFn, grid: GridSpec, spec: DirectionSpec,
+          dir_file: str | os.PathLike | None, out_path: str | None) -> Directions:
+    """The shared directions, made from the last checkpoint (or read: ``dir_file``, a resumed Hessian file)."""
+    directions = None
+    if spec.kind == "hessian" and dir_file is None and out_path is not None and os.path.exists(out_path):
+        # Hessian eigenvectors differ in their last bits between thread counts and devices: a resumed
+        # run uses the directions the file holds (its identity check still compares everything else)
+        directions = _stored_evolution_directions(out_path, last, spec, grid.ndim)
+    if directions is None:
+        directions = prepare_directions(last, spec, grid.ndim, None, dir_file, data, loss_fn)
+    if directions.ndim != grid.ndim:
+        raise ConfigError(f"The grid is {grid.ndim}D but {directions.ndim} direction(s) were given",
+                          hint="give --y for two directions, or drop it for one")
+    check_finite_directions(directions)
+    return directions
+
+
+def _fingerprints(paths: list[str], last: Any, load: Callable[[int], Any], layout: ParamLayout) -> list[str]:
+    """Every checkpoint's fingerprint, each loaded once before the file is touched: the fingerprints are part of
+    the file's identity, and a checkpoint of another architecture is refused now, not halfway."""
+    fingerprints = []
+    for i in range(len(paths)):
+        current = last if i == len(paths) - 1 else load(i)
+        if ParamLayout.from_model(current, layout.dir_type) != layout:
+            raise ConfigError(f"Checkpoint {paths[i]} does not match the directions",
+                              "its tensors differ in names or shapes from the last checkpoint's",
+                              "pass checkpoints of one architecture")
+        fingerprints.append(model_fingerprint(current))
+    return fingerprints
+
+
+class _Frames:
+    """The frames' arrays (the file's, or in memory) and their evaluation, checkpoint by checkpoint."""
+
+    def __init__(self, writer: EvolutionWriter | None, shape: tuple[int, ...], data: EvalData, loss_fn: LossFn,
+                 device: torch.device, dirs: torch.Tensor, points: torch.Tensor, spec: EvalSpec,
+                 progress: Callable[[int, int], None] | None) -> None:
+        self.writer, self.data, self.loss_fn, self.device, self.dirs = writer, data, loss_fn, device, dirs
+        self.points, self.spec, self.progress = points.to(dirs.dtype), spec, progress
+        if writer is not None:
+            self.loss, self.acc, self.done = writer.loss, writer.acc, writer.done
+        else:
+            self.loss, self.acc = np.full(shape, np.nan), np.full(shape, np.nan)
+            self.done = np.zeros(shape, dtype=bool)
+        self.total, self.done_count = self.done.size, int(self.done.sum())
+        if writer is not None and writer.resumed:
+            log.info("resuming %s: %d of %d points done", writer.path, self.done_count, self.total)
+        self.start_count, self.t0 = self.done_count, time.perf_counter()
+        self.described: dict[str, Any] = {}
+
+    def run_info(self) -> dict[str, Any]:
+        seconds = time.perf_counter() - self.t0
+        return {**self.described, "seconds": round(seconds, 4), "points": self.done_count - self.start_count,
+                "samples": len(self.data), "checkpoints": self.done.shape[0]}
+
+    def evaluate(self, i: int, load: Callable[[], Any], layout: ParamLayout, label: str) -> None:
+        """The points left of frame ``i`` (``load``: its model); what auto chose is kept for later frames."""
+        todo = np.flatnonzero(~self.done[i].ravel())
+        if not len(todo):
+            return
+        current = load()
+        base = layout.flatten(perturbed_tensors(current, layout.dir_type)).to(self.device)
+        runner = make_runner(self.spec, current, layout, self.data, self.loss_fn, label)
+        try:
+            runner.set_directions(base, self.dirs)
+            runner.expect(self.total - self.done_count)  # auto sizes its timing to the whole remaining job
+            for start in range(0, len(todo), runner.points_per_call):
+                self._commit(i, todo[start:start + runner.points_per_call], runner)
+            self.described = runner.describe()
+        finally:
+            runner.close()
+        # what auto chose on the first checkpoint is kept for the others: no timing again
+        if self.described.get("strategy") and "auto" in (self.spec.backend, self.spec.strategy):
+            self.spec = dataclasses.replace(self.spec, backend=str(self.described["backend"]),
+                                            strategy=str(self.described["strategy"]))
+
+    def _commit(self, i: int, chunk: np.ndarray, runner: Any) -> None:
+        try:
+            loss_k, acc_k, _ = runner.evaluate_points(self.points[chunk].to(self.device))
+        except Exception as e:
+            if is_out_of_memory(e):
+                raise out_of_memory(e, runner.describe()) from None
+            raise
+        if self.writer is not None:
+            self.writer.write(i, chunk, loss_k, acc_k)
+        else:
+            idx = (i, *np.unravel_index(chunk, self.done.shape[1:]))
+            self.loss[idx], self.acc[idx], self.done[idx] = loss_k, acc_k, True
+        self.done_count += len(chunk)
+        if self.progress:
+            self.progress(self.done_count, self.total)
 
 
 def _stored_evolution_directions(path: str, model: Any, spec: DirectionSpec, ndim: int) -> Any:
