@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -71,6 +74,51 @@ def check_weight_memory(points: int, size: int, device: torch.device) -> None:
                           "lower --points-per-call")
 
 
+@dataclass(frozen=True)
+class _Build:
+    """What every runner of one job is built from (the factories' common arguments)."""
+
+    model: nn.Module
+    layout: ParamLayout
+    data: EvalData
+    loss_fn: LossFn
+    device: torch.device
+    precision: str
+    description: str
+    bn_batches: list[Inputs] | None
+    common: dict[str, Any]
+
+
+def _torch(b: _Build, strategy: str) -> Runner:
+    if strategy == "static":
+        return StaticRunner(b.model, b.layout, b.data.x, b.data.y, b.loss_fn, device=b.device, precision=b.precision,
+                            bn_batches=b.bn_batches, **b.common)
+    return TorchRunner(b.model, b.layout, b.data.x, b.data.y, b.loss_fn, strategy=strategy, device=b.device,
+                       precision=b.precision, bn_batches=b.bn_batches, **b.common)
+
+
+def _onnxruntime(b: _Build, strategy: str) -> Runner:
+    if b.bn_batches:
+        refuse_recompute(f"onnxruntime {strategy}")
+    if b.precision != "fp32":
+        raise ConfigError(f"The onnxruntime backend runs in fp32 only, not {b.precision}",
+                          hint="use --precision fp32, or --backend torch for tf32/bf16")
+    return OnnxRuntimeRunner(b.model, b.layout, b.data.x, b.data.y, b.loss_fn, strategy=strategy, device=str(b.device),
+                             model_description=b.description, **b.common)
+
+
+def _tensorrt(b: _Build, strategy: str) -> Runner:
+    if b.bn_batches:
+        refuse_recompute(f"tensorrt {strategy}")
+    return TensorRTRunner(b.model, b.layout, b.data.x, b.data.y, b.loss_fn, strategy=strategy, device=str(b.device),
+                          precision=b.precision, model_description=b.description, **b.common)
+
+
+#: backend -> the factory of its runners (``auto`` times candidates of these)
+FACTORIES: dict[str, Callable[[_Build, str], Runner]] = {"torch": _torch, "onnxruntime": _onnxruntime,
+                                                         "tensorrt": _tensorrt}
+
+
 def make_runner(eval_spec: EvalSpec, model: nn.Module, layout: ParamLayout, data: EvalData, loss_fn: LossFn,
                 description: str = "", bn_batches: list[Inputs] | None = None) -> Runner:
     """Build the runner named by ``eval_spec.backend`` and ``eval_spec.strategy``.
@@ -93,51 +141,32 @@ def make_runner(eval_spec: EvalSpec, model: nn.Module, layout: ParamLayout, data
         raise ConfigError(f"Strategy {strategy!r} does not belong to backend {backend!r}",
                           hint=f"with --backend {backend} use --strategy {', '.join(STRATEGIES[backend])}")
     device = torch.device(eval_spec.device)
-    precision = eval_spec.precision
-    check_precision(precision, device)
+    check_precision(eval_spec.precision, device)
     check_weight_memory(eval_spec.points_per_call or 8, layout.size, device)
-    common = dict(batch_size=eval_spec.batch_size, points_per_call=eval_spec.points_per_call)
-
-    def torch_runner(strat: str) -> Runner:
-        if strat == "static":
-            return StaticRunner(model, layout, data.x, data.y, loss_fn, device=device, precision=precision,
-                                bn_batches=bn_batches, **common)
-        return TorchRunner(model, layout, data.x, data.y, loss_fn, strategy=strat, device=device, precision=precision,
-                           bn_batches=bn_batches, **common)
-
-    def ort_runner(strat: str) -> Runner:
-        if bn_batches:
-            refuse_recompute(f"onnxruntime {strat}")
-        if precision != "fp32":
-            raise ConfigError(f"The onnxruntime backend runs in fp32 only, not {precision}",
-                              hint="use --precision fp32, or --backend torch for tf32/bf16")
-        return OnnxRuntimeRunner(model, layout, data.x, data.y, loss_fn, strategy=strat, device=str(device),
-                                 model_description=description, **common)
-
-    def trt_runner(strat: str) -> Runner:
-        if bn_batches:
-            refuse_recompute(f"tensorrt {strat}")
-        return TensorRTRunner(model, layout, data.x, data.y, loss_fn, strategy=strat, device=str(device),
-                              precision=precision, model_description=description, **common)
-
-    cuda = device.type == "cuda"
-    torch_order = ("static", "loop", "vmap", "wide") if cuda else ("loop", "static", "vmap", "wide")
-    torch_candidates = [(f"torch/{s}", lambda s=s: torch_runner(s)) for s in torch_order]
+    build = _Build(model, layout, data, loss_fn, device, eval_spec.precision, description, bn_batches,
+                   dict(batch_size=eval_spec.batch_size, points_per_call=eval_spec.points_per_call))
     points = eval_spec.points_per_call or 8
-    if backend == "torch":
-        if strategy == "auto":
-            return AutoRunner(torch_candidates, points, eval_spec.auto_budget, backend="torch", device=str(device))
-        return torch_runner(strategy)
-    if backend == "onnxruntime":
-        return ort_runner(strategy)
-    if backend == "tensorrt":
-        return trt_runner(strategy)
-    candidates = list(torch_candidates)
-    if precision == "fp32" and onnxruntime_installed():  # auto never lowers precision; ONNX Runtime runs fp32 only
+    if backend == "auto":
+        return AutoRunner(_candidates(build), points, eval_spec.auto_budget, device=str(device))
+    if backend == "torch" and strategy == "auto":
+        return AutoRunner(_candidates(build, torch_only=True), points, eval_spec.auto_budget, backend="torch",
+                          device=str(device))
+    return FACTORIES[backend](build, strategy)
+
+
+def _candidates(b: _Build, torch_only: bool = False) -> list[tuple[str, Callable[[], Runner]]]:
+    """What ``auto`` times, the default first: every torch strategy, then (fp32 only: auto never lowers the
+    precision) ONNX Runtime's where it can run and TensorRT where it is installed on a GPU."""
+    cuda = b.device.type == "cuda"
+    torch_order = ("static", "loop", "vmap", "wide") if cuda else ("loop", "static", "vmap", "wide")
+    candidates = [(f"torch/{s}", partial(_torch, b, s)) for s in torch_order]
+    if torch_only:
+        return candidates
+    if b.precision == "fp32" and onnxruntime_installed():  # ONNX Runtime runs fp32 only
         if not cuda:
-            candidates += [(f"onnxruntime/{s}", lambda s=s: ort_runner(s)) for s in ("wide", "baked")]
+            candidates += [(f"onnxruntime/{s}", partial(_onnxruntime, b, s)) for s in ("wide", "baked")]
         elif cuda_provider_available():
-            candidates.append(("onnxruntime/wide", lambda: ort_runner("wide")))
+            candidates.append(("onnxruntime/wide", partial(_onnxruntime, b, "wide")))
     if cuda and importlib.util.find_spec("tensorrt") is not None:
-        candidates.append(("tensorrt/inputs", lambda: trt_runner("inputs")))
-    return AutoRunner(candidates, points, eval_spec.auto_budget, device=str(device))
+        candidates.append(("tensorrt/inputs", partial(_tensorrt, b, "inputs")))
+    return candidates
