@@ -1,4 +1,4 @@
-"""Fast surfaces against the reference method and the exact surface, in one run (issue 13).
+"""Fast surfaces against the reference method and the exact surface, in one run.
 
 Two cases, both seeded and both on a 21x21 grid on [-1, 1]^2 along the paper's
 filter-normalized random directions (one direction file, used by every command):
@@ -35,7 +35,7 @@ throughput (grid points evaluated x samples / s, from the ``--json`` summary), t
 share of this machine's fp32 GEMM peak (measured in the same run), the largest
 |fast - exact| over all points (filled ones too) relative to the exact loss range, and
 for sampled modes the coverage of the stored 95% intervals (share of evaluated points
-with |fast - exact| <= 1.96 * train_loss_se). Targets (issue 13): a fast mode is at
+with |fast - exact| <= 1.96 * train_loss_se). Targets: a fast mode is at
 least 10x the reference method end to end with a maximum error of at most 1% of the
 loss range; its intervals cover the exact value at about 95% of points (here: 90-99%).
 

@@ -39,7 +39,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 MEAN = (125.3 / 255, 123.0 / 255, 113.9 / 255)  # the reference code's CIFAR-10 constants
 STD = (63.0 / 255, 62.1 / 255, 66.7 / 255)
-RESNET20_MACS = 40.8e6  # multiply-adds per 32x32 image (FACTS.md), 2 FLOP each
+RESNET20_MACS = 40.8e6  # multiply-adds per 32x32 image (the usual count for ResNet-20), 2 FLOP each
 
 
 # -- the reference method -----------------------------------------------------------------

@@ -18,8 +18,8 @@ from ._signals import (
 )
 
 # glibc malloc returns big activation buffers to the OS after every op, which
-# makes torch CPU code slow and noisy; these thresholds keep them (FACTS.md:
-# 1.4-1.6x on the per-point loop, measured again in benchmarks/).
+# makes torch CPU code slow and noisy; these thresholds keep them (measured
+# 1.4-1.6x on the per-point loop, in benchmarks/bench_surface.py --malloc both).
 MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=68719476736"
 HEAVY_COMMANDS = {"surface", "demo", "export", "bench", "hessian", "audit", "evolve", "trajectory", "train",
                   "gallery"}

@@ -7,7 +7,7 @@ per grid point with the weights baked in as initializers.
 * ``baked`` (CPU only): per grid point, the K=1 graph with the weights as
   initializers, so ONNX Runtime can pre-pack convolution weights and fuse what
   it likes; the session costs some milliseconds to build but runs the whole
-  evaluation set. Best for CNNs on CPU (FACTS.md: 1.6x the per-point torch loop
+  evaluation set. Best for CNNs on CPU (measured 1.6x the per-point torch loop
   on ResNet-20). On a GPU a session per point is far too slow (building one
   costs as much as evaluating thousands of images), so it is refused there.
 

@@ -68,7 +68,7 @@ class TorchRunner(Runner):
         x, y = inp.to_device(x, self.device), y.to(self.device)
         self.channels_last = (inp.is_tensor(x) and x.dim() == 4
                               and any(isinstance(m, nn.Conv2d) for m in self.model.modules()))
-        if self.channels_last:  # measured 1.1-1.4x faster for CNNs on CPU (FACTS.md, benchmarks/)
+        if self.channels_last:  # measured 1.1-1.4x faster for CNNs on CPU (benchmarks/)
             self.model = self.model.to(memory_format=torch.channels_last)
             x = x.contiguous(memory_format=torch.channels_last)
         self.points_per_call = points_per_call or 8
