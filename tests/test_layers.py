@@ -1,5 +1,5 @@
 """The package's layout, read from its imports: each folder imports only the floors below it, no import circle,
-no function-local import of the package's own modules (but the plot backends, heavy and chosen per file), and no
+no function-local import of the package's own modules outside the CLI (which loads its commands lazily), and no
 private name taken from another folder. The README's layout section states the same order."""
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ FLOORS = (
     ("base",),
 )
 FLOOR = {unit: i for i, units in enumerate(FLOORS) for unit in units}
-#: function-local imports allowed: the plot backends (matplotlib, plotly, the VTK writer) load per output file
-LOCAL_OK = {("lossgrid.plot", "lossgrid.plot.mpl"), ("lossgrid.plot", "lossgrid.plot.html"),
-            ("lossgrid.plot", "lossgrid.plot.vtk")}
+#: function-local imports of the package's own modules allowed outside the CLI (heavy packages such as
+#: matplotlib or plotly are imported where they are used, inside functions; the package's modules never)
+LOCAL_OK: set[tuple[str, str]] = set()
 
 
 def unit_of(module: str) -> str:

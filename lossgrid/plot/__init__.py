@@ -18,6 +18,7 @@ from .._files import atomic_output, check_output_path, refuse_input_as_output
 from ..errors import ConfigError
 from ..surface.file import Surface
 from ..trajectory.compute import check_same_plane, load_trajectory
+from . import mpl
 from .common import (
     METRICS,
     as_surface,
@@ -28,6 +29,8 @@ from .common import (
     metric_values,
     parse_levels,
 )
+from .html import write_html
+from .vtk import write_vtk
 
 if TYPE_CHECKING:
     from ..trajectory.compute import Trajectory
@@ -120,8 +123,6 @@ def plot_surfaces(surfaces: list[Surface | str | os.PathLike], out: str | os.Pat
         raise ConfigError(f"Plot kind {kind} needs at least 2 points on each axis; the surface is {shape}",
                           "contour lines and 3D surfaces are drawn between points of both axes",
                           "use --kind heatmap (or compute the surface with more points on that axis)")
-    from . import mpl
-
     if kind not in ("html", "vtk"):
         ext = os.path.splitext(out)[1].lower().lstrip(".")
         formats = mpl.image_formats()
@@ -138,12 +139,8 @@ def plot_surfaces(surfaces: list[Surface | str | os.PathLike], out: str | os.Pat
         elif kind == "compare":
             mpl.compare(loaded, tmp, metric=metric, log=log, levels=lv, vmax=vmax, title=title, dpi=dpi)
         elif kind == "html":
-            from .html import write_html
-
             write_html(first, tmp, metric=metric, log=log, vmax=vmax, title=title)
         elif kind == "vtk":
-            from .vtk import write_vtk
-
             write_vtk(first, tmp, metric=metric, log=log, zmax=vmax, upsample=upsample)
         else:
             mpl.plane(first, tmp, kind=kind, metric=metric, log=log, levels=lv, vmax=vmax, title=title, dpi=dpi,
