@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import click
+import numpy as np
 
 from ..plot import KINDS, METRICS
-from ._types import FINITE, SEED, Count
+from ..plot.common import MAX_LEVELS
+from ._types import FINITE, SEED, Count, FiniteFloat
 
 
 @click.command()
@@ -22,6 +24,9 @@ from ._types import FINITE, SEED, Count
 @click.option("--levels", callback=lambda ctx, param, value: _levels(value),
               help="Contour levels: a count (30), values (0.1,0.5,1) or MIN:MAX:STEP.")
 @click.option("--vmax", type=FINITE, help="Clip the metric above this value (zmax for VTK).")
+@click.option("--vmin", type=FINITE, help="With --vmax and --vlevel: contour levels from VMIN below VMAX every VLEVEL, "
+              "as the reference implementation's plot_2D (instead of --levels).")
+@click.option("--vlevel", type=FiniteFloat(min=0, min_open=True), help="The step of those levels (see --vmin).")
 @click.option("--title", help="Plot title.")
 @click.option("--upsample", type=Count(2, 64), help="VTK: interpolate to N points per axis.")
 @click.option("--allow-mismatch", is_flag=True, help="compare: allow surfaces on different directions/grids.")
@@ -38,8 +43,8 @@ from ._types import FINITE, SEED, Count
 @click.option("--samples-seed", type=SEED, default=0, show_default=True)
 @click.option("--loss", default="cross_entropy", show_default=True, help="--trajectory: the surface's --loss.")
 def plot(files: tuple[str, ...], out: str, kind: str, metric: str, log_scale: bool, levels: str | None,
-         vmax: float | None, title: str | None, upsample: int | None, allow_mismatch: bool, dpi: int,
-         **path: Any) -> None:
+         vmax: float | None, vmin: float | None, vlevel: float | None, title: str | None, upsample: int | None,
+         allow_mismatch: bool, dpi: int, **path: Any) -> None:
     """Render surface FILES: 1D curves (overlaid), 2D contour/contourf/heatmap/surface3d,
     interactive HTML, VTK, or a side-by-side comparison on one color scale.
 
@@ -61,6 +66,7 @@ def plot(files: tuple[str, ...], out: str, kind: str, metric: str, log_scale: bo
     from .._files import refuse_input_as_output
     from ..plot import plot_surfaces
 
+    levels = _reference_levels(vmin, vmax, vlevel) if vmin is not None or vlevel is not None else levels
     if not path["trajectory"] and any(path[k] for k in ("model", "checkpoint", "data")):
         raise click.UsageError("--model, --checkpoint and --data evaluate a --trajectory's losses: pass --trajectory")
     refuse_input_as_output(out, {"--trajectory": path["trajectory"], "--checkpoint": path["checkpoint"]})
@@ -109,3 +115,21 @@ def _levels(value: str | None) -> str | None:
     except ConfigError as e:
         raise click.BadParameter(str(e)) from None
     return value
+
+
+def _reference_levels(vmin: float | None, vmax: float | None, vlevel: float | None) -> str:
+    """``--vmin/--vmax/--vlevel`` as the reference implementation reads them: ``arange(vmin, vmax, vlevel)``."""
+    ctx = click.get_current_context()
+    if vmin is None or vmax is None or vlevel is None:
+        raise click.BadParameter("give --vmin, --vmax and --vlevel together (levels from VMIN below VMAX every "
+                                 "VLEVEL), or --levels", param_hint="--vmin/--vlevel")
+    if ctx.get_parameter_source("levels") not in (None, click.core.ParameterSource.DEFAULT):
+        raise click.BadParameter("--levels and --vmin/--vlevel both set the contour levels: give one of them",
+                                 param_hint="--levels")
+    if not vmin < vmax or (vmax - vmin) / vlevel > MAX_LEVELS:
+        raise click.BadParameter(f"levels from {vmin:g} below {vmax:g} every {vlevel:g}: need VMIN < VMAX and at "
+                                 f"most {MAX_LEVELS} levels", param_hint="--vmin/--vmax/--vlevel")
+    values = np.arange(vmin, vmax, vlevel)
+    if len(values) < 2:
+        raise click.BadParameter("fewer than two levels: lower --vlevel", param_hint="--vlevel")
+    return ",".join(repr(float(v)) for v in values)

@@ -66,8 +66,19 @@ def curvature_values(surface: Surface) -> np.ndarray:
 
 
 def default_levels(z: np.ndarray, n: int = 30, vmax: float | None = None) -> np.ndarray:
-    """Contour levels above the minimum, geometrically spaced so that the basin
-    around the minimum gets fine levels and the walls coarse ones."""
+    """Contour levels from just above the minimum to the top (``vmax``, or the 98th percentile),
+    geometrically spaced in the height above the minimum: the basin around the minimum gets
+    many fine levels and the walls a few coarse ones.
+
+    The first level sits at the minimum plus the smaller of the minimum itself (for a loss near
+    zero) and a thousandth of the range, so a deep basin (minimum 0.002 under walls of 40) still
+    gets about half of the levels, where equal ratios of the range would leave it one empty disc.
+
+    Example:
+        >>> lv = default_levels(np.array([0.002, 0.01, 0.1, 1.0, 40.0]), n=30)
+        >>> int((lv < 0.4).sum()) >= 5
+        True
+    """
     finite = z[np.isfinite(z)]
     if finite.size == 0:
         return np.linspace(0, 1, n)
@@ -75,7 +86,9 @@ def default_levels(z: np.ndarray, n: int = 30, vmax: float | None = None) -> np.
     hi = float(vmax if vmax is not None else np.percentile(finite, 98))
     if not hi > lo:
         hi = lo + 1.0
-    return lo + (hi - lo) * np.geomspace(0.01, 1.0, n)
+    span = hi - lo
+    first = min(span * 1e-3, lo) if lo > 0 else span * 1e-3
+    return lo + np.geomspace(max(first, span * 1e-9), span, n)
 
 
 #: contour levels of one plot: far more than any picture can show

@@ -10,7 +10,16 @@ import numpy as np
 
 from .._optional import require
 from ..surface.file import Surface
-from .common import adaptive_note, axis_label, evaluated_mask, metric_values, shown_mask, title_of, with_note
+from .common import (
+    adaptive_note,
+    axis_label,
+    default_levels,
+    evaluated_mask,
+    metric_values,
+    shown_mask,
+    title_of,
+    with_note,
+)
 
 HOVER_2D = "x=%{x:.4g}<br>y=%{y:.4g}<br>{label}=%{z:.5g}<br>acc=%{customdata:.2f}%<extra></extra>"
 
@@ -68,9 +77,8 @@ def write_html(surface: Surface, out: str, metric: str = "loss", log: bool = Fal
                             subplot_titles=("3D surface", "contour"), column_widths=[0.55, 0.45])
         fig.add_trace(go.Surface(x=x, y=y, z=zt, customdata=acct, colorscale="Viridis", hovertemplate=hover,
                                  colorbar={"title": {"text": label}, "x": 0.5}, name=label), row=1, col=1)
-        fig.add_trace(go.Contour(x=x, y=y, z=zt, customdata=acct, colorscale="Viridis", hovertemplate=hover,
-                                 showscale=False, contours={"coloring": "lines", "showlabels": True},
-                                 ncontours=30, name=label), row=1, col=2)
+        for trace in _contour(go, surface, z, acc, label):
+            fig.add_trace(trace, row=1, col=2)
         if evaluated is not None:
             _mark_evaluated(go, fig, surface, z, label, evaluated)
         fig.update_layout(scene={"xaxis_title": axis_label(surface.attrs, "x"),
@@ -81,3 +89,29 @@ def write_html(surface: Surface, out: str, metric: str = "loss", log: bool = Fal
                       height=600)
     fig.write_html(out, include_plotlyjs=True, full_html=True, include_mathjax=False,
                    config={"displaylogo": False, "showSendToCloud": False})
+
+
+def _contour(go: Any, surface: Surface, z: np.ndarray, acc: np.ndarray, label: str, n: int = 30) -> list[Any]:
+    """The contour panel at :func:`default_levels` (dense in the basin, sparse on the walls) and the minimum.
+
+    plotly spaces contour lines evenly, so they are drawn on ``log10`` of the height above the minimum, where
+    those levels are evenly spaced; the hover shows the values themselves."""
+    x, y = surface.xcoordinates.tolist(), surface.ycoordinates.tolist()
+    finite = np.isfinite(z)
+    hover = "x=%{x:.4g}<br>y=%{y:.4g}<br>" + label + "=%{customdata[0]:.5g}<br>acc=%{customdata[1]:.2f}%<extra></extra>"
+    cells = np.stack([np.where(finite, z, np.nan), acc], axis=-1).transpose(1, 0, 2)  # plotly: rows are y
+    custom = np.where(np.isfinite(cells), cells, None).tolist()
+    if not finite.any():
+        return [go.Contour(x=x, y=y, z=_as_text(z.T), showscale=False, name=label)]
+    levels = default_levels(z, n)
+    lo = float(z[finite].min())
+    first, span = levels[0] - lo, levels[-1] - lo
+    height = np.log10(np.maximum(z - lo, first * 1e-3))
+    start, end = float(np.log10(first)), float(np.log10(span))
+    contour = go.Contour(x=x, y=y, z=_as_text(np.where(finite, height, np.nan).T), customdata=custom,
+                         colorscale="Viridis", hovertemplate=hover, showscale=False, name=label,
+                         contours={"coloring": "lines", "start": start, "end": end, "size": (end - start) / (n - 1)})
+    i, j = np.unravel_index(int(np.argmin(np.where(finite, z, np.inf))), z.shape)
+    star = go.Scatter(x=[x[i]], y=[y[j]], mode="markers", marker={"symbol": "star", "size": 13, "color": "red"},
+                      name=f"minimum ({z[i, j]:.4g})", hovertemplate=f"minimum {label}={z[i, j]:.5g}<extra></extra>")
+    return [contour, star]

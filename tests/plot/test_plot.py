@@ -357,3 +357,72 @@ def test_mp4_exists_or_names_ffmpeg(tmp_path, monkeypatch):
     assert not (tmp_path / "b.mp4").exists()
     with pytest.raises(ConfigError, match="gif, .mp4 or .html"):
         render_evolution(fake_evolution(2), tmp_path / "a.avi")
+
+
+def test_default_levels_show_a_deep_basin():
+    """A demo-like surface: minimum 0.0017 under walls near 40. Levels evenly spaced in ratios of the range
+    would start at 0.39 (the basin one empty disc); these put many levels below that, none below the minimum."""
+    x = np.linspace(-1, 1, 51)
+    X, Y = np.meshgrid(x, x, indexing="ij")
+    z = 0.0017 + 40 * (X**2 + Y**2) ** 2
+    lv = default_levels(z, 30)
+    assert lv[0] > z.min() and np.all(np.diff(lv) > 0) and lv[-1] == pytest.approx(np.percentile(z, 98))
+    assert (lv < 0.39).sum() >= 10
+    basin = z < 0.39  # about the central disc the old levels left empty
+    assert len({int(np.searchsorted(lv, v)) for v in z[basin]}) >= 5  # at least five bands inside it
+    untrained = 2.3 + (X**2 + Y**2)  # a high minimum: levels still from just above it
+    lv = default_levels(untrained, 30)
+    assert 2.3 < lv[0] < 2.31 and (lv < 2.5).sum() >= 10
+
+
+def test_html_contour_uses_the_basin_levels_and_marks_the_minimum(tmp_path):
+    """The HTML contour draws the lines of default_levels (plotly spaces lines evenly: on the log of the height
+    above the minimum they are), and a star at the minimum; the hover carries the values themselves."""
+    pytest.importorskip("plotly", reason="plotly (the html extra) is not installed")
+    from tests.plot.test_plot_adaptive import _traces
+
+    s = fake_surface(2, shift=0.3)
+    out = tmp_path / "s.html"
+    plot_surface(s, out)
+    _, traces = _traces(out)
+    (contour,) = [t for t in traces if t["type"] == "contour"]
+    (star,) = [t for t in traces if t.get("name", "").startswith("minimum")]
+    z, _ = metric_values(s, "loss")  # what the page shows
+    levels = default_levels(z, 30)
+    c = contour["contours"]
+    assert 10 ** c["start"] == pytest.approx(levels[0] - np.nanmin(z), rel=1e-6)
+    assert 10 ** c["end"] == pytest.approx(levels[-1] - np.nanmin(z), rel=1e-6)
+    assert (c["end"] - c["start"]) / c["size"] == pytest.approx(29)
+    i, j = np.unravel_index(np.argmin(s.loss), s.loss.shape)
+    assert star["x"] == [s.xcoordinates[i]] and star["y"] == [s.ycoordinates[j]]
+    assert contour["customdata"][j][i][0] == pytest.approx(s.loss[i, j])  # rows are y: the value, then accuracy
+
+
+def test_reference_vmin_vmax_vlevel_spelling(tmp_path, monkeypatch):
+    """--vmin/--vmax/--vlevel give the reference's levels, arange(vmin, vmax, vlevel); half of them is refused."""
+    import h5py
+    from click.testing import CliRunner
+
+    import lossgrid.plot as plot_module
+    from lossgrid.cli.group import cli
+
+    path, s = tmp_path / "s.h5", fake_surface(2)
+    with h5py.File(path, "w") as f:  # the plainest surface file: coordinates and values
+        f["xcoordinates"], f["ycoordinates"] = s.xcoordinates, s.ycoordinates
+        f["train_loss"], f["train_acc"] = s.loss, s.acc
+    seen, real = [], plot_module.mpl.plane
+
+    def spy(surface, out, **kw):
+        seen.append(kw["levels"])
+        return real(surface, out, **kw)
+
+    monkeypatch.setattr(plot_module.mpl, "plane", spy)
+    runner = CliRunner()
+    r = runner.invoke(cli, ["plot", str(path), "--out", str(tmp_path / "c.png"), "--vmin", "0.1", "--vmax", "1",
+                            "--vlevel", "0.25"])
+    assert r.exit_code == 0, r.output
+    assert seen == [pytest.approx([0.1, 0.35, 0.6, 0.85])]
+    for args in (["--vmin", "0.1"], ["--vmin", "1", "--vmax", "0.5", "--vlevel", "0.1"],
+                 ["--vmin", "0.1", "--vmax", "1", "--vlevel", "0.1", "--levels", "5"]):
+        r = runner.invoke(cli, ["plot", str(path), "--out", str(tmp_path / "d.png"), *args])
+        assert r.exit_code == 2 and "Traceback" not in r.output, r.output

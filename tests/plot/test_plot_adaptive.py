@@ -158,7 +158,7 @@ def test_html_marks_evaluated_points(tmp_path):
     payload, traces = _traces(out)
     note = f"adaptive: {n:,} of {41 * 43:,} points evaluated"
     assert note in payload  # the title
-    dots = [t for t in traces if t.get("mode") == "markers"]
+    dots = [t for t in traces if t.get("mode") == "markers" and not t.get("name", "").startswith("minimum")]
     assert {t["type"] for t in dots} == {"scatter", "scatter3d"}
     assert all(len(t["x"]) == n for t in dots) and any(note in t.get("name", "") for t in dots)
     one = tmp_path / "c.html"
