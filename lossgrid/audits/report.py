@@ -152,57 +152,22 @@ def audit(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch.Tensor], 
     model = _copy_to(model, dev)
     preflight.probe(model, data, loss_fn, dev)
     eval_spec = EvalSpec(batch_size=batch_size, device=str(dev))
-    fit_alphas, point_alphas = _alphas(radii)
+    point_alphas = _alphas(radii)[1]
     hessian_units = (41 + trace_samples) if hessian else 0  # Lanczos' default budget + residual, then the trace
     total = (1 + directions * len(point_alphas) + ascent_steps + (BARRIER_POINTS if model2 is not None else 0)
              + hessian_units)
     tick = _Ticker(progress, total)
 
-    # 1. center, random directions and quadratic fits: one runner, all points in chunks
-    layout = ParamLayout.from_model(model, "weights")
-    base = layout.flatten(perturbed_tensors(model, "weights")).to(dev)
-    dirs = torch.cat([gaussian_directions(model, DirectionSpec(seed=s), 1).flat()
-                      for s in _direction_seeds(seed, directions)]).to(dev)
-    coeffs = torch.zeros(1 + directions * len(point_alphas), directions, dtype=dirs.dtype)
-    for i in range(directions):  # row 0 is the center; then each direction's alphas in turn
-        coeffs[1 + i * len(point_alphas):1 + (i + 1) * len(point_alphas), i] = torch.as_tensor(point_alphas)
-    runner = make_runner(eval_spec, model, layout, data, loss_fn, model_description or "")
-    log.info("audit: %d points along %d random directions", len(coeffs), directions)
-    try:
-        losses, accs = _evaluate(runner, base, dirs, coeffs, tick)
-        center_loss = float(losses[0])
-        curves = losses[1:].reshape(directions, len(point_alphas))
-        center = {"loss": finite_or_none(center_loss), "accuracy": finite_or_none(accs[0])}
-        random_dirs = _random_direction_stats(radii, point_alphas, curves, center_loss)
-        fits = _quadratic_fits(point_alphas, curves, center_loss, fit_alphas)
+    center, random_dirs, fits, sharpness, evaluation = _around_the_center(
+        model, data, loss_fn, eval_spec, dev, seed, directions, radii, sharpness_radius, ascent_steps, tick,
+        model_description)
 
-        # 2. sharpness: projected ascent, gradients by autograd, the last point by the runner
-        gradient = measures.LossGradient.build(model, layout, data.x, data.y, loss_fn,
-                                               runner.batch_size or len(data), dev)
-
-        def grad_step(w: torch.Tensor) -> tuple[float, torch.Tensor]:
-            out = gradient(w)
-            tick(1)
-            return out
-
-        log.info("audit: sharpness ascent, %d steps within radius %g", ascent_steps, sharpness_radius)
-        found = measures.sharpness_ascent(grad_step, lambda w: float(runner.evaluate(w[None])[0][0]), layout,
-                                          base, sharpness_radius, ascent_steps, center_loss)
-        evaluation = {k: runner.describe().get(k) for k in ("backend", "strategy", "batch_size")}
-    finally:
-        runner.close()
-    increase = found["loss_at_max"] - center_loss
-    sharpness = {"value": finite_or_none(increase), "relative": finite_or_none(100 * increase / (1 + center_loss)),
-                 "radius": float(sharpness_radius), "steps": int(ascent_steps),
-                 "loss_at_max": finite_or_none(found["loss_at_max"]),
-                 "max_filter_fraction": finite_or_none(found["max_filter_fraction"]), "lower_bound": True}
-
-    # 3. barrier along the linear interpolation (every floating-point state entry moves)
+    # the barrier along the linear interpolation (every floating-point state entry moves)
     barrier = None
     if model2 is not None:
         barrier = _barrier(model, _copy_to(model2, dev), data, loss_fn, eval_spec, tick, model_description or "")
 
-    # 4. Hessian: top eigenvalue (Lanczos) and trace (Hutch++)
+    # the Hessian: top eigenvalue (Lanczos) and trace (Hutch++)
     hess = _hessian(model, data, loss_fn, batch_size, str(dev), seed, trace_samples, tick) if hessian else None
     tick.finish()
     return {
@@ -237,6 +202,50 @@ class _Ticker:
     def finish(self) -> None:
         self(self.total - self.done)
 
+
+
+def _around_the_center(model: nn.Module, data: EvalData, loss_fn: LossFn, eval_spec: EvalSpec, dev: torch.device,
+                       seed: int, directions: int, radii: list[float], sharpness_radius: float, ascent_steps: int,
+                       tick: _Ticker, description: str | None) -> tuple[dict[str, Any], ...]:
+    """The center, the random-direction statistics and quadratic fits (one runner, all points in chunks), and
+    the sharpness (projected ascent, gradients by autograd, the last point by the runner)."""
+    fit_alphas, point_alphas = _alphas(radii)
+    layout = ParamLayout.from_model(model, "weights")
+    base = layout.flatten(perturbed_tensors(model, "weights")).to(dev)
+    dirs = torch.cat([gaussian_directions(model, DirectionSpec(seed=s), 1).flat()
+                      for s in _direction_seeds(seed, directions)]).to(dev)
+    coeffs = torch.zeros(1 + directions * len(point_alphas), directions, dtype=dirs.dtype)
+    for i in range(directions):  # row 0 is the center; then each direction's alphas in turn
+        coeffs[1 + i * len(point_alphas):1 + (i + 1) * len(point_alphas), i] = torch.as_tensor(point_alphas)
+    runner = make_runner(eval_spec, model, layout, data, loss_fn, description or "")
+    log.info("audit: %d points along %d random directions", len(coeffs), directions)
+    try:
+        losses, accs = _evaluate(runner, base, dirs, coeffs, tick)
+        center_loss = float(losses[0])
+        curves = losses[1:].reshape(directions, len(point_alphas))
+        center = {"loss": finite_or_none(center_loss), "accuracy": finite_or_none(accs[0])}
+        random_dirs = _random_direction_stats(radii, point_alphas, curves, center_loss)
+        fits = _quadratic_fits(point_alphas, curves, center_loss, fit_alphas)
+        gradient = measures.LossGradient.build(model, layout, data.x, data.y, loss_fn,
+                                               runner.batch_size or len(data), dev)
+
+        def grad_step(w: torch.Tensor) -> tuple[float, torch.Tensor]:
+            out = gradient(w)
+            tick(1)
+            return out
+
+        log.info("audit: sharpness ascent, %d steps within radius %g", ascent_steps, sharpness_radius)
+        found = measures.sharpness_ascent(grad_step, lambda w: float(runner.evaluate(w[None])[0][0]), layout,
+                                          base, sharpness_radius, ascent_steps, center_loss)
+        evaluation = {k: runner.describe().get(k) for k in ("backend", "strategy", "batch_size")}
+    finally:
+        runner.close()
+    increase = found["loss_at_max"] - center_loss
+    sharpness = {"value": finite_or_none(increase), "relative": finite_or_none(100 * increase / (1 + center_loss)),
+                 "radius": float(sharpness_radius), "steps": int(ascent_steps),
+                 "loss_at_max": finite_or_none(found["loss_at_max"]),
+                 "max_filter_fraction": finite_or_none(found["max_filter_fraction"]), "lower_bound": True}
+    return center, random_dirs, fits, sharpness, evaluation
 
 def _check_settings(radii: Sequence[float], directions: int, sharpness_radius: float, ascent_steps: int,
                     trace_samples: int, seed: int, hessian: bool) -> list[float]:
