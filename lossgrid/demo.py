@@ -106,7 +106,7 @@ def _surface_demo(out_dir: str, grid: str, epochs: int, seed: int, progress: Any
     t_surface = time.perf_counter() - t0 - t_train
     paths = {"model": model_path, "surface": surface_path,
              "contour": plot_surface(surface, os.path.join(out_dir, "contour.png")),
-             "surface3d": plot_surface(surface, os.path.join(out_dir, "surface3d.png"), kind="surface3d", log=True)}
+             "surface3d": plot_surface(surface, os.path.join(out_dir, "surface3d.png"), kind="surface3d")}
     skipped = {}
     try:
         paths["html"] = plot_surface(surface, os.path.join(out_dir, "surface.html"), kind="html")

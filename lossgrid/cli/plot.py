@@ -20,7 +20,9 @@ from ._types import FINITE, SEED, Count, FiniteFloat
               help="auto: curve (1D), contour (2D), compare (several 2D), html/vtk by the --out extension; "
               "curvature: |min/max| Hessian eigenvalue map of a surface computed with --curvature.")
 @click.option("--metric", type=click.Choice(METRICS), default="loss", show_default=True)
-@click.option("--log", "log_scale", is_flag=True, help="log10 of the metric.")
+@click.option("--log/--linear", "log_scale", default=None,
+              help="log10 of the metric, or linear. Default: linear, but a 3D or HTML picture takes log10 where the "
+              "values span more than two decades (a trained model's loss), saying so in its axis titles.")
 @click.option("--levels", callback=lambda ctx, param, value: _levels(value),
               help="Contour levels: a count (30), values (0.1,0.5,1) or MIN:MAX:STEP.")
 @click.option("--vmax", type=FINITE, help="Clip the metric above this value (zmax for VTK).")
@@ -42,7 +44,7 @@ from ._types import FINITE, SEED, Count, FiniteFloat
 @click.option("--samples", type=Count(1, None), help="--trajectory: the surface's --samples.")
 @click.option("--samples-seed", type=SEED, default=0, show_default=True)
 @click.option("--loss", default="cross_entropy", show_default=True, help="--trajectory: the surface's --loss.")
-def plot(files: tuple[str, ...], out: str, kind: str, metric: str, log_scale: bool, levels: str | None,
+def plot(files: tuple[str, ...], out: str, kind: str, metric: str, log_scale: bool | None, levels: str | None,
          vmax: float | None, vmin: float | None, vlevel: float | None, title: str | None, upsample: int | None,
          allow_mismatch: bool, dpi: int, **path: Any) -> None:
     """Render surface FILES: 1D curves (overlaid), 2D contour/contourf/heatmap/surface3d,

@@ -20,6 +20,7 @@ from ..surface.file import Surface
 from ..trajectory.compute import check_same_plane, load_trajectory
 from . import mpl
 from .common import (
+    AUTO_LOG_KINDS,
     METRICS,
     as_surface,
     axis_label,
@@ -28,6 +29,7 @@ from .common import (
     default_levels,
     metric_values,
     parse_levels,
+    use_log,
 )
 from .html import write_html
 from .vtk import write_vtk
@@ -46,7 +48,7 @@ __all__ = ["KINDS", "METRICS", "axis_label", "default_levels", "metric_values", 
 
 
 def plot_surface(surface: Surface | str | os.PathLike, out: str | os.PathLike, kind: str = "auto",
-                 metric: str = "loss", log: bool = False, levels: int | list[float] | str | None = None,
+                 metric: str = "loss", log: bool | None = None, levels: int | list[float] | str | None = None,
                  vmax: float | None = None, title: str | None = None, upsample: int | None = None,
                  dpi: int = 150, trajectory: Trajectory | str | os.PathLike | None = None,
                  path_loss: Any = None) -> str:
@@ -56,7 +58,7 @@ def plot_surface(surface: Surface | str | os.PathLike, out: str | os.PathLike, k
 
 
 def plot_surfaces(surfaces: list[Surface | str | os.PathLike], out: str | os.PathLike, kind: str = "auto",
-                  metric: str = "loss", log: bool = False, levels: int | list[float] | str | None = None,
+                  metric: str = "loss", log: bool | None = None, levels: int | list[float] | str | None = None,
                   vmax: float | None = None, title: str | None = None, allow_mismatch: bool = False,
                   upsample: int | None = None, dpi: int = 150,
                   trajectory: Trajectory | str | os.PathLike | None = None, path_loss: Any = None) -> str:
@@ -72,7 +74,9 @@ def plot_surfaces(surfaces: list[Surface | str | os.PathLike], out: str | os.Pat
     computed with ``--curvature``: a heatmap in 2D, a curve with both eigenvalues
     in 1D) and ``auto`` (curve, or contour; html/vtk by the extension of ``out``).
     ``metric`` is ``loss``, ``acc`` or ``err``; ``levels`` a count, a list, or
-    ``MIN:MAX:STEP``.
+    ``MIN:MAX:STEP``. ``log``: log10 of the metric (``True``), linear (``False``), or ``None``: linear,
+    but for ``surface3d`` and ``html`` the shared rule of :func:`~lossgrid.plot.common.use_log` (log where
+    the values span more than two decades), so that a PNG 3D and an HTML page of one surface agree.
 
     ``trajectory`` (a :class:`~lossgrid.trajectory.compute.Trajectory` or its file)
     draws a training path over a 2D ``contour``/``contourf``/``heatmap`` of a
@@ -115,6 +119,7 @@ def plot_surfaces(surfaces: list[Surface | str | os.PathLike], out: str | os.Pat
         check_same_axes(loaded, allow_mismatch)
     if kind == "curvature":
         curvature_values(first)  # refuses a surface without curvature before anything is drawn
+    log = use_log(first, metric, log, vmax) if kind in AUTO_LOG_KINDS else bool(log)
     if kind in KINDS_1D and any(s.ndim != 1 for s in loaded) or kind in KINDS_2D and first.ndim != 2:
         raise ConfigError(f"Plot kind {kind} does not fit a {first.ndim}D surface",
                           hint="use curve for 1D surfaces; contour, contourf, heatmap or surface3d for 2D ones")

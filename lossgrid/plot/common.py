@@ -52,6 +52,26 @@ def metric_values(surface: Surface, metric: str, log: bool = False, vmax: float 
     return z, label
 
 
+#: a metric spanning more decades than this (largest / smallest positive value) is drawn on a log scale by default
+LOG_DECADES = 2.0
+#: the kinds whose z (height or colour) scale follows :func:`use_log` when neither --log nor --linear is given
+AUTO_LOG_KINDS = ("surface3d", "html")
+
+
+def use_log(surface: Surface, metric: str, log: bool | None, vmax: float | None = None) -> bool:
+    """The z scale of a 3D or HTML picture: ``log`` when given (``--log``/``--linear``); else log10 when the
+    shown values are positive and span more than :data:`LOG_DECADES` decades (a trained model's loss, 0.002
+    at the minimum and 40 on the walls), linear otherwise (accuracy, error, a flat surface). The axis and
+    colour-bar titles say ``log10`` when it is."""
+    if log is not None:
+        return bool(log)
+    z, _ = metric_values(surface, metric, vmax=vmax)
+    finite = z[np.isfinite(z)]
+    if finite.size == 0 or finite.min() <= 0:
+        return False
+    return bool(np.log10(finite.max() / finite.min()) > LOG_DECADES)
+
+
 def curvature_values(surface: Surface) -> np.ndarray:
     """``|min_eig / max_eig|`` at the points done (NaN elsewhere), or a :class:`ConfigError`
     naming the command that computes it."""

@@ -426,3 +426,35 @@ def test_reference_vmin_vmax_vlevel_spelling(tmp_path, monkeypatch):
                  ["--vmin", "0.1", "--vmax", "1", "--vlevel", "0.1", "--levels", "5"]):
         r = runner.invoke(cli, ["plot", str(path), "--out", str(tmp_path / "d.png"), *args])
         assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+
+
+def test_3d_and_html_share_one_z_scale_rule(tmp_path, monkeypatch):
+    """A loss spanning more than two decades is drawn on log10 by the PNG 3D and the HTML page alike (titles say
+    so); accuracy and narrow ranges stay linear; --log/--linear (log=True/False) override."""
+    pytest.importorskip("plotly", reason="plotly (the html extra) is not installed")
+    from lossgrid.plot.common import use_log
+    from tests.plot.test_plot_adaptive import _traces
+
+    deep = fake_surface(2)
+    deep.loss = 0.002 + 40 * deep.loss**2  # 0.002 .. about 60: more than four decades
+    assert use_log(deep, "loss", None) and not use_log(deep, "acc", None) and not use_log(deep, "loss", False)
+    assert not use_log(fake_surface(2), "loss", None) and use_log(fake_surface(2), "loss", True)  # 0.05..3.6
+    out = tmp_path / "s.html"
+    plot_surface(deep, out)
+    payload, traces = _traces(out)
+    (surf,) = [t for t in traces if t["type"] == "surface"]
+    assert surf["colorbar"]["title"]["text"] == "log10 loss" and payload.count("log10 loss") >= 3  # bar, z axis, title
+    assert np.nanmax(np.array(surf["z"], dtype=float)) < 2  # log10 of about 60
+    import lossgrid.plot as plot_module
+
+    recorded, real = {}, plot_module.mpl.surface3d
+
+    def spy(surface, out, **kw):
+        recorded.update(kw)
+        return real(surface, out, **kw)
+
+    monkeypatch.setattr(plot_module.mpl, "surface3d", spy)
+    plot_surface(deep, tmp_path / "a.png", kind="surface3d")
+    assert recorded["log"] is True
+    plot_surface(deep, tmp_path / "b.png", kind="surface3d", log=False)
+    assert recorded["log"] is False
