@@ -9,13 +9,15 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..errors import ConfigError, MissingBackendError, ResourceError
+from ..errors import ConfigError, MissingBackendError, ResourceError, is_out_of_memory
 
 DEVICE_TYPES = ("cpu", "cuda")
 
@@ -86,3 +88,15 @@ def out_of_memory(e: BaseException, described: dict[str, Any]) -> ResourceError:
     reason = str(e).strip().splitlines()[0] if str(e).strip() else "no memory left"
     return ResourceError(what, f"{type(e).__name__}: {reason}",
                          f"{lower}; the points done so far are saved: the same command with a lower setting resumes")
+
+
+@contextlib.contextmanager
+def memory_errors_explained(runner: Any) -> Iterator[None]:
+    """Inside the block, a device out of memory becomes :func:`out_of_memory`'s message naming ``runner``'s
+    settings to lower; other errors pass as they are."""
+    try:
+        yield
+    except Exception as e:
+        if is_out_of_memory(e):
+            raise out_of_memory(e, runner.describe()) from None
+        raise

@@ -35,13 +35,13 @@ from .. import __version__
 from ..config import DirectionSpec, EvalSpec, GridSpec
 from ..data import EvalData, as_eval_data
 from ..engine import preflight
-from ..engine.device import out_of_memory, resolve_device
+from ..engine.device import memory_errors_explained, resolve_device
 from ..engine.directions import Directions, check_finite_directions, load_directions
 from ..engine.fingerprint import data_fingerprint, model_fingerprint
 from ..engine.losses import LossFn, resolve_loss
 from ..engine.params import ParamLayout, perturbed_tensors
 from ..engine.runners import make_runner
-from ..errors import ConfigError, is_out_of_memory
+from ..errors import ConfigError
 from ..models import load_model
 from ..surface.checks import check_writable
 from ..surface.directions import prepare_directions
@@ -215,12 +215,8 @@ class _Frames:
                                             strategy=str(self.described["strategy"]))
 
     def _commit(self, i: int, chunk: np.ndarray, runner: Any) -> None:
-        try:
+        with memory_errors_explained(runner):
             loss_k, acc_k, _ = runner.evaluate_points(self.points[chunk].to(self.device))
-        except Exception as e:
-            if is_out_of_memory(e):
-                raise out_of_memory(e, runner.describe()) from None
-            raise
         if self.writer is not None:
             self.writer.write(i, chunk, loss_k, acc_k)
         else:

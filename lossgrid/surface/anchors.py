@@ -47,10 +47,10 @@ import numpy as np
 
 from ..config import check_anchor_stride
 from ..data import EvalData
-from ..engine.device import out_of_memory
+from ..engine.device import memory_errors_explained
 from ..engine.losses import LossFn, SampleValues, counts_per_sample, finite_population, unit_counts
 from ..engine.runners import Runner
-from ..errors import ConfigError, is_out_of_memory
+from ..errors import ConfigError
 from .loop import ChunkLoop
 
 
@@ -231,13 +231,9 @@ def evaluate_with_anchors(loop: ChunkLoop, grid: AnchorGrid, anchor_todo: np.nda
 
 def _anchors_on_the_subset(loop: ChunkLoop, rows: np.ndarray) -> SampleValues:
     """Every rank evaluates the anchors on the subset itself (a few points, no transfer): their per-sample values."""
-    try:
-        chunks = [rows[i:i + loop.step] for i in range(0, len(rows), loop.step)]
+    chunks = [rows[i:i + loop.step] for i in range(0, len(rows), loop.step)]
+    with memory_errors_explained(loop.runner):
         kept = SampleValues.along_points([loop.runner.evaluate_point_samples(loop.ev.coefficients(c))[1]
                                           for c in chunks])
-    except Exception as e:
-        if is_out_of_memory(e):
-            raise out_of_memory(e, loop.runner.describe()) from None
-        raise
     loop.sample_evals += len(rows) * len(loop.ev.data)
     return kept

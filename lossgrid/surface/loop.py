@@ -19,11 +19,10 @@ from torch import nn
 
 from ..config import CurvatureSpec, EvalSpec
 from ..data import EvalData
-from ..engine.device import out_of_memory
+from ..engine.device import memory_errors_explained
 from ..engine.losses import LossFn, finite_population
 from ..engine.params import ParamLayout
 from ..engine.runners import Runner
-from ..errors import is_out_of_memory
 from ..hessian.curvature import curvature_of_points
 from ..kernels import perturb
 from .checks import check_precision_error
@@ -101,17 +100,13 @@ class ChunkLoop:
     def compute(self, chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
         """Measure ``chunk`` (and its curvature, if asked for); out of memory becomes a message with the fix."""
         ev = self.ev
-        try:
+        with memory_errors_explained(self.busy or self.runner):
             loss_k, acc_k, se_k = self.measure(chunk)
             extra = {SE: se_k}
             if ev.curvature is not None:
                 weights = perturb(ev.base, ev.dirs, ev.coefficients(chunk))
                 extra.update(curvature_of_points(ev.model, ev.data, ev.loss_fn, ev.layout, weights, ev.curvature,
                                                  ev.device, ev.eval_spec.batch_size))
-        except Exception as e:
-            if is_out_of_memory(e):
-                raise out_of_memory(e, (self.busy or self.runner).describe()) from None
-            raise
         return loss_k, acc_k, extra
 
     def commit(self, chunk: np.ndarray, result: tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]) -> None:
