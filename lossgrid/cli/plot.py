@@ -44,7 +44,8 @@ from ._types import FINITE, SEED, Count, FiniteFloat
 @click.option("--samples", type=Count(1, None), help="--trajectory: the surface's --samples.")
 @click.option("--samples-seed", type=SEED, default=0, show_default=True)
 @click.option("--loss", default="cross_entropy", show_default=True, help="--trajectory: the surface's --loss.")
-def plot(files: tuple[str, ...], out: str, kind: str, metric: str, log_scale: bool | None, levels: str | None,
+def plot(files: tuple[str, ...], out: str, kind: str, metric: str, log_scale: bool | None,
+         levels: str | list[float] | None,
          vmax: float | None, vmin: float | None, vlevel: float | None, title: str | None, upsample: int | None,
          allow_mismatch: bool, dpi: int, **path: Any) -> None:
     """Render surface FILES: 1D curves (overlaid), 2D contour/contourf/heatmap/surface3d,
@@ -119,7 +120,7 @@ def _levels(value: str | None) -> str | None:
     return value
 
 
-def _reference_levels(vmin: float | None, vmax: float | None, vlevel: float | None) -> str:
+def _reference_levels(vmin: float | None, vmax: float | None, vlevel: float | None) -> list[float]:
     """``--vmin/--vmax/--vlevel`` as the reference implementation reads them: ``arange(vmin, vmax, vlevel)``."""
     ctx = click.get_current_context()
     if vmin is None or vmax is None or vlevel is None:
@@ -134,4 +135,4 @@ def _reference_levels(vmin: float | None, vmax: float | None, vlevel: float | No
     values = np.arange(vmin, vmax, vlevel)
     if len(values) < 2:
         raise click.BadParameter("fewer than two levels: lower --vlevel", param_hint="--vlevel")
-    return ",".join(repr(float(v)) for v in values)
+    return [float(v) for v in values]

@@ -42,7 +42,7 @@ from .distributed import Cluster, share_directions
 from .file import INTERPOLATED, SE, Surface, SurfaceWriter
 from .loop import ChunkLoop, Evaluation, Progress
 
-__all__ = ["INTERPOLATED", "SE", "Progress", "compute_surface", "prepare_directions"]
+__all__ = ["INTERPOLATED", "SE", "Progress", "compute_surface"]
 
 log = logging.getLogger(__name__)
 
