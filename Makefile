@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 PIP := $(PY) -m pip install -q --no-compile --disable-pip-version-check $(FIND_LINKS) -c constraints.txt
 
-.PHONY: install demo test test-all lint bench bench-strategies bench-reference faults gpu-check clean
+.PHONY: install demo test test-all lint screenshots bench bench-strategies bench-reference faults gpu-check clean
 
 $(VENV)/.installed: setup.py constraints.txt
 	python3 -m venv $(VENV)
@@ -40,6 +40,11 @@ test-all: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check lossgrid tests benchmarks scripts
+
+# every kind of picture from real runs on digits, as PNG and as HTML page (photographed in headless Chromium at
+# 1280x800; needs a Chromium program, e.g. apt-get install chromium), into docs/img (about 8 minutes on 2 cores)
+screenshots: $(VENV)/.installed
+	$(PY) scripts/screenshots.py --out docs/img
 
 # fast modes (--samples, --adaptive, --target-se, bf16) against the reference method and the exact surface:
 # ResNet-20 and an MLP, 21x21 grids; writes benchmarks/baseline/fast-surfaces-<date>.{json,md} (about an hour on 2 cores)

@@ -36,8 +36,10 @@ setup(
         "html": [],
         "vtk": ["scipy>=1.9"],  # our own VTK writer; scipy interpolates upsampled grids (NumPy otherwise)
         "tensorboard": ["tensorboard>=2.14"],
+        # the browser tests and `make screenshots` drive a Chromium program (Debian: apt-get install chromium)
+        # through Playwright's Python package; Playwright's own browser download is never used
         "dev": ["onnxruntime>=1.18", "pytest>=8", "pytest-timeout>=2.2", "hypothesis>=6.100", "ruff>=0.5",
-                "onnxscript>=0.1", "vtk>=9.2", "scipy>=1.9", "tensorboard>=2.14"],
+                "onnxscript>=0.1", "vtk>=9.2", "scipy>=1.9", "tensorboard>=2.14", "playwright>=1.40"],
     },
     entry_points={"console_scripts": ["lossgrid=lossgrid.cli:main"]},
     classifiers=[

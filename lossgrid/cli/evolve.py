@@ -50,7 +50,9 @@ ANIMATIONS = {"gif": (".gif",), "mp4": (".mp4",), "html": (".html", ".htm")}
 @click.option("--html", metavar="FILE.html", help="Interactive HTML with a checkpoint slider (one offline file).")
 @click.option("--metric", type=click.Choice(("loss", "acc", "err")), default="loss", show_default=True,
               help="What the animations show.")
-@click.option("--log", "log_scale", is_flag=True, help="Animations: log10 of the metric.")
+@click.option("--log/--linear", "log_scale", default=None,
+              help="Animations: log10 of the metric, or linear. Default: a 2D evolution takes log10 where the values "
+              "of all checkpoints span more than two decades (as lossgrid plot's 3D and HTML pictures).")
 @click.option("--vmax", type=FINITE, help="Animations: clip the metric above this value.")
 @click.option("--fps", type=FiniteFloat(min=0.1, max=60), default=2.0, show_default=True,
               help="Animation frames (checkpoints) per second.")

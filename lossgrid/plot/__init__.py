@@ -42,6 +42,8 @@ logger = logging.getLogger(__name__)
 KINDS_1D = ("curve",)
 KINDS_2D = ("contour", "contourf", "heatmap", "surface3d")
 KINDS = ("auto",) + KINDS_1D + KINDS_2D + ("html", "vtk", "compare", "curvature")
+#: an output ending in one of these is the interactive page of its kind (``html``: of the surfaces given)
+HTML_EXTENSIONS = (".html", ".htm")
 
 __all__ = ["KINDS", "METRICS", "axis_label", "default_levels", "metric_values", "parse_levels", "plot_surface",
            "plot_surfaces"]
@@ -67,7 +69,8 @@ def plot_surfaces(surfaces: list[Surface | str | os.PathLike], out: str | os.Pat
     Kinds: ``curve`` (1D; several files overlaid, each on its own directions,
     as in the paper's small- vs large-batch figures), ``contour``, ``contourf``,
     ``heatmap``, ``surface3d`` (2D; image by the extension of ``out``), ``html``
-    (interactive plotly file), ``vtk`` (``.vts``/``.vtp``/``.vtk``; ``vmax`` clips,
+    (the interactive page of the surfaces given: curves, a 3D panel beside the
+    contour, or a comparison), ``vtk`` (``.vts``/``.vtp``/``.vtk``; ``vmax`` clips,
     ``upsample`` interpolates), ``compare`` (side by side on one color scale;
     surfaces must share directions and grid unless ``allow_mismatch``), and
     ``curvature`` (the paper's convexity map ``|min_eig / max_eig|`` of a surface
@@ -75,8 +78,12 @@ def plot_surfaces(surfaces: list[Surface | str | os.PathLike], out: str | os.Pat
     in 1D) and ``auto`` (curve, or contour; html/vtk by the extension of ``out``).
     ``metric`` is ``loss``, ``acc`` or ``err``; ``levels`` a count, a list, or
     ``MIN:MAX:STEP``. ``log``: log10 of the metric (``True``), linear (``False``), or ``None``: linear,
-    but for ``surface3d`` and ``html`` the shared rule of :func:`~lossgrid.plot.common.use_log` (log where
-    the values span more than two decades), so that a PNG 3D and an HTML page of one surface agree.
+    but for ``surface3d`` and the page of a 2D surface the shared rule of
+    :func:`~lossgrid.plot.common.use_log` (log where the values span more than two decades), so that a PNG
+    3D and an HTML page of one surface agree.
+
+    An ``out`` ending in ``.html`` writes the interactive page of any kind (:mod:`lossgrid.plot.html`):
+    curves, compare, curvature, a 2D kind (3D panel and contour) or a trajectory over its plane.
 
     ``trajectory`` (a :class:`~lossgrid.trajectory.compute.Trajectory` or its file)
     draws a training path over a 2D ``contour``/``contourf``/``heatmap`` of a
@@ -104,11 +111,13 @@ def plot_surfaces(surfaces: list[Surface | str | os.PathLike], out: str | os.Pat
         raise ConfigError(f"Unknown metric {metric!r}", hint=f"use one of {', '.join(METRICS)}")
     lv = parse_levels(levels) if isinstance(levels, str) else levels
     first = loaded[0]
-    if kind == "auto":
-        ext = os.path.splitext(out)[1].lower()
-        kind = ("html" if ext in (".html", ".htm") else "vtk" if ext in (".vts", ".vtp", ".vtk")
-                else "compare" if len(loaded) > 1 and first.ndim == 2 else "curve" if first.ndim == 1 else "contour")
-        if kind == "contour" and _flat_axis(first):  # a 2D grid one point wide: a strip of cells
+    ext = os.path.splitext(out)[1].lower()
+    page = kind == "html" or ext in HTML_EXTENSIONS and kind != "vtk"  # every kind has its page
+    if kind == "auto" and ext in (".vts", ".vtp", ".vtk"):
+        kind = "vtk"
+    elif kind in ("auto", "html"):
+        kind = ("compare" if len(loaded) > 1 and first.ndim == 2 else "curve" if first.ndim == 1 else "contour")
+        if kind == "contour" and _flat_axis(first) and not page:  # a 2D grid one point wide: a strip of cells
             kind = "heatmap"
     if len(loaded) > 1 and kind not in ("curve", "compare"):
         raise ConfigError(f"Plot kind {kind} draws one surface, got {len(loaded)}",
@@ -119,23 +128,26 @@ def plot_surfaces(surfaces: list[Surface | str | os.PathLike], out: str | os.Pat
         check_same_axes(loaded, allow_mismatch)
     if kind == "curvature":
         curvature_values(first)  # refuses a surface without curvature before anything is drawn
-    log = use_log(first, metric, log, vmax) if kind in AUTO_LOG_KINDS else bool(log)
+    log = use_log(first, metric, log, vmax) if kind in AUTO_LOG_KINDS or page and kind in KINDS_2D else bool(log)
     if kind in KINDS_1D and any(s.ndim != 1 for s in loaded) or kind in KINDS_2D and first.ndim != 2:
         raise ConfigError(f"Plot kind {kind} does not fit a {first.ndim}D surface",
                           hint="use curve for 1D surfaces; contour, contourf, heatmap or surface3d for 2D ones")
-    if kind in ("contour", "contourf", "surface3d", "compare", "curvature") and any(_flat_axis(s) for s in loaded):
+    if (kind in ("contour", "contourf", "surface3d", "compare", "curvature") and not page
+            and any(_flat_axis(s) for s in loaded)):
         shape = "x".join(str(n) for n in first.loss.shape)
         raise ConfigError(f"Plot kind {kind} needs at least 2 points on each axis; the surface is {shape}",
                           "contour lines and 3D surfaces are drawn between points of both axes",
                           "use --kind heatmap (or compute the surface with more points on that axis)")
-    if kind not in ("html", "vtk"):
-        ext = os.path.splitext(out)[1].lower().lstrip(".")
+    if not page and kind != "vtk":
         formats = mpl.image_formats()
-        if ext not in formats:
+        if ext.lstrip(".") not in formats:
             raise ConfigError(f"Cannot write a {kind} plot to {out}", f"unknown image type {ext or '(none)'!r}",
                               f"end --out in one of .{', .'.join(sorted(formats))} (or .html, .vts)")
     with atomic_output(out, "plot") as tmp:  # never a half-written image in place of a good one
-        if kind == "curve":
+        if page:
+            write_html(kind, loaded, tmp, metric=metric, log=log, levels=lv, vmax=vmax, title=title,
+                       trajectory=trajectory, path_loss=path_loss)
+        elif kind == "curve":
             mpl.curve(loaded, tmp, log=log, vmax=vmax, title=title, dpi=dpi)
         elif kind == "surface3d":
             mpl.surface3d(first, tmp, metric=metric, log=log, vmax=vmax, title=title, dpi=dpi)
@@ -143,8 +155,6 @@ def plot_surfaces(surfaces: list[Surface | str | os.PathLike], out: str | os.Pat
             mpl.curvature(first, tmp, vmax=vmax, title=title, dpi=dpi)
         elif kind == "compare":
             mpl.compare(loaded, tmp, metric=metric, log=log, levels=lv, vmax=vmax, title=title, dpi=dpi)
-        elif kind == "html":
-            write_html(first, tmp, metric=metric, log=log, vmax=vmax, title=title)
         elif kind == "vtk":
             write_vtk(first, tmp, metric=metric, log=log, zmax=vmax, upsample=upsample)
         else:

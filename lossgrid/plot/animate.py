@@ -25,7 +25,9 @@ from .._files import atomic_output, check_output_path
 from .._optional import require
 from ..errors import ConfigError, MissingBackendError
 from ..evolve.compute import Evolution, load_evolution
-from .common import axis_label, default_levels, metric_values
+from .common import axis_label, default_levels, metric_values, shown_mask, spans_decades, title_of
+from .html import Grid, contour_panel, level_index, star_trace, surface3d_panel, value_and_accuracy
+from .page import Frames, Panel, as_text, panel_layout, write_page
 
 ANIMATION_EXTENSIONS = (".gif", ".mp4", ".html", ".htm")
 
@@ -45,10 +47,14 @@ def check_mp4_writable() -> None:
 
 
 def render_evolution(evolution: Evolution | str | os.PathLike, out: str | os.PathLike, metric: str = "loss",
-                     log: bool = False, vmax: float | None = None, fps: float = 2.0, dpi: int = 100,
+                     log: bool | None = None, vmax: float | None = None, fps: float = 2.0, dpi: int = 100,
                      title: str | None = None) -> str:
     """Write ``out`` (``.gif``, ``.mp4`` or ``.html`` by extension), one frame per checkpoint;
-    returns its path. The file is written beside ``out`` and moved into place when whole."""
+    returns its path. The file is written beside ``out`` and moved into place when whole.
+
+    ``log``: log10 of the metric (``True``), linear (``False``), or ``None``: for 2D evolutions the rule of
+    :func:`~lossgrid.plot.common.use_log` over all checkpoints (log where the values span more than two
+    decades: early checkpoints' walls of 300 over a trained basin of 0.004), linear for 1D curves."""
     out = os.fspath(out)
     ext = os.path.splitext(out)[1].lower()
     if ext not in ANIMATION_EXTENSIONS:
@@ -69,8 +75,10 @@ def render_evolution(evolution: Evolution | str | os.PathLike, out: str | os.Pat
     return out
 
 
-def _frames(evo: Evolution, metric: str, log: bool, vmax: float | None) -> dict[str, Any]:
+def _frames(evo: Evolution, metric: str, log: bool | None, vmax: float | None) -> dict[str, Any]:
     """The values of every frame, their label, and the range shared by all frames."""
+    if log is None:
+        log = evo.ndim == 2 and spans_decades(np.stack([metric_values(s, metric, vmax=vmax)[0] for s in evo.surfaces]))
     values = []
     label = metric
     for s in evo.surfaces:
@@ -80,7 +88,7 @@ def _frames(evo: Evolution, metric: str, log: bool, vmax: float | None) -> dict[
     lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
     if not hi > lo:
         hi = lo + 1.0
-    levels = default_levels(np.stack(values), 20, vmax=None if log else vmax) if evo.ndim == 2 else None
+    levels = default_levels(np.stack(values), 20, vmax=None if log else vmax, even=log) if evo.ndim == 2 else None
     return {"z": values, "label": label, "lo": lo, "hi": hi, "levels": levels}
 
 
@@ -138,62 +146,66 @@ def _write_movie(evo: Evolution, frames: dict[str, Any], out: str, ext: str, fps
         plt.close(fig)
 
 
-# -- HTML slider (plotly) -------------------------------------------------------------------
-def _as_text(a: np.ndarray) -> list[Any]:
-    """Nested lists of floats, ``None`` (a gap) where not finite."""
-    return np.where(np.isfinite(a), a, None).tolist()
-
-
+# -- HTML slider (a page of lossgrid.plot.page) --------------------------------------------
 def _write_html(evo: Evolution, frames: dict[str, Any], out: str, title: str | None, fps: float) -> None:
+    """The page: the first checkpoint's panels and a slider that restyles them to any other, every frame on
+    the scale of all of them."""
     go = require("plotly.graph_objects", "html", "Interactive HTML output")
-    from plotly.subplots import make_subplots
-
-    first = evo.surfaces[0]
-    x = first.xcoordinates.tolist()
-    lo, hi, label = frames["lo"], frames["hi"], frames["label"]
-    # frame names must be unique (two runs may both have an epoch_10)
-    names = [lab if evo.labels.count(lab) == 1 else f"{lab} ({i + 1})" for i, lab in enumerate(evo.labels)]
-
-    def traces(i: int) -> list[Any]:
-        z = frames["z"][i]
-        if evo.ndim == 1:
-            return [go.Scatter(x=x, y=_as_text(z), mode="lines+markers", name=label,
-                               hovertemplate="x=%{x:.4g}<br>" + label + "=%{y:.5g}<extra></extra>")]
-        zt = _as_text(z.T)  # plotly: rows are y, columns x
-        y = first.ycoordinates.tolist() if first.ycoordinates is not None else []
-        return [go.Surface(x=x, y=y, z=zt, cmin=lo, cmax=hi, colorscale="Viridis", name=label,
-                           colorbar={"title": {"text": label}, "x": 0.5}),
-                go.Contour(x=x, y=y, z=zt, zmin=lo, zmax=hi, colorscale="Viridis", showscale=False, name=label,
-                           contours={"coloring": "heatmap", "showlabels": True}, ncontours=20)]
-
+    labels = [_frame_title(evo, i, None) for i in range(len(evo.surfaces))]
     if evo.ndim == 1:
-        fig = go.Figure(data=traces(0))
-        fig.update_xaxes(title_text=axis_label(first.attrs, "x"))
-        fig.update_yaxes(title_text=label, range=[lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo)])
+        panels, updates = _curve_frames(go, evo, frames)
     else:
-        fig = make_subplots(rows=1, cols=2, specs=[[{"type": "surface"}, {"type": "xy"}]],
-                            subplot_titles=("3D surface", "contour"), column_widths=[0.55, 0.45])
-        surface, contour = traces(0)
-        fig.add_trace(surface, row=1, col=1)
-        fig.add_trace(contour, row=1, col=2)
-        fig.update_layout(scene={"xaxis_title": axis_label(first.attrs, "x"),
-                                 "yaxis_title": axis_label(first.attrs, "y"), "zaxis_title": label,
-                                 "zaxis": {"range": [lo, hi]}})
-        fig.update_xaxes(title_text=axis_label(first.attrs, "x"), row=1, col=2)
-        fig.update_yaxes(title_text=axis_label(first.attrs, "y"), row=1, col=2)
-    trace_ids = list(range(len(fig.data)))
-    fig.frames = [go.Frame(data=traces(i), name=names[i], traces=trace_ids,
-                           layout={"title": {"text": _frame_title(evo, i, title)}}) for i in range(len(names))]
-    step_args = {"mode": "immediate", "frame": {"duration": int(1000 / fps), "redraw": True},
-                 "transition": {"duration": 0}}
-    fig.update_layout(
-        title={"text": _frame_title(evo, 0, title)}, width=1200, height=650,
-        sliders=[{"active": 0, "currentvalue": {"prefix": "checkpoint: "}, "pad": {"t": 40},
-                  "steps": [{"label": name, "method": "animate", "args": [[name], step_args]} for name in names]}],
-        updatemenus=[{"type": "buttons", "showactive": False, "x": 0.0, "y": -0.05, "xanchor": "right",
-                      "buttons": [{"label": "play", "method": "animate", "args": [None, {**step_args,
-                                                                                          "fromcurrent": True}]},
-                                  {"label": "pause", "method": "animate",
-                                   "args": [[None], {"mode": "immediate", "frame": {"duration": 0}}]}]}])
-    fig.write_html(out, include_plotlyjs=True, full_html=True, include_mathjax=False, auto_play=False,
-                   config={"displaylogo": False, "showSendToCloud": False})
+        panels, updates = _plane_frames(go, evo, frames)
+    first = evo.surfaces[0]
+    heading = title or title_of(first, None, f"{frames['label']} at {len(labels)} checkpoints")
+    write_page(out, heading, ["one colour scale and one z range for every checkpoint"], panels,
+               Frames(labels, updates, fps))
+
+
+def _curve_frames(go: Any, evo: Evolution, frames: dict[str, Any]) -> tuple[list[Panel], list[Any]]:
+    """Every checkpoint's curve as a trace; frame i shows curve i bold, those before it faint, none after."""
+    x = evo.surfaces[0].xcoordinates.tolist()
+    n, label, lo, hi = len(evo.surfaces), frames["label"], frames["lo"], frames["hi"]
+
+    def style(i: int) -> dict[str, Any]:
+        return {"visible": [j <= i for j in range(n)],
+                "line.color": ["#1f77b4" if j == i else "#c8c8c8" for j in range(n)],
+                "line.width": [2.5 if j == i else 1.0 for j in range(n)]}
+
+    start = style(0)
+    hover = "{}<br>x=%{{x:.4g}}<br>" + label + "=%{{y:.5g}}<extra></extra>"
+    fig = go.Figure([go.Scatter(x=x, y=as_text(z), mode="lines", name=evo.labels[j], visible=start["visible"][j],
+                                line={"color": start["line.color"][j], "width": start["line.width"][j]},
+                                hovertemplate=hover.format(evo.labels[j])) for j, z in enumerate(frames["z"])])
+    fig.update_xaxes(title_text=axis_label(evo.surfaces[0].attrs, "x"))
+    fig.update_yaxes(title_text=label, range=[lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo)])
+    panel_layout(fig, "the curve at each checkpoint, earlier ones faint")
+    return [Panel("curve", fig)], [[{"panel": "curve", "update": style(i), "traces": list(range(n))}]
+                                   for i in range(n)]
+
+
+def _plane_frames(go: Any, evo: Evolution, frames: dict[str, Any]) -> tuple[list[Panel], list[Any]]:
+    """The 3D panel and the filled contour of the first checkpoint; each frame restyles both (values,
+    hover, the minimum's star) on the range and levels of all checkpoints."""
+    first = evo.surfaces[0]
+    grid = Grid.of(first)
+    label, levels = frames["label"], frames["levels"]
+    accs = [np.where(shown_mask(s), s.acc, np.nan) for s in evo.surfaces]
+    surface = surface3d_panel(go, first, frames["z"][0], accs[0], label, grid)
+    surface.figure.update_traces(cmin=frames["lo"], cmax=frames["hi"], selector={"type": "surface"})
+    surface.figure.update_layout(scene_zaxis_range=[frames["lo"], frames["hi"]])
+    contour = contour_panel(go, first, frames["z"][0], accs[0], label, levels, grid, filled=True)
+    updates = []
+    for z, acc in zip(frames["z"], accs):
+        star = star_trace(go, first, z, label)
+        updates.append([
+            {"panel": surface.name, "update": {"z": [as_text(grid.take(z).T)],
+                                               "customdata": [as_text(grid.take(acc).T)]}, "traces": [0]},
+            {"panel": contour.name, "update": {"z": [as_text(grid.take(level_index(z, levels)).T)],
+                                               "customdata": [value_and_accuracy(grid.take(z), grid.take(acc))]},
+             "traces": [0]}])
+        if star:
+            updates[-1].append({"panel": contour.name, "update": {"x": [star[0].x], "y": [star[0].y],
+                                                                  "name": star[0].name},
+                                "traces": [len(contour.figure.data) - 1]})
+    return [surface, contour], updates

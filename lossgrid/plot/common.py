@@ -30,6 +30,15 @@ def axis_label(attrs: dict[str, Any], axis: str) -> str:
     return f"{prefix} direction {number}".strip()
 
 
+def plane_label(attrs: dict[str, Any], axis: str) -> str:
+    """``PC1 (93.1%)`` on a trajectory's PCA plane, else :func:`axis_label`."""
+    ratio = np.ravel(np.asarray(attrs.get("explained_variance_ratio", []), dtype=float))
+    if attrs.get("kind") == "pca" and ratio.size == 2:
+        k = 0 if axis == "x" else 1
+        return f"PC{k + 1} ({100 * ratio[k]:.1f}%)"
+    return axis_label(attrs, axis)
+
+
 def metric_values(surface: Surface, metric: str, log: bool = False, vmax: float | None = None
                   ) -> tuple[np.ndarray, str]:
     """The array to draw and its label. Points not computed are NaN; ``vmax``
@@ -54,8 +63,9 @@ def metric_values(surface: Surface, metric: str, log: bool = False, vmax: float 
 
 #: a metric spanning more decades than this (largest / smallest positive value) is drawn on a log scale by default
 LOG_DECADES = 2.0
-#: the kinds whose z (height or colour) scale follows :func:`use_log` when neither --log nor --linear is given
-AUTO_LOG_KINDS = ("surface3d", "html")
+#: the image kinds whose z (height or colour) scale follows :func:`use_log` when neither --log nor --linear is
+#: given; so do the pages (HTML) of every 2D kind, which show the 3D panel beside the contour
+AUTO_LOG_KINDS = ("surface3d",)
 
 
 def use_log(surface: Surface, metric: str, log: bool | None, vmax: float | None = None) -> bool:
@@ -65,7 +75,11 @@ def use_log(surface: Surface, metric: str, log: bool | None, vmax: float | None 
     colour-bar titles say ``log10`` when it is."""
     if log is not None:
         return bool(log)
-    z, _ = metric_values(surface, metric, vmax=vmax)
+    return spans_decades(metric_values(surface, metric, vmax=vmax)[0])
+
+
+def spans_decades(z: np.ndarray) -> bool:
+    """The rule of :func:`use_log` on values: positive and spanning more than :data:`LOG_DECADES` decades."""
     finite = z[np.isfinite(z)]
     if finite.size == 0 or finite.min() <= 0:
         return False
@@ -85,10 +99,12 @@ def curvature_values(surface: Surface) -> np.ndarray:
     return np.where(surface.done, ratio, np.nan)
 
 
-def default_levels(z: np.ndarray, n: int = 30, vmax: float | None = None) -> np.ndarray:
+def default_levels(z: np.ndarray, n: int = 30, vmax: float | None = None, even: bool = False) -> np.ndarray:
     """Contour levels from just above the minimum to the top (``vmax``, or the 98th percentile),
     geometrically spaced in the height above the minimum: the basin around the minimum gets
-    many fine levels and the walls a few coarse ones.
+    many fine levels and the walls a few coarse ones. ``even``: evenly spaced instead, for values
+    already on a log10 scale, where even steps are the metric's equal ratios (geometric spacing on
+    top of the log would crowd every level into the bottom of the basin).
 
     The first level sits at the minimum plus the smaller of the minimum itself (for a loss near
     zero) and a thousandth of the range, so a deep basin (minimum 0.002 under walls of 40) still
@@ -107,6 +123,8 @@ def default_levels(z: np.ndarray, n: int = 30, vmax: float | None = None) -> np.
     if not hi > lo:
         hi = lo + 1.0
     span = hi - lo
+    if even:
+        return lo + np.linspace(span / n, span, n)
     first = min(span * 1e-3, lo) if lo > 0 else span * 1e-3
     return lo + np.geomspace(max(first, span * 1e-9), span, n)
 
@@ -140,19 +158,21 @@ def parse_levels(text: str | int | None) -> int | list[float] | None:
                           "for example --levels 30, --levels 0.1,0.5,1,2 or --levels 0.1:10:0.5") from None
 
 
-def resolve_levels(z: np.ndarray, levels: int | list[float] | None, vmax: float | None) -> np.ndarray:
-    if isinstance(levels, int):
-        return default_levels(z, levels, vmax)
-    if levels is not None:
+def resolve_levels(z: np.ndarray, levels: int | list[float] | None, log: bool = False) -> np.ndarray:
+    """The levels given (values), or :func:`default_levels` (a count given, else 30) of ``z``, evenly
+    spaced where ``z`` is log10 of the metric (``log``)."""
+    if levels is not None and not isinstance(levels, int):
         return np.asarray(levels, dtype=float)
-    return default_levels(z, 30, vmax)
+    return default_levels(z, levels or 30, even=log)
 
 
 def title_of(surface: Surface, title: str | None, label: str) -> str:
     if title:
         return title
     samples = surface.attrs.get("samples")
-    data = surface.attrs.get("data", "")
+    data = str(surface.attrs.get("data", ""))
+    if "samples" in data:  # a subset says so itself: "digits:train (500 of 1437 samples, seed 0)"
+        return f"{label} on {data}"
     return f"{label} on {data} ({samples} samples)" if samples else label
 
 

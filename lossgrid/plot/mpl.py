@@ -15,6 +15,7 @@ from .common import (
     metric_values,
     minimum_index,
     name_of,
+    plane_label,
     resolve_levels,
     title_of,
     with_note,
@@ -102,7 +103,7 @@ def plane(surface: Surface, out: str, kind: str = "contour", metric: str = "loss
     plt = load_pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 5.2))
     z, label = metric_values(surface, metric, log=log, vmax=vmax)
-    artist = _draw_plane(ax, surface, z, kind, resolve_levels(z, levels, None), None, None)
+    artist = _draw_plane(ax, surface, z, kind, resolve_levels(z, levels, log), None, None)
     if kind != "contour":
         fig.colorbar(artist, ax=ax, label=label)
     if trajectory is not None:
@@ -135,8 +136,8 @@ def _draw_plane(ax: Any, surface: Surface, z: np.ndarray, kind: str, levels: np.
     idx = minimum_index(z)
     if idx is not None:
         ax.plot(xs[idx[0]], ys[idx[1]], "r*", ms=11, label="minimum")
-    ax.set_xlabel(_plane_label(surface.attrs, "x"))
-    ax.set_ylabel(_plane_label(surface.attrs, "y"))
+    ax.set_xlabel(plane_label(surface.attrs, "x"))
+    ax.set_ylabel(plane_label(surface.attrs, "y"))
     return artist
 
 
@@ -159,15 +160,6 @@ def _mark_evaluated(ax: Any, surface: Surface, z: np.ndarray | None = None) -> N
     else:
         keep = evaluated & np.isfinite(z)
         ax.scatter(X[keep], Y[keep], z[keep], depthshade=False, label="evaluated", **style)
-
-
-def _plane_label(attrs: dict[str, Any], axis: str) -> str:
-    """``PC1 (93.1%)`` on a trajectory's PCA plane, else :func:`axis_label`."""
-    ratio = np.ravel(np.asarray(attrs.get("explained_variance_ratio", []), dtype=float))
-    if attrs.get("kind") == "pca" and ratio.size == 2:
-        k = 0 if axis == "x" else 1
-        return f"PC{k + 1} ({100 * ratio[k]:.1f}%)"
-    return axis_label(attrs, axis)
 
 
 def surface3d(surface: Surface, out: str, metric: str = "loss", log: bool = False, vmax: float | None = None,
@@ -204,7 +196,7 @@ def compare(surfaces: list[Surface], out: str, kind: str = "contourf", metric: s
     values = [metric_values(s, metric, log=log, vmax=vmax) for s in surfaces]
     label = values[0][1]
     joint = np.concatenate([z[np.isfinite(z)] for z, _ in values]) if values else np.array([])
-    lv = resolve_levels(joint.reshape(1, -1) if joint.size else np.array([[0.0]]), levels, None)
+    lv = resolve_levels(joint.reshape(1, -1) if joint.size else np.array([[0.0]]), levels, log)
     vmin_all, vmax_all = float(lv[0]), float(lv[-1])
     n = len(surfaces)
     fig, axes = plt.subplots(1, n, figsize=(4.2 * n + 1.2, 4.2), squeeze=False, sharex=True, sharey=True)

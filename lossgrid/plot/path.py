@@ -56,7 +56,7 @@ def path_values(path_loss: Any, log: bool = False, vmax: float | None = None) ->
     return z
 
 
-def _spread(count: int, most: int) -> np.ndarray:
+def spread(count: int, most: int) -> np.ndarray:
     """At most ``most`` indices out of ``range(count)``, evenly spread, first and last included."""
     if count <= most:
         return np.arange(count)
@@ -76,7 +76,7 @@ def draw_path(ax: Any, traj: Trajectory, values: np.ndarray | None = None, cmap:
     ax.plot(x, y, "-", color="black", lw=1.0, alpha=0.8, zorder=3)
     # arrows along training: on every segment of a short path, on evenly spread ones of a long path
     if len(xy) > 1:
-        seg = _spread(len(xy) - 1, MAX_ARROWS)
+        seg = spread(len(xy) - 1, MAX_ARROWS)
         ax.quiver(x[seg], y[seg], x[seg + 1] - x[seg], y[seg + 1] - y[seg], angles="xy", scale_units="xy",
                   scale=1, width=0.004, headwidth=5, headlength=6, color="black", alpha=0.8, zorder=4)
     if values is not None:
@@ -86,7 +86,7 @@ def draw_path(ax: Any, traj: Trajectory, values: np.ndarray | None = None, cmap:
         points = ax.scatter(x, y, c="white", s=24, edgecolors="black", linewidths=0.6, zorder=5,
                             label="checkpoints")
     labels = epoch_labels(traj.paths)
-    for i in _spread(len(xy), MAX_LABELS):
+    for i in spread(len(xy), MAX_LABELS):
         ax.annotate(labels[i], (x[i], y[i]), textcoords="offset points", xytext=(4, 4), fontsize=7, zorder=6)
     ax.plot(x[0], y[0], "o", ms=11, mfc="none", mec="tab:green", mew=2.0, zorder=6,
             label=f"start ({os.path.basename(traj.paths[0])})")

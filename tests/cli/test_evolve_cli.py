@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from lossgrid.cli.evolve import evolve
 from lossgrid.cli.group import LossgridGroup
+from lossgrid.plot.page import read_page
 from tests.evolve.test_evolve import train_checkpoints
 
 
@@ -41,14 +42,6 @@ def base_args(run_dir, out):
             "--data", "digits:test", "--samples", "80", "--x=-1:1:4", "--y=-1:1:3", "--out", out, "-q"]
 
 
-def plotly_frames(html: str) -> list[dict]:
-    """The frames handed to Plotly.addFrames in a file written by plotly."""
-    start = html.index("Plotly.addFrames(")
-    start = html.index("[", start)
-    frames, _ = json.JSONDecoder().raw_decode(html[start:])
-    return frames
-
-
 def test_evolve_writes_one_file_and_animations(run_dir, tmp_path):
     from PIL import Image
 
@@ -61,11 +54,10 @@ def test_evolve_writes_one_file_and_animations(run_dir, tmp_path):
     assert summary["animations"] == {"gif": str(gif), "html": str(html)}
     with Image.open(gif) as im:
         assert im.n_frames == 3
-    frames = plotly_frames(html.read_text())
-    assert [f["name"] for f in frames] == ["epoch_1", "epoch_2", "epoch_10"]
-    assert all(len(f["data"]) == 2 for f in frames)  # 3D surface and contour in every frame
-    assert "epoch_10  (3/3)" in frames[2]["layout"]["title"]["text"]  # the label on the frame
-    assert not re.findall(r"<script[^>]*\ssrc=\"https?:", html.read_text())  # offline: plotly.js inlined
+    frames = read_page(str(html))["frames"]
+    assert frames["labels"] == ["epoch_1  (1/3)", "epoch_2  (2/3)", "epoch_10  (3/3)"]  # the label of each frame
+    assert all({u["panel"] for u in f} == {"surface3d", "contour"} for f in frames["updates"])  # both panels
+    assert not re.findall(r"<script[^>]*\ssrc=", html.read_text())  # offline: plotly.js inlined
     # the same command again computes nothing
     again = invoke(*base_args(run_dir, out))
     assert again.exit_code == 0, again.output

@@ -1,6 +1,5 @@
 """Every kind of rendering from small generated surfaces, checked by looking at the output."""
 
-import json
 import re
 
 import numpy as np
@@ -85,21 +84,69 @@ def test_a_2d_surface_one_point_wide(tmp_path):
 
 
 def test_html_is_self_contained_with_data(tmp_path):
+    from lossgrid.plot.page import read_page
+
     out = tmp_path / "s.html"
     surf = fake_surface(2)
     plot_surface(surf, out)  # auto by extension
     text = out.read_text()
-    assert len(re.findall(r"<script[^>]*\ssrc=\"https?:", text)) == 0
-    assert len(re.findall(r"<link[^>]*\shref=\"https?:", text)) == 0
-    assert "plotly.js" in text and "Plotly.newPlot" in text
-    # the data is there, as text: every computed loss value of the first row of the figure
-    payload = text[text.index("Plotly.newPlot"):]
-    assert json.dumps(float(surf.loss[1, 0])) in payload
-    assert "loss=%{z:.5g}" in payload and "acc=%{customdata:.2f}%" in payload  # hover: x, y, loss, acc
-    assert "null" in payload  # the point not computed is a gap, not a value
+    assert len(re.findall(r"<script[^>]*\ssrc=", text)) == 0 and len(re.findall(r"<link[^>]*\shref=", text)) == 0
+    assert "plotly.js" in text and "Plotly.newPlot" in text and text.count("plotly.js v") == 1  # inlined once
+    page = read_page(str(out))
+    assert [p["id"] for p in page["panels"]] == ["panel-surface3d", "panel-contour"]
+    (surface,) = page["panels"][0]["figure"]["data"]
+    # the data is there, as text: the values of the rows the plot shows (rows are y), gaps where not computed
+    assert surface["z"][0][1] == pytest.approx(float(surf.loss[1, 0])) and surface["z"][0][0] is None
+    assert "loss=%{z:.5g}" in surface["hovertemplate"] and "acc=%{customdata:.2f}%" in surface["hovertemplate"]
+    assert page["title"] == "loss on digits (10 samples)" and f"<h1>{page['title']}</h1>" in text
     one = tmp_path / "c.html"
     plot_surface(fake_surface(1), one, kind="html")
-    assert "accuracy (%)" in one.read_text()
+    assert "accuracy % (dashed)" in one.read_text()
+
+
+def test_a_large_grid_is_drawn_on_every_kth_point_and_says_so(tmp_path, monkeypatch):
+    from lossgrid.plot import html
+    from lossgrid.plot.page import read_page
+
+    monkeypatch.setattr(html, "MAX_SIDE", 10)
+    s = fake_surface(2, n=41)  # 41 x 43
+    plot_surface(s, tmp_path / "s.html")
+    page = read_page(str(tmp_path / "s.html"))
+    surface = page["panels"][0]["figure"]["data"][0]
+    step = 5  # ceil(43 / 10)
+    assert surface["x"] == pytest.approx(list(s.xcoordinates[::step]))  # every 5th, the last among them
+    assert surface["y"] == pytest.approx(list(s.ycoordinates[::step]) + [0.5])  # every 5th and the last
+    assert page["notes"] == ["41 x 43 points drawn as 9 x 10 (one point in 5 along each axis) to stay "
+                             "responsive; the file holds them all, and the star marks the minimum over all of them"]
+    star = page["panels"][1]["figure"]["data"][-1]
+    i, j = np.unravel_index(np.nanargmin(np.where(s.done, s.loss, np.nan)), s.loss.shape)
+    assert star["x"] == [s.xcoordinates[i]] and star["y"] == [s.ycoordinates[j]]  # over every point
+
+
+def test_every_kind_has_a_page(tmp_path):
+    """compare, curvature and trajectories write pages too (with .html), each panel a figure of its own."""
+    from lossgrid.plot.page import read_page
+
+    a, b = fake_surface(2, path="a.h5"), fake_surface(2, shift=0.3, path="b.h5")
+    plot_surfaces([a, b], tmp_path / "cmp.html", kind="compare")
+    page = read_page(str(tmp_path / "cmp.html"))
+    assert [p["figure"]["layout"]["title"]["text"] for p in page["panels"]] == ["a", "b"]
+    bars = [p["figure"]["data"][0]["colorbar"]["ticktext"] for p in page["panels"]]
+    assert bars[0] == bars[1]  # one colour scale
+    c = fake_surface(2)
+    c.extra = {"max_eig": np.full(c.loss.shape, 4.0), "min_eig": np.full(c.loss.shape, -1.0)}
+    plot_surface(c, tmp_path / "curv.html", kind="curvature")
+    (ratio, _) = read_page(str(tmp_path / "curv.html"))["panels"]
+    assert ratio["figure"]["data"][0]["z"][1][1] == pytest.approx(0.25)
+    traj = fake_trajectory()
+    s = fake_surface(2, directions=traj.directions.fingerprint())
+    plot_surface(s, tmp_path / "path.html", trajectory=traj, path_loss=np.linspace(1, 0.1, len(traj.paths)))
+    path, losses = read_page(str(tmp_path / "path.html"))["panels"]
+    assert path["figure"]["layout"]["xaxis"]["title"]["text"] == "PC1 (90.0%)"
+    assert len(path["figure"]["layout"]["annotations"]) == len(traj.paths) - 1  # an arrow per step
+    assert losses["figure"]["data"][0]["y"] == pytest.approx(list(np.linspace(1, 0.1, len(traj.paths))))
+    with pytest.raises(ConfigError, match="not surface3d"):
+        plot_surface(s, tmp_path / "p3.html", kind="surface3d", trajectory=traj)
 
 
 @pytest.mark.parametrize("ext", [".vts", ".vtp", ".vtk"])
@@ -327,17 +374,24 @@ def test_frames_share_one_scale():
 
 
 @pytest.mark.parametrize("ndim", [1, 2])
-def test_html_slider_has_one_plotly_frame_per_checkpoint(tmp_path, ndim):
+def test_html_slider_has_one_frame_per_checkpoint(tmp_path, ndim):
     from lossgrid.plot.animate import render_evolution
+    from lossgrid.plot.page import read_page
 
     out = tmp_path / "evo.html"
-    render_evolution(fake_evolution(ndim), out)
+    evo = fake_evolution(ndim)
+    render_evolution(evo, out)
     text = out.read_text()
-    start = text.index("[", text.index("Plotly.addFrames("))
-    frames, _ = json.JSONDecoder().raw_decode(text[start:])
-    assert [f["name"] for f in frames] == ["epoch_1", "epoch_2", "epoch_4", "epoch_8"]
-    assert '"steps"' in text and "checkpoint: " in text  # the slider
-    assert not re.findall(r"<script[^>]*\ssrc=\"https?:", text)
+    frames = read_page(str(out))["frames"]
+    assert frames["labels"] == ["epoch_1  (1/4)", "epoch_2  (2/4)", "epoch_4  (3/4)", "epoch_8  (4/4)"]
+    assert 'id="frame"' in text and 'id="play"' in text  # the slider and its button
+    assert not re.findall(r"<script[^>]*\ssrc=", text)
+    last = frames["updates"][3]
+    if ndim == 2:  # the 3D panel's values of the last checkpoint, rows along y: log10 (0.05 .. 14 spans 2.4 decades)
+        assert last[0]["panel"] == "surface3d" and last[0]["update"]["z"][0][1][1] == pytest.approx(
+            np.log10(evo.surfaces[3].loss[1, 1]))
+    else:  # every curve up to the last shown, the last one bold
+        assert last[0]["update"]["visible"] == [True] * 4 and last[0]["update"]["line.width"][3] > 2
 
 
 def test_mp4_exists_or_names_ffmpeg(tmp_path, monkeypatch):
@@ -376,9 +430,10 @@ def test_default_levels_show_a_deep_basin():
 
 
 def test_html_contour_uses_the_basin_levels_and_marks_the_minimum(tmp_path):
-    """The HTML contour draws the lines of default_levels (plotly spaces lines evenly: on the log of the height
-    above the minimum they are), and a star at the minimum; the hover carries the values themselves."""
-    pytest.importorskip("plotly", reason="plotly (the html extra) is not installed")
+    """The HTML contour draws the lines of default_levels (plotly spaces lines evenly: on each point's
+    position among the levels they are), names them on its colour bar, and stars the minimum; the hover
+    carries the values themselves."""
+    from lossgrid.plot.html import level_index
     from tests.plot.test_plot_adaptive import _traces
 
     s = fake_surface(2, shift=0.3)
@@ -389,13 +444,24 @@ def test_html_contour_uses_the_basin_levels_and_marks_the_minimum(tmp_path):
     (star,) = [t for t in traces if t.get("name", "").startswith("minimum")]
     z, _ = metric_values(s, "loss")  # what the page shows
     levels = default_levels(z, 30)
-    c = contour["contours"]
-    assert 10 ** c["start"] == pytest.approx(levels[0] - np.nanmin(z), rel=1e-6)
-    assert 10 ** c["end"] == pytest.approx(levels[-1] - np.nanmin(z), rel=1e-6)
-    assert (c["end"] - c["start"]) / c["size"] == pytest.approx(29)
+    assert contour["contours"] == {"coloring": "lines", "start": 0, "end": 29, "size": 1}
+    assert contour["z"][2][3] == pytest.approx(level_index(z, levels)[3, 2])
+    assert contour["colorbar"]["ticktext"][0] == f"{levels[0]:.3g}" and contour["colorbar"]["tickvals"][-1] == 29
     i, j = np.unravel_index(np.argmin(s.loss), s.loss.shape)
     assert star["x"] == [s.xcoordinates[i]] and star["y"] == [s.ycoordinates[j]]
     assert contour["customdata"][j][i][0] == pytest.approx(s.loss[i, j])  # rows are y: the value, then accuracy
+    plot_surface(s, tmp_path / "given.html", levels="0.1,0.2,0.5,1,2")
+    _, traces = _traces(tmp_path / "given.html")
+    assert traces[1]["colorbar"]["ticktext"] == ["0.1", "0.2", "0.5", "1", "2"]  # --levels as given
+
+
+def test_level_index_puts_the_levels_on_the_integers():
+    from lossgrid.plot.html import level_index
+
+    levels = np.array([0.01, 0.1, 1.0, 10.0])
+    got = level_index(np.array([0.01, 0.055, 1.0, 10.0, 99.0, 0.0, np.nan]), levels)
+    np.testing.assert_allclose(got[:6], [0, 0.5, 2, 3, 3, 0])
+    assert np.isnan(got[6])
 
 
 def test_reference_vmin_vmax_vlevel_spelling(tmp_path, monkeypatch):
@@ -443,7 +509,7 @@ def test_3d_and_html_share_one_z_scale_rule(tmp_path, monkeypatch):
     plot_surface(deep, out)
     payload, traces = _traces(out)
     (surf,) = [t for t in traces if t["type"] == "surface"]
-    assert surf["colorbar"]["title"]["text"] == "log10 loss" and payload.count("log10 loss") >= 3  # bar, z axis, title
+    assert surf["colorbar"]["title"]["text"] == "log10 loss" and payload.count("log10 loss") >= 4  # bars, z, title
     assert np.nanmax(np.array(surf["z"], dtype=float)) < 2  # log10 of about 60
     import lossgrid.plot as plot_module
 

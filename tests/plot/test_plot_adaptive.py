@@ -2,7 +2,6 @@
 markers on 1D curves, a note "adaptive: N of M points evaluated")."""
 
 import json
-import re
 
 import numpy as np
 import pytest
@@ -143,10 +142,11 @@ def test_compare_and_overlay_name_each_adaptive_surface(tmp_path, figures):
 
 
 def _traces(path):
-    text = path.read_text()
-    payload = text[text.index("Plotly.newPlot"):]
-    return payload, json.loads(re.search(r"Plotly\.newPlot\(\s*\"[^\"]+\",\s*(\[.*?\])\s*,\s*\{", payload,
-                                         re.S).group(1))
+    """The page's data block as text, and every trace of every panel."""
+    from lossgrid.plot.page import read_page
+
+    page = read_page(str(path))
+    return json.dumps(page), [t for panel in page["panels"] for t in panel["figure"]["data"]]
 
 
 def test_html_marks_evaluated_points(tmp_path):
@@ -175,4 +175,4 @@ def test_html_of_a_plain_surface_is_unchanged(tmp_path):
     pytest.importorskip("plotly", reason="plotly (the html extra) is not installed")
     plot_surface(fake_surface(1), tmp_path / "c.html")
     _, traces = _traces(tmp_path / "c.html")
-    assert [t.get("mode") for t in traces] == ["lines+markers", "lines"]
+    assert [t.get("mode") for t in traces] == ["lines+markers", "lines"]  # loss with its points, accuracy
