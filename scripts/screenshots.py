@@ -36,8 +36,8 @@ def lossgrid(*args: str) -> None:
     subprocess.run(command, check=True)
 
 
-def compute(work: str) -> dict[str, list[str]]:
-    """The runs every picture is drawn from; returns, per kind, the arguments of its `lossgrid plot`."""
+def compute(work: str) -> None:
+    """The runs every picture is drawn from, into ``work``."""
     demo, path = os.path.join(work, "demo"), os.path.join(work, "trajectory")
     lossgrid("demo", "--out", demo, "--overwrite", "-q")
     lossgrid("demo", "--trajectory", "--out", path, "--overwrite", "-q")
@@ -59,7 +59,13 @@ def compute(work: str) -> dict[str, list[str]]:
     lossgrid("evolve", "--model", MODEL, "--data", DATA, "--checkpoints", os.path.join(ckpts, "epoch_*.pt"),
              "--samples", "500", "--x=-1:1:21", "--y=-1:1:21", "--out", at("evolution"), "--html",
              os.path.join(work, "evolution.html"), "--gif", os.path.join(work, "evolution.gif"), "-q")
-    surface = os.path.join(demo, "surface.h5")
+
+
+def kinds(work: str) -> dict[str, list[str]]:
+    """Per kind, the arguments of its `lossgrid plot` on the runs in ``work``."""
+    at = os.path.join(work, "{}.h5").format
+    path = os.path.join(work, "trajectory")
+    surface = os.path.join(work, "demo", "surface.h5")
     trajectory = ["--trajectory", os.path.join(path, "trajectory.h5"), "--model", MODEL, "--data", DATA]
     return {"surface": [surface], "surface3d": [surface, "--kind", "surface3d"], "curve": [at("line")],
             "interpolation": [at("interpolation")], "compare": [at("epoch_3"), at("epoch_12"), "--kind", "compare"],
@@ -101,6 +107,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="docs/img", help="where the images go (default: docs/img)")
     parser.add_argument("--work", help="keep the runs here (default: a temporary folder)")
+    parser.add_argument("--redraw", action="store_true", help="draw again from the runs already in --work")
     args = parser.parse_args()
     why = browser.unavailable()
     if why:
@@ -109,7 +116,9 @@ def main() -> int:
     os.makedirs(args.out, exist_ok=True)
     work = args.work or tempfile.mkdtemp(prefix="lossgrid-screenshots-")
     t0 = time.perf_counter()
-    problems = draw(work, args.out, compute(work))
+    if not args.redraw:
+        compute(work)
+    problems = draw(work, args.out, kinds(work))
     shrink(args.out)
     for p in problems:
         print("page problem:", p, file=sys.stderr)

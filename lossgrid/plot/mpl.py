@@ -105,7 +105,7 @@ def plane(surface: Surface, out: str, kind: str = "contour", metric: str = "loss
     z, label = metric_values(surface, metric, log=log, vmax=vmax)
     artist = _draw_plane(ax, surface, z, kind, resolve_levels(z, levels, log), None, None)
     if kind != "contour":
-        fig.colorbar(artist, ax=ax, label=label)
+        fig.colorbar(artist, ax=ax, label=label, format="%.3g")
     if trajectory is not None:
 
         values = path_values(path_loss, log=log, vmax=vmax) if metric == "loss" else None
@@ -128,9 +128,9 @@ def _draw_plane(ax: Any, surface: Surface, z: np.ndarray, kind: str, levels: np.
         artist = ax.imshow(z.T, origin="lower", extent=(xs[0] - dx, xs[-1] + dx, ys[0] - dy, ys[-1] + dy),
                            aspect="auto", cmap="viridis", vmin=vmin, vmax=vmax, interpolation="nearest")
     elif kind == "contourf":
-        artist = ax.contourf(X, Y, z, levels=levels, cmap="viridis", extend="both", vmin=vmin, vmax=vmax)
+        artist = ax.contourf(X, Y, z, levels=levels, cmap="viridis", extend="both", norm=_by_level(levels, "both"))
     else:
-        artist = ax.contour(X, Y, z, levels=levels, cmap="viridis", linewidths=1.0)
+        artist = ax.contour(X, Y, z, levels=levels, cmap="viridis", linewidths=1.0, norm=_by_level(levels))
         ax.clabel(artist, artist.levels[::3], inline=True, fontsize=7, fmt="%.3g")
     _mark_evaluated(ax, surface)
     idx = minimum_index(z)
@@ -139,6 +139,14 @@ def _draw_plane(ax: Any, surface: Surface, z: np.ndarray, kind: str, levels: np.
     ax.set_xlabel(plane_label(surface.attrs, "x"))
     ax.set_ylabel(plane_label(surface.attrs, "y"))
     return artist
+
+
+def _by_level(levels: np.ndarray, extend: str = "neither") -> Any:
+    """Colours by a level's rank, not its value: the basin's fine levels get colours of their own, as the
+    colour bar of an HTML contour (a linear norm gives every level near the minimum the same dark colour)."""
+    from matplotlib import colors
+
+    return colors.BoundaryNorm(np.asarray(levels, dtype=float), ncolors=256, extend=extend)
 
 
 def _heading(surface: Surface, text: str) -> str:
@@ -204,7 +212,7 @@ def compare(surfaces: list[Surface], out: str, kind: str = "contourf", metric: s
     for ax, s, (z, _) in zip(axes[0], surfaces, values):
         artist = _draw_plane(ax, s, z, "heatmap" if kind == "heatmap" else "contourf", lv, vmin_all, vmax_all)
         ax.set_title(with_note(name_of(s), s), fontsize=9)
-    fig.colorbar(artist, ax=list(axes[0]), label=label, shrink=0.9)
+    fig.colorbar(artist, ax=list(axes[0]), label=label, shrink=0.9, format="%.3g")
     fig.suptitle(title_of(surfaces[0], title, f"{label}, shared scale"), fontsize=10)
     _save(fig, out, dpi)
 
