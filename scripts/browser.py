@@ -27,6 +27,13 @@ ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--use-angle=swiftsha
 #: a page has this long to draw its panels (software WebGL on a loaded 2-core machine is slow)
 READY_MS = 60_000
 
+#: a resized page has this long to redraw its panels at their new size
+SETTLE_MS = 15_000
+SETTLED = """() => [...document.querySelectorAll("figure.panel")].every(p => {
+  const svg = p.querySelector("svg.main-svg");
+  return !svg || Math.abs(svg.getBoundingClientRect().width - p.clientWidth) < 3;
+})"""
+
 MEASURE = """() => {
   const box = e => { const r = e.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; };
   const panels = [...document.querySelectorAll("figure.panel")].map(p => ({
@@ -144,7 +151,11 @@ class Browser:
         found = []
         for k, window in enumerate(windows):
             page.set_viewport_size({"width": window[0], "height": window[1]})
-            page.wait_for_timeout(300)  # plotly redraws a responsive panel on the resize
+            try:  # plotly redraws a responsive panel on the resize: wait until every one fits its box again
+                page.wait_for_function(SETTLED, timeout=SETTLE_MS)
+            except Exception:  # measured as it stands: the checks then say what does not fit
+                pass
+            page.wait_for_timeout(100)
             seen = Seen(path, window, errors, requests, page.evaluate(MEASURE))
             shot = page.screenshot(full_page=True)  # one picture per window: WebGL in software is slow to draw
             offset = page.evaluate("[window.scrollX, window.scrollY]")
