@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,8 @@ from ..config import DIR_TYPES, DirectionSpec
 from ..errors import ConfigError, DirectionError
 from ..kernels import normalize_direction
 from .params import ParamLayout, perturbed_tensors, select_names
+
+log = logging.getLogger(__name__)
 
 #: attributes read back with the directions (``explained_variance_ratio``: the PCA plane of a trajectory)
 META_KEYS = ("dir_type", "seed", "kind", "xnorm", "xignore", "ynorm", "yignore", "eigenvalues",
@@ -92,6 +95,22 @@ def random_direction(weights: dict[str, torch.Tensor], norm: str, ignore: str,
     return out
 
 
+def _warn_fixed_statistics(model: nn.Module, model2: nn.Module) -> None:
+    """Warn when the two models' floating-point buffers (BatchNorm's running statistics) differ: a ``weights``
+    interpolation moves the parameters only, so x=1 is the second model's weights with the first model's
+    statistics, not the second model (the reference implementation's ``dir_type weights`` does the same)."""
+    params = {n for n, _ in model.named_parameters()}
+    theirs = perturbed_tensors(model2, "states")
+    differ = [n for n, t in perturbed_tensors(model, "states").items() if n not in params and n in theirs
+              and not torch.equal(t, theirs[n].to(t.device, t.dtype))]
+    if differ:
+        log.warning("%d buffer(s) differ between the two models (%s%s) and stay the first model's along the whole "
+                    "line (--dir-type weights moves parameters only): x=1 is the second model's weights with the "
+                    "first model's running statistics, not the second model. Pass --dir-type states to move them "
+                    "too, or --bn recompute to re-estimate them at every point", len(differ), ", ".join(differ[:3]),
+                    ", ..." if len(differ) > 3 else "")
+
+
 def gaussian_directions(model: nn.Module, spec: DirectionSpec = DirectionSpec(), ndim: int = 2,
                         model2: nn.Module | None = None) -> Directions:
     """Seeded Gaussian directions for ``model``, normalized by ``spec`` (``spec.kind`` is not read:
@@ -120,6 +139,8 @@ def gaussian_directions(model: nn.Module, spec: DirectionSpec = DirectionSpec(),
             )
         x = [other[n].to(w.device, w.dtype) - w for n, w in weights.items()]
         meta.update(kind="interpolation", xnorm="none", xignore="none")
+        if spec.dir_type == "weights":
+            _warn_fixed_statistics(model, model2)
     else:
         x = random_direction(weights, spec.xnorm, spec.xignore, gen)
         meta.update(kind="random", xnorm=spec.xnorm, xignore=spec.xignore)

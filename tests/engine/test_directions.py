@@ -85,6 +85,23 @@ def test_interpolation_direction(trained_cnn):
         create_directions(trained_cnn, DirectionSpec(), ndim=1, model2=torch.nn.Linear(2, 2))
 
 
+def test_an_interpolation_of_weights_warns_when_batchnorm_statistics_differ(caplog):
+    """x=1 of a weights interpolation is not the second model when its running statistics differ: said once,
+    with the way out; states interpolations and models with equal statistics say nothing."""
+    torch.manual_seed(0)
+    a = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    b = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    with caplog.at_level("WARNING", logger="lossgrid.engine.directions"):
+        create_directions(a, DirectionSpec(), ndim=1, model2=b)  # fresh statistics: equal
+        assert caplog.records == []
+        b.train()(torch.randn(8, 3))  # b's running statistics move
+        create_directions(a, DirectionSpec(dir_type="states"), ndim=1, model2=b)
+        assert caplog.records == []
+        create_directions(a, DirectionSpec(), ndim=1, model2=b)
+    (record,) = caplog.records
+    assert "1.running_mean, 1.running_var" in record.getMessage() and "--dir-type states" in record.getMessage()
+
+
 def test_save_load_roundtrip_reference_layout(tmp_path, trained_cnn):
     dirs = create_directions(trained_cnn, DirectionSpec(seed=3), ndim=2)
     path = tmp_path / "dirs.h5"
