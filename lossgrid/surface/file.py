@@ -340,12 +340,15 @@ def comparable_identity(identity: dict[str, Any]) -> dict[str, Any]:
 
 # -- validation and reading -------------------------------------------------------------
 def check_layout(f: Any, shape: tuple[int, ...] | None = None, xcoords: np.ndarray | None = None,
-                 ycoords: np.ndarray | None = None, extra: tuple[str, ...] = ()) -> str | None:
+                 ycoords: np.ndarray | None = None, extra: tuple[str, ...] = (), reference: bool = False
+                 ) -> str | None:
     """What is wrong with an open surface file's datasets, or ``None``.
 
     With ``shape``/``xcoords``/``ycoords`` (a resume), the file must hold exactly
     that grid and all of ``train_loss``, ``train_acc``, ``done`` and the ``extra``
     datasets; optional datasets present (``max_eig``...) must match the grid too.
+    ``reference``: a reference implementation's file, whose 2D datasets may also be
+    shaped ``(ny, nx)`` (:func:`reference_order` reads both).
     """
     def numeric(name: str) -> str | None:
         if name not in f:
@@ -379,7 +382,7 @@ def check_layout(f: Any, shape: tuple[int, ...] | None = None, xcoords: np.ndarr
         problem = numeric(name)
         if problem:
             return problem
-        if f[name].shape != want:
+        if f[name].shape != want and not (reference and f[name].shape == want[::-1]):
             return f"dataset {name} has shape {f[name].shape}, expected {want} (from the coordinates)"
     if shape is not None:
         if want != tuple(shape):
@@ -437,7 +440,7 @@ def load_surface(path: str | os.PathLike) -> Surface:
                                    "pass an HDF5 file written by lossgrid surface") from None
         try:
             with f:
-                return read_surface(f, path, holder)
+                return read_surface(f, path, holder, reference=is_reference_file(f, path))
         except SurfaceFileError:
             raise
         except (OSError, KeyError, ValueError, TypeError, RuntimeError) as e:
@@ -448,41 +451,73 @@ def load_surface(path: str | os.PathLike) -> Surface:
     raise AssertionError("unreachable")
 
 
-def read_surface(f: Any, path: str, holder: dict[str, Any] | None) -> Surface:
-    """The surface an open HDF5 file or group holds (``holder``: the process writing it, if any)."""
-    problem = check_layout(f)
+def is_reference_file(f: Any, path: str) -> bool:
+    """Whether an open surface file is the reference implementation's (no lossgrid schema), whose 2D
+    datasets :func:`reference_order` reads; a file with some of lossgrid's marks but no schema version
+    is refused: its order cannot be decided."""
+    if "schema_version" in f.attrs:
+        return False
+    marks = [f"dataset {DONE}"] * (DONE in f) + ["attribute identity"] * ("identity" in f.attrs)
+    if marks:
+        raise SurfaceFileError(f"Cannot tell how {path} orders its points",
+                               f"it has lossgrid's {' and '.join(marks)} but no schema_version attribute, so it is "
+                               "neither a whole lossgrid file ([ix, iy]) nor the reference implementation's "
+                               "(np.meshgrid(x, y) order)", "recompute it with lossgrid surface")
+    return True
+
+
+def reference_order(values: np.ndarray, nx: int, ny: int) -> np.ndarray:
+    """A reference implementation's 2D dataset indexed ``[ix, iy]``. The reference writes arrays of shape
+    ``(nx, ny)`` but fills them in ``np.meshgrid(x, y).ravel()`` order: the point ``(x[j], y[i])`` at flat
+    index ``i * nx + j``, so the flat values reshaped ``(ny, nx)`` are ``[iy, ix]`` (for square grids too)."""
+    return np.asarray(values).reshape(ny, nx).T
+
+
+def read_surface(f: Any, path: str, holder: dict[str, Any] | None, reference: bool = False) -> Surface:
+    """The surface an open HDF5 file or group holds (``holder``: the process writing it, if any;
+    ``reference``: a reference implementation's file, see :func:`reference_order`)."""
+    problem = check_layout(f, reference=reference)
     if problem:
         raise SurfaceFileError(f"{path} is not a readable surface file", problem,
                                "pass a file written by lossgrid surface (or the reference implementation)")
-    # the mask first: a point marked done already had its values written
-    shape = f[LOSS].shape
-    done = f[DONE][...].astype(bool) if DONE in f else np.ones(shape, dtype=bool)
-    loss = np.asarray(f[LOSS][...], dtype=np.float64)
-    acc = np.asarray(f[ACC][...], dtype=np.float64) if ACC in f else np.full(shape, np.nan)
     x = np.asarray(f["xcoordinates"][...], dtype=np.float64)
     y = np.asarray(f["ycoordinates"][...], dtype=np.float64) if "ycoordinates" in f else None
-    extra = _read_extra(f, shape, path, has_done=DONE in f)
+    shape = (len(x),) if y is None else (len(x), len(y))
+
+    def values(name: str) -> np.ndarray:
+        a = np.asarray(f[name][...], dtype=np.float64)
+        return reference_order(a, *shape) if reference and y is not None else a
+
+    # the mask first: a point marked done already had its values written
+    done = f[DONE][...].astype(bool) if DONE in f else np.ones(shape, dtype=bool)
+    loss = values(LOSS)
+    if reference:  # the reference starts every point at -1 and computes those <= 0 (its own rule)
+        done = loss > 0
+    acc = values(ACC) if ACC in f else np.full(shape, np.nan)
+    extra = _read_extra(f, shape, path, has_done=DONE in f, order=values if reference else None)
     attrs = {k: _attr_value(v) for k, v in f.attrs.items()}
     if "runs" in attrs:
         attrs["runs"] = json.dumps(read_runs(f.attrs))
     return Surface(x, y, loss, acc, done, attrs, path, holder, extra)
 
 
-def _read_extra(f: Any, shape: tuple[int, ...], path: str, has_done: bool) -> dict[str, np.ndarray]:
-    """The optional per-point datasets that match the grid; others (e.g. a reference file's
-    ``max_eig`` stored ``[iy, ix]`` on a non-square grid) are skipped with a warning, never
-    making the losses unreadable. The reference marks points without eigenvalues by
-    ``max_eig = -1, min_eig = 1`` (and has no ``done`` mask): those become NaN."""
+def _read_extra(f: Any, shape: tuple[int, ...], path: str, has_done: bool,
+                order: Any = None) -> dict[str, np.ndarray]:
+    """The optional per-point datasets that match the grid (a reference file's read by ``order``, in
+    either of its shapes); others are skipped with a warning, never making the losses unreadable.
+    The reference marks points without eigenvalues by ``max_eig = -1, min_eig = 1`` (and has no
+    ``done`` mask): those become NaN."""
     extra: dict[str, np.ndarray] = {}
     for name in EXTRA_DATASETS:
         if name not in f:
             continue
         d = f[name]
-        if not hasattr(d, "dtype") or d.dtype.kind not in "fiu" or d.shape != shape:
+        fits = d.shape == shape or order is not None and d.shape == shape[::-1]
+        if not hasattr(d, "dtype") or d.dtype.kind not in "fiu" or not fits:
             log.warning("%s: dataset %s (shape %s) does not match the grid %s; not read", path, name,
                         getattr(d, "shape", "?"), shape)
             continue
-        extra[name] = np.asarray(d[...], dtype=np.float64)
+        extra[name] = order(name) if order is not None else np.asarray(d[...], dtype=np.float64)
     if not has_done and "max_eig" in extra and "min_eig" in extra:
         unset = (extra["max_eig"] == -1) & (extra["min_eig"] == 1)
         for name in ("max_eig", "min_eig"):

@@ -133,7 +133,12 @@ def test_reference_files_with_other_eigenvalue_layouts_still_load(tmp_path):
     assert np.isnan(surf.extra["max_eig"][0, 0]) and surf.extra["max_eig"][1, 1] == 2.0
     with h5py.File(path, "r+") as f:
         del f["max_eig"]
-        f["max_eig"] = np.full((3, 5), 2.0)  # [iy, ix] on a non-square grid
+        f["max_eig"] = np.arange(15.0).reshape(3, 5)  # shaped [iy, ix]: the same meshgrid order, read as such
+    surf = load_surface(str(path))
+    assert surf.extra["max_eig"][4, 0] == 4.0 and surf.extra["max_eig"][0, 2] == 10.0  # (x[4], y[0]), (x[0], y[2])
+    with h5py.File(path, "r+") as f:
+        del f["max_eig"]
+        f["max_eig"] = np.full((4, 4), 2.0)  # no order of this grid: skipped, the losses still load
     surf = load_surface(str(path))
     assert "max_eig" not in surf.extra and surf.loss.shape == (5, 3)
 
