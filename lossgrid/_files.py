@@ -210,6 +210,23 @@ def input_file_problem(path: str | os.PathLike) -> str | None:
     return None
 
 
+def truncated_zip_problem(path: str | os.PathLike) -> str | None:
+    """Why a file that starts as a zip archive (``torch.save``'s format, ``.npz``) cannot be one: its end,
+    where a zip keeps the index of its members, is missing (a copy or download cut short). ``None`` for a
+    whole archive or a file that is no zip at all."""
+    import zipfile
+
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(4) != b"PK\x03\x04" or zipfile.is_zipfile(fh):
+                return None
+    except OSError:
+        return None
+    size = os.path.getsize(path)
+    return (f"the file ends early: it starts as a zip archive but its last part, the archive's index, is missing "
+            f"(truncated at {size:,} bytes; copied or downloaded only in part?)")
+
+
 def is_hdf5(path: str | os.PathLike) -> bool:
     """Whether the file starts with the HDF5 signature (corrupt HDF5 files included)."""
     try:

@@ -91,7 +91,7 @@ from ._cifar import (
     parse_cifar_spec,
     read_cifar_batch,
 )
-from ._files import error_text, input_file_problem, open_regular
+from ._files import error_text, input_file_problem, open_regular, truncated_zip_problem
 from ._images import load_imagefolder
 from ._memory import memory_problem
 from ._records import TARGET_KEYS, collate_dataset, is_dataset, split_records, tensors_of
@@ -259,6 +259,10 @@ def _npz(path: str) -> tuple[np.ndarray, np.ndarray] | dict[str, np.ndarray]:
 
 
 def _check_npz_magic(head: bytes, path: str) -> None:
+    truncated = truncated_zip_problem(path)
+    if truncated:
+        raise DataLoadError(f"Data file {path} is incomplete", truncated, "copy the archive again, or save it again "
+                            "with numpy.savez")
     if head.startswith(_NPY_MAGIC):
         raise DataLoadError(f"Data file {path} is a single .npy array, not an .npz archive",
                             "npz: needs the inputs and the targets, as arrays x and y of one archive", _NPZ_HINT)

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from . import zoo
-from ._files import input_file_problem
+from ._files import input_file_problem, truncated_zip_problem
 from ._pickle import numpy_safe_globals
 from ._spec import load_object
 from .errors import ConfigError, MissingBackendError, ModelLoadError
@@ -130,6 +130,10 @@ def read_checkpoint(path: str, trust: bool = False) -> Any:
     problem = input_file_problem(path)
     if problem:
         raise ModelLoadError(f"Cannot read checkpoint {path}", problem, "check the --checkpoint/--model2 path")
+    truncated = truncated_zip_problem(path)
+    if truncated:
+        raise ModelLoadError(f"Checkpoint {path} is incomplete", truncated,
+                             "copy the checkpoint again from where it was saved (or save it again)")
     if _is_safetensors(path):
         return _read_safetensors(path)
     if _is_torchscript(path):

@@ -323,7 +323,7 @@ def _damaged_npz_files(tmp_path):
     value = good.index(b"\x93NUMPY") + 128 + 8  # the second float of x, stored
     method = good.index(b"PK\x01\x02") + 10  # the compression method in the first central directory entry
     return {"lone.npy": ((tmp_path / "lone.npy").read_bytes(), "is a single .npy array, not an .npz archive"),
-            "truncated.npz": (good[: len(good) // 2], "BadZipFile"),
+            "truncated.npz": (good[: len(good) // 2], "is incomplete.*truncated at"),
             "crc.npz": (good[:value] + b"\x01" + good[value + 1:], "BadZipFile: Bad CRC-32"),
             "inflate.npz": (compressed[:offset] + b"\xff\xff" + compressed[offset + 2:], "zlib.error: Error -3"),
             "method.npz": (good[:method] + b"\x63\x00" + good[method + 2:], "NotImplementedError: That compression"),
@@ -402,4 +402,26 @@ def test_available_memory_is_read_from_meminfo():
     if not os.path.exists("/proc/meminfo"):
         pytest.skip("no /proc/meminfo")
     assert available_memory() > 0
+
+
+def test_npz_that_is_no_archive_or_a_truncated_one_says_so(tmp_path):
+    """Not a zip: no word of pickles or allow_pickle; a zip cut short: incomplete, with the size."""
+    from lossgrid.data import load_data
+    from lossgrid.errors import DataLoadError
+
+    text = tmp_path / "text.npz"
+    text.write_bytes(b"x,y\n1,2\n" * 50)
+    a_pickle = tmp_path / "p.npz"
+    a_pickle.write_bytes(b"\x80\x04\x95" + b"\x00" * 64)
+    for path in (text, a_pickle):
+        with pytest.raises(DataLoadError, match="not an .npz archive") as e:
+            load_data(f"npz:{path}")
+        assert "pickle" not in str(e.value).lower()
+    whole = tmp_path / "whole.npz"
+    np.savez(whole, x=np.zeros((40, 3), np.float32), y=np.zeros(40, np.int64))
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(whole.read_bytes()[:300])
+    with pytest.raises(DataLoadError, match="is incomplete") as e:
+        load_data(f"npz:{cut}")
+    assert "truncated at 300 bytes" in str(e.value) and "BadZipFile" not in str(e.value)
 

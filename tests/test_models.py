@@ -93,6 +93,22 @@ def test_bad_checkpoints(tmp_path):
         load_model(f"{CONFTEST}:small_cnn", str(other))
 
 
+@pytest.mark.parametrize("keep", [8000, 0.5, 0.99])
+def test_a_truncated_checkpoint_says_so_in_the_users_words(tmp_path, keep):
+    """A torch.save file cut short (a copy or download stopped): no OSError text, the size it was cut at."""
+    whole = tmp_path / "whole.pt"
+    torch.save(small_cnn().state_dict(), whole)
+    data = whole.read_bytes()
+    size = keep if isinstance(keep, int) else int(len(data) * keep)
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(data[:size])
+    with pytest.raises(ModelLoadError, match="is incomplete") as e:
+        read_checkpoint(str(cut))
+    text = str(e.value)
+    assert f"truncated at {size:,} bytes" in text and "Errno" not in text and "OSError" not in text
+    assert read_checkpoint(str(whole)).keys() == small_cnn().state_dict().keys()  # a whole one still loads
+
+
 def test_bad_factories(tmp_path):
     src = tmp_path / "f.py"
     src.write_text("def bad():\n    return 3\ndef boom():\n    raise ValueError('x')\n")
