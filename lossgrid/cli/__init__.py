@@ -12,6 +12,7 @@ from ._signals import (
     EXIT_INTERRUPTED,
     EXIT_TERMINATED,
     Terminated,
+    exit_on_signal,
     install_signal_handlers,
     interrupted_message,
     terminated_message,
@@ -52,7 +53,9 @@ def main(argv: list[str] | None = None) -> None:
             except OSError:
                 pass  # run untuned rather than not at all
         code = _run(args)
+        exit_on_signal(code)  # the run is over: a signal from now on ends it with its own code
         code = _flush_stdout(code)
+        exit_on_signal(code)
     except KeyboardInterrupt:
         code = _stop(interrupted_message(args), EXIT_INTERRUPTED)
     except Terminated as e:

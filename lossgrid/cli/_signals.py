@@ -78,6 +78,18 @@ def install_signal_handlers() -> None:
             signal.signal(sig, _on_signal)
 
 
+def exit_on_signal(code: int) -> None:
+    """Once a command has finished: Ctrl-C, SIGTERM and SIGHUP end the process at once with the finished
+    command's exit ``code``, no traceback (one arriving while the interpreter shuts down, say, in an
+    ``atexit`` hook or while torch's threads stop, would otherwise print ``KeyboardInterrupt``)."""
+    def finish(signum: int, frame: FrameType | None) -> None:
+        os._exit(code)
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, finish)
+
+
 def stop_hint(args: list[str]) -> str:
     """What a command stopped by a signal leaves behind: the first word of ``args`` naming a command."""
     command = next((a for a in args if not a.startswith("-")), "")

@@ -11,6 +11,8 @@ import hashlib
 import json
 import os
 import pickle
+import subprocess
+import sys
 
 import h5py
 import numpy as np
@@ -321,3 +323,16 @@ def test_signal_during_an_import_is_delivered_again_later(monkeypatch):
         _signals._on_signal(signal.SIGTERM, sys._getframe())
     with pytest.raises(KeyboardInterrupt):
         _signals._on_signal(signal.SIGINT, sys._getframe())
+
+
+@pytest.mark.parametrize("sig,args,code", [("SIGINT", ["zoo"], 0), ("SIGTERM", ["zoo"], 0), ("SIGINT", ["plot"], 2)])
+def test_a_signal_during_shutdown_after_a_finished_run_keeps_its_exit_code(sig, args, code):
+    """Ctrl-C or SIGTERM while the interpreter shuts down (here from an atexit hook, which runs after the
+    command returned): no KeyboardInterrupt traceback, and the finished command's exit code."""
+    program = ("import atexit, os, signal, time\n"
+               f"atexit.register(lambda: (os.kill(os.getpid(), signal.{sig}), time.sleep(5)))\n"
+               "from lossgrid.cli import main\n"
+               f"main({args!r})\n")
+    r = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    assert r.returncode == code, r.stderr
+    assert "Traceback" not in r.stderr and "KeyboardInterrupt" not in r.stderr and "Stopped" not in r.stderr
