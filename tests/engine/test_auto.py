@@ -35,8 +35,9 @@ class Fake(Runner):
     clock); its loss is its ``mark``."""
 
     def __init__(self, mark: float, per_batch: float, fixed: float = 0.0, strategy: str = "loop",
-                 batches: int = 4) -> None:
+                 batches: int = 4, warmup: float = 0.0) -> None:
         self.mark, self.per_batch, self.fixed, self.strategy = mark, per_batch, fixed, strategy
+        self.warmup = warmup  # charged once, on the first call
         self.batches = [None] * batches
         self.points_per_call = 4
         self.calls = 0
@@ -45,7 +46,7 @@ class Fake(Runner):
     def evaluate(self, weights):
         self.calls += 1
         k = weights.shape[0]
-        CLOCK.now += k * (self.fixed + self.per_batch * len(self.batches))
+        CLOCK.now += k * (self.fixed + self.per_batch * len(self.batches)) + (self.warmup if self.calls == 1 else 0)
         return Stats(np.full(k, self.mark), np.full(k, 100.0), np.full(k, np.nan))
 
     def describe(self):
@@ -103,12 +104,28 @@ def test_large_job_times_the_others_keeps_the_fastest_and_releases_the_rest():
     CLOSED.clear()
     loss, _, _ = auto.evaluate(W)
     assert sorted(CLOSED) == [1, 3]  # the losers were closed at once, the winner is not
-    # the first point was real work of the default, the rest of the chunk is the winner's
-    assert list(loss) == [1, 2, 2, 2] and auto.chosen.mark == 2
+    # the first two points were real work of the default (a warm-up pass, a timed one), the rest the winner's
+    assert list(loss) == [1, 1, 2, 2] and auto.chosen.mark == 2
     assert "fastest when timed" in auto.reason and auto.calibration_seconds > 0
     gc.collect()
     assert len(made) == 3 and [r() for r in made if r() is not None] == [auto.chosen]
     assert list(auto.evaluate(W)[0]) == [2, 2, 2, 2]
+
+
+@pytest.mark.parametrize("strategy,kept", [("loop", [1, 1, 1, 1]), ("wide", [1, 1, 1, 1])])
+def test_the_job_is_estimated_from_a_warm_pass_not_the_first(strategy, kept):
+    """A first pass that pays a warm-up (0.3 s on a 2 ms/point runner) would put a 10,000-point job at about
+    3,000 s; the estimate comes from the next pass: 80 s. A one-point strategy times the chunk's next point
+    (kept); a chunk-wide one repeats its chunk (the repeat is dropped, the values stay the first pass's)."""
+    auto, made = _auto([("torch/" + strategy, (1, 0.002), {"warmup": 0.3, "strategy": strategy})])
+    auto.expect(10_000)
+    loss, _, _ = auto.evaluate(W)
+    assert list(loss) == kept and auto.estimated_job_seconds == pytest.approx(0.008 * (10_000 - (2 if strategy ==
+                                                                                                  "loop" else 4)))
+    assert made[0]().calls == 3 if strategy == "loop" else made[0]().calls == 2
+    slow = Fake(1, per_batch=0.5)  # a first pass of 2 s is mostly work: not repeated
+    kept_stats, per_point = AutoRunner._warm_per_point(slow, W, 1)
+    assert slow.calls == 1 and per_point == pytest.approx(2.0) and len(kept_stats) == 1
 
 
 def test_candidates_that_cannot_run_are_skipped_with_the_reason():

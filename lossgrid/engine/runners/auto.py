@@ -44,6 +44,8 @@ KEEP_WITHIN = 1.5
 SETUP_PRIOR = {"torch": 0.05, "onnxruntime": 0.3, "tensorrt": 30.0}  # TensorRT: an engine build without cache
 #: how much slower than the default a candidate may be assumed when estimating its timing cost
 SLOWER = 1.5
+#: a first pass quicker than this (seconds) is timed again once warm before the job is estimated from it
+WARM_REPEAT_S = 1.0
 
 
 class AutoRunner(Runner):
@@ -70,6 +72,9 @@ class AutoRunner(Runner):
         self.backend = backend
         self.device = device
         self.remaining: int | None = None
+        #: the seconds the rest of the job should take with the runner chosen (None before the choice, or
+        #: without :meth:`expect`), from its timed, warm passes
+        self.estimated_job_seconds: float | None = None
         self.chosen: Any = None
         self.reason = ""
         self.calibration_seconds = 0.0
@@ -103,6 +108,8 @@ class AutoRunner(Runner):
             return {"backend": self.backend, "strategy": None, "strategy_reason": "not yet chosen",
                     "device": self.device, "points_per_call": self.points_per_call, "batch_size": None}
         out = {**self.chosen.describe(), "calibration_seconds": round(self.calibration_seconds, 3)}
+        if self.estimated_job_seconds is not None:
+            out["estimated_job_seconds"] = round(self.estimated_job_seconds, 3)
         if self.backend == "auto":
             out["backend_choice"] = f"auto: {self.reason}"
         else:
@@ -123,10 +130,9 @@ class AutoRunner(Runner):
             raise ConfigError("No runner can run this model", "; ".join(refused),
                               "check the model and data with --backend torch --strategy loop")
         head = pass_width(default_label.partition("/")[2], k)
-        t0 = time.perf_counter()
-        first = default.evaluate(weights[:head])  # real work, kept: it measures what a point costs
-        per_point = (time.perf_counter() - t0) / head
-        left = None if self.remaining is None else max(self.remaining - head, 0)
+        kept, per_point = self._warm_per_point(default, weights, head)
+        used = sum(len(s.loss) for s in kept)
+        left = None if self.remaining is None else max(self.remaining - used, 0)
         job = per_point * left if left is not None else float("inf")
         self._refused = refused
         runners = {default_label: default}
@@ -139,9 +145,27 @@ class AutoRunner(Runner):
         runners.clear()  # release the others: sessions, thread pools, wide models
         gc.collect()
         log.info("%s chose %s (%s)", self.backend, best, self.reason)
-        if head == k:
-            return first
-        return concat_stats([first, self.chosen.evaluate(weights[head:])])
+        if used == k:
+            return kept[0] if len(kept) == 1 else concat_stats(kept)
+        return concat_stats([*kept, self.chosen.evaluate(weights[used:])])
+
+    @staticmethod
+    def _warm_per_point(default: Any, weights: torch.Tensor, head: int) -> tuple[list[Stats], float]:
+        """The default's first pass (real work, kept) and its seconds per point once warm. A first pass pays
+        the warm-up (allocations, thread pools, lazy initialisation): on a tiny model that is most of it, and
+        an estimate from it put a 500 s job at 241,000 s. So a first pass quicker than :data:`WARM_REPEAT_S`
+        is followed by a timed one, on the next points of the chunk when it has them (kept), else on the same
+        points again (dropped: it costs at most that much); a slower first pass is mostly work already."""
+        t0 = time.perf_counter()
+        kept = [default.evaluate(weights[:head])]
+        cold = time.perf_counter() - t0
+        if cold >= WARM_REPEAT_S:
+            return kept, cold / head
+        fresh = 2 * head <= weights.shape[0]  # the chunk has a second pass's worth of points
+        t0 = time.perf_counter()
+        second = default.evaluate(weights[head:2 * head] if fresh else weights[:head])
+        warm = (time.perf_counter() - t0) / head
+        return (kept + [second] if fresh else kept), warm
 
     def _choose(self, runners: dict[str, Any], weights: torch.Tensor, per_point: float, job: float,
                 left: int | None) -> str:
@@ -174,12 +198,15 @@ class AutoRunner(Runner):
             best = min(timings, key=timings.__getitem__)
             parts = [f"{label} {t * 1e3:.1f} ms/point" for label, t in sorted(timings.items(), key=lambda kv: kv[1])]
             reason = f"fastest when timed on this model and data: {', '.join(parts)}; timing cost {spent:.2f} s"
-            if np.isfinite(job) and job > 0:
-                reason += f" ({100 * spent / job:.1f}% of the estimated {job:.0f} s job)"
+            if left:  # the rest of the job at the chosen runner's speed
+                self.estimated_job_seconds = timings[best] * left
+                reason += f" ({100 * spent / self.estimated_job_seconds:.1f}% of the job, estimated at " \
+                          f"{self.estimated_job_seconds:.0f} s)"
             if untimed:
                 reason += f"; not timed (over the {100 * self.budget:g}% budget): {', '.join(untimed)}"
         else:
             best = default_label
+            self.estimated_job_seconds = job if np.isfinite(job) else None
             if not untimed:
                 reason = f"{default_label}: no other candidate can run this model"
             elif left == 0:
