@@ -22,10 +22,11 @@ demo: $(VENV)/.installed
 
 # The suite as two pytest processes at once, one per core, with one torch thread each: the tests that
 # start processes of their own (much of their time is spent waiting on them) beside the rest, with the
-# gallery and bench tests to even them out: the two halves take about as long. The slow tier is left out
-# (setup.cfg); test-all runs everything, one process.
+# gallery, bench and plot tests to even them out: the two halves take about as long. The slow tier is left
+# out (setup.cfg); test-all runs everything, one process.
 PROCESS_TESTS := tests/scripts tests/test_import.py tests/kernels tests/surface/test_distributed.py \
-	tests/surface/test_surface_safety.py tests/surface/test_fault_injection.py tests/gallery tests/bench
+	tests/surface/test_surface_safety.py tests/surface/test_fault_injection.py tests/gallery tests/bench \
+	tests/plot/test_plot.py
 PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider
 
 test: $(VENV)/.installed

@@ -58,6 +58,10 @@ class Evaluation:
         return self.points[chunk].to(self.device)
 
 
+#: commits timed (after the first) for the job's estimate
+TIMED_COMMITS = 3
+
+
 @dataclass
 class ChunkLoop:
     """Evaluates chunks of grid points with ``runner`` and commits each one, counting points and sample
@@ -83,6 +87,9 @@ class ChunkLoop:
     policy: Any = None  # an adaptive grid's policy (its report goes into the log)
     precision_check: dict[str, Any] = field(default_factory=dict)
     sample_evals: int = 0
+    #: seconds of the first commits (values, done mask, flushes), whose cost per point completes the job's
+    #: estimate: on a tiny model a chunk costs as much to commit as to evaluate
+    commit_seconds: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.done_count, self.total, self.t0 = self.start_done, self.surface.done.size, time.perf_counter()
@@ -113,7 +120,9 @@ class ChunkLoop:
         """Write ``chunk``'s values (file or memory), count them, check the precision once, report progress."""
         loss_k, acc_k, extra = result
         if self.writer is not None:
+            t0 = time.perf_counter()
             self.writer.write(chunk, loss_k, acc_k, extra)
+            self._count_commit(time.perf_counter() - t0, len(chunk))
         else:
             surface = self.surface
             idx = np.unravel_index(chunk, surface.done.shape)
@@ -129,6 +138,13 @@ class ChunkLoop:
                 ev.coefficients(chunk[:PRECISION_CHECK_POINTS]), loss_k, ev.bn_batches))
         if self.progress:
             self.progress(self.done_count, self.total)
+
+    def _count_commit(self, seconds: float, points: int) -> None:
+        """After :data:`TIMED_COMMITS` commits past the first (which publishes the file), hand their cost per
+        point to a runner that estimates the job (``auto``), once."""
+        self.commit_seconds.append(seconds / points)
+        if len(self.commit_seconds) == TIMED_COMMITS + 1 and hasattr(self.runner, "add_overhead"):
+            self.runner.add_overhead(float(np.median(self.commit_seconds[1:])))
 
     def evaluate(self, indices: np.ndarray) -> None:
         """Evaluate and commit the points ``indices`` chunk by chunk (on every rank of a sharded run)."""

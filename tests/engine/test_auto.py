@@ -158,3 +158,28 @@ def test_a_default_that_cannot_run_the_model_passes_to_the_next_candidate():
     nobody = AutoRunner([("torch/static", refuse)], points_per_call=4)
     with pytest.raises(ConfigError, match="No runner can run this model"):
         nobody.evaluate(W)
+
+
+def test_measured_commits_complete_the_estimate_once():
+    """What the caller spends per point besides evaluating (a surface's commits) joins the estimate, once."""
+    auto, _ = _auto([("torch/loop", (1, 0.002), {"warmup": 0.3})])
+    auto.expect(1000)
+    auto.evaluate(W)
+    before = auto.estimated_job_seconds
+    assert before == pytest.approx(0.008 * 998)
+    auto.add_overhead(0.001)
+    auto.add_overhead(0.001)
+    assert auto.estimated_job_seconds == pytest.approx(before + 0.001 * 998)
+    assert "with its commits measured, the job is estimated at 9 s" in auto.reason
+
+
+def test_a_surface_run_logs_the_estimate_with_its_commits(tmp_path, monkeypatch):
+    """On the real clock: a surface file's run log carries auto's estimate, commits included."""
+    monkeypatch.undo()  # the real clock for the surface's own timing
+    from lossgrid import GridSpec, compute_surface, load_data
+    from tests.conftest import small_cnn
+
+    surface = compute_surface(small_cnn(), load_data("digits", 16), GridSpec.parse("-1:1:80"), tmp_path / "s.h5")
+    run = surface.attrs["last_run"]
+    said = run.get("backend_choice") or run["strategy_reason"]  # by what auto chose between
+    assert run["estimated_job_seconds"] > 0 and "with its commits measured" in said

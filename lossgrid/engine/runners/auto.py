@@ -99,6 +99,15 @@ class AutoRunner(Runner):
             super().evaluate_points(coeffs[:self.points_per_call])
         return self.chosen.evaluate_point_samples(coeffs)
 
+    def add_overhead(self, seconds_per_point: float) -> None:
+        """Add what the caller spends per point besides evaluating it (committing it to a file, measured) to
+        the job's estimate; the timing budget was set without it (it under-counts, so it times less)."""
+        left = getattr(self, "_left", None)
+        if self.estimated_job_seconds is not None and left and not getattr(self, "_overhead", False):
+            self._overhead = True  # once: later loops on this runner add to the same job
+            self.estimated_job_seconds += seconds_per_point * left
+            self.reason += f"; with its commits measured, the job is estimated at {self.estimated_job_seconds:.0f} s"
+
     def close(self) -> None:
         if self.chosen is not None:
             self.chosen.close()
@@ -133,6 +142,7 @@ class AutoRunner(Runner):
         kept, per_point = self._warm_per_point(default, weights, head)
         used = sum(len(s.loss) for s in kept)
         left = None if self.remaining is None else max(self.remaining - used, 0)
+        self._left = left
         job = per_point * left if left is not None else float("inf")
         self._refused = refused
         runners = {default_label: default}
