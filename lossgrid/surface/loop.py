@@ -142,6 +142,8 @@ class ChunkLoop:
     def _count_commit(self, seconds: float, points: int) -> None:
         """After :data:`TIMED_COMMITS` commits past the first (which publishes the file), hand their cost per
         point to a runner that estimates the job (``auto``), once."""
+        if len(self.commit_seconds) > TIMED_COMMITS:  # done: a long run keeps no list of every commit
+            return
         self.commit_seconds.append(seconds / points)
         if len(self.commit_seconds) == TIMED_COMMITS + 1 and hasattr(self.runner, "add_overhead"):
             self.runner.add_overhead(float(np.median(self.commit_seconds[1:])))

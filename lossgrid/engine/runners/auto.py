@@ -75,6 +75,8 @@ class AutoRunner(Runner):
         #: the seconds the rest of the job should take with the runner chosen (None before the choice, or
         #: without :meth:`expect`), from its timed, warm passes
         self.estimated_job_seconds: float | None = None
+        self._left: int | None = None  # the points left after the choice's own passes
+        self._overhead = False  # whether add_overhead has added to the estimate
         self.chosen: Any = None
         self.reason = ""
         self.calibration_seconds = 0.0
@@ -102,10 +104,9 @@ class AutoRunner(Runner):
     def add_overhead(self, seconds_per_point: float) -> None:
         """Add what the caller spends per point besides evaluating it (committing it to a file, measured) to
         the job's estimate; the timing budget was set without it (it under-counts, so it times less)."""
-        left = getattr(self, "_left", None)
-        if self.estimated_job_seconds is not None and left and not getattr(self, "_overhead", False):
+        if self.estimated_job_seconds is not None and self._left and not self._overhead:
             self._overhead = True  # once: later loops on this runner add to the same job
-            self.estimated_job_seconds += seconds_per_point * left
+            self.estimated_job_seconds += seconds_per_point * self._left
             self.reason += f"; with its commits measured, the job is estimated at {self.estimated_job_seconds:.0f} s"
 
     def close(self) -> None:
