@@ -148,3 +148,12 @@ def lock_holder(path: str | os.PathLike) -> dict[str, Any] | None:
         return None
     finally:
         os.close(fd)
+
+
+def reader_locking(holder: dict[str, Any] | None) -> bool | str:
+    """h5py's ``locking`` for a reader of a file whose lossgrid writer is ``holder`` (:func:`lock_holder`):
+    HDF5's own lock without a writer; skipped while one writes (it changes only raw values after creation,
+    so a reader sees a snapshot); ``best-effort`` in the writer's own process, where HDF5 wants its setting."""
+    if holder is None:
+        return True
+    return "best-effort" if holder.get("pid") == os.getpid() else False

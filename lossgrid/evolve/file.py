@@ -33,7 +33,7 @@ import numpy as np
 
 from .._files import input_file_problem, is_hdf5, remove_quietly, temp_sibling
 from ..engine.directions import write_direction_groups
-from ..engine.lock import WriterLock, lock_holder
+from ..engine.lock import WriterLock, lock_holder, reader_locking
 from ..errors import SurfaceFileError
 from ..surface.file import (
     ACC,
@@ -237,7 +237,7 @@ def load_evolution(path: str | os.PathLike) -> Evolution:
     if problem:
         raise SurfaceFileError(f"Cannot read evolution file {path}", problem, "pass a file written by lossgrid evolve")
     holder = lock_holder(path)
-    locking: bool | str = True if holder is None else "best-effort" if holder.get("pid") == os.getpid() else False
+    locking = reader_locking(holder)
     try:
         with h5py.File(path, "r", locking=locking) as f:
             if _attr_text(f.attrs.get("file_kind")) != KIND or GROUP not in f:

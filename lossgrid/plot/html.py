@@ -263,8 +263,8 @@ def compare_page(surfaces: list[Surface], out: str, metric: str, log: bool, leve
         curves_page(surfaces, out, log, vmax, title)
         return
     go = require("plotly.graph_objects", "html", "Interactive HTML output")
-    values = [metric_values(s, metric, log=log, vmax=vmax)[0] for s in surfaces]
-    label = metric_values(surfaces[0], metric, log=log)[1]
+    shown = [metric_values(s, metric, log=log, vmax=vmax) for s in surfaces]
+    values, label = [z for z, _ in shown], shown[0][1]
     joint = np.concatenate([z[np.isfinite(z)] for z in values])
     lv = resolve_levels(joint.reshape(1, -1) if joint.size else np.zeros((1, 1)), levels, log)
     panels, notes = [], []

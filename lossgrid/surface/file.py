@@ -59,7 +59,7 @@ from ..engine.h5writer import (  # noqa: F401 - the run log and the writer lifec
     runs_attr_needs_upgrade,
     write_runs,
 )
-from ..engine.lock import WriterLock, lock_holder
+from ..engine.lock import WriterLock, lock_holder, reader_locking
 from ..errors import SurfaceFileError
 
 log = logging.getLogger(__name__)
@@ -426,9 +426,7 @@ def load_surface(path: str | os.PathLike) -> Surface:
     if problem:
         raise SurfaceFileError(f"Cannot read surface file {path}", problem, "pass a file written by lossgrid surface")
     holder = lock_holder(path)
-    # a lossgrid writer changes only raw values after creation: HDF5's own lock can be skipped
-    # (in this very process HDF5 wants the writer's setting)
-    locking: bool | str = True if holder is None else "best-effort" if holder.get("pid") == os.getpid() else False
+    locking = reader_locking(holder)
     for attempt in range(3):
         try:
             f = h5py.File(path, "r", locking=locking)
