@@ -340,6 +340,14 @@ def check_anchor_stride(stride: object) -> int:
     return int(stride)
 
 
+def check_anchored_adaptive(adaptive: AdaptiveSpec | None, anchor_stride: int | None) -> None:
+    """With both, the anchors are the adaptive grid's coarse grid: its stride must be theirs."""
+    if anchor_stride is not None and adaptive is not None and adaptive.coarse != anchor_stride:
+        raise ConfigError(f"--adaptive-coarse {adaptive.coarse} differs from --anchor-stride {anchor_stride}",
+                          "with both, the anchors are the adaptive grid's coarse grid",
+                          f"drop --adaptive-coarse (it then follows the anchors), or pass {anchor_stride}")
+
+
 @dataclass(frozen=True)
 class SurfaceJob:
     """Everything a ``lossgrid surface`` run needs, as data (specs, not objects)."""
@@ -351,11 +359,11 @@ class SurfaceJob:
                               "anchors correct the estimates of points evaluated on a subset; without one every "
                               "point is exact already",
                               "add --samples N (for example an eighth of the set), or --target-se E to size it")
-        for name, given in (("--adaptive", self.adaptive is not None), ("--curvature", self.curvature is not None)):
-            if given:
-                raise ConfigError(f"--anchor-stride cannot be combined with {name}",
-                                  "anchors correct subset estimates at every point, which the other option does "
-                                  "not evaluate as such", "drop one of them")
+        if self.curvature is not None:
+            raise ConfigError("--anchor-stride cannot be combined with --curvature",
+                              "anchors correct subset estimates of the loss; curvature is evaluated at each point "
+                              "on its own terms", "drop one of them")
+        check_anchored_adaptive(self.adaptive, self.anchor_stride)
 
     out: str
     grid: GridSpec

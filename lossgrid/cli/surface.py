@@ -49,7 +49,8 @@ from ._types import (
               help="With --samples or --target-se: evaluate every K-th point on each axis (and the last) exactly on "
               "all of --data "
               "and use these anchors, interpolated sample by sample, as control variates for the other points "
-              "(unbiased; far smaller standard errors where the loss is large and spread).")
+              "(unbiased; far smaller standard errors where the loss is large and spread). With --adaptive the "
+              "anchors are also its first grid, and only the points it refines are estimated.")
 @click.option("--target-se", type=FiniteFloat(min=0, min_open=True), metavar="E",
               help="Choose the subset by a pilot, and grow it, until every point's loss has a standard error of at "
               "most E against the whole --data set.")
@@ -59,9 +60,10 @@ from ._types import (
               "plots).")
 @click.option("--adaptive-tol", type=FiniteFloat(0, 1, min_open=True, max_open=True), default=0.01,
               show_default=True, metavar="SHARE", help="Accepted interpolation error, a share of the loss range.")
-@click.option("--adaptive-coarse", type=Count(1, 2048), default=4, show_default=True, metavar="STRIDE",
+@click.option("--adaptive-coarse", type=Count(1, 2048), metavar="STRIDE",
               help="Stride of the first grid: larger evaluates fewer points on smooth surfaces but can miss features "
-              "narrower than STRIDE/2 points.")
+              "narrower than STRIDE/2 points.  [default: 4; with --anchor-stride K: K, the anchors are the first "
+              "grid]")
 @click.option("--repeats", type=Count(1, MAX_REPEATS), default=1, show_default=True, metavar="R",
               help="R random direction pairs (seeds --seed ... --seed+R-1), each its own file OUT.seed<S>.h5; "
               "--out holds the per-point mean, spread (train_loss_std) and standard error over them.")
@@ -135,7 +137,8 @@ def surface(**kw: Any) -> None:
         else None,
         batchnorm=BatchNormSpec(kw["bn"], kw["bn_batches"], kw["bn_batch_size"], kw["bn_data"]),
         batch=kw["batch"], target_se=kw["target_se"], repeats=kw["repeats"], anchor_stride=kw["anchor_stride"],
-        adaptive=AdaptiveSpec(kw["adaptive_tol"], kw["adaptive_coarse"]) if kw["adaptive"] else None,
+        adaptive=AdaptiveSpec(kw["adaptive_tol"], kw["adaptive_coarse"] or kw["anchor_stride"] or 4)
+        if kw["adaptive"] else None,
     )
     from ..surface import distributed
     from ..surface.job import run_surface_job

@@ -42,6 +42,23 @@ the loss values and not of the order of evaluation.
   is large and next to it (see below why next to it);
 * a checked cell's parent is checked (its stencil points must exist).
 
+**Estimates** (points evaluated on a subset, ``--samples``/``--target-se``, with or
+without anchors): their values carry noise of a known standard error ``se``. A
+surplus is then bad only if it exceeds ``max(tau, Z * se_s)`` with ``Z = 1.96``:
+beyond the tolerance *and* beyond what the noise explains, where ``se_s`` bounds
+the surplus's standard error by ``se`` of the point plus ``sum |w_q| se_q`` over its
+stencil (the standard deviation of a weighted sum is at most the weighted sum of
+theirs). The disagreement test uses the same bound. Without it, noise larger than
+``tau`` marks every check bad and refines the whole grid, which only replaces
+interpolation error by noise of the same size. Checks accepted only because of
+their noise are counted in :meth:`report` (``checks_within_noise``). Exact values
+(``se`` 0 or not given) follow the rules above unchanged.
+
+**Intervals** (:meth:`fill_se`): an interpolated point gets the standard error
+``sum |w_q| se_q + |I_m - I_{m-1}| / Z``: the noise its stencil carries in, plus the
+change from the next coarser interpolant as its interpolation error, so that
+``+- Z se`` is a conservative 95% interval (measured in the tests: 97-100% coverage).
+
 :meth:`next_points` returns the points these rules require that are not done
 (level 0 first, then level 1, then refinement rounds); empty means finished. It
 reconstructs everything from ``(loss, done)`` on every call, so a resumed run needs
@@ -80,10 +97,13 @@ import numpy as np
 
 from ..config import AdaptiveSpec
 from ..errors import ConfigError
-from .file import INTERPOLATED, Surface, SurfaceWriter
+from .anchors import lagrange_weights
+from .file import INTERPOLATED, SE, Surface, SurfaceWriter
 
 log = logging.getLogger(__name__)
 
+#: the normal quantile of 95% intervals: a surplus within Z standard errors may be noise
+Z = 1.96
 #: rounding allowance of a surplus, in units of the largest |loss| (sums of four weighted values)
 _ROUNDING = 64 * np.finfo(np.float64).eps
 
@@ -151,7 +171,7 @@ class _Axis:
                 for i in range(a + 1, b):
                     idx[i, :len(nodes)] = nodes
                     w[i, :] = 0.0
-                    w[i, :len(nodes)] = _lagrange(nodes.astype(float), float(i))
+                    w[i, :len(nodes)] = lagrange_weights(nodes.astype(float), float(i))
             self.on.append(on)
             self.lo.append(lo)
             self.hi.append(hi)
@@ -170,21 +190,12 @@ def _with_neighbours(cells: np.ndarray) -> np.ndarray:
     return out
 
 
-def _fingerprint(loss: np.ndarray, done: np.ndarray) -> bytes:
-    """A digest of the done mask and the values at the done points."""
+def _fingerprint(loss: np.ndarray, done: np.ndarray, se: np.ndarray) -> bytes:
+    """A digest of the done mask and the values and standard errors at the done points."""
     digest = hashlib.blake2b(np.ascontiguousarray(done).tobytes(), digest_size=16)
     digest.update(np.ascontiguousarray(np.where(done, loss, 0.0)).tobytes())
+    digest.update(np.ascontiguousarray(se).tobytes())
     return digest.digest()
-
-
-def _lagrange(nodes: np.ndarray, x: float) -> np.ndarray:
-    """Weights of the Lagrange polynomial through ``nodes`` evaluated at ``x``."""
-    w = np.ones(len(nodes))
-    for j, xj in enumerate(nodes):
-        for m, xm in enumerate(nodes):
-            if m != j:
-                w[j] *= (x - xm) / (xj - xm)
-    return w
 
 
 class AdaptiveGrid:
@@ -225,23 +236,31 @@ class AdaptiveGrid:
         self._rounds = 0
         self._resumed = 0 if done is None else int(self._check(np.zeros(shape), done)[1].sum())
         self._last: tuple[np.ndarray, np.ndarray] | None = None
+        self._noise = np.zeros(self._shape2)  # the standard errors last given to next_points
         self._memo: dict[str, tuple[bytes, Any]] = {}  # the last _derive and fill, by input fingerprint
 
     # -- public ---------------------------------------------------------------------
-    def next_points(self, loss: np.ndarray, done: np.ndarray) -> np.ndarray:
+    def next_points(self, loss: np.ndarray, done: np.ndarray, se: np.ndarray | None = None) -> np.ndarray:
         """Flat C-order indices to evaluate next; empty when the surface is finished.
 
         ``loss`` holds the values of the points done (anything elsewhere); ``done``
-        marks them. The first call gives the coarse grid, the second the rest of
-        level 1 (the first checks), then refinement rounds.
+        marks them; ``se`` their standard errors where they are estimates (points
+        evaluated on a subset; ``None`` or non-finite: exact). The first call gives the
+        coarse grid, the second the rest of level 1 (the first checks), then
+        refinement rounds.
         """
-        loss2, done2 = self._check(loss, done)
+        loss2, done2, self._noise = self._check(loss, done, se)
         self._last = (loss2, done2)
-        todo = self._derive(loss2, done2)["req"] & ~done2
+        todo = self._derive(loss2, done2, self._noise)["req"] & ~done2
         idx = np.flatnonzero(todo)
         if idx.size:
             self._rounds += 1
         return idx
+
+    def first_levels_left(self, done: np.ndarray) -> int:
+        """Points of levels 0 and 1 not yet done: what every run of this grid evaluates whatever the values."""
+        first = self._grids[0] | self._grids[min(1, self.depth)]
+        return int((first & ~np.asarray(done, bool).reshape(self._shape2)).sum())
 
     def fill(self, loss: np.ndarray, done: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The whole surface and the mask of interpolated points.
@@ -251,19 +270,25 @@ class AdaptiveGrid:
         holds a non-finite value (never interpolated across a diverged point) or if
         no stencil is evaluated yet (a run not finished).
         """
-        loss2, done2 = self._check(loss, done)
-        self._last = (loss2, done2)
-        key = _fingerprint(loss2, done2)
-        if self._memo.get("fill", (None,))[0] != key:
-            out = np.where(done2, loss2, np.nan)
-            pending = ~done2
-            for lvl in range(self.depth):  # coarse to fine: the finest available stencil wins
-                est, have, ok = self._interp(lvl, loss2, done2)
-                sel = pending & have
-                out[sel] = np.where(ok[sel], est[sel], np.nan)
-            self._memo["fill"] = (key, (out.reshape(self.shape), pending.reshape(self.shape)))
-        out, pending = self._memo["fill"][1]
+        out, pending, _ = self._filled(loss, done, None)
+        self._last = self._check(loss, done)[:2]
         return out.copy(), pending.copy()
+
+    def fill_se(self, loss: np.ndarray, done: np.ndarray, se: np.ndarray | None = None) -> np.ndarray:
+        """Standard errors for the whole surface: the evaluated points' own (``se``; NaN
+        without), and for every interpolated point an allowance such that ``fill +- Z se``
+        is a conservative 95% interval (``Z`` = 1.96)::
+
+            se_fill = sum_q |w_q| se_q  +  |I_m - I_{m-1}| / Z
+
+        The first term bounds the noise the stencil's estimates carry into the fill (the
+        standard deviation of a weighted sum is at most the weighted sum of theirs,
+        whatever their correlation); the second is the interpolation error measured as
+        the change from the next coarser interpolant, which for a surface smooth at the
+        lattice's scale is several times the fill's own error. Points left NaN by
+        :meth:`fill` get NaN.
+        """
+        return self._filled(loss, done, se)[2].copy()
 
     def report(self) -> dict[str, Any]:
         """JSON-able summary of the last state seen by :meth:`next_points` or :meth:`fill`:
@@ -276,15 +301,16 @@ class AdaptiveGrid:
         share of the final loss range: an upper estimate of the error of the filled
         points, which use the lattice one level finer (see the module docstring).
         """
-        loss, done = self._last if self._last is not None else (np.full(self._shape2, np.nan),
-                                                                 np.zeros(self._shape2, bool))
-        st = self._derive(loss, done)
+        loss, done = self._last if self._last is not None else self._check(
+            np.full(self.shape, np.nan), np.zeros(self.shape, bool))[:2]
+        se = self._noise
+        st = self._derive(loss, done, se)
         finite = loss[done & np.isfinite(loss)]
         span = float(finite.max() - finite.min()) if finite.size else 0.0
         accepted = st["judged"] & ~st["bad"] & st["req"]
         errors = np.abs(st["surplus"][accepted])
         total = int(done.size)
-        filled, interpolated = self.fill(loss.reshape(self.shape), done.reshape(self.shape))
+        filled, interpolated, _ = self._filled(loss.reshape(self.shape), done.reshape(self.shape), None)
         return {
             "method": "adaptive", "tol": self.spec.tol, "coarse": self.spec.coarse, "levels": self.depth + 1,
             "rounds": self._rounds, "points_evaluated": int(done.sum()), "points_total": total,
@@ -296,22 +322,48 @@ class AdaptiveGrid:
             "loss_range": span, "threshold": st["tau"], "checks": int((st["judged"] & st["req"]).sum()),
             "checks_refined": int((st["bad"] & st["req"]).sum()),
             "max_check_error": float(errors.max() / span) if errors.size and span > 0 else None,
+            "checks_within_noise": int((st["judged"] & st["req"] & st["noisy"]).sum()),
         }
 
     # -- the rules -------------------------------------------------------------------
-    def _derive(self, loss: np.ndarray, done: np.ndarray) -> dict[str, Any]:
+    def _filled(self, loss: np.ndarray, done: np.ndarray, se: np.ndarray | None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`fill` and :meth:`fill_se`, computed once per input."""
+        loss2, done2, se2 = self._check(loss, done, se)
+        given = np.full(self._shape2, np.nan) if se is None else np.asarray(se, np.float64).reshape(self._shape2)
+        key = _fingerprint(loss2, done2, given)
+        if self._memo.get("fill", (None,))[0] != key:
+            out = np.where(done2, loss2, np.nan)
+            out_se = np.where(done2, given, np.nan)
+            pending = ~done2
+            previous = None
+            for lvl in range(self.depth):  # coarse to fine: the finest available stencil wins
+                est, have, ok = self._interp(lvl, loss2, done2)
+                noise = self._interp(lvl, se2, done2, absolute=True)[0]
+                sel = pending & have
+                out[sel] = np.where(ok[sel], est[sel], np.nan)
+                change = np.abs(est - previous) if previous is not None else np.zeros(self._shape2)
+                out_se[sel] = np.where(ok[sel], noise[sel] + change[sel] / Z, np.nan)
+                previous = np.where(have & ok, est, np.nan) if previous is None else np.where(
+                    have & ok, est, previous)
+            self._memo["fill"] = (key, (out.reshape(self.shape), pending.reshape(self.shape),
+                                        out_se.reshape(self.shape)))
+        return self._memo["fill"][1]
+
+    def _derive(self, loss: np.ndarray, done: np.ndarray, se: np.ndarray) -> dict[str, Any]:
         """The required points as far as the known values decide them (the least set closed
         under the rules of the module docstring), with the surpluses behind them."""
-        key = _fingerprint(loss, done)
+        key = _fingerprint(loss, done, se)
         if self._memo.get("derive", (None,))[0] != key:
-            self._memo["derive"] = (key, self._rules(loss, done))
+            self._memo["derive"] = (key, self._rules(loss, done, se))
         return self._memo["derive"][1]
 
-    def _rules(self, loss: np.ndarray, done: np.ndarray) -> dict[str, Any]:
+    def _rules(self, loss: np.ndarray, done: np.ndarray, se: np.ndarray) -> dict[str, Any]:
         depth, grids, x, y = self.depth, self._grids, self._x, self._y
         base = grids[0] | grids[min(1, depth)]
         st: dict[str, Any] = {"req": grids[0].copy(), "tau": None, "surplus": np.full(self._shape2, np.nan),
-                              "bad": np.zeros(self._shape2, bool), "judged": np.zeros(self._shape2, bool)}
+                              "bad": np.zeros(self._shape2, bool), "judged": np.zeros(self._shape2, bool),
+                              "noisy": np.zeros(self._shape2, bool)}
         if not done[grids[0]].all():
             return st
         st["req"] = base.copy()
@@ -320,20 +372,24 @@ class AdaptiveGrid:
         values = loss[base & np.isfinite(loss)]
         tau = self.spec.tol * float(values.max() - values.min()) if values.size else 0.0
         slack = _ROUNDING * float(np.abs(values).max()) if values.size else 0.0
-        bad, judged, surplus = st["bad"], st["judged"], st["surplus"]
+        bad, judged, surplus, noisy = st["bad"], st["judged"], st["surplus"], st["noisy"]
         disagree = []  # per level l: unevaluated points where I_{l+1} and I_l differ by more than tau
         with np.errstate(invalid="ignore", over="ignore"):
             interps = [self._interp(lvl, loss, done) for lvl in range(depth)]
+            noise = [self._interp(lvl, se, done, absolute=True)[0] for lvl in range(depth)]
             for lvl, (est, have, ok) in enumerate(interps):
                 new = (self._plevel == lvl + 1) & done & have
                 s = loss - est
                 judged |= new
                 surplus[new] = s[new]
-                bad |= new & (~ok | ~np.isfinite(loss) | (np.abs(s) > tau + slack))
+                limit = np.maximum(tau, Z * (se + noise[lvl]))  # an estimate's surplus: beyond its noise too
+                noisy |= new & (np.abs(s) > tau + slack) & (np.abs(s) <= limit + slack)
+                bad |= new & (~ok | ~np.isfinite(loss) | (np.abs(s) > limit + slack))
                 if lvl + 1 < depth:
                     fine, fine_have, fine_ok = interps[lvl + 1]
+                    limit = np.maximum(tau, Z * (noise[lvl] + noise[lvl + 1]))
                     disagree.append((self._plevel > lvl + 1) & have & ok & fine_have & fine_ok
-                                    & (np.abs(fine - est) > tau + slack))
+                                    & (np.abs(fine - est) > limit + slack))
                 else:
                     disagree.append(np.zeros(self._shape2, bool))
         nonfinite = done & ~np.isfinite(loss)
@@ -381,41 +437,57 @@ class AdaptiveGrid:
                 cells[ix, iy] = True
         return cells[:-1, :-1]
 
-    def _interp(self, lvl: int, loss: np.ndarray, done: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``I_lvl`` at every point, whether its stencil is evaluated, and whether it is also finite."""
+    def _interp(self, lvl: int, loss: np.ndarray, done: np.ndarray, absolute: bool = False
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``I_lvl`` at every point, whether its stencil is evaluated, and whether it is also finite.
+        ``absolute``: with the weights' absolute values (a bound on the noise of ``I_lvl`` from
+        standard errors given as ``loss``)."""
         x, y = self._x, self._y
         fin = done & np.isfinite(loss)
         v = np.where(fin, loss, 0.0)
+        xw, yw = (np.abs(x.sw[lvl]), np.abs(y.sw[lvl])) if absolute else (x.sw[lvl], y.sw[lvl])
         ty, hy, fy = np.zeros(self._shape2), np.ones(self._shape2, bool), np.ones(self._shape2, bool)
         for b in range(4):  # along y, then along x: the stencil is a tensor product
             cols, unused = y.sidx[lvl][:, b], ~y.used[lvl][None, :, b]
-            ty += y.sw[lvl][None, :, b] * v[:, cols]
+            ty += yw[None, :, b] * v[:, cols]
             hy &= done[:, cols] | unused
             fy &= fin[:, cols] | unused
         est, have, ok = np.zeros(self._shape2), np.ones(self._shape2, bool), np.ones(self._shape2, bool)
         for a in range(4):
             rows, unused = x.sidx[lvl][:, a], ~x.used[lvl][:, a, None]
-            est += x.sw[lvl][:, a, None] * ty[rows, :]
+            est += xw[:, a, None] * ty[rows, :]
             have &= hy[rows, :] | unused
             ok &= fy[rows, :] | unused
         return est, have, ok
 
-    def _check(self, loss: np.ndarray, done: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        loss, done = np.array(loss, dtype=np.float64), np.asarray(done)  # copies: callers go on writing
-        if loss.shape != self.shape or done.shape != self.shape:
-            raise ConfigError(f"Loss {loss.shape} and done {done.shape} do not fit the adaptive grid {self.shape}",
-                              "both are arrays of the grid's shape", "pass the surface's loss and done arrays")
-        return loss.reshape(self._shape2), done.astype(bool).reshape(self._shape2)
+    def _check(self, loss: np.ndarray, done: np.ndarray, se: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Copies (callers go on writing) in the 2D shape: the loss, the done mask, and the standard
+        errors of the done points (0 where exact or not given)."""
+        loss, done = np.array(loss, dtype=np.float64), np.asarray(done)
+        se = np.zeros(self.shape) if se is None else np.asarray(se, dtype=np.float64)
+        if loss.shape != self.shape or done.shape != self.shape or se.shape != self.shape:
+            raise ConfigError(f"Loss {loss.shape}, done {done.shape} and standard errors {se.shape} do not fit the "
+                              f"adaptive grid {self.shape}", "all are arrays of the grid's shape",
+                              "pass the surface's loss, done and train_loss_se arrays")
+        done = done.astype(bool)
+        se = np.where(done & np.isfinite(se) & (se > 0), se, 0.0)
+        return loss.reshape(self._shape2), done.reshape(self._shape2), se.reshape(self._shape2)
 
 
 def fill_adaptive(policy: AdaptiveGrid, surface: Surface, writer: SurfaceWriter | None) -> None:
-    """Fill the points an adaptive grid left unevaluated by its interpolation and mark them."""
+    """Fill the points an adaptive grid left unevaluated by its interpolation (values and the
+    standard errors of :meth:`AdaptiveGrid.fill_se`) and mark them."""
     acc, _ = policy.fill(surface.acc, surface.done)
+    se = surface.extra.get(SE)
+    filled_se = policy.fill_se(surface.loss, surface.done, se)
     loss, interpolated = policy.fill(surface.loss, surface.done)  # last: the report describes the loss
     if writer is not None:
-        writer.store_filled(loss, acc, interpolated)
+        writer.store_filled(loss, acc, interpolated, filled_se)
     else:
         surface.loss[interpolated], surface.acc[interpolated] = loss[interpolated], acc[interpolated]
         surface.extra[INTERPOLATED] = interpolated.astype(np.float64)
+        if se is not None:
+            se[interpolated] = filled_se[interpolated]
     log.info("adaptive grid: %d of %d points evaluated, %d interpolated", int(surface.done.sum()),
              surface.done.size, int(interpolated.sum()))

@@ -80,6 +80,8 @@ class AnchorGrid:
 
     shape: tuple[int, ...]
     stride: int
+    #: interpolate the anchors by cubic Lagrange stencils (an adaptive grid's coarse level) instead of (bi)linearly
+    cubic: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
@@ -115,18 +117,50 @@ class AnchorGrid:
 
     def weights(self, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """For points ``flat`` (``[m]``): the anchor rows ``[m, c]`` around each and their
-        interpolation weights ``[m, c]`` (``c`` = 2 in 1D, 4 in 2D; weights sum to 1; an anchor
-        itself has weight 1 on its own row)."""
+        interpolation weights ``[m, c]`` (weights sum to 1; an anchor itself has weight 1 on its
+        own row). Linear: ``c`` = 2 in 1D, 4 in 2D. Cubic: ``c`` = 4 in 1D, 16 in 2D (rows of
+        weight 0 pad stencils that are shorter at the ends of an axis)."""
         idx = np.unravel_index(np.asarray(flat, dtype=np.int64), self.shape)
-        per_axis = [_bracket(i, axis) for i, axis in zip(idx, self.axes)]
+        stencil = _cubic if self.cubic else _linear
+        per_axis = [stencil(i, axis) for i, axis in zip(idx, self.axes)]
         if len(per_axis) == 1:
-            (lo, hi, t), = per_axis
-            return np.stack([lo, hi], 1), np.stack([1 - t, t], 1)
-        (xl, xh, tx), (yl, yh, ty) = per_axis
+            return per_axis[0]
+        (px, wx), (py, wy) = per_axis
         ny = len(self.axes[1])
-        rows = np.stack([xl * ny + yl, xh * ny + yl, xl * ny + yh, xh * ny + yh], 1)
-        weights = np.stack([(1 - tx) * (1 - ty), tx * (1 - ty), (1 - tx) * ty, tx * ty], 1)
-        return rows, weights
+        rows = (px[:, :, None] * ny + py[:, None, :]).reshape(len(px), -1)
+        return rows, (wx[:, :, None] * wy[:, None, :]).reshape(len(px), -1)
+
+
+def _linear(index: np.ndarray, axis: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions in ``axis`` of the two anchors around each index and their linear weights."""
+    lo, hi, t = _bracket(index, axis)
+    return np.stack([lo, hi], 1), np.stack([1 - t, t], 1)
+
+
+def _cubic(index: np.ndarray, axis: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions in ``axis`` of up to four anchors around each index (two on each side; three or
+    two near the ends) and the weights of the Lagrange polynomial through them: the stencil of an
+    adaptive grid's coarse level (:mod:`lossgrid.surface.adaptive`)."""
+    lo, _, t = _bracket(index, axis)
+    pos, w = np.zeros((len(index), 4), np.int64), np.zeros((len(index), 4))
+    for m, (k, i) in enumerate(zip(lo, index)):
+        if t[m] == 0.0:  # on an anchor
+            pos[m, 0], w[m, 0] = k, 1.0
+            continue
+        nodes = np.arange(max(k - 1, 0), min(k + 3, len(axis)))
+        pos[m, :len(nodes)] = nodes
+        w[m, :len(nodes)] = lagrange_weights(axis[nodes].astype(float), float(i))
+    return pos, w
+
+
+def lagrange_weights(nodes: np.ndarray, x: float) -> np.ndarray:
+    """Weights of the Lagrange polynomial through ``nodes`` evaluated at ``x``."""
+    w = np.ones(len(nodes))
+    for j, xj in enumerate(nodes):
+        for m, xm in enumerate(nodes):
+            if m != j:
+                w[j] *= (x - xm) / (xj - xm)
+    return w
 
 
 def _bracket(index: np.ndarray, axis: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -184,11 +218,10 @@ class ControlVariate:
         return loss, acc, se
 
 
-def evaluate_with_anchors(loop: ChunkLoop, grid: AnchorGrid, anchor_todo: np.ndarray, todo: np.ndarray,
-                          population: EvalData, exact_runner: Callable[[], Runner]) -> None:
-    """The anchored run: the anchors left (``anchor_todo``) exactly on ``population`` with a runner of their
-    own, then every rank evaluates all anchors on the subset and the other points ``todo`` are estimated with
-    the anchors as control variates. ``loop.anchors`` (the run's log) says what was done."""
+def evaluate_anchors(loop: ChunkLoop, anchor_todo: np.ndarray, population: EvalData,
+                     exact_runner: Callable[[], Runner]) -> None:
+    """The anchors left (``anchor_todo``) exactly on ``population``, with a runner of their own (every rank of a
+    sharded run); ``loop.anchors`` (the run's log) says what was done."""
     ev = loop.ev
     if len(anchor_todo):
         runner = exact_runner()
@@ -209,13 +242,17 @@ def evaluate_with_anchors(loop: ChunkLoop, grid: AnchorGrid, anchor_todo: np.nda
             loop.busy = None
     elif ev.eval_spec.precision != "fp32":
         loop.anchors["precision_check"] = "not run: the anchors (checked on the whole set) were done before"
+
+
+def use_control_variates(loop: ChunkLoop, grid: AnchorGrid, population: EvalData) -> None:
+    """From here on ``loop`` estimates points on the subset with the anchors (all done) as control variates:
+    every rank evaluates the anchors on the subset, rank 0 shares their exact values."""
+    ev = loop.ev
     rows = grid.flat()
     leader = loop.cluster is None or loop.cluster.leader
     exact = (loop.surface.loss.ravel()[rows], loop.surface.acc.ravel()[rows]) if leader else None
     if loop.cluster is not None:  # rank 0 holds the anchors' values
         exact = loop.cluster.share(exact)
-    if not len(todo):
-        return
     assert exact is not None
     control = ControlVariate(grid, *exact, _anchors_on_the_subset(loop, rows), len(population),
                              unit_counts(ev.loss_fn, [population.y]).units)
@@ -226,7 +263,6 @@ def evaluate_with_anchors(loop: ChunkLoop, grid: AnchorGrid, anchor_todo: np.nda
 
     # estimates are not the runner's losses: nothing for the precision check to compare
     loop.measure, loop.check_data, loop.per_point = estimated, None, len(ev.data)
-    loop.evaluate(todo)
 
 
 def _anchors_on_the_subset(loop: ChunkLoop, rows: np.ndarray) -> SampleValues:

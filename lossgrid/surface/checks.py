@@ -120,6 +120,8 @@ def surface_identity(model: nn.Module, data: EvalData, grid: GridSpec, direction
         identity["adaptive"] = dataclasses.asdict(adaptive)
     if anchors is not None and population is not None:  # the anchors' values are of the whole set
         identity["anchor_stride"] = anchors.stride
+        if anchors.cubic:
+            identity["anchor_interpolation"] = "cubic"
         identity["population_fingerprint"] = data_fingerprint(population)
     if bn_batches is not None:  # eval files (also those of older versions) stay resumable
         identity["bn"] = bn_identity(batchnorm, bn_batches)

@@ -22,7 +22,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import AdaptiveSpec, BatchNormSpec, CurvatureSpec, DirectionSpec, EvalSpec, GridSpec
+from ..config import (
+    AdaptiveSpec,
+    BatchNormSpec,
+    CurvatureSpec,
+    DirectionSpec,
+    EvalSpec,
+    GridSpec,
+    check_anchored_adaptive,
+)
 from ..data import EvalData, as_eval_data
 from ..engine import preflight
 from ..engine.batchnorm import check_recompute, recompute_batches
@@ -35,7 +43,7 @@ from ..engine.runners import make_runner
 from ..errors import ConfigError
 from ..hessian.curvature import DATASETS as CURVATURE_DATASETS
 from .adaptive import AdaptiveGrid, fill_adaptive
-from .anchors import AnchorGrid, check_population, evaluate_with_anchors
+from .anchors import AnchorGrid, check_population, evaluate_anchors, use_control_variates
 from .checks import check_writable, stored_hessian_directions, surface_identity
 from .directions import prepare_directions
 from .distributed import Cluster, share_directions
@@ -126,7 +134,8 @@ def compute_surface(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch
         check_recompute(model, directions.layout.dir_type)
         bn_data = data if bn_data is None else bn_data
         bn_batches = recompute_batches(bn_data, batchnorm)
-    anchors = None if anchor_stride is None else AnchorGrid(grid.shape, anchor_stride)
+    # with an adaptive grid the anchors are its coarse level, and interpolated as it interpolates that level
+    anchors = None if anchor_stride is None else AnchorGrid(grid.shape, anchor_stride, cubic=adaptive is not None)
     if anchors is not None:
         population = check_population(data, population, loss_fn)
     runner = make_runner(eval_spec, model, directions.layout, data, loss_fn, model_description or "", bn_batches)
@@ -170,10 +179,11 @@ def check_modes(adaptive: AdaptiveSpec | None, curvature: CurvatureSpec | None, 
         raise ConfigError("--curvature cannot be combined with --bn recompute",
                           "the Hessian at each point would use the stored BatchNorm statistics, not the "
                           "re-estimated ones", "compute the curvature map with --bn eval")
-    if anchor_stride is not None and (adaptive is not None or curvature is not None):
-        raise ConfigError("--anchor-stride cannot be combined with --adaptive or --curvature",
-                          "anchors correct subset estimates at every point; the others evaluate some points "
-                          "(or each point) on their own terms", "drop one of them")
+    if anchor_stride is not None and curvature is not None:
+        raise ConfigError("--anchor-stride cannot be combined with --curvature",
+                          "anchors correct subset estimates of the loss; curvature is evaluated at each point "
+                          "on its own terms", "drop one of them")
+    check_anchored_adaptive(adaptive, anchor_stride)
 
 
 def _checked_models(model: nn.Module, model2: nn.Module | None, data: EvalData, loss_fn: LossFn,
@@ -223,7 +233,8 @@ def _open_surface(grid: GridSpec, out_path: str | None, identity: dict[str, Any]
 
 def _run(loop: ChunkLoop, grid: GridSpec, adaptive: AdaptiveSpec | None, anchors: AnchorGrid | None,
          population: EvalData | None, exact_runner: Any) -> None:
-    """The points left: rank 0 says which, every rank evaluates them (anchors first, then adaptive rounds)."""
+    """The points left: rank 0 says which, every rank evaluates them (anchors first, exactly; then the other
+    points, estimated from the anchors where there are some; then an adaptive grid's refinement rounds)."""
     surface, cluster = loop.surface, loop.cluster
     leader = cluster is None or cluster.leader
     total = surface.done.size
@@ -231,7 +242,7 @@ def _run(loop: ChunkLoop, grid: GridSpec, adaptive: AdaptiveSpec | None, anchors
     todo = start_done = None
     if leader:
         todo = (np.flatnonzero(~surface.done.ravel()) if policy is None
-                else policy.next_points(surface.loss, surface.done))
+                else policy.next_points(surface.loss, surface.done, _subset_se(loop)))
         start_done = int(surface.done.sum())
     if cluster is not None:  # rank 0 holds the file: it says what is left
         todo, start_done = cluster.share((todo, start_done) if leader else None)
@@ -242,26 +253,47 @@ def _run(loop: ChunkLoop, grid: GridSpec, adaptive: AdaptiveSpec | None, anchors
         todo = np.setdiff1d(todo, anchors.flat())
         loop.anchors = {"stride": anchors.stride, "anchors": len(anchors.flat()),
                         "evaluated_exactly": int(len(anchor_todo))}
-    # auto runners size their timing to the job (an adaptive one: about twice its first round; with
-    # anchors, the anchors on the subset too)
-    loop.runner.expect(len(todo) + (len(anchors.flat()) if anchors is not None and len(todo) else 0) if policy is None
-                       else min(total - start_done, 2 * len(todo)))
+    loop.runner.expect(_expected_points(loop, policy, anchors, todo, anchor_todo))
     loop.t0 = time.perf_counter()  # the run's seconds count from here
     if loop.progress and leader:
         loop.progress(start_done, total)
     if anchors is not None:
-        evaluate_with_anchors(loop, anchors, anchor_todo, todo, population, exact_runner)
-    else:
+        evaluate_anchors(loop, anchor_todo, population, exact_runner)
+        if adaptive is not None and not len(todo):  # the anchors were the coarse grid: the first checks next
+            todo = _next_round(loop)
+        if len(todo):
+            use_control_variates(loop, anchors, population)
+    while len(todo):
         loop.evaluate(todo)
-    if adaptive is not None:
-        while len(todo := _next_round(loop)):
-            loop.evaluate(todo)
-        if leader:
-            fill_adaptive(policy, surface, loop.writer)
+        todo = _next_round(loop) if adaptive is not None else todo[:0]
+    if adaptive is not None and leader:
+        fill_adaptive(policy, surface, loop.writer)
+
+
+def _expected_points(loop: ChunkLoop, policy: AdaptiveGrid | None, anchors: AnchorGrid | None, todo: np.ndarray,
+                     anchor_todo: np.ndarray) -> int:
+    """The points the run's own runner is expected to evaluate, which sizes an auto runner's timing: all those
+    left; with anchors, the anchors again on the subset; an adaptive grid's first two levels (always evaluated)
+    and as many again for its refinement (rank 0 knows, every rank is told)."""
+    if policy is not None:
+        left = loop.surface.done.size - loop.start_done
+        guess = min(left, max(2 * policy.first_levels_left(loop.surface.done), len(todo))) - len(anchor_todo)
+    else:
+        guess = len(todo)
+    if loop.cluster is not None:
+        guess = loop.cluster.share(guess if loop.cluster.leader else None)
+    return max(0, guess) + (len(anchors.flat()) if anchors is not None and guess else 0)
 
 
 def _next_round(loop: ChunkLoop) -> np.ndarray:
     """The next points an adaptive grid refines (rank 0's choice, shared)."""
     policy, surface = loop.policy, loop.surface
-    todo = policy.next_points(surface.loss, surface.done) if policy is not None else None
+    todo = policy.next_points(surface.loss, surface.done, _subset_se(loop)) if policy is not None else None
     return todo if loop.cluster is None else loop.cluster.share(todo)
+
+
+def _subset_se(loop: ChunkLoop) -> np.ndarray | None:
+    """The standard errors an adaptive grid weighs its surpluses against: those of estimates from a subset
+    of the set (``None`` on the whole set: its values are exact, their standard errors are those of the set
+    as a sample of all data, which no refinement is about)."""
+    return loop.surface.extra.get(SE) if loop.ev.data.population is not None else None

@@ -296,16 +296,23 @@ class SurfaceWriter(ResultWriter):
             self.extra[name][idx] = values
         self._commit(self.f, idx, {LOSS: self.loss, ACC: self.acc, **self.extra}, self.done, "surface file")
 
-    def store_filled(self, loss: np.ndarray, acc: np.ndarray, interpolated: np.ndarray) -> None:
+    def store_filled(self, loss: np.ndarray, acc: np.ndarray, interpolated: np.ndarray,
+                     se: np.ndarray | None = None) -> None:
         """Store the values an adaptive grid filled in by interpolation at the points
-        ``interpolated`` (never marked done: a resumed run may evaluate them) and the
-        ``interpolated`` mask, values first."""
+        ``interpolated`` (never marked done: a resumed run may evaluate them), their
+        standard errors ``se`` where the file has them, and the ``interpolated`` mask,
+        values first."""
         self.loss[interpolated] = loss[interpolated]
         self.acc[interpolated] = acc[interpolated]
+        with_se = se is not None and SE in self.extra
+        if with_se:
+            self.extra[SE][interpolated] = se[interpolated]
         self.extra["interpolated"] = interpolated.astype(np.float64)
         try:
             self.f[LOSS][...] = self.loss
             self.f[ACC][...] = self.acc
+            if with_se:
+                self.f[SE][...] = self.extra[SE]
             self.f.flush()
             self.f["interpolated"][...] = self.extra["interpolated"]
             self.f.flush()

@@ -115,7 +115,7 @@ def _surface_at_target(job: SurfaceJob, model: Any, data: EvalData, spec: Any, o
     population = len(data)
     if choice is None and leader:
         choice = choose_samples(model, data, job.grid, directions, loss_fn, job.target_se, job.samples_seed,
-                                job.evaluation, job.anchor_stride)
+                                job.evaluation, job.anchor_stride, cubic=job.adaptive is not None)
     n = (_stored_samples(out, job.target_se, job.anchor_stride) or choice.samples) if leader and choice is not None \
         else 0
     if cluster is not None:  # rank 0 decides the subset, from its pilot and its file
@@ -127,8 +127,7 @@ def _surface_at_target(job: SurfaceJob, model: Any, data: EvalData, spec: Any, o
                                                                                             population=population)
         surface = compute_surface(model, subset, job.grid, out, directions=directions,
                                   tags={"target_se": job.target_se}, **options)
-        bigger = grown_samples(surface.extra.get(SE, np.full(1, np.nan)), n, population, job.target_se) \
-            if leader else None
+        bigger = grown_samples(_evaluated_se(surface), n, population, job.target_se) if leader else None
         if cluster is not None:
             bigger = cluster.share(bigger)
         if bigger is None:
@@ -136,6 +135,13 @@ def _surface_at_target(job: SurfaceJob, model: Any, data: EvalData, spec: Any, o
         log.info("a point's standard error exceeds %g with %d samples: computing again on %d", job.target_se, n,
                  bigger)
         n, options["overwrite"] = bigger, True  # our own file of this run, on a larger subset
+
+
+def _evaluated_se(surface: Surface) -> np.ndarray:
+    """The standard errors of the points evaluated (an adaptive grid's interpolated points carry an
+    interpolation allowance that no larger subset would shrink)."""
+    se = surface.extra.get(SE)
+    return np.full(1, np.nan) if se is None else se[surface.done.astype(bool)]
 
 
 def _stored_samples(out: str, target: float, anchor_stride: int | None = None) -> int | None:

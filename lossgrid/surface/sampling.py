@@ -90,18 +90,19 @@ def pilot_indices(grid: GridSpec) -> np.ndarray:
 
 def choose_samples(model: nn.Module, data: EvalData, grid: GridSpec, directions: Directions, loss_fn: LossFn,
                    target: float, seed: int = 0, eval_spec: EvalSpec = EvalSpec(),
-                   anchor_stride: int | None = None) -> SampleChoice:
+                   anchor_stride: int | None = None, cubic: bool = False) -> SampleChoice:
     """The subset of ``data`` (drawn with ``seed``) that meets ``target`` at the pilot points,
     with :data:`SAFETY` to spare. With ``anchor_stride`` the pilot measures the spread of the
     residuals the anchors leave (:mod:`lossgrid.surface.anchors`) between anchors, which is
-    what an anchored surface's standard errors are made of."""
+    what an anchored surface's standard errors are made of (``cubic``: the anchors interpolated as an
+    adaptive grid's coarse level, as they are with ``--adaptive``)."""
 
     population = len(data)
     required_samples(1.0, target, population)  # validates the target
     n0 = min(population, PILOT_SAMPLES)
     pilot = data if n0 == population else data.subset(n0, seed)
     device = torch.device(eval_spec.device)
-    anchors = None if anchor_stride is None else AnchorGrid(grid.shape, anchor_stride)
+    anchors = None if anchor_stride is None else AnchorGrid(grid.shape, anchor_stride, cubic)
     index = pilot_indices(grid) if anchors is None else anchors.pilot_points()
     spec = EvalSpec(strategy="loop", batch_size=eval_spec.batch_size, device=eval_spec.device)
     base = directions.layout.flatten(perturbed_tensors(model, directions.layout.dir_type)).to(device)

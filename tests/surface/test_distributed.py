@@ -165,6 +165,20 @@ def test_anchors_shard_like_one_process(ckpt, tmp_path) -> None:
     assert (b["train_loss_se"] == 0).sum() == 9 and b["done"].all()
 
 
+@pytest.mark.slow
+def test_anchored_adaptive_grids_shard_like_one_process(ckpt, tmp_path) -> None:
+    one, two = tmp_path / "one.h5", tmp_path / "two.h5"
+    extra = ["--x=-1:1:9", "--y=-1:1:9", "--anchor-stride", "4", "--adaptive"]  # anchors at 0, 4, 8 per axis
+    assert lossgrid(*surface_args(ckpt, one, *extra)).returncode == 0
+    r = lossgrid(*surface_args(ckpt, two, *extra, "--nproc", "2"))
+    assert r.returncode == 0, r.stderr
+    with h5py.File(one, "r") as a, h5py.File(two, "r") as b:
+        for name in ("train_loss", "train_loss_se", "done", "interpolated"):
+            np.testing.assert_array_equal(a[name][()], b[name][()], err_msg=name)
+        assert (b["train_loss_se"][()][b["done"][()].astype(bool)] == 0).sum() == 9
+    assert last_run(two)["adaptive"]["finished"] and last_run(two)["processes"] == 2
+
+
 def test_ranks_with_different_weights_are_refused(tmp_path) -> None:
     r = lossgrid("surface", "--model", "lossgrid.zoo:mlp_digits", "--data", "digits", "--samples", "50",
                  "--x=-1:1:3", "--nproc", "2", "--out", str(tmp_path / "s.h5"), "-q")
