@@ -10,7 +10,7 @@ import click
 
 from ._common import Progress, check_outputs, echo_json, input_files, write_json
 from ._options import device_option, model_data_options
-from ._types import MAX_BATCH, MAX_ITERATIONS, SEED, Count
+from ._types import MAX_BATCH, MAX_ITERATIONS, SEED, Count, FiniteFloat
 
 TRACE_METHODS = ("hutch++", "hutchinson")  # the library's lossgrid.hessian.operator.TRACE_METHODS (kept light)
 
@@ -43,7 +43,15 @@ class _HvpProgress(Progress):
 @click.option("--trace", is_flag=True, help="Estimate the trace of the Hessian.")
 @click.option("--trace-samples", type=Count(4, MAX_ITERATIONS), default=64, show_default=True,
               help="HVPs spent on the trace.")
-@click.option("--trace-method", type=click.Choice(TRACE_METHODS), default="hutch++", show_default=True)
+@click.option("--trace-method", type=click.Choice(TRACE_METHODS), default="hutch++", show_default=True,
+              help="hutch++ with --top-k: the eigenvalues' Lanczos basis is its low-rank part (no extra HVP) and "
+              "probes run until the standard error reaches --trace-rse, at most --trace-samples.")
+@click.option("--trace-rse", type=FiniteFloat(0, 1, min_open=True), default=0.05, show_default=True, metavar="SHARE",
+              help="With --top-k and hutch++: stop drawing probes once the trace's standard error is at most this "
+              "share of the trace.")
+@click.option("--eig-tol", type=FiniteFloat(0, 1, min_open=True, max_open=True), default=1e-4, show_default=True,
+              metavar="TOL", help="Lanczos stops once every requested eigenpair's residual bound is at most TOL "
+              "times the largest eigenvalue's magnitude (with --trace and hutch++: times each top eigenvalue's).")
 @click.option("--density", is_flag=True,
               help="Spectral density by stochastic Lanczos quadrature (4 runs x 40 steps).")
 @click.option("--seed", type=SEED, default=0, show_default=True,
@@ -86,7 +94,7 @@ def hessian(**kw: Any) -> None:
         trace_samples = kw["trace_samples"] if kw["trace"] else 0
         bar.total = planned_hvps(op.size, kw["top_k"], kw["bottom_k"], trace_samples, density)
         summary, dens = curvature_summary(op, kw["top_k"], kw["bottom_k"], trace_samples, kw["trace_method"],
-                                          density, kw["seed"])
+                                          density, kw["seed"], kw["eig_tol"], kw["trace_rse"])
     finally:
         bar.close()
     result = {"model": description, "data": data.description, "samples": len(data), "loss": kw["loss"],

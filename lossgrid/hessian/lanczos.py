@@ -176,18 +176,21 @@ def broadened_density(nodes: np.ndarray, weights: np.ndarray, grid: np.ndarray, 
 
 
 def extreme_eigenpairs(matvec: MatVec, size: int, k: int, which: str, steps: int, tol: float,
-                       generator: torch.Generator, device: torch.device) -> tuple[np.ndarray, torch.Tensor, int]:
+                       generator: torch.Generator, device: torch.device, each: bool = False
+                       ) -> tuple[np.ndarray, torch.Tensor, LanczosRun]:
     """The ``k`` largest (``which="top"``) or smallest (``"bottom"``) Ritz pairs after at
     most ``steps`` Lanczos steps from a seeded Gaussian start: ``(values, unit vectors
-    [k, size], steps taken)``. Stops early, after at least :func:`min_steps` steps, once
-    every one of the ``k`` residual bounds is at most ``tol * max|theta|``."""
+    [k, size], the run)``. Stops early, after at least :func:`min_steps` steps, once
+    every one of the ``k`` residual bounds is at most ``tol * max|theta|`` (``each``: at
+    most ``tol`` times its own Ritz value's magnitude)."""
 
     def pick(theta: np.ndarray) -> np.ndarray:
         return np.argsort(-theta)[:k] if which == "top" else np.argsort(theta)[:k]
 
     def converged(theta: np.ndarray, s: np.ndarray, beta: float) -> bool:
-        bound = ritz_residual_bounds(s, beta)[pick(theta)]
-        return bool(np.all(bound <= tol * np.max(np.abs(theta))))
+        picked = pick(theta)
+        scale = np.abs(theta[picked]) if each else np.max(np.abs(theta))
+        return bool(np.all(ritz_residual_bounds(s, beta)[picked] <= tol * scale))
 
     # never stop before min_steps(k): an eigenvector that the start vector hardly touches enters the Krylov
     # space late, and until then a close neighbour's converged Ritz pair looks like the k-th eigenpair
@@ -198,7 +201,7 @@ def extreme_eigenpairs(matvec: MatVec, size: int, k: int, which: str, steps: int
     idx = pick(theta)
     # Ritz vectors: combinations of the basis by the eigenvectors of T
     vectors = torch.as_tensor(s[:, idx].T.copy(), dtype=torch.float64, device=device) @ run.basis
-    return theta[idx], vectors / vectors.norm(dim=1, keepdim=True), run.steps
+    return theta[idx], vectors / vectors.norm(dim=1, keepdim=True), run
 
 
 def min_steps(k: int) -> int:
@@ -245,6 +248,29 @@ def hutch_plus_plus(matvec: MatVec, size: int, samples: int, generator: torch.Ge
     return exact + float(values.mean()), stderr(values), samples
 
 
+def deflated_hutchinson(matvec: MatVec, basis: torch.Tensor, exact_part: float, max_probes: int, rel_se: float,
+                        generator: torch.Generator, min_probes: int = 8) -> tuple[float, float, int]:
+    """``(estimate, stderr, probes)`` of the trace when ``exact_part = tr(Q H Q^T)`` is known for
+    the orthonormal rows ``Q`` of ``basis``: Hutch++'s low-rank part without its sketch.
+
+    The rest, ``tr((I - Q^T Q) H (I - Q^T Q))``, is the mean of ``g^T H g`` over Rademacher
+    ``g`` projected off ``Q`` (one matvec each, drawn after ``Q`` is fixed: unbiased whatever
+    ``Q`` is). Probes are drawn until the standard error is at most ``rel_se`` of the
+    estimate's magnitude, at least ``min_probes`` and at most ``max_probes`` of them.
+    """
+    size = basis.shape[1]
+    values: list[float] = []
+    estimate, err = exact_part, math.inf
+    for _ in range(max_probes):
+        g = _orthogonalize(rademacher(size, 1, generator, basis.device)[0], basis)
+        values.append(float(g @ matvec(g)))
+        if len(values) >= 2:
+            estimate, err = exact_part + float(np.mean(values)), stderr(np.array(values))
+            if len(values) >= min_probes and err <= rel_se * abs(estimate):
+                break
+    return estimate, err, len(values)
+
+
 def slq_nodes(matvec: MatVec, size: int, steps: int, runs: int, generator: torch.Generator,
               device: torch.device) -> tuple[np.ndarray, np.ndarray]:
     """Stochastic Lanczos quadrature: ``(nodes, weights)`` of shape ``[runs, steps]``.
@@ -283,4 +309,6 @@ def planned_hvps(size: int, top_k: int = 1, bottom_k: int = 0, trace_samples: in
     """The most HVPs :func:`lossgrid.hessian.report.curvature_summary` does with its default
     settings (Lanczos may stop earlier): a budget for progress bars."""
     eigs = sum(min(size, max(4 * k + 20, 40)) + k for k in (top_k, bottom_k) if k)
+    if top_k and trace_samples:  # the top eigenpairs' Lanczos run is longer, the trace shares its basis
+        eigs += min(size, max(10 * top_k + 40, 60)) - min(size, max(4 * top_k + 20, 40))
     return eigs + trace_samples + (4 * min(40, size) if density else 0)

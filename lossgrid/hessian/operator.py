@@ -46,12 +46,13 @@ import torch
 from torch import nn
 
 from .. import inputs as inp
+from .._memory import available_memory
 from ..data import EvalData, as_eval_data
 from ..engine import preflight
 from ..engine.device import resolve_device
 from ..engine.losses import LossFn, batch_loss_sum, loss_units, resolve_loss
 from ..errors import ConfigError, EvaluationError, ResourceError, is_out_of_memory
-from .lanczos import extreme_eigenpairs, hutch_plus_plus, hutchinson, planned_hvps
+from .lanczos import LanczosRun, deflated_hutchinson, extreme_eigenpairs, hutch_plus_plus, hutchinson, planned_hvps
 
 __all__ = ["EVAL_MODE_NOTE", "EigResult", "EigenResult", "HessianOperator", "TraceResult", "float64_matvec",
            "hessian_operator", "hessian_trace", "lanczos_eigs", "planned_hvps", "select_parameters"]
@@ -61,6 +62,8 @@ log = logging.getLogger(__name__)
 #: input values per batch of an HVP (forward, backward and their tangents are alive at once)
 HVP_BATCH_VALUES = 1 << 17
 TRACE_METHODS = ("hutch++", "hutchinson")
+#: a hutch++ trace whose low-rank part is the Lanczos basis of the top eigenpairs (:func:`top_eigs_and_trace`)
+TRACE_KRYLOV = "hutch++ (lanczos basis)"
 #: what the results of this module assume about normalization layers (printed by the CLI)
 EVAL_MODE_NOTE = "model in eval mode: BatchNorm uses its running statistics, dropout is off"
 
@@ -90,7 +93,13 @@ class HessianOperator:
         self._params = params
         self._fixed = fixed
         self._progress = progress
-        self._mode = "vjp"  # reverse-over-reverse; "jvp" (forward-over-reverse) after a double-backward gap
+        #: how a product is taken: "graph" (every batch's gradient graph built once, on the first product, and
+        #: differentiated again by each: one backward pass per batch), "vjp" (reverse-over-reverse, the graph
+        #: built anew per product: a forward and two backward passes) or "jvp" (forward-over-reverse, which a
+        #: model without a double backward falls back to)
+        self.mode = "graph"
+        self._graphs: list[tuple[torch.Tensor, ...]] | None = None
+        self._graph_params: list[torch.Tensor] = []
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         """``H @ v`` for ``v`` of shape ``[P]`` (float32 or float64), in ``v``'s dtype and device.
@@ -102,7 +111,11 @@ class HessianOperator:
                               f"got {v.dtype} of shape {tuple(v.shape)}")
         tangent = self._unflatten(v.to(self.device, self.dtype))
         total = torch.zeros(self.size, dtype=torch.float64, device=self.device)
-        for xb, yb in self._batches:
+        if self.mode == "graph" and self._graphs is None:
+            self._guarded(self._keep_graphs)
+        if self.mode == "graph":
+            total = self._guarded(self._graph_product, [tangent[n] for n in self.names], total)
+        for xb, yb in self._batches if self.mode != "graph" else ():
             total += self._flat(self._guarded(self._hvp, tangent, xb, yb))
         self.hvp_count += 1
         if self._progress is not None:
@@ -124,6 +137,42 @@ class HessianOperator:
             loss += float(value)
         return loss, total.to(self.dtype)
 
+    def _keep_graphs(self) -> None:
+        """Build every batch's gradient with its graph, to be differentiated again by each product, if they fit
+        in :data:`GRAPH_MEMORY_SHARE` of the memory available (measured on the first batch: the bytes its graph
+        saves); otherwise products build them anew (``mode`` ``vjp``)."""
+        params = {n: t.detach().requires_grad_(True) for n, t in self._params.items()}
+        ordered = [params[n] for n in self.names]
+        graphs, saved = [], [0]
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            saved[0] += t.numel() * t.element_size()
+            return t
+
+        for i, (xb, yb) in enumerate(self._batches):
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                graphs.append(torch.autograd.grad(self._batch_loss(params, xb, yb), ordered, create_graph=True))
+            if i == 0 and not _graphs_fit(saved[0] * len(self._batches), self.device):
+                log.info("Hessian products rebuild each batch's graph: keeping them would take about %d MB",
+                         saved[0] * len(self._batches) >> 20)
+                self.mode = "vjp"
+                return
+        self._graphs, self._graph_params = graphs, ordered
+
+    def _graph_product(self, ordered: list[torch.Tensor], total: torch.Tensor) -> torch.Tensor:
+        """``total`` plus the product from the kept graphs; a model without a double backward switches to
+        ``jvp`` (the products are then taken batch by batch)."""
+        assert self._graphs is not None
+        try:
+            for grads in self._graphs:
+                hv = torch.autograd.grad(grads, self._graph_params, ordered, retain_graph=True)
+                total += torch.cat([h.reshape(-1) for h in hv]).to(torch.float64)
+        except NotImplementedError as e:
+            log.info("reverse-over-reverse HVP unavailable (%s); using forward-over-reverse", e)
+            self.mode, self._graphs = "jvp", None
+            total.zero_()
+        return total
+
     def _batch_loss(self, params: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         """This batch's share of the mean loss: its loss sum divided by ``N``."""
         out = inp.model_output(inp.call_functional(self._model, {**self._fixed, **params}, xb))
@@ -133,13 +182,13 @@ class HessianOperator:
         from torch.func import grad, jvp, vjp
 
         grad_fn = grad(lambda p: self._batch_loss(p, xb, yb))
-        if self._mode == "vjp":
+        if self.mode == "vjp":
             try:
                 # H is symmetric, so the vector-Jacobian product of the gradient is H v
                 return vjp(grad_fn, self._params)[1](tangent)[0]
             except NotImplementedError as e:  # an op without a double backward
                 log.info("reverse-over-reverse HVP unavailable (%s); using forward-over-reverse", e)
-                self._mode = "jvp"
+                self.mode = "jvp"
         return jvp(grad_fn, (self._params,), (tangent,))[1]
 
     def _guarded(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -162,6 +211,19 @@ class HessianOperator:
     def _unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         pieces = torch.split(flat, [int(self._params[n].numel()) for n in self.names])
         return {n: p.view(self._params[n].shape) for n, p in zip(self.names, pieces)}
+
+
+#: the share of the available memory that kept gradient graphs may take (``HessianOperator.mode`` "graph")
+GRAPH_MEMORY_SHARE = 0.4
+
+
+def _graphs_fit(need: int, device: torch.device) -> bool:
+    """Whether ``need`` bytes of kept graphs fit in :data:`GRAPH_MEMORY_SHARE` of the device's free memory."""
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        free = available_memory()
+    return free is not None and need <= GRAPH_MEMORY_SHARE * free
 
 
 def hessian_operator(model: nn.Module, data: EvalData | tuple[torch.Tensor, torch.Tensor],
@@ -313,9 +375,50 @@ def lanczos_eigs(op: HessianOperator, k: int = 1, which: str = "top", iters: int
     if steps < k:
         raise ConfigError(f"{steps} Lanczos iterations cannot find {k} eigenvalues", hint=f"use at least {k}")
     gen = torch.Generator().manual_seed(seed)
-    values, vectors, steps = extreme_eigenpairs(float64_matvec(op), op.size, k, which, steps, tol, gen, op.device)
+    return _eigs(op, k, which, steps, tol, gen)[0]
+
+
+def _eigs(op: HessianOperator, k: int, which: str, steps: int, tol: float, gen: torch.Generator,
+          each: bool = False) -> tuple[EigenResult, LanczosRun]:
+    """The eigenpairs with their measured residuals (``k`` HVPs), and the Lanczos run behind them."""
+    values, vectors, run = extreme_eigenpairs(float64_matvec(op), op.size, k, which, steps, tol, gen, op.device,
+                                              each)
     residuals = np.array([float((op.matvec(v) - lam * v).norm()) for v, lam in zip(vectors, values)])
-    return EigenResult(values, vectors, steps, residuals)
+    return EigenResult(values, vectors, run.steps, residuals), run
+
+
+def top_eigs_and_trace(op: HessianOperator, k: int, max_probes: int = 64, rel_se: float = 0.05, seed: int = 0,
+                       tol: float = 1e-4, iters: int | None = None) -> tuple[EigenResult, TraceResult]:
+    """The ``k`` largest eigenpairs and the trace from one Krylov space.
+
+    Lanczos runs until each of the ``k`` residual bounds is below ``tol`` times its own
+    eigenvalue's magnitude (at most
+    ``iters`` steps, default ``min(P, max(10k + 40, 60))``); its orthonormal basis ``Q``
+    then serves as Hutch++'s low-rank part: ``tr(Q H Q^T)`` is the sum of ``T``'s diagonal,
+    already computed, so the deflation costs no HVP. Rademacher probes projected off ``Q``
+    estimate the rest (:func:`~lossgrid.hessian.lanczos.deflated_hutchinson`) until the
+    standard error is at most ``rel_se`` of the trace (at least 8, at most ``max_probes``).
+    The trace is unbiased (the probes are drawn after ``Q`` is fixed); its standard error is
+    the probes'.
+
+    Example:
+        >>> import torch
+        >>> op = hessian_operator(torch.nn.Linear(3, 2), (torch.randn(64, 3), torch.arange(64) % 2))
+        >>> eig, trace = top_eigs_and_trace(op, k=2)
+        >>> trace.method, trace.stderr  # the basis spans all 8 parameters: exact
+        ('hutch++ (lanczos basis)', 0.0)
+    """
+    if not 1 <= k <= op.size:
+        raise ConfigError(f"Cannot find {k} eigenvalues of a Hessian of size {op.size}",
+                          hint=f"ask for 1 to {op.size}")
+    steps = min(op.size, iters if iters is not None else max(10 * k + 40, 60))
+    gen = torch.Generator().manual_seed(seed)
+    eig, run = _eigs(op, k, "top", steps, tol, gen, each=True)
+    exact = float(np.sum(run.alphas))  # q_j^T H q_j of every basis vector
+    if run.steps >= op.size:  # Q spans everything
+        return eig, TraceResult(exact, 0.0, 0, TRACE_KRYLOV)
+    value, err, probes = deflated_hutchinson(float64_matvec(op), run.basis, exact, max_probes, rel_se, gen)
+    return eig, TraceResult(value, err, probes, TRACE_KRYLOV)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,14 @@ import torch
 
 from ..errors import ConfigError
 from .lanczos import density_on_grid, slq_nodes
-from .operator import EVAL_MODE_NOTE, HessianOperator, float64_matvec, hessian_trace, lanczos_eigs
+from .operator import (
+    EVAL_MODE_NOTE,
+    HessianOperator,
+    float64_matvec,
+    hessian_trace,
+    lanczos_eigs,
+    top_eigs_and_trace,
+)
 
 
 @dataclass(frozen=True)
@@ -74,10 +81,17 @@ def spectral_density(op: HessianOperator, iters: int = 40, runs: int = 4, seed: 
 
 
 def curvature_summary(op: HessianOperator, top_k: int = 1, bottom_k: int = 0, trace_samples: int = 0,
-                      trace_method: str = "hutch++", density: bool = False, seed: int = 0
-                      ) -> tuple[dict[str, Any], Density | None]:
+                      trace_method: str = "hutch++", density: bool = False, seed: int = 0,
+                      tol: float = 1e-3, trace_rse: float | None = None) -> tuple[dict[str, Any], Density | None]:
     """Loss, gradient norm and the requested curvature of ``op`` as a JSON-ready dict
     (and the :class:`Density` when asked for); ``0``/``False`` skips a part.
+
+    Eigenpairs stop once their residual bounds are below ``tol * |lambda_max|``, or with
+    ``top_k`` and a ``hutch++`` trace below ``tol`` times each top eigenvalue. With
+    ``top_k`` and a ``hutch++`` trace both, they share one Krylov space
+    (:func:`~lossgrid.hessian.operator.top_eigs_and_trace`): ``trace_samples`` is then the
+    most probes, drawn until the standard error is at most ``trace_rse`` of the trace
+    (default 0.05).
 
     Example:
         >>> import torch
@@ -92,14 +106,24 @@ def curvature_summary(op: HessianOperator, top_k: int = 1, bottom_k: int = 0, tr
     out: dict[str, Any] = {"parameters": op.size, "parameter_tensors": len(op.names),
                            "dtype": str(op.dtype).replace("torch.", ""), "loss_value": loss,
                            "grad_norm": float(grad.norm()), "seed": seed, "note": EVAL_MODE_NOTE}
+    shared = bool(top_k and trace_samples and trace_method == "hutch++")
+    t = None
     for which, k in (("top", top_k), ("bottom", bottom_k)):
-        if k:
-            r = lanczos_eigs(op, k, which, seed=seed)
-            out[which] = {"values": r.values.tolist(), "residuals": r.residuals.tolist(), "iterations": r.iterations}
+        if not k:
+            continue
+        if which == "top" and shared:
+            r, t = top_eigs_and_trace(op, k, trace_samples, 0.05 if trace_rse is None else trace_rse, seed, tol)
+        else:
+            r = lanczos_eigs(op, k, which, seed=seed, tol=tol)
+        out[which] = {"values": r.values.tolist(), "residuals": r.residuals.tolist(),
+                      "relative_residuals": [float(e / abs(v)) if v else None for e, v in zip(r.residuals, r.values)],
+                      "iterations": r.iterations}
     if trace_samples:
-        t = hessian_trace(op, trace_samples, trace_method, seed)
+        t = t or hessian_trace(op, trace_samples, trace_method, seed)
         out["trace"] = {"value": t.value, "stderr": t.stderr, "samples": t.samples, "method": t.method,
                         "mean_eigenvalue": t.value / op.size}
+        if shared:
+            out["trace"]["low_rank_vectors"] = out["top"]["iterations"]
     dens = spectral_density(op, seed=seed) if density else None
     if dens is not None:
         out["density"] = {"runs": dens.runs, "iters": dens.iters, "sigma": dens.sigma, "mean": dens.mean(),

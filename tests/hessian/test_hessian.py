@@ -28,6 +28,7 @@ from lossgrid.data import load_data
 from lossgrid.errors import ConfigError
 from lossgrid.hessian.lanczos import lanczos, ritz_pairs
 from lossgrid.hessian.operator import (
+    TRACE_KRYLOV,
     EigenResult,
     HessianOperator,
     TraceResult,
@@ -35,6 +36,7 @@ from lossgrid.hessian.operator import (
     hessian_trace,
     lanczos_eigs,
     select_parameters,
+    top_eigs_and_trace,
 )
 from lossgrid.hessian.report import Density, plot_density, spectral_density
 
@@ -264,6 +266,32 @@ def test_trace_estimators(mlp_op, mlp_exact):
     assert errors["hutch++"] < errors["hutchinson"], errors
     with pytest.raises(ConfigError):
         hessian_trace(mlp_op, samples=3)
+
+
+def test_every_product_mode_gives_the_same_product(mlp, digits, mlp_exact, monkeypatch):
+    import lossgrid.hessian.operator as operator
+
+    v = torch.randn(mlp_exact[0].shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    want = mlp_exact[0] @ v
+    op = hessian_operator(mlp, digits, batch_size=64)  # several batches, each its own kept graph
+    for mode in ("graph", "vjp", "jvp"):
+        op.mode = mode
+        assert _rel(op.matvec(v), want) < 1e-5, mode
+    assert op._graphs is not None and len(op._graphs) == 5
+    monkeypatch.setattr(operator, "GRAPH_MEMORY_SHARE", 0.0)  # graphs that do not fit are not kept
+    small = hessian_operator(mlp, digits, batch_size=64)
+    assert _rel(small.matvec(v), want) < 1e-5 and small.mode == "vjp" and small._graphs is None
+
+
+def test_top_eigenpairs_and_trace_share_one_krylov_space(mlp, digits, mlp_exact):
+    values = mlp_exact[1]
+    op = hessian_operator(mlp, digits)
+    eig, trace = top_eigs_and_trace(op, k=3, rel_se=0.02, tol=1e-6)
+    np.testing.assert_allclose(eig.values, values[::-1][:3], rtol=1e-4)
+    assert np.all(eig.residuals <= 1e-4 * np.abs(eig.values))
+    assert trace.method == TRACE_KRYLOV and abs(trace.value - values.sum()) <= 4 * trace.stderr
+    assert trace.stderr <= 0.02 * abs(trace.value) or trace.samples == 64
+    assert op.hvp_count == eig.iterations + 3 + trace.samples  # the basis: no product beyond Lanczos'
 
 
 def test_spectral_density(mlp_op, mlp_exact, tmp_path):
