@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 PIP := $(PY) -m pip install -q --no-compile --disable-pip-version-check $(FIND_LINKS) -c constraints.txt
 
-.PHONY: install demo test test-all lint screenshots bench bench-strategies bench-reference faults gpu-check clean
+.PHONY: install demo test test-all lint screenshots bench bench-hessian bench-strategies bench-reference faults gpu-check clean
 
 $(VENV)/.installed: setup.py constraints.txt
 	python3 -m venv $(VENV)
@@ -55,6 +55,11 @@ bench: $(VENV)/.installed
 # every backend/strategy against the plain per-point loop, in memory
 bench-strategies: $(VENV)/.installed
 	$(PY) benchmarks/bench_surface.py --out benchmarks/results.json
+
+# lossgrid hessian's top-3 + trace against PyHessian 0.1 on ResNet-20 (512 images); installs the bench extra
+bench-hessian: $(VENV)/.installed
+	$(PIP) -e ".[bench]"
+	$(PY) benchmarks/hessian_pyhessian.py --out-dir benchmarks/baseline
 
 bench-reference: $(VENV)/.installed
 	$(PY) benchmarks/reference_method.py bench --images 2000 10000 --out benchmarks/results-reference.json

@@ -36,6 +36,8 @@ setup(
         "html": [],
         "vtk": ["scipy>=1.9"],  # our own VTK writer; scipy interpolates upsampled grids (NumPy otherwise)
         "tensorboard": ["tensorboard>=2.14"],
+        # benchmarks/hessian_pyhessian.py compares lossgrid hessian with PyHessian 0.1 at its defaults
+        "bench": ["pyhessian==0.1"],
         # the browser tests and `make screenshots` drive a Chromium program (Debian: apt-get install chromium)
         # through Playwright's Python package; Playwright's own browser download is never used
         "dev": ["onnxruntime>=1.18", "pytest>=8", "pytest-timeout>=2.2", "hypothesis>=6.100", "ruff>=0.5",

@@ -61,6 +61,8 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 MAX_ERROR_TARGET = 0.01  # of the exact loss range
 SPEEDUP_TARGET = 10.0
+#: adaptive grids on anchored subsets (the "combined" group): at least this speed-up by grid size
+COMBINED_SPEEDUP_TARGETS = {51: 30.0, 21: 15.0}
 COVERAGE_RANGE = (0.90, 0.99)  # "about 95%" of points inside the stated 95% intervals
 
 
@@ -173,7 +175,7 @@ def _cpu_model() -> str:
 
 
 #: groups of fast modes ``--without`` can leave out (each costs minutes on the ResNet-20 case)
-GROUPS = ("samples", "anchors", "adaptive", "target-se", "bf16")
+GROUPS = ("samples", "anchors", "adaptive", "target-se", "bf16", "combined")
 
 
 def fast_modes(n: int, without: tuple[str, ...] = ()) -> list[tuple[str, list[str]]]:
@@ -207,19 +209,49 @@ def compare(surf, exact: np.ndarray, loss_range: float) -> dict:
             out.update(coverage_95=float(np.mean(np.abs(z) <= 1.96)), coverage_points=int(use.sum()),
                        rms_z=float(np.sqrt(np.mean(z ** 2))),
                        median_se_of_range=float(np.median(se[use]) / loss_range))
+        use = filled & np.isfinite(se)  # interpolated points' stated intervals (adaptive grids)
+        if use.any():
+            out.update(coverage_95_interpolated=float(np.mean(np.abs(surf.loss[use] - exact[use]) <= 1.96 * se[use])),
+                       coverage_points_interpolated=int(use.sum()))
     return out
 
 
-def reference_row(case: dict, work: str, env: dict[str, str], args: argparse.Namespace, grid: list[str]) -> dict:
+def combined_modes(n: int, nx: int, given: list[str] | None) -> list[list[str]]:
+    """The adaptive-on-anchors modes of an ``nx`` grid: as given (``"N:options"`` for grid N only), else
+    strides 4 and 8 on n/8 samples."""
+    if given:
+        picked = [g.partition(":") if g.partition(":")[0].isdigit() else ("", "", g) for g in given]
+        return [options.split() for grid, _, options in picked if not grid or int(grid) == nx]
+    return [["--adaptive", "--anchor-stride", str(k), "--samples", str(n // 8)] for k in (4, 8) if k < nx - 1]
+
+
+def over_seeds(rows: list[dict]) -> dict:
+    """One row for a mode run on several subset seeds: the median wall time, the worst error, the coverage
+    of all the seeds' points together; every seed's row under ``seeds``."""
+    out = dict(rows[0])
+    walls = sorted(r["wall_seconds"] for r in rows)
+    median = rows[[r["wall_seconds"] for r in rows].index(walls[len(walls) // 2])]
+    for key in ("wall_seconds", "eval_seconds", "points_evaluated", "points_x_samples_per_s", "runner"):
+        out[key] = median[key]
+    out["max_error_of_range"] = max(r["max_error_of_range"] for r in rows)
+    for suffix in ("", "_interpolated"):
+        points = [r.get("coverage_points" + suffix, 0) for r in rows]
+        if sum(points):
+            inside = sum(r["coverage_95" + suffix] * p for r, p in zip(rows, points) if p)
+            out["coverage_95" + suffix], out["coverage_points" + suffix] = inside / sum(points), sum(points)
+    out["seeds"] = rows
+    return out
+
+
+def reference_row(case: dict, work: str, env: dict[str, str], args: argparse.Namespace, nx: int) -> dict:
     """Time the reference method on the middle row; on the whole grid when that fits the budget."""
-    nx = args.grid_points
     if case["key"] == "resnet20":
         cmd = [sys.executable, os.path.join(HERE, "reference_method.py"), "run", "--cifar", case["data_dir"]]
     else:
         cmd = [sys.executable, os.path.abspath(__file__), "mlp-reference", "--npz", case["npz"]]
     cmd += ["--model", case["model"], "--checkpoint", case["checkpoint"], "--dir-file", case["dirs"],
             "--workers", str(args.workers)]
-    row_out = os.path.join(work, f"{case['key']}-ref-row.h5")
+    row_out = os.path.join(work, f"{case['key']}-{nx}-ref-row.h5")
     wall_row, out = _timed([*cmd, "--x=0:0:1", f"--y=-1:1:{nx}", "--out", row_out], env)
     info = json.loads(out.strip().splitlines()[-1])
     per_point = info["eval_seconds"] / info["points"]
@@ -234,7 +266,7 @@ def reference_row(case: dict, work: str, env: dict[str, str], args: argparse.Nam
     print(f"  reference method, middle row: {wall_row:.1f} s ({per_point:.2f} s per point; whole grid "
           f"projected {projected:.0f} s)", flush=True)
     if projected <= args.ref_budget:
-        full_out = os.path.join(work, f"{case['key']}-ref.h5")
+        full_out = os.path.join(work, f"{case['key']}-{nx}-ref.h5")
         wall, out = _timed([*cmd, f"--x=-1:1:{nx}", f"--y=-1:1:{nx}", "--out", full_out], env)
         info = json.loads(out.strip().splitlines()[-1])
         with h5py.File(full_out, "r") as f:
@@ -253,20 +285,19 @@ def reference_row(case: dict, work: str, env: dict[str, str], args: argparse.Nam
     return result
 
 
-def run_case(case: dict, work: str, env: dict[str, str], args: argparse.Namespace) -> dict:
+def run_case(case: dict, work: str, env: dict[str, str], args: argparse.Namespace, nx: int) -> dict:
     from lossgrid.engine.precision import cpu_bf16
     from lossgrid.surface.file import load_surface
 
-    nx = args.grid_points
     grid = [f"--x=-1:1:{nx}", f"--y=-1:1:{nx}"]
     base = [*_lossgrid_cli(), "surface", "--model", case["model"], "--checkpoint", case["checkpoint"],
             "--data", case["data_spec"], *grid, "--dir-file", case["dirs"], "--seed", str(args.seed),
             "--backend", "auto", "-q", "--json"]
     print(f"{case['name']}:", flush=True)
-    ref = reference_row(case, work, env, args, grid)
+    ref = reference_row(case, work, env, args, nx)
 
     def lossgrid_row(label: str, extra: list[str]) -> tuple[dict, object]:
-        out_path = os.path.join(work, f"{case['key']}-{len(rows)}.h5")
+        out_path = os.path.join(work, f"{case['key']}-{nx}-{len(rows)}.h5")
         wall, out = _timed([*base, "--out", out_path, *extra], env)
         s = json.loads(out)
         row = {"method": label, "options": " ".join(extra) or "(none)", "wall_seconds": round(wall, 2),
@@ -278,6 +309,11 @@ def run_case(case: dict, work: str, env: dict[str, str], args: argparse.Namespac
                 row[key] = s[key]
         surf = load_surface(out_path)
         runs = json.loads(surf.attrs.get("runs") or "[]")
+        if not s["points_computed"] and runs:  # a complete file of a kept work directory: resumed, not computed
+            row.update(computed_earlier=True, eval_seconds=round(sum(r.get("seconds") or 0 for r in runs), 2),
+                       points_evaluated=sum(r.get("points") or 0 for r in runs),
+                       points_x_samples_per_s=runs[-1].get("points_x_samples_per_s"),
+                       runner=f"{runs[-1].get('backend')}/{runs[-1].get('strategy')}")
         check = runs[-1].get("precision_check") if runs else None
         if check:  # the run's own measured error against fp32 (lower precisions)
             row["precision_check"] = check
@@ -319,6 +355,15 @@ def run_case(case: dict, work: str, env: dict[str, str], args: argparse.Namespac
         rows.append(row)
     if not bf16_ok:
         rows += [{"method": label, "options": " ".join(extra), "refused": bf16_why} for label, extra in bf16_modes]
+    for extra in combined_modes(case["samples"], nx, args.combined) if "combined" not in args.without else []:
+        label = " ".join(extra)
+        per_seed = []
+        for seed in range(args.subset_seeds):
+            row, surf = lossgrid_row(f"{label} --samples-seed {seed}", [*extra, "--samples-seed", str(seed)])
+            row.update(compare(surf, exact_loss, loss_range))
+            per_seed.append(row)
+        rows.append({**over_seeds(per_seed), "method": label, "options": label,
+                     "speed_target": COMBINED_SPEEDUP_TARGETS.get(nx, SPEEDUP_TARGET)})
     ref.pop("row_loss")
     ref.pop("row_acc")
     return {"case": case["name"], "model": case["model"], "data": case["data_desc"], "samples": case["samples"],
@@ -339,14 +384,15 @@ def finish(result: dict, peak_tflops: float) -> None:
     for row in result["rows"]:
         if "refused" in row:
             continue
-        row["speedup_end_to_end"] = round(ref["wall_seconds"] / row["wall_seconds"], 2)
-        row["full_set_points_x_samples_per_wall_s"] = round(full / row["wall_seconds"], 1)
+        wall = row["eval_seconds"] if row.get("computed_earlier") else row["wall_seconds"]  # start-up not logged
+        row["speedup_end_to_end"] = round(ref["wall_seconds"] / wall, 2)
+        row["full_set_points_x_samples_per_wall_s"] = round(full / wall, 1)
         rate = row["points_x_samples_per_s"] or 0.0
         row["percent_of_fp32_gemm_peak"] = round(100 * rate * fps / 1e12 / peak_tflops, 1)
         if "max_error_of_range" not in row:
             continue
         cov = row.get("coverage_95")
-        row["meets_speed"] = row["speedup_end_to_end"] >= SPEEDUP_TARGET
+        row["meets_speed"] = row["speedup_end_to_end"] >= row.get("speed_target", SPEEDUP_TARGET)
         row["meets_error"] = row["max_error_of_range"] <= MAX_ERROR_TARGET
         row["meets_coverage"] = None if cov is None else bool(COVERAGE_RANGE[0] <= cov <= COVERAGE_RANGE[1])
         row["meets_targets"] = bool(row["meets_speed"] and row["meets_error"] and row["meets_coverage"] is not False)
@@ -375,7 +421,7 @@ def markdown(report: dict) -> str:
     for case in report["cases"]:
         ref = case["reference"]
         t = case["training"]
-        lines += [f"## {case['case']}", "",
+        lines += [f"## {case['case']}, {case['grid']}", "",
                   f"{case['data']}; {case['grid']} ({case['points']} points); trained by a short SGD loop "
                   f"({t['epochs']} epochs, {t['seconds']} s): train loss {t['train_loss']}, "
                   f"accuracy {t['train_acc']}%. "
@@ -401,11 +447,22 @@ def markdown(report: dict) -> str:
                                     ("coverage", row["meets_coverage"] is not False)) if not ok) + ")"
                 err, cover = _pct(row["max_error_of_range"]), "-" if cov is None else (
                     f"{_pct(cov, 1)} of {row['coverage_points']}")
+                if row.get("coverage_points_interpolated"):
+                    cover += (f"; interpolated: {_pct(row['coverage_95_interpolated'], 1)} of "
+                              f"{row['coverage_points_interpolated']}")
             else:
                 verdict = "agrees with reference" if row.get("agrees_with_reference_row") else "DISAGREES"
                 err, cover = "0 (is the reference)", "-"
-            lines.append(f"| `{row['options']}` | {row['points_evaluated']} | {row['samples']} "
-                         f"| {row['wall_seconds']:.1f} | {row['speedup_end_to_end']:.2f}x "
+            mode = f"`{row['options']}`"
+            if "seeds" in row:
+                mode += (f" ({len(row['seeds'])} subset seeds: median time, worst error, coverage of all; "
+                         f"target {row['speed_target']:g}x)")
+            if row.get("computed_earlier"):
+                mode += (" (computed earlier in the kept work directory, its logged seconds; not a measurement "
+                         "where other work ran beside it)")
+            wall = row["eval_seconds"] if row.get("computed_earlier") else row["wall_seconds"]
+            lines.append(f"| {mode} | {row['points_evaluated']} | {row['samples']} "
+                         f"| {wall:.1f} | {row['speedup_end_to_end']:.2f}x "
                          f"| {row['points_x_samples_per_s'] or 0:,.0f} | {row['percent_of_fp32_gemm_peak']:.1f}% "
                          f"| {err} | {cover} | {verdict} |")
         lines.append("")
@@ -433,28 +490,40 @@ def build_cases(work: str, args: argparse.Namespace) -> list[dict]:
         if key not in args.cases:
             continue
         case = {"key": key, "name": name, "model": model_spec, "samples": n}
+        made = os.path.join(work, f"{key}-case.json")  # a kept work directory's inputs are used again
+        reuse = os.path.exists(made)
         if key == "resnet20":
             case["data_dir"] = os.path.join(work, "cifar")
-            write_learnable_cifar(case["data_dir"], n, args.seed)
+            if not reuse:
+                write_learnable_cifar(case["data_dir"], n, args.seed)
             case["data_spec"] = f"cifar10:{case['data_dir']}"
             case["data_desc"] = (f"{n} learnable synthetic 32x32 RGB images in CIFAR-10 python-batch format "
                                  "(per-class colour + 8x8-block texture template, per-image contrast, pixel noise "
                                  "sd 55), reference normalization")
         else:
             case["npz"] = os.path.join(work, "mlp.npz")
-            write_learnable_npz(case["npz"], n, args.seed)
+            if not reuse:
+                write_learnable_npz(case["npz"], n, args.seed)
             case["data_spec"] = f"npz:{case['npz']}"
             case["data_desc"] = (f"{n} learnable synthetic 784-d samples in an .npz (per-class Gaussian template "
                                  "x U(0.05, 0.25) plus unit noise)")
         data = load_data(case["data_spec"])
         torch.manual_seed(args.seed)
         model = factory()
-        case["training"] = train(model, data.x, data.y, epochs, lr, args.seed)
-        print(f"{name}: trained {case['training']}", flush=True)
         case["checkpoint"] = os.path.join(work, f"{key}.pt")
-        torch.save(model.state_dict(), case["checkpoint"])
         case["dirs"] = os.path.join(work, f"{key}-dirs.h5")
-        save_directions(case["dirs"], create_directions(model, DirectionSpec(seed=args.seed), 2))
+        if reuse:
+            with open(made) as fh:
+                case["training"] = {**json.load(fh), "reused": True}
+            model.load_state_dict(torch.load(case["checkpoint"]))
+            print(f"{name}: data, checkpoint and directions of {work} used again", flush=True)
+        else:
+            case["training"] = train(model, data.x, data.y, epochs, lr, args.seed)
+            print(f"{name}: trained {case['training']}", flush=True)
+            torch.save(model.state_dict(), case["checkpoint"])
+            save_directions(case["dirs"], create_directions(model, DirectionSpec(seed=args.seed), 2))
+            with open(made, "w") as fh:
+                json.dump(case["training"], fh)
         case["flops_per_sample"] = flops_per_sample(model, data.x)
         cases.append(case)
     return cases
@@ -468,12 +537,13 @@ def bench(args: argparse.Namespace) -> dict:
 
     t_start = time.perf_counter()
     load_start = [round(v, 2) for v in os.getloadavg()]
-    work = tempfile.mkdtemp(prefix="lossgrid-fast-")
+    work = args.work_dir or tempfile.mkdtemp(prefix="lossgrid-fast-")
+    os.makedirs(work, exist_ok=True)
     env = dict(os.environ)
     peaks = [peak_gemm("fp32", torch.device("cpu"))]
     try:
         cases = build_cases(work, args)
-        results = [run_case(case, work, env, args) for case in cases]
+        results = [run_case(case, work, env, args, nx) for case in cases for nx in args.grid_points]
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -520,6 +590,14 @@ def bench(args: argparse.Namespace) -> dict:
             f"{100 * args.target_se_share:g}% of the exact surface's loss range, fixed before the run (a third of "
             "the 1% error target, so that the largest of ~441 errors of about one standard error stays inside it); "
             "its pilot run is part of its wall time.",
+            "--adaptive --anchor-stride K --samples n (adaptive grids on anchored subsets): the anchors are the "
+            "adaptive grid's coarse grid, exact on the whole set; every point the grid refines is estimated on the "
+            "subset with them as control variates; the rest is interpolated. Each such mode runs on "
+            f"{args.subset_seeds} subset seeds (--samples-seed 0..{args.subset_seeds - 1}): the row gives the median "
+            "wall time, the worst seed's max error, and the coverage of all seeds' estimated points together; "
+            "interpolated points' intervals (their stored train_loss_se: stencil noise plus the change from the "
+            "coarser interpolant over 1.96) are counted apart. Speed targets for these rows: "
+            + ", ".join(f"{k}x{k}: {v:g}x" for k, v in COMBINED_SPEEDUP_TARGETS.items()) + ".",
             "The reference method runs the reference code's DataLoader with --workers "
             f"{args.workers} worker processes; its per-point cost is constant, so a row of points extrapolates "
             "linearly.",
@@ -539,6 +617,14 @@ def main() -> None:
                         help="seconds: a longer whole-grid reference run is extrapolated from one row")
     parser.add_argument("--target-se-share", type=float, default=0.003, help="--target-se as a share of the range")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (data, checkpoints, surfaces)")
+    parser.add_argument("--work-dir", help="the work directory (default: a new temporary one)")
+    parser.add_argument("--grid-points", type=int, nargs="+", default=[21], metavar="N",
+                        help="grids of N x N points on [-1, 1]^2, one section of the report each")
+    parser.add_argument("--combined", nargs="+", metavar="OPTIONS",
+                        help='the adaptive-on-anchors modes, each one quoted string of options, "N:options" for '
+                        'the N x N grid only (default: "--adaptive --anchor-stride K --samples N/8" for K 4 and 8)')
+    parser.add_argument("--subset-seeds", type=int, default=4, metavar="S",
+                        help="run each adaptive-on-anchors mode on S subset seeds (--samples-seed 0..S-1)")
     parser.add_argument("--without", nargs="+", default=(), choices=GROUPS,
                         help="leave out these groups of fast modes (the report lists what ran)")
     sub = parser.add_subparsers(dest="command")
@@ -556,7 +642,8 @@ def main() -> None:
     if args.command == "mlp-reference":
         run_mlp_reference(args)
         return
-    args.grid_points = 7 if args.quick else 21
+    if args.quick:
+        args.grid_points = [7]
     args.resnet_samples, args.mlp_samples = (200, 400) if args.quick else (2000, 2000)
     args.resnet_epochs, args.mlp_epochs = (2, 5) if args.quick else (5, 10)
     if args.quick:
