@@ -161,7 +161,9 @@ class ChunkLoop:
     def run_info(self) -> dict[str, Any]:
         """The run's log entry (also of a run stopped part way), kept as the surface's ``last_run``."""
         seconds = time.perf_counter() - self.t0
-        run = {**self.runner.describe(), "seconds": round(seconds, 4), "points": self.done_count - self.start_done,
+        # with a file, its done mask counts: a signal between a chunk's commit and its count must not be missed
+        done = int(self.surface.done.sum()) if self.writer is not None else self.done_count
+        run = {**self.runner.describe(), "seconds": round(seconds, 4), "points": done - self.start_done,
                "samples": len(self.ev.data)}
         run["points_x_samples_per_s"] = round(self.sample_evals / seconds, 1) if seconds > 0 else None
         if self.anchors is not None:

@@ -59,20 +59,21 @@ def test_json_matches_the_library(ckpt):
     assert r.exit_code == 0, r.output
     out = json.loads(r.output)
     from lossgrid.data import load_data
-    from lossgrid.hessian.operator import hessian_operator, hessian_trace, lanczos_eigs
+    from lossgrid.hessian.operator import TRACE_KRYLOV, hessian_operator, lanczos_eigs, top_eigs_and_trace
     from lossgrid.hessian.report import spectral_density
     from lossgrid.models import load_model
 
     model, _ = load_model(f"{CONFTEST}:small_cnn", ckpt)
     op = hessian_operator(model, load_data("digits:test", 120))
-    top, bottom = lanczos_eigs(op, 2, "top"), lanczos_eigs(op, 1, "bottom")
-    trace, dens = hessian_trace(op, 12), spectral_density(op)
+    top, trace = top_eigs_and_trace(op, 2, 12, 0.05, tol=1e-4)  # --top-k with a hutch++ trace: one Krylov space
+    bottom, dens = lanczos_eigs(op, 1, "bottom", tol=1e-4), spectral_density(op)
     np.testing.assert_allclose(out["top"]["values"], top.values, rtol=1e-12)
     np.testing.assert_allclose(out["top"]["residuals"], top.residuals, rtol=1e-9)
     assert out["top"]["iterations"] == top.iterations
     np.testing.assert_allclose(out["bottom"]["values"], bottom.values, rtol=1e-12)
-    assert out["trace"]["value"] == pytest.approx(trace.value, rel=1e-12) and out["trace"]["samples"] == 12
-    assert out["trace"]["stderr"] == pytest.approx(trace.stderr, rel=1e-9) and out["trace"]["method"] == "hutch++"
+    assert out["trace"]["value"] == pytest.approx(trace.value, rel=1e-12) and out["trace"]["samples"] == trace.samples
+    assert out["trace"]["stderr"] == pytest.approx(trace.stderr, rel=1e-9) and out["trace"]["method"] == TRACE_KRYLOV
+    assert out["trace"]["low_rank_vectors"] == top.iterations and 8 <= trace.samples <= 12
     assert out["density"]["mean"] == pytest.approx(dens.mean(), rel=1e-9)
     np.testing.assert_allclose(out["density"]["nodes"], dens.nodes, rtol=1e-12)
     assert out["hvp_count"] == op.hvp_count and out["parameters"] == op.size == 1378
