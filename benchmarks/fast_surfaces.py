@@ -296,8 +296,8 @@ def run_case(case: dict, work: str, env: dict[str, str], args: argparse.Namespac
     print(f"{case['name']}:", flush=True)
     ref = reference_row(case, work, env, args, nx)
 
-    def lossgrid_row(label: str, extra: list[str]) -> tuple[dict, object]:
-        out_path = os.path.join(work, f"{case['key']}-{nx}-{len(rows)}.h5")
+    def lossgrid_row(label: str, extra: list[str], seeded: bool = False) -> tuple[dict, object]:
+        out_path = os.path.join(work, f"{case['key']}-{nx}-{len(rows)}{'-' + label.split()[-1] if seeded else ''}.h5")
         wall, out = _timed([*base, "--out", out_path, *extra], env)
         s = json.loads(out)
         row = {"method": label, "options": " ".join(extra) or "(none)", "wall_seconds": round(wall, 2),
@@ -359,7 +359,7 @@ def run_case(case: dict, work: str, env: dict[str, str], args: argparse.Namespac
         label = " ".join(extra)
         per_seed = []
         for seed in range(args.subset_seeds):
-            row, surf = lossgrid_row(f"{label} --samples-seed {seed}", [*extra, "--samples-seed", str(seed)])
+            row, surf = lossgrid_row(f"{label} --samples-seed {seed}", [*extra, "--samples-seed", str(seed)], True)
             row.update(compare(surf, exact_loss, loss_range))
             per_seed.append(row)
         rows.append({**over_seeds(per_seed), "method": label, "options": label,
