@@ -649,12 +649,16 @@ def main() -> None:
     if args.quick:
         args.ref_budget = min(args.ref_budget, 15.0)
     report = bench(args)
-    os.makedirs(args.out_dir, exist_ok=True)
-    stem = os.path.join(args.out_dir, f"fast-surfaces{'-quick' if args.quick else ''}-{report['date']}")
+    write_report(os.path.join(args.out_dir, f"fast-surfaces{'-quick' if args.quick else ''}-{report['date']}"),
+                 report, markdown(report))
+
+
+def write_report(stem: str, report: dict, text: str) -> None:
+    """``stem.json`` (the report) and ``stem.md`` (its text), printed too."""
+    os.makedirs(os.path.dirname(stem) or ".", exist_ok=True)
     with open(stem + ".json", "w") as fh:
         json.dump(report, fh, indent=2)
         fh.write("\n")
-    text = markdown(report)
     with open(stem + ".md", "w") as fh:
         fh.write(text)
     print(text)

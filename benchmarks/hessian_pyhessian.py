@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import sys
@@ -221,15 +220,9 @@ def main() -> None:
               "pyhessian_product_seconds": pyhessian_row["seconds"] / max(pyhessian_row["products"], 1),
               "lossgrid": lossgrid_rows, "pyhessian": pyhessian_row, "loadavg_start": load_start,
               "loadavg_end": [round(v, 2) for v in os.getloadavg()]}
-    os.makedirs(args.out_dir, exist_ok=True)
-    stem = os.path.join(args.out_dir, f"hessian-pyhessian-{report['date']}")
-    with open(stem + ".json", "w") as fh:
-        json.dump(report, fh, indent=2)
-        fh.write("\n")
-    text = markdown(report)
-    with open(stem + ".md", "w") as fh:
-        fh.write(text)
-    print(text)
+    from fast_surfaces import write_report
+
+    write_report(os.path.join(args.out_dir, f"hessian-pyhessian-{report['date']}"), report, markdown(report))
 
 
 if __name__ == "__main__":
