@@ -368,14 +368,19 @@ def lanczos_eigs(op: HessianOperator, k: int = 1, which: str = "top", iters: int
     """
     if which not in ("top", "bottom"):
         raise ConfigError(f"Unknown eigenvalue end {which!r}", hint="use which='top' or which='bottom'")
-    if not 1 <= k <= op.size:
-        raise ConfigError(f"Cannot find {k} eigenvalues of a Hessian of size {op.size}",
-                          hint=f"ask for 1 to {op.size}")
+    _check_count(op, k)
     steps = min(op.size, iters if iters is not None else max(4 * k + 20, 40))
     if steps < k:
         raise ConfigError(f"{steps} Lanczos iterations cannot find {k} eigenvalues", hint=f"use at least {k}")
     gen = torch.Generator().manual_seed(seed)
     return _eigs(op, k, which, steps, tol, gen)[0]
+
+
+def _check_count(op: HessianOperator, k: int) -> None:
+    """``k`` eigenpairs can be asked of ``op``: 1 to its size."""
+    if not 1 <= k <= op.size:
+        raise ConfigError(f"Cannot find {k} eigenvalues of a Hessian of size {op.size}",
+                          hint=f"ask for 1 to {op.size}")
 
 
 def _eigs(op: HessianOperator, k: int, which: str, steps: int, tol: float, gen: torch.Generator,
@@ -408,9 +413,7 @@ def top_eigs_and_trace(op: HessianOperator, k: int, max_probes: int = 64, rel_se
         >>> trace.method, trace.stderr  # the basis spans all 8 parameters: exact
         ('hutch++ (lanczos basis)', 0.0)
     """
-    if not 1 <= k <= op.size:
-        raise ConfigError(f"Cannot find {k} eigenvalues of a Hessian of size {op.size}",
-                          hint=f"ask for 1 to {op.size}")
+    _check_count(op, k)
     steps = min(op.size, iters if iters is not None else max(10 * k + 40, 60))
     gen = torch.Generator().manual_seed(seed)
     eig, run = _eigs(op, k, "top", steps, tol, gen, each=True)
